@@ -1,1 +1,8 @@
-//! commands
+//! Fleetledger's application layer: command execution on the event store with retries.
+
+pub mod codec;
+pub mod context;
+pub mod executor;
+
+pub use context::CommandContext;
+pub use executor::{Committed, ExecuteError, Executor, ExecutorConfig, Loaded, RetryPolicy, replay};

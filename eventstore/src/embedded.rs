@@ -909,10 +909,6 @@ async fn lock_data_dir(data_dir: &Path) -> Result<DirLock, EmbeddedError> {
             .write(true)
             .open(&path)?;
         // Advisory lock (flock); released when the file is closed, also if the process dies.
-        // `File::lock` is stable since Rust 1.89, newer than the workspace's declared
-        // `rust-version` (1.88); the toolchain in use is newer, and without it a lock would need
-        // `unsafe` libc calls (forbidden here) or another crate.
-        #[allow(clippy::incompatible_msrv)]
         file.lock()?;
         Ok(file)
     })
@@ -1180,7 +1176,7 @@ fn is_retryable(error: &sqlx::Error) -> bool {
     match error {
         // 57P03 cannot_connect_now: starting up / shutting down / in recovery.
         sqlx::Error::Database(db) => db.code().as_deref() == Some("57P03"),
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Io(_) => true,
         _ => false,
     }
 }
@@ -1335,7 +1331,12 @@ impl EmbeddedPostgres {
                 PgConnection::connect_with(&options),
             )
             .await
-            .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+            .unwrap_or_else(|_| {
+                Err(sqlx::Error::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connection attempt timed out after {CONNECT_ATTEMPT_TIMEOUT:?}"),
+                )))
+            });
             match attempt {
                 Ok(conn) => break conn,
                 Err(e) if is_retryable(&e) && started.elapsed() < CONNECT_DEADLINE => {
@@ -1557,8 +1558,69 @@ mod tests {
         assert!(Listen::parse_state_file(path, "listen = tcp\n").is_err());
     }
 
+    fn server(socket_dir: Option<&str>, port: u16, password: Option<&str>) -> EmbeddedPostgres {
+        EmbeddedPostgres {
+            data_dir: PathBuf::from("/srv/a b+c/postgres"),
+            socket_dir: socket_dir.map(PathBuf::from),
+            port,
+            password: password.map(str::to_owned),
+            bin_dir: PathBuf::from("/usr/lib/postgresql/15/bin"),
+            os_user: None,
+        }
+    }
+
     #[test]
     fn url_encodes_the_socket_directory() {
         assert_eq!(percent_encode("/tmp/a b+c/run"), "/tmp/a%20b%2Bc/run");
+    }
+
+    #[test]
+    fn socket_url_parses_back_to_the_same_options() {
+        let server = server(Some("/srv/a b+c/postgres/run"), 5432, None);
+        let url = server.url();
+        assert_eq!(
+            url,
+            "postgres:///fleetledger?host=/srv/a%20b%2Bc/postgres/run&port=5432&user=fleetledger"
+        );
+        let parsed: PgConnectOptions = url.parse().unwrap();
+        assert_eq!(
+            parsed.get_socket(),
+            Some(&PathBuf::from("/srv/a b+c/postgres/run"))
+        );
+        assert_eq!(parsed.get_port(), 5432);
+        assert_eq!(parsed.get_username(), USER);
+        assert_eq!(parsed.get_database(), Some(DATABASE));
+        let options = server.connect_options();
+        assert_eq!(options.get_socket(), parsed.get_socket());
+        assert_eq!(options.get_database(), Some(DATABASE));
+    }
+
+    #[test]
+    fn tcp_url_parses_back_to_the_same_options() {
+        let server = server(None, 40123, Some("00ff"));
+        let url = server.url();
+        assert_eq!(
+            url,
+            "postgres://fleetledger:00ff@127.0.0.1:40123/fleetledger"
+        );
+        let parsed: PgConnectOptions = url.parse().unwrap();
+        assert_eq!(parsed.get_host(), "127.0.0.1");
+        assert_eq!(parsed.get_port(), 40123);
+        assert_eq!(parsed.get_username(), USER);
+        assert_eq!(parsed.get_database(), Some(DATABASE));
+        assert!(
+            !format!("{server:?}").contains("00ff"),
+            "Debug redacts the password"
+        );
+    }
+
+    #[test]
+    fn user_at_empty_host_is_not_a_valid_url() {
+        // Why `url()` puts the user into the query string.
+        assert!(
+            "postgres://fleetledger@/fleetledger?host=/tmp"
+                .parse::<PgConnectOptions>()
+                .is_err()
+        );
     }
 }

@@ -252,13 +252,3 @@ fn discovers_the_machine_binaries() {
         }
     }
 }
-
-#[tokio::test]
-#[ignore]
-async fn scratch_keep_running() -> anyhow::Result<()> {
-    let dir = PathBuf::from(std::env::var("SCRATCH_DIR")?);
-    let s = EmbeddedPostgres::start(&dir).await?;
-    println!("URL={}", s.url());
-    println!("{s:?}");
-    Ok(())
-}

@@ -1,0 +1,135 @@
+//! Money: integer minor units with a currency. Never a float.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// An ISO 4217 code: three ASCII capital letters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Currency([u8; 3]);
+
+impl Currency {
+    pub const USD: Currency = Currency(*b"USD");
+    pub const EUR: Currency = Currency(*b"EUR");
+
+    pub fn parse(code: &str) -> Result<Self, MoneyError> {
+        let bytes: [u8; 3] = code
+            .as_bytes()
+            .try_into()
+            .map_err(|_| MoneyError::Currency(code.to_owned()))?;
+        if bytes.iter().all(u8::is_ascii_uppercase) {
+            Ok(Self(bytes))
+        } else {
+            Err(MoneyError::Currency(code.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII capitals can be stored, so this is always valid UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or("???")
+    }
+}
+
+impl TryFrom<String> for Currency {
+    type Error = MoneyError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<Currency> for String {
+    fn from(c: Currency) -> Self {
+        c.as_str().to_owned()
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MoneyError {
+    #[error("{0:?} is not a currency code (three capital letters, e.g. USD)")]
+    Currency(String),
+    #[error("amount must not be negative")]
+    Negative,
+    #[error("cannot combine {0} and {1}")]
+    CurrencyMismatch(Currency, Currency),
+    #[error("amount out of range")]
+    Overflow,
+}
+
+/// An amount in minor units (cents) of a currency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Money {
+    pub minor: i64,
+    pub currency: Currency,
+}
+
+impl Money {
+    pub fn new(minor: i64, currency: Currency) -> Self {
+        Self { minor, currency }
+    }
+
+    /// A price: zero or more.
+    pub fn non_negative(minor: i64, currency: Currency) -> Result<Self, MoneyError> {
+        if minor < 0 {
+            return Err(MoneyError::Negative);
+        }
+        Ok(Self { minor, currency })
+    }
+
+    pub fn zero(currency: Currency) -> Self {
+        Self { minor: 0, currency }
+    }
+
+    pub fn checked_add(self, other: Money) -> Result<Money, MoneyError> {
+        if self.currency != other.currency {
+            return Err(MoneyError::CurrencyMismatch(self.currency, other.currency));
+        }
+        let minor = self.minor.checked_add(other.minor).ok_or(MoneyError::Overflow)?;
+        Ok(Money { minor, ..self })
+    }
+
+    pub fn checked_mul(self, factor: i64) -> Result<Money, MoneyError> {
+        let minor = self.minor.checked_mul(factor).ok_or(MoneyError::Overflow)?;
+        Ok(Money { minor, ..self })
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.minor < 0 { "-" } else { "" };
+        let abs = self.minor.unsigned_abs();
+        write!(f, "{sign}{}.{:02} {}", abs / 100, abs % 100, self.currency)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn currency_codes_are_three_capitals() {
+        assert_eq!(Currency::parse("EUR"), Ok(Currency::EUR));
+        for bad in ["eur", "EU", "EURO", "E1R", ""] {
+            assert!(Currency::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn arithmetic_is_exact_and_checked() {
+        let rate = Money::new(4_599, Currency::USD);
+        assert_eq!(rate.checked_mul(3), Ok(Money::new(13_797, Currency::USD)));
+        assert_eq!(
+            rate.checked_add(Money::new(1, Currency::EUR)),
+            Err(MoneyError::CurrencyMismatch(Currency::USD, Currency::EUR))
+        );
+        assert_eq!(Money::new(i64::MAX, Currency::USD).checked_mul(2), Err(MoneyError::Overflow));
+        assert_eq!(Money::non_negative(-1, Currency::USD), Err(MoneyError::Negative));
+        assert_eq!(Money::new(-1_050, Currency::EUR).to_string(), "-10.50 EUR");
+    }
+}
