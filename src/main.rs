@@ -1,1 +1,204 @@
-fn main() {}
+//! The `fleetledger` binary: one command per role (serve, migrate, verify, bench, db).
+
+mod bench;
+mod config;
+mod db;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use eventstore::embedded::EmbeddedPostgres;
+use eventstore::{EventStore, StreamId};
+
+use crate::config::Config;
+
+#[derive(Parser, Debug)]
+#[command(name = "fleetledger", version, about = "Event-sourced car-rental backend")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (embedded PostgreSQL when DATABASE_URL is unset).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Recompute hash chains: one stream (--stream TYPE/ID) or every stream (--all).
+    Verify {
+        #[arg(long, value_name = "TYPE/ID", conflicts_with = "all")]
+        stream: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Benchmarks, reported as ratios against baselines run side by side.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+    /// The embedded PostgreSQL cluster under FLEETLEDGER_DATA_DIR.
+    Db {
+        #[command(subcommand)]
+        action: DbCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Command append throughput: our executor vs cqrs-es + postgres-es vs a raw INSERT ceiling.
+    Append(bench::AppendOptions),
+}
+
+#[derive(Subcommand, Debug)]
+enum DbCommand {
+    /// Start the embedded cluster (if needed) and print its connection URL.
+    Start,
+    /// Say whether the embedded cluster is running.
+    Status,
+    /// Stop the embedded cluster.
+    Stop,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("configuration error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_json);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> Result<ExitCode> {
+    match command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            db::connect_and_migrate(&config, "fleetledger-migrate").await?;
+            eprintln!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { stream, all } => verify(config, stream, all).await,
+        Command::Bench { which: BenchCommand::Append(options) } => {
+            let server = db::connect_options(&config).await?;
+            bench::append(server, config.executor.clone(), options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Db { action } => embedded_db(config, action).await,
+    }
+}
+
+async fn serve(config: Config) -> Result<ExitCode> {
+    let pool = db::connect_and_migrate(&config, "fleetledger-serve").await?;
+    let store = EventStore::new(pool);
+    let app = api::router(api::AppState { store });
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding {}", config.http_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server")?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested; draining");
+}
+
+async fn verify(config: Config, stream: Option<String>, all: bool) -> Result<ExitCode> {
+    let pool = db::connect_and_migrate(&config, "fleetledger-verify").await?;
+    let store = EventStore::new(pool);
+    let streams: Vec<StreamId> = match (stream, all) {
+        (Some(s), _) => {
+            let (kind, id) = s
+                .split_once('/')
+                .context("--stream takes TYPE/ID, e.g. car/0193...")?;
+            vec![StreamId::new(kind, id)]
+        }
+        (None, true) => sqlx::query_as::<_, (String, String)>(
+            "SELECT DISTINCT aggregate_type, aggregate_id FROM events ORDER BY 1, 2",
+        )
+        .fetch_all(store.pool())
+        .await?
+        .into_iter()
+        .map(|(t, i)| StreamId::new(t, i))
+        .collect(),
+        (None, false) => anyhow::bail!("say which: --stream TYPE/ID or --all"),
+    };
+    let mut broken = 0usize;
+    let mut events = 0u64;
+    for stream in &streams {
+        let report = store.verify_stream(stream).await?;
+        events += report.events;
+        if let Some(version) = report.first_broken_version {
+            broken += 1;
+            eprintln!(
+                "BROKEN {stream}: first broken version {version}: {}",
+                report.detail.unwrap_or_default()
+            );
+        }
+    }
+    eprintln!(
+        "{} streams, {events} events verified, {broken} broken",
+        streams.len()
+    );
+    Ok(if broken == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn embedded_db(config: Config, action: DbCommand) -> Result<ExitCode> {
+    let dir = config.embedded_dir();
+    match action {
+        DbCommand::Start => {
+            let pg = EmbeddedPostgres::start(&dir).await?;
+            println!("{}", pg.url());
+        }
+        DbCommand::Status => {
+            let running = EmbeddedPostgres::is_running(&dir).await?;
+            println!("{}: {}", dir.display(), if running { "running" } else { "stopped" });
+        }
+        DbCommand::Stop => {
+            EmbeddedPostgres::stop(&dir).await?;
+            println!("stopped");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

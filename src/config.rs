@@ -1,0 +1,92 @@
+//! Typed configuration from the environment (`FLEETLEDGER_*`, `DATABASE_URL`, `RUST_LOG`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use commands::{ExecutorConfig, RetryPolicy};
+
+/// A value that must never be printed (database URLs carry passwords).
+#[derive(Clone)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    /// `DATABASE_URL`; unset = the embedded cluster under `data_dir`.
+    pub(crate) database_url: Option<Secret>,
+    /// `FLEETLEDGER_DATA_DIR` (default `./data`): where the embedded cluster lives.
+    pub(crate) data_dir: PathBuf,
+    /// `FLEETLEDGER_DB_MAX_CONNECTIONS` (default 20).
+    pub(crate) db_max_connections: u32,
+    /// `FLEETLEDGER_HTTP_ADDR` (default `127.0.0.1:8080`).
+    pub(crate) http_addr: SocketAddr,
+    pub(crate) executor: ExecutorConfig,
+    /// `FLEETLEDGER_LOG_FORMAT=json` for JSON logs.
+    pub(crate) log_json: bool,
+}
+
+impl Config {
+    pub(crate) fn from_env() -> Result<Self> {
+        let defaults = ExecutorConfig::default();
+        let retry = RetryPolicy {
+            max_attempts: env_or("FLEETLEDGER_RETRY_MAX_ATTEMPTS", defaults.retry.max_attempts)?,
+            base_delay: Duration::from_millis(env_or("FLEETLEDGER_RETRY_BASE_MS", 5)?),
+            max_delay: Duration::from_millis(env_or("FLEETLEDGER_RETRY_MAX_MS", 200)?),
+        };
+        if retry.max_attempts == 0 {
+            anyhow::bail!("FLEETLEDGER_RETRY_MAX_ATTEMPTS must be at least 1");
+        }
+        Ok(Self {
+            database_url: std::env::var("DATABASE_URL")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(Secret),
+            data_dir: std::env::var_os("FLEETLEDGER_DATA_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("data")),
+            db_max_connections: env_or("FLEETLEDGER_DB_MAX_CONNECTIONS", 20)?,
+            http_addr: env_or("FLEETLEDGER_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            executor: ExecutorConfig {
+                retry,
+                snapshot_every: env_or("FLEETLEDGER_SNAPSHOT_EVERY", defaults.snapshot_every)?,
+                snapshot_state_version: defaults.snapshot_state_version,
+                cache_capacity: env_or("FLEETLEDGER_AGGREGATE_CACHE", defaults.cache_capacity)?,
+                lock_stripes: defaults.lock_stripes,
+            },
+            log_json: std::env::var("FLEETLEDGER_LOG_FORMAT").is_ok_and(|v| v == "json"),
+        })
+    }
+
+    /// Where the embedded cluster's files are.
+    pub(crate) fn embedded_dir(&self) -> PathBuf {
+        self.data_dir.join("postgres")
+    }
+}
+
+fn env_or<T>(name: &str, default: T) -> Result<T>
+where
+    T: FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not valid")),
+        _ => Ok(default),
+    }
+}

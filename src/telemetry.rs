@@ -1,0 +1,17 @@
+//! Tracing setup: human-readable logs by default, JSON with `FLEETLEDGER_LOG_FORMAT=json`.
+
+use tracing_subscriber::EnvFilter;
+
+pub(crate) fn init(json: bool) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests) is not an error worth failing for.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
