@@ -1,0 +1,117 @@
+//! The `fleetledger` binary end to end: migrate, verify, and the embedded default of `serve`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use eventstore::testing::TestDatabase;
+use eventstore::{EventMetadata, ExpectedVersion, NewEvent, StreamAppend, StreamId};
+use serde_json::json;
+
+fn fleetledger() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetledger"));
+    cmd.env_remove("DATABASE_URL").env("RUST_LOG", "info");
+    cmd
+}
+
+#[tokio::test]
+async fn migrate_then_verify_passes_and_fails_on_tampering() {
+    let db = TestDatabase::create().await;
+    let migrate = fleetledger().arg("migrate").env("DATABASE_URL", db.url()).output().unwrap();
+    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+
+    let store = db.store();
+    for id in ["a", "b"] {
+        store
+            .append(
+                &[StreamAppend::new(
+                    StreamId::new("car", id),
+                    ExpectedVersion::NoStream,
+                    vec![NewEvent::new("Noted", 1, json!({"n": 1})), NewEvent::new("Noted", 1, json!({"n": 2}))],
+                )],
+                &EventMetadata::for_actor("test"),
+            )
+            .await
+            .unwrap();
+    }
+    let verify = |args: &[&str]| fleetledger().arg("verify").args(args).env("DATABASE_URL", db.url()).output().unwrap();
+    let ok = verify(&["--all"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stderr).contains("2 streams, 4 events verified, 0 broken"));
+
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only").execute(&db.pool).await.unwrap();
+    sqlx::query("UPDATE events SET payload = '{\"n\": 9}' WHERE aggregate_id = 'b' AND version = 2")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let bad = verify(&["--all"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("BROKEN car/b: first broken version 2"), "{err}");
+    assert!(verify(&["--stream", "car/a"]).status.success());
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn stop_embedded(data: &Path) {
+    let _ = fleetledger().args(["db", "stop"]).env("FLEETLEDGER_DATA_DIR", data).output();
+}
+
+/// With no DATABASE_URL, `serve` starts its own PostgreSQL under the data dir, answers
+/// `/readyz`, shuts down cleanly on SIGTERM, and the next run reuses the same cluster.
+#[tokio::test]
+async fn serve_runs_on_the_embedded_cluster_and_reuses_it() {
+    let data = std::env::temp_dir().join(format!("fl-embedded-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&data).unwrap();
+    // The cluster may run as an unprivileged user (when tests run as root): let it in.
+    Command::new("chmod").arg("755").arg(&data).status().unwrap();
+
+    for run in 0..2 {
+        let mut child = fleetledger()
+            .arg("serve")
+            .env("FLEETLEDGER_DATA_DIR", &data)
+            .env("FLEETLEDGER_HTTP_ADDR", "127.0.0.1:0")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let server = Server(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let addr = loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("run {run}: serve never said it was listening"));
+            if let Some(rest) = line.split("addr=").nth(1).filter(|_| line.contains("listening")) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+        assert_eq!(ready.status(), 200, "run {run}");
+        assert!(data.join("postgres").join("PG_VERSION").exists());
+
+        let pid = server.0.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let mut server = server;
+        let status = server.0.wait().unwrap();
+        assert!(status.success(), "run {run}: serve exited with {status}");
+    }
+    stop_embedded(&data);
+    let _ = std::fs::remove_dir_all(&data);
+}
