@@ -43,7 +43,10 @@ impl Config {
     pub(crate) fn from_env() -> Result<Self> {
         let defaults = ExecutorConfig::default();
         let retry = RetryPolicy {
-            max_attempts: env_or("FLEETLEDGER_RETRY_MAX_ATTEMPTS", defaults.retry.max_attempts)?,
+            max_attempts: env_or(
+                "FLEETLEDGER_RETRY_MAX_ATTEMPTS",
+                defaults.retry.max_attempts,
+            )?,
             base_delay: Duration::from_millis(env_or("FLEETLEDGER_RETRY_BASE_MS", 5)?),
             max_delay: Duration::from_millis(env_or("FLEETLEDGER_RETRY_MAX_MS", 200)?),
         };
@@ -59,7 +62,10 @@ impl Config {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("data")),
             db_max_connections: env_or("FLEETLEDGER_DB_MAX_CONNECTIONS", 20)?,
-            http_addr: env_or("FLEETLEDGER_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            http_addr: env_or(
+                "FLEETLEDGER_HTTP_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 8080)),
+            )?,
             executor: ExecutorConfig {
                 retry,
                 snapshot_every: env_or("FLEETLEDGER_SNAPSHOT_EVERY", defaults.snapshot_every)?,

@@ -11,12 +11,13 @@ use crate::config::Config;
 /// The server's connection options, starting the embedded cluster if needed.
 pub(crate) async fn connect_options(config: &Config) -> Result<PgConnectOptions> {
     match &config.database_url {
-        Some(url) => PgConnectOptions::from_str(url.expose()).context("DATABASE_URL is not a valid PostgreSQL URL"),
+        Some(url) => PgConnectOptions::from_str(url.expose())
+            .context("DATABASE_URL is not a valid PostgreSQL URL"),
         None => {
             let dir = config.embedded_dir();
-            let pg = EmbeddedPostgres::start(&dir)
-                .await
-                .with_context(|| format!("starting the embedded PostgreSQL in {}", dir.display()))?;
+            let pg = EmbeddedPostgres::start(&dir).await.with_context(|| {
+                format!("starting the embedded PostgreSQL in {}", dir.display())
+            })?;
             tracing::info!(data_dir = %dir.display(), "using the embedded PostgreSQL (set DATABASE_URL to use another server)");
             Ok(pg.connect_options())
         }
@@ -31,6 +32,9 @@ pub(crate) async fn connect_and_migrate(config: &Config, application: &str) -> R
         .connect_with(options)
         .await
         .context("connecting to PostgreSQL")?;
-    eventstore::MIGRATOR.run(&pool).await.context("applying migrations")?;
+    eventstore::MIGRATOR
+        .run(&pool)
+        .await
+        .context("applying migrations")?;
     Ok(pool)
 }

@@ -1,4 +1,5 @@
 //! The `fleetledger` binary: one command per role (serve, migrate, verify, bench, db).
+#![expect(clippy::print_stdout, reason = "a CLI: results go to stdout")]
 
 mod bench;
 mod config;
@@ -15,7 +16,11 @@ use eventstore::{EventStore, StreamId};
 use crate::config::Config;
 
 #[derive(Parser, Debug)]
-#[command(name = "fleetledger", version, about = "Event-sourced car-rental backend")]
+#[command(
+    name = "fleetledger",
+    version,
+    about = "Event-sourced car-rental backend"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -97,7 +102,9 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { stream, all } => verify(config, stream, all).await,
-        Command::Bench { which: BenchCommand::Append(options) } => {
+        Command::Bench {
+            which: BenchCommand::Append(options),
+        } => {
             let server = db::connect_options(&config).await?;
             bench::append(server, config.executor.clone(), options).await?;
             Ok(ExitCode::SUCCESS)
@@ -181,7 +188,11 @@ async fn verify(config: Config, stream: Option<String>, all: bool) -> Result<Exi
         "{} streams, {events} events verified, {broken} broken",
         streams.len()
     );
-    Ok(if broken == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if broken == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn embedded_db(config: Config, action: DbCommand) -> Result<ExitCode> {
@@ -193,7 +204,11 @@ async fn embedded_db(config: Config, action: DbCommand) -> Result<ExitCode> {
         }
         DbCommand::Status => {
             let running = EmbeddedPostgres::is_running(&dir).await?;
-            println!("{}: {}", dir.display(), if running { "running" } else { "stopped" });
+            println!(
+                "{}: {}",
+                dir.display(),
+                if running { "running" } else { "stopped" }
+            );
         }
         DbCommand::Stop => {
             EmbeddedPostgres::stop(&dir).await?;

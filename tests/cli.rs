@@ -18,8 +18,16 @@ fn fleetledger() -> Command {
 #[tokio::test]
 async fn migrate_then_verify_passes_and_fails_on_tampering() {
     let db = TestDatabase::create().await;
-    let migrate = fleetledger().arg("migrate").env("DATABASE_URL", db.url()).output().unwrap();
-    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+    let migrate = fleetledger()
+        .arg("migrate")
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
 
     let store = db.store();
     for id in ["a", "b"] {
@@ -28,27 +36,49 @@ async fn migrate_then_verify_passes_and_fails_on_tampering() {
                 &[StreamAppend::new(
                     StreamId::new("car", id),
                     ExpectedVersion::NoStream,
-                    vec![NewEvent::new("Noted", 1, json!({"n": 1})), NewEvent::new("Noted", 1, json!({"n": 2}))],
+                    vec![
+                        NewEvent::new("Noted", 1, json!({"n": 1})),
+                        NewEvent::new("Noted", 1, json!({"n": 2})),
+                    ],
                 )],
                 &EventMetadata::for_actor("test"),
             )
             .await
             .unwrap();
     }
-    let verify = |args: &[&str]| fleetledger().arg("verify").args(args).env("DATABASE_URL", db.url()).output().unwrap();
+    let verify = |args: &[&str]| {
+        fleetledger()
+            .arg("verify")
+            .args(args)
+            .env("DATABASE_URL", db.url())
+            .output()
+            .unwrap()
+    };
     let ok = verify(&["--all"]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(String::from_utf8_lossy(&ok.stderr).contains("2 streams, 4 events verified, 0 broken"));
 
-    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only").execute(&db.pool).await.unwrap();
-    sqlx::query("UPDATE events SET payload = '{\"n\": 9}' WHERE aggregate_id = 'b' AND version = 2")
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only")
         .execute(&db.pool)
         .await
         .unwrap();
+    sqlx::query(
+        "UPDATE events SET payload = '{\"n\": 9}' WHERE aggregate_id = 'b' AND version = 2",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let bad = verify(&["--all"]);
     assert_eq!(bad.status.code(), Some(1));
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("BROKEN car/b: first broken version 2"), "{err}");
+    assert!(
+        err.contains("BROKEN car/b: first broken version 2"),
+        "{err}"
+    );
     assert!(verify(&["--stream", "car/a"]).status.success());
 }
 
@@ -62,7 +92,10 @@ impl Drop for Server {
 }
 
 fn stop_embedded(data: &Path) {
-    let _ = fleetledger().args(["db", "stop"]).env("FLEETLEDGER_DATA_DIR", data).output();
+    let _ = fleetledger()
+        .args(["db", "stop"])
+        .env("FLEETLEDGER_DATA_DIR", data)
+        .output();
 }
 
 /// With no DATABASE_URL, `serve` starts its own PostgreSQL under the data dir, answers
@@ -72,7 +105,11 @@ async fn serve_runs_on_the_embedded_cluster_and_reuses_it() {
     let data = std::env::temp_dir().join(format!("fl-embedded-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&data).unwrap();
     // The cluster may run as an unprivileged user (when tests run as root): let it in.
-    Command::new("chmod").arg("755").arg(&data).status().unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(&data)
+        .status()
+        .unwrap();
 
     for run in 0..2 {
         let mut child = fleetledger()
@@ -98,7 +135,11 @@ async fn serve_runs_on_the_embedded_cluster_and_reuses_it() {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| panic!("run {run}: serve never said it was listening"));
-            if let Some(rest) = line.split("addr=").nth(1).filter(|_| line.contains("listening")) {
+            if let Some(rest) = line
+                .split("addr=")
+                .nth(1)
+                .filter(|_| line.contains("listening"))
+            {
                 break rest.split_whitespace().next().unwrap().to_owned();
             }
         };
@@ -107,7 +148,13 @@ async fn serve_runs_on_the_embedded_cluster_and_reuses_it() {
         assert!(data.join("postgres").join("PG_VERSION").exists());
 
         let pid = server.0.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
         let mut server = server;
         let status = server.0.wait().unwrap();
         assert!(status.success(), "run {run}: serve exited with {status}");

@@ -12,7 +12,9 @@ use serde_json::Value;
 pub enum CodecError {
     #[error("event {event_type}: {reason}")]
     Encode { event_type: String, reason: String },
-    #[error("stored event {event_type} v{event_version} at {stream} version {version} cannot be read: {reason}")]
+    #[error(
+        "stored event {event_type} v{event_version} at {stream} version {version} cannot be read: {reason}"
+    )]
     Decode {
         stream: String,
         version: i64,
@@ -35,8 +37,12 @@ pub fn encode<E: DomainEvent>(event: &E) -> Result<NewEvent, CodecError> {
         event_type: event_type.clone(),
         reason,
     };
-    let version = parse_event_version(&event.event_version())
-        .ok_or_else(|| fail(format!("version {:?} is not an integer >= 1", event.event_version())))?;
+    let version = parse_event_version(&event.event_version()).ok_or_else(|| {
+        fail(format!(
+            "version {:?} is not an integer >= 1",
+            event.event_version()
+        ))
+    })?;
     let payload = match serde_json::to_value(event).map_err(|e| fail(e.to_string()))? {
         Value::Object(mut map) if map.len() == 1 && map.contains_key(&event_type) => {
             map.remove(&event_type).unwrap_or(Value::Null)

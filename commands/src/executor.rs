@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
-use eventstore::{EventMetadata, EventStore, EventStoreError, RecordedEvent, StreamAppend, StreamHead, StreamId};
+use eventstore::{
+    EventMetadata, EventStore, EventStoreError, RecordedEvent, StreamAppend, StreamHead, StreamId,
+};
 use lru::LruCache;
 use rand::Rng;
 use serde_json::json;
@@ -187,7 +189,8 @@ where
         loop {
             let outcome = {
                 let mut cache = self.stripe(id).lock().await;
-                self.attempt(&mut cache, &stream, command.clone(), &metadata).await
+                self.attempt(&mut cache, &stream, command.clone(), &metadata)
+                    .await
             };
             match outcome {
                 Attempt::Done(mut committed) => {
@@ -196,7 +199,10 @@ where
                 }
                 Attempt::Failed(e) => return Err(e),
                 Attempt::Conflict(source) if attempt >= policy.max_attempts => {
-                    return Err(ExecuteError::Conflict { attempts: attempt, source });
+                    return Err(ExecuteError::Conflict {
+                        attempts: attempt,
+                        source,
+                    });
                 }
                 Attempt::Conflict(source) => {
                     tracing::debug!(attempt, error = %source, "conflict; retrying");
@@ -240,7 +246,14 @@ where
                 match self.handle(&mut loaded.state, command).await {
                     Ok(events) => events,
                     Err(rejection) => {
-                        put(cache, id, Loaded { state: before.state.clone(), ..loaded });
+                        put(
+                            cache,
+                            id,
+                            Loaded {
+                                state: before.state.clone(),
+                                ..loaded
+                            },
+                        );
                         return Attempt::Failed(ExecuteError::Rejected(rejection));
                     }
                 }
@@ -254,7 +267,11 @@ where
                 attempts: 1,
             });
         }
-        let encoded = match events.drain(..).map(|e| codec::encode(&e)).collect::<Result<Vec<_>, _>>() {
+        let encoded = match events
+            .drain(..)
+            .map(|e| codec::encode(&e))
+            .collect::<Result<Vec<_>, _>>()
+        {
             Ok(encoded) => encoded,
             Err(e) => return Attempt::Failed(e.into()),
         };
@@ -262,7 +279,10 @@ where
         match self.inner.store.append(&[append], metadata).await {
             Ok(recorded) => {
                 let previous = loaded.head.version;
-                let head = recorded.last().and_then(RecordedEvent::head).unwrap_or(loaded.head);
+                let head = recorded
+                    .last()
+                    .and_then(RecordedEvent::head)
+                    .unwrap_or(loaded.head);
                 loaded.head = head;
                 self.maybe_snapshot(stream, previous, &loaded).await;
                 put(cache, id, loaded);
@@ -305,7 +325,9 @@ where
                     loaded.head = snapshot.head;
                     loaded.snapshot_version = Some(snapshot.head.version);
                 }
-                None => tracing::warn!(stream = %stream, "snapshot of another state version ignored"),
+                None => {
+                    tracing::warn!(stream = %stream, "snapshot of another state version ignored")
+                }
             }
         }
         let events = self
@@ -340,18 +362,27 @@ where
 
     async fn maybe_snapshot(&self, stream: &StreamId, previous: i64, loaded: &Loaded<A>) {
         let every = self.inner.config.snapshot_every;
-        let Ok(every) = i64::try_from(every) else { return };
+        let Ok(every) = i64::try_from(every) else {
+            return;
+        };
         if every == 0 || loaded.head.version / every == previous / every {
             return;
         }
         let state = match serde_json::to_value(&loaded.state) {
-            Ok(state) => json!({ "state_version": self.inner.config.snapshot_state_version, "state": state }),
+            Ok(state) => {
+                json!({ "state_version": self.inner.config.snapshot_state_version, "state": state })
+            }
             Err(e) => {
                 tracing::warn!(stream = %stream, error = %e, "aggregate state does not serialize; no snapshot");
                 return;
             }
         };
-        if let Err(e) = self.inner.store.save_snapshot(stream, loaded.head, &state).await {
+        if let Err(e) = self
+            .inner
+            .store
+            .save_snapshot(stream, loaded.head, &state)
+            .await
+        {
             // A missing snapshot only makes the next load longer.
             tracing::warn!(stream = %stream, error = %e, "could not save snapshot");
         }
@@ -372,7 +403,10 @@ fn put<A>(cache: &mut Option<LruCache<String, Loaded<A>>>, id: &str, loaded: Loa
     }
 }
 
-fn apply_all<A: Aggregate>(loaded: &mut Loaded<A>, events: &[RecordedEvent]) -> Result<(), CodecError> {
+fn apply_all<A: Aggregate>(
+    loaded: &mut Loaded<A>,
+    events: &[RecordedEvent],
+) -> Result<(), CodecError> {
     for event in events {
         loaded.state.apply(codec::decode::<A>(event)?);
         if let Some(head) = event.head() {

@@ -5,4 +5,6 @@ pub mod context;
 pub mod executor;
 
 pub use context::CommandContext;
-pub use executor::{Committed, ExecuteError, Executor, ExecutorConfig, Loaded, RetryPolicy, replay};
+pub use executor::{
+    Committed, ExecuteError, Executor, ExecutorConfig, Loaded, RetryPolicy, replay,
+};

@@ -43,7 +43,10 @@ async fn a_command_returns_its_stored_events_with_positions_and_metadata() {
     let cars = executor(&db.store(), ExecutorConfig::default());
     let id = Uuid::now_v7();
     let context = ctx();
-    let done = cars.execute(&id.to_string(), register(id), &context).await.unwrap();
+    let done = cars
+        .execute(&id.to_string(), register(id), &context)
+        .await
+        .unwrap();
     assert_eq!(done.attempts, 1);
     assert_eq!(done.events.len(), 1);
     let event = &done.events[0];
@@ -56,30 +59,55 @@ async fn a_command_returns_its_stored_events_with_positions_and_metadata() {
     assert_eq!(meta.correlation_id, context.correlation_id);
     assert_eq!(meta.trace_id.as_deref(), Some("trace-abc"));
 
-    let stored = db.store().read_stream(&StreamId::new("car", id.to_string()), 1, None).await.unwrap();
+    let stored = db
+        .store()
+        .read_stream(&StreamId::new("car", id.to_string()), 1, None)
+        .await
+        .unwrap();
     assert_eq!(stored, done.events);
 
     let err = cars
-        .execute(&id.to_string(), CarCommand::ChangeDailyRate { daily_rate: usd(3_000) }, &ctx())
+        .execute(
+            &id.to_string(),
+            CarCommand::ChangeDailyRate {
+                daily_rate: usd(3_000),
+            },
+            &ctx(),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, ExecuteError::Rejected(CarError::Unchanged)), "{err:?}");
-    assert_eq!(cars.load(&id.to_string()).await.unwrap().head.version, 1, "a rejection writes nothing");
+    assert!(
+        matches!(err, ExecuteError::Rejected(CarError::Unchanged)),
+        "{err:?}"
+    );
+    assert_eq!(
+        cars.load(&id.to_string()).await.unwrap().head.version,
+        1,
+        "a rejection writes nothing"
+    );
 }
 
 #[tokio::test]
 async fn snapshot_plus_events_loads_the_same_state_as_events_alone() {
     let db = TestDatabase::create().await;
-    let config = ExecutorConfig { snapshot_every: 3, cache_capacity: 0, ..ExecutorConfig::default() };
+    let config = ExecutorConfig {
+        snapshot_every: 3,
+        cache_capacity: 0,
+        ..ExecutorConfig::default()
+    };
     let cars = executor(&db.store(), config.clone());
     let id = Uuid::now_v7();
     let key = id.to_string();
     cars.execute(&key, register(id), &ctx()).await.unwrap();
     for i in 1..=10 {
         let command = if i % 4 == 0 {
-            CarCommand::Relocate { branch: format!("B{i}") }
+            CarCommand::Relocate {
+                branch: format!("B{i}"),
+            }
         } else {
-            CarCommand::ChangeDailyRate { daily_rate: usd(3_000 + i) }
+            CarCommand::ChangeDailyRate {
+                daily_rate: usd(3_000 + i),
+            }
         };
         cars.execute(&key, command, &ctx()).await.unwrap();
     }
@@ -94,7 +122,13 @@ async fn snapshot_plus_events_loads_the_same_state_as_events_alone() {
     assert_eq!(from_events.state.branch.as_deref(), Some("B8"));
 
     // A snapshot of another state shape is ignored, not trusted.
-    let newer_shape = executor(&db.store(), ExecutorConfig { snapshot_state_version: 2, ..config });
+    let newer_shape = executor(
+        &db.store(),
+        ExecutorConfig {
+            snapshot_state_version: 2,
+            ..config
+        },
+    );
     let loaded = newer_shape.load(&key).await.unwrap();
     assert_eq!(loaded.snapshot_version, None);
     assert_eq!(loaded.state, from_events.state);
@@ -106,10 +140,16 @@ async fn snapshot_plus_events_loads_the_same_state_as_events_alone() {
 async fn a_hot_aggregate_under_two_processes_loses_no_command() {
     let db = TestDatabase::create().await;
     let config = ExecutorConfig {
-        retry: RetryPolicy { max_attempts: 50, ..RetryPolicy::default() },
+        retry: RetryPolicy {
+            max_attempts: 50,
+            ..RetryPolicy::default()
+        },
         ..ExecutorConfig::default()
     };
-    let a = executor(&EventStore::new(db.new_pool("proc-a", 8).await), config.clone());
+    let a = executor(
+        &EventStore::new(db.new_pool("proc-a", 8).await),
+        config.clone(),
+    );
     let b = executor(&EventStore::new(db.new_pool("proc-b", 8).await), config);
     let id = Uuid::now_v7();
     let key = id.to_string();
@@ -124,7 +164,11 @@ async fn a_hot_aggregate_under_two_processes_loses_no_command() {
             for n in 0..10i64 {
                 let rate = usd(10_000 + t * 100 + n);
                 let done = cars
-                    .execute(&key, CarCommand::ChangeDailyRate { daily_rate: rate }, &ctx())
+                    .execute(
+                        &key,
+                        CarCommand::ChangeDailyRate { daily_rate: rate },
+                        &ctx(),
+                    )
                     .await
                     .expect("every command lands");
                 retried += done.attempts - 1;
@@ -138,7 +182,11 @@ async fn a_hot_aggregate_under_two_processes_loses_no_command() {
     }
     let loaded = a.load_from_events(&key).await.unwrap();
     assert_eq!(loaded.head.version, 81);
-    let verify = db.store().verify_stream(&StreamId::new("car", &key)).await.unwrap();
+    let verify = db
+        .store()
+        .verify_stream(&StreamId::new("car", &key))
+        .await
+        .unwrap();
     assert!(verify.is_valid(), "{verify:?}");
     eprintln!("cross-process retries: {retries}");
 }
@@ -153,24 +201,59 @@ async fn a_stale_cache_never_decides_the_outcome() {
     a.execute(&key, register(id), &ctx()).await.unwrap(); // a caches the car at LIS
 
     // b moves the car; a's cache still says LIS, where "relocate to LIS" would be refused.
-    b.execute(&key, CarCommand::Relocate { branch: "OPO".into() }, &ctx()).await.unwrap();
-    let back = a.execute(&key, CarCommand::Relocate { branch: "LIS".into() }, &ctx()).await.unwrap();
+    b.execute(
+        &key,
+        CarCommand::Relocate {
+            branch: "OPO".into(),
+        },
+        &ctx(),
+    )
+    .await
+    .unwrap();
+    let back = a
+        .execute(
+            &key,
+            CarCommand::Relocate {
+                branch: "LIS".into(),
+            },
+            &ctx(),
+        )
+        .await
+        .unwrap();
     assert_eq!(back.head.version, 3);
 
     // b retires it; a's cache (version 3, not retired) would accept a rate change.
-    b.execute(&key, CarCommand::Retire { reason: "sold".into() }, &ctx()).await.unwrap();
+    b.execute(
+        &key,
+        CarCommand::Retire {
+            reason: "sold".into(),
+        },
+        &ctx(),
+    )
+    .await
+    .unwrap();
     let err = a
-        .execute(&key, CarCommand::ChangeDailyRate { daily_rate: usd(1) }, &ctx())
+        .execute(
+            &key,
+            CarCommand::ChangeDailyRate { daily_rate: usd(1) },
+            &ctx(),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, ExecuteError::Rejected(CarError::Retired)), "{err:?}");
+    assert!(
+        matches!(err, ExecuteError::Rejected(CarError::Retired)),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn conflicts_beyond_the_retry_budget_are_reported() {
     let db = TestDatabase::create().await;
     let one_try = ExecutorConfig {
-        retry: RetryPolicy { max_attempts: 1, ..RetryPolicy::default() },
+        retry: RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        },
         ..ExecutorConfig::default()
     };
     let a = executor(&db.store(), one_try);
@@ -178,16 +261,39 @@ async fn conflicts_beyond_the_retry_budget_are_reported() {
     let id = Uuid::now_v7();
     let key = id.to_string();
     a.execute(&key, register(id), &ctx()).await.unwrap();
-    b.execute(&key, CarCommand::ChangeDailyRate { daily_rate: usd(5) }, &ctx()).await.unwrap();
+    b.execute(
+        &key,
+        CarCommand::ChangeDailyRate { daily_rate: usd(5) },
+        &ctx(),
+    )
+    .await
+    .unwrap();
     let err = a
-        .execute(&key, CarCommand::ChangeDailyRate { daily_rate: usd(6) }, &ctx())
+        .execute(
+            &key,
+            CarCommand::ChangeDailyRate { daily_rate: usd(6) },
+            &ctx(),
+        )
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ExecuteError::Conflict { attempts: 1, source: EventStoreError::OptimisticConcurrency { actual: 2, .. } }),
+        matches!(
+            err,
+            ExecuteError::Conflict {
+                attempts: 1,
+                source: EventStoreError::OptimisticConcurrency { actual: 2, .. }
+            }
+        ),
         "{err:?}"
     );
     // The conflict dropped the stale cache entry: the next command succeeds at once.
-    let done = a.execute(&key, CarCommand::ChangeDailyRate { daily_rate: usd(6) }, &ctx()).await.unwrap();
+    let done = a
+        .execute(
+            &key,
+            CarCommand::ChangeDailyRate { daily_rate: usd(6) },
+            &ctx(),
+        )
+        .await
+        .unwrap();
     assert_eq!((done.head.version, done.attempts), (3, 1));
 }

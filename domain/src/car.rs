@@ -56,7 +56,10 @@ impl CarDetails {
     fn validate(&self) -> Result<(), CarError> {
         let text = |field: &'static str, value: &str| {
             if value.trim().is_empty() || value.len() > 64 {
-                Err(CarError::InvalidDetails { field, reason: "must be 1 to 64 characters" })
+                Err(CarError::InvalidDetails {
+                    field,
+                    reason: "must be 1 to 64 characters",
+                })
             } else {
                 Ok(())
             }
@@ -64,13 +67,22 @@ impl CarDetails {
         text("make", &self.make)?;
         text("model", &self.model)?;
         if !(1950..=2100).contains(&self.year) {
-            return Err(CarError::InvalidDetails { field: "year", reason: "must be between 1950 and 2100" });
+            return Err(CarError::InvalidDetails {
+                field: "year",
+                reason: "must be between 1950 and 2100",
+            });
         }
         if !(1..=60).contains(&self.seats) {
-            return Err(CarError::InvalidDetails { field: "seats", reason: "must be between 1 and 60" });
+            return Err(CarError::InvalidDetails {
+                field: "seats",
+                reason: "must be between 1 and 60",
+            });
         }
         if self.features.len() > 50 {
-            return Err(CarError::InvalidDetails { field: "features", reason: "at most 50" });
+            return Err(CarError::InvalidDetails {
+                field: "features",
+                reason: "at most 50",
+            });
         }
         for feature in &self.features {
             text("features", feature)?;
@@ -81,18 +93,42 @@ impl CarDetails {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CarCommand {
-    Register { id: Uuid, details: CarDetails, daily_rate: Money, branch: String },
-    ChangeDailyRate { daily_rate: Money },
-    Relocate { branch: String },
-    Retire { reason: String },
+    Register {
+        id: Uuid,
+        details: CarDetails,
+        daily_rate: Money,
+        branch: String,
+    },
+    ChangeDailyRate {
+        daily_rate: Money,
+    },
+    Relocate {
+        branch: String,
+    },
+    Retire {
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CarEvent {
-    CarRegistered { id: Uuid, details: CarDetails, daily_rate: Money, branch: String },
-    DailyRateChanged { from: Money, to: Money },
-    CarRelocated { from: String, to: String },
-    CarRetired { reason: String },
+    CarRegistered {
+        id: Uuid,
+        details: CarDetails,
+        daily_rate: Money,
+        branch: String,
+    },
+    DailyRateChanged {
+        from: Money,
+        to: Money,
+    },
+    CarRelocated {
+        from: String,
+        to: String,
+    },
+    CarRetired {
+        reason: String,
+    },
 }
 
 impl DomainEvent for CarEvent {
@@ -120,11 +156,17 @@ pub enum CarError {
     #[error("car is retired")]
     Retired,
     #[error("invalid {field}: {reason}")]
-    InvalidDetails { field: &'static str, reason: &'static str },
+    InvalidDetails {
+        field: &'static str,
+        reason: &'static str,
+    },
     #[error("daily rate must be positive")]
     NonPositiveRate,
     #[error("the daily rate is in {actual}, the car is priced in {expected}")]
-    CurrencyChange { expected: crate::Currency, actual: crate::Currency },
+    CurrencyChange {
+        expected: crate::Currency,
+        actual: crate::Currency,
+    },
     #[error("branch code must be 1 to 16 characters")]
     InvalidBranch,
     #[error("nothing to change")]
@@ -171,7 +213,12 @@ impl Aggregate for Car {
         sink: &EventSink<Self>,
     ) -> Result<(), CarError> {
         let event = match command {
-            CarCommand::Register { id, details, daily_rate, branch } => {
+            CarCommand::Register {
+                id,
+                details,
+                daily_rate,
+                branch,
+            } => {
                 if self.id.is_some() {
                     return Err(CarError::AlreadyRegistered);
                 }
@@ -180,7 +227,12 @@ impl Aggregate for Car {
                 if daily_rate.minor <= 0 {
                     return Err(CarError::NonPositiveRate);
                 }
-                CarEvent::CarRegistered { id, details, daily_rate, branch }
+                CarEvent::CarRegistered {
+                    id,
+                    details,
+                    daily_rate,
+                    branch,
+                }
             }
             CarCommand::ChangeDailyRate { daily_rate } => {
                 let from = self.registered_rate()?;
@@ -188,12 +240,18 @@ impl Aggregate for Car {
                     return Err(CarError::NonPositiveRate);
                 }
                 if daily_rate.currency != from.currency {
-                    return Err(CarError::CurrencyChange { expected: from.currency, actual: daily_rate.currency });
+                    return Err(CarError::CurrencyChange {
+                        expected: from.currency,
+                        actual: daily_rate.currency,
+                    });
                 }
                 if daily_rate == from {
                     return Err(CarError::Unchanged);
                 }
-                CarEvent::DailyRateChanged { from, to: daily_rate }
+                CarEvent::DailyRateChanged {
+                    from,
+                    to: daily_rate,
+                }
             }
             CarCommand::Relocate { branch } => {
                 self.registered_rate()?;
@@ -215,7 +273,12 @@ impl Aggregate for Car {
 
     fn apply(&mut self, event: CarEvent) {
         match event {
-            CarEvent::CarRegistered { id, details, daily_rate, branch } => {
+            CarEvent::CarRegistered {
+                id,
+                details,
+                daily_rate,
+                branch,
+            } => {
                 self.id = Some(id);
                 self.details = Some(details);
                 self.daily_rate = Some(daily_rate);
@@ -255,31 +318,62 @@ mod tests {
     }
 
     fn registered() -> CarEvent {
-        CarEvent::CarRegistered { id: Uuid::nil(), details: details(), daily_rate: usd(4_500), branch: "LIS".into() }
+        CarEvent::CarRegistered {
+            id: Uuid::nil(),
+            details: details(),
+            daily_rate: usd(4_500),
+            branch: "LIS".into(),
+        }
     }
 
     #[test]
     fn registers_a_valid_car() {
         CarTest::with(())
             .given_no_previous_events()
-            .when(CarCommand::Register { id: Uuid::nil(), details: details(), daily_rate: usd(4_500), branch: "LIS".into() })
+            .when(CarCommand::Register {
+                id: Uuid::nil(),
+                details: details(),
+                daily_rate: usd(4_500),
+                branch: "LIS".into(),
+            })
             .then_expect_events(vec![registered()]);
     }
 
     #[test]
     fn refuses_invalid_details_and_rates() {
-        let bad_year = CarDetails { year: 1800, ..details() };
+        let bad_year = CarDetails {
+            year: 1800,
+            ..details()
+        };
         CarTest::with(())
             .given_no_previous_events()
-            .when(CarCommand::Register { id: Uuid::nil(), details: bad_year, daily_rate: usd(4_500), branch: "LIS".into() })
-            .then_expect_error(CarError::InvalidDetails { field: "year", reason: "must be between 1950 and 2100" });
+            .when(CarCommand::Register {
+                id: Uuid::nil(),
+                details: bad_year,
+                daily_rate: usd(4_500),
+                branch: "LIS".into(),
+            })
+            .then_expect_error(CarError::InvalidDetails {
+                field: "year",
+                reason: "must be between 1950 and 2100",
+            });
         CarTest::with(())
             .given_no_previous_events()
-            .when(CarCommand::Register { id: Uuid::nil(), details: details(), daily_rate: usd(0), branch: "LIS".into() })
+            .when(CarCommand::Register {
+                id: Uuid::nil(),
+                details: details(),
+                daily_rate: usd(0),
+                branch: "LIS".into(),
+            })
             .then_expect_error(CarError::NonPositiveRate);
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::Register { id: Uuid::nil(), details: details(), daily_rate: usd(1), branch: "LIS".into() })
+            .when(CarCommand::Register {
+                id: Uuid::nil(),
+                details: details(),
+                daily_rate: usd(1),
+                branch: "LIS".into(),
+            })
             .then_expect_error(CarError::AlreadyRegistered);
     }
 
@@ -287,19 +381,33 @@ mod tests {
     fn changes_the_rate_in_the_same_currency_only() {
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::ChangeDailyRate { daily_rate: usd(5_000) })
-            .then_expect_events(vec![CarEvent::DailyRateChanged { from: usd(4_500), to: usd(5_000) }]);
+            .when(CarCommand::ChangeDailyRate {
+                daily_rate: usd(5_000),
+            })
+            .then_expect_events(vec![CarEvent::DailyRateChanged {
+                from: usd(4_500),
+                to: usd(5_000),
+            }]);
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::ChangeDailyRate { daily_rate: Money::new(5_000, Currency::EUR) })
-            .then_expect_error(CarError::CurrencyChange { expected: Currency::USD, actual: Currency::EUR });
+            .when(CarCommand::ChangeDailyRate {
+                daily_rate: Money::new(5_000, Currency::EUR),
+            })
+            .then_expect_error(CarError::CurrencyChange {
+                expected: Currency::USD,
+                actual: Currency::EUR,
+            });
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::ChangeDailyRate { daily_rate: usd(4_500) })
+            .when(CarCommand::ChangeDailyRate {
+                daily_rate: usd(4_500),
+            })
             .then_expect_error(CarError::Unchanged);
         CarTest::with(())
             .given_no_previous_events()
-            .when(CarCommand::ChangeDailyRate { daily_rate: usd(5_000) })
+            .when(CarCommand::ChangeDailyRate {
+                daily_rate: usd(5_000),
+            })
             .then_expect_error(CarError::NotRegistered);
     }
 
@@ -307,15 +415,29 @@ mod tests {
     fn relocates_and_retires() {
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::Relocate { branch: "OPO".into() })
-            .then_expect_events(vec![CarEvent::CarRelocated { from: "LIS".into(), to: "OPO".into() }]);
+            .when(CarCommand::Relocate {
+                branch: "OPO".into(),
+            })
+            .then_expect_events(vec![CarEvent::CarRelocated {
+                from: "LIS".into(),
+                to: "OPO".into(),
+            }]);
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::Relocate { branch: "LIS".into() })
+            .when(CarCommand::Relocate {
+                branch: "LIS".into(),
+            })
             .then_expect_error(CarError::Unchanged);
         CarTest::with(())
-            .given(vec![registered(), CarEvent::CarRetired { reason: "old".into() }])
-            .when(CarCommand::ChangeDailyRate { daily_rate: usd(100) })
+            .given(vec![
+                registered(),
+                CarEvent::CarRetired {
+                    reason: "old".into(),
+                },
+            ])
+            .when(CarCommand::ChangeDailyRate {
+                daily_rate: usd(100),
+            })
             .then_expect_error(CarError::Retired);
     }
 }

@@ -90,7 +90,10 @@ impl Money {
         if self.currency != other.currency {
             return Err(MoneyError::CurrencyMismatch(self.currency, other.currency));
         }
-        let minor = self.minor.checked_add(other.minor).ok_or(MoneyError::Overflow)?;
+        let minor = self
+            .minor
+            .checked_add(other.minor)
+            .ok_or(MoneyError::Overflow)?;
         Ok(Money { minor, ..self })
     }
 
@@ -128,8 +131,14 @@ mod tests {
             rate.checked_add(Money::new(1, Currency::EUR)),
             Err(MoneyError::CurrencyMismatch(Currency::USD, Currency::EUR))
         );
-        assert_eq!(Money::new(i64::MAX, Currency::USD).checked_mul(2), Err(MoneyError::Overflow));
-        assert_eq!(Money::non_negative(-1, Currency::USD), Err(MoneyError::Negative));
+        assert_eq!(
+            Money::new(i64::MAX, Currency::USD).checked_mul(2),
+            Err(MoneyError::Overflow)
+        );
+        assert_eq!(
+            Money::non_negative(-1, Currency::USD),
+            Err(MoneyError::Negative)
+        );
         assert_eq!(Money::new(-1_050, Currency::EUR).to_string(), "-10.50 EUR");
     }
 }
