@@ -35,6 +35,19 @@ async fn count_events(store: &EventStore) -> i64 {
         .unwrap()
 }
 
+/// Wait until readers can see `upto`. Readers are held back by any open transaction in the
+/// whole cluster, and other tests run beside this one on the same server.
+async fn wait_visible(store: &EventStore, upto: Checkpoint) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while store.visible_head().await.unwrap() < upto {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{upto} never became visible"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn fast_poll() -> SubscribeOptions {
     SubscribeOptions {
         poll_interval: Duration::from_millis(50),
@@ -361,6 +374,8 @@ async fn read_all_pages_in_commit_order() {
             .await
             .unwrap();
     }
+    let last = store.read_stream(&car("c0"), 9, Some(9)).await.unwrap()[0].checkpoint();
+    wait_visible(&store, last).await;
     let mut seen = Vec::new();
     let mut after = Checkpoint::START;
     loop {
@@ -444,6 +459,7 @@ async fn a_late_commit_is_never_skipped() {
     let got = receive(&mut rx, 2).await;
     assert_eq!(got[0].event_id, a[0].event_id);
     assert_eq!(got[1].event_id, b[0].event_id);
+    wait_visible(&store, got[1].checkpoint()).await;
     let all = store.read_all(first[0].checkpoint(), 100).await.unwrap();
     assert_eq!(
         all.iter().map(|e| e.event_id).collect::<Vec<_>>(),
@@ -487,6 +503,7 @@ async fn commit_order_follows_transactions_not_positions() {
             .is_empty()
     );
     tx_a.commit().await.unwrap();
+    wait_visible(&store, b[0].checkpoint().max(a[0].checkpoint())).await;
     let all = store.read_all(Checkpoint::START, 10).await.unwrap();
     assert_eq!(
         all.iter().map(|e| e.event_id).collect::<Vec<_>>(),
@@ -586,6 +603,8 @@ async fn upcasters_lift_old_payloads_on_read_only() {
         )
         .await
         .unwrap();
+    let written = db.store().read_stream_raw(&s, 1, None).await.unwrap();
+    wait_visible(&db.store(), written[0].checkpoint()).await;
     let mut upcasters = UpcasterRegistry::new();
     upcasters
         .register("RateChanged", 1, |mut p| {
