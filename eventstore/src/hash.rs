@@ -143,72 +143,149 @@ pub fn write_canonical(out: &mut Vec<u8>, value: &Value) {
 /// Recompute the chain over one stream's events, given in version order.
 ///
 /// Names the first version that is wrong: a missing or repeated version (an event deleted or
-/// inserted), an event of another stream, or a hash that does not match (an altered or reordered
-/// event). Everything after the first break is unverifiable and not reported separately.
+/// inserted), an event of another stream, an event out of log order, or a hash that does not
+/// match (an altered or reordered event). Everything after the first break is unverifiable and
+/// not reported separately.
 pub fn verify_chain<'a>(
     stream: &StreamId,
     events: impl IntoIterator<Item = &'a RecordedEvent>,
 ) -> StreamVerification {
-    let mut head = StreamHead::EMPTY;
-    let mut count = 0u64;
-    let broken = |version: i64, detail: String, count: u64| StreamVerification {
-        stream: stream.clone(),
-        events: count,
-        first_broken_version: Some(version),
-        detail: Some(detail),
-    };
+    let mut check = StreamCheck::new(stream.clone());
     for event in events {
-        count += 1;
-        let expected_version = head.version + 1;
-        if event.aggregate_type != stream.aggregate_type
-            || event.aggregate_id != stream.aggregate_id
+        check.push(event);
+    }
+    check.finish()
+}
+
+/// Incremental chain check of one stream, fed its events in version order.
+#[derive(Clone, Debug)]
+pub struct StreamCheck {
+    stream: StreamId,
+    head: StreamHead,
+    last_position: i64,
+    events: u64,
+    broken: Option<(i64, String)>,
+    trusted_start: Option<i64>,
+}
+
+impl StreamCheck {
+    /// A check from the stream's first event.
+    pub fn new(stream: StreamId) -> Self {
+        Self {
+            stream,
+            head: StreamHead::EMPTY,
+            last_position: 0,
+            events: 0,
+            broken: None,
+            trusted_start: None,
+        }
+    }
+
+    /// A check of a stream excerpt whose first event (not version 1) is taken as given: its
+    /// own hash cannot be recomputed without the event before it; every later link is checked.
+    pub fn from_excerpt(first: &RecordedEvent) -> Self {
+        let mut check = Self::new(first.stream());
+        match first.head() {
+            Some(head) => {
+                check.head = head;
+                check.last_position = first.global_position;
+                check.events = 1;
+                check.trusted_start = Some(first.version);
+            }
+            None => check.broken = Some((first.version, "stored hash is not 32 bytes".into())),
+        }
+        check
+    }
+
+    pub fn stream(&self) -> &StreamId {
+        &self.stream
+    }
+
+    /// The version the excerpt started from, when it did not start at version 1.
+    pub fn trusted_start(&self) -> Option<i64> {
+        self.trusted_start
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
+    pub fn push(&mut self, event: &RecordedEvent) {
+        self.events += 1;
+        if self.broken.is_some() {
+            return;
+        }
+        let expected_version = self.head.version + 1;
+        let problem = if event.aggregate_type != self.stream.aggregate_type
+            || event.aggregate_id != self.stream.aggregate_id
         {
-            return broken(
+            Some((
                 expected_version,
                 format!(
                     "event {} at position {} belongs to {}/{}",
                     event.event_id, event.global_position, event.aggregate_type, event.aggregate_id
                 ),
-                count,
-            );
-        }
-        if event.version != expected_version {
+            ))
+        } else if event.version != expected_version {
             let what = if event.version > expected_version {
                 "missing"
             } else {
                 "repeated"
             };
-            return broken(
+            Some((
                 expected_version.min(event.version),
                 format!(
                     "version {expected_version} expected, found {} ({what} event)",
                     event.version
                 ),
-                count,
-            );
-        }
-        let computed = HashedFields::of(event).chain_hash(&head.hash);
-        if event.hash.as_slice() != computed {
-            return broken(
+            ))
+        } else if event.global_position <= self.last_position {
+            Some((
                 event.version,
                 format!(
-                    "stored hash {} does not match the recomputed {}",
-                    hex::encode(&event.hash),
-                    hex::encode(computed)
+                    "position {} is not after the previous event's {} (out of log order)",
+                    event.global_position, self.last_position
                 ),
-                count,
-            );
-        }
-        head = StreamHead {
-            version: event.version,
-            hash: computed,
+            ))
+        } else {
+            let computed = HashedFields::of(event).chain_hash(&self.head.hash);
+            if event.hash.as_slice() == computed {
+                self.head = StreamHead {
+                    version: event.version,
+                    hash: computed,
+                };
+                self.last_position = event.global_position;
+                None
+            } else {
+                Some((
+                    event.version,
+                    format!(
+                        "stored hash {} does not match the recomputed {}",
+                        hex::encode(&event.hash),
+                        hex::encode(computed)
+                    ),
+                ))
+            }
         };
+        self.broken = problem;
     }
-    StreamVerification {
-        stream: stream.clone(),
-        events: count,
-        first_broken_version: None,
-        detail: None,
+
+    /// The verified head so far (the last event whose link checked out).
+    pub fn head(&self) -> StreamHead {
+        self.head
+    }
+
+    pub fn finish(self) -> StreamVerification {
+        let (first_broken_version, detail) = match self.broken {
+            Some((version, detail)) => (Some(version), Some(detail)),
+            None => (None, None),
+        };
+        StreamVerification {
+            stream: self.stream,
+            events: self.events,
+            first_broken_version,
+            detail,
+        }
     }
 }
 
