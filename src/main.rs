@@ -1,6 +1,7 @@
 //! The `fleetledger` binary: one command per role (serve, migrate, verify, bench, db).
 #![expect(clippy::print_stdout, reason = "a CLI: results go to stdout")]
 
+mod audit;
 mod bench;
 mod config;
 mod db;
@@ -10,8 +11,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use eventstore::EventStore;
 use eventstore::embedded::EmbeddedPostgres;
-use eventstore::{EventStore, StreamId};
 
 use crate::config::Config;
 
@@ -32,13 +33,16 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
-    /// Recompute hash chains: one stream (--stream TYPE/ID) or every stream (--all).
-    Verify {
-        #[arg(long, value_name = "TYPE/ID", conflicts_with = "all")]
-        stream: Option<String>,
-        #[arg(long)]
-        all: bool,
-    },
+    /// Recompute hash chains and the log sequence (every stream, or --stream TYPE/ID).
+    Verify(audit::VerifyArgs),
+    /// Store and print a digest over every stream head, for auditors to keep elsewhere.
+    Anchor,
+    /// Write events with every stored field as JSON Lines.
+    Export(audit::ExportArgs),
+    /// Check the hash chains in an export file, with no database.
+    VerifyExport { file: std::path::PathBuf },
+    /// Print an aggregate's state rebuilt from its events, as JSON.
+    Replay(audit::ReplayArgs),
     /// Benchmarks, reported as ratios against baselines run side by side.
     Bench {
         #[command(subcommand)]
@@ -101,7 +105,11 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
             eprintln!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { stream, all } => verify(config, stream, all).await,
+        Command::Verify(args) => audit::verify(&config, args).await,
+        Command::Anchor => audit::anchor(&config).await,
+        Command::Export(args) => audit::export(&config, args).await,
+        Command::VerifyExport { file } => audit::verify_export(&file),
+        Command::Replay(args) => audit::replay(&config, args).await,
         Command::Bench {
             which: BenchCommand::Append(options),
         } => {
@@ -149,50 +157,6 @@ async fn shutdown_signal() {
         _ = term => {}
     }
     tracing::info!("shutdown requested; draining");
-}
-
-async fn verify(config: Config, stream: Option<String>, all: bool) -> Result<ExitCode> {
-    let pool = db::connect_and_migrate(&config, "fleetledger-verify").await?;
-    let store = EventStore::new(pool);
-    let streams: Vec<StreamId> = match (stream, all) {
-        (Some(s), _) => {
-            let (kind, id) = s
-                .split_once('/')
-                .context("--stream takes TYPE/ID, e.g. car/0193...")?;
-            vec![StreamId::new(kind, id)]
-        }
-        (None, true) => sqlx::query_as::<_, (String, String)>(
-            "SELECT DISTINCT aggregate_type, aggregate_id FROM events ORDER BY 1, 2",
-        )
-        .fetch_all(store.pool())
-        .await?
-        .into_iter()
-        .map(|(t, i)| StreamId::new(t, i))
-        .collect(),
-        (None, false) => anyhow::bail!("say which: --stream TYPE/ID or --all"),
-    };
-    let mut broken = 0usize;
-    let mut events = 0u64;
-    for stream in &streams {
-        let report = store.verify_stream(stream).await?;
-        events += report.events;
-        if let Some(version) = report.first_broken_version {
-            broken += 1;
-            eprintln!(
-                "BROKEN {stream}: first broken version {version}: {}",
-                report.detail.unwrap_or_default()
-            );
-        }
-    }
-    eprintln!(
-        "{} streams, {events} events verified, {broken} broken",
-        streams.len()
-    );
-    Ok(if broken == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }
 
 async fn embedded_db(config: Config, action: DbCommand) -> Result<ExitCode> {

@@ -60,7 +60,7 @@ async fn migrate_then_verify_passes_and_fails_on_tampering() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    assert!(String::from_utf8_lossy(&ok.stderr).contains("2 streams, 4 events verified, 0 broken"));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("2 streams, 4 events verified, 0 broken"));
 
     sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only")
         .execute(&db.pool)

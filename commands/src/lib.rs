@@ -3,6 +3,7 @@
 pub mod codec;
 pub mod context;
 pub mod executor;
+pub mod history;
 
 pub use context::CommandContext;
 pub use executor::{

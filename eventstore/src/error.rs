@@ -29,6 +29,9 @@ pub enum EventStoreError {
         event_version: i32,
         reason: String,
     },
+    /// What was asked for is not stored.
+    #[error("not found: {0}")]
+    NotFound(String),
     /// A stored row could not be decoded.
     #[error("corrupt row in the event log: {0}")]
     Corrupt(String),

@@ -7,6 +7,7 @@
 //!   whose transaction committed late;
 //! - every event's hash chains it to the previous event of its stream.
 
+pub mod audit;
 pub mod embedded;
 pub mod error;
 pub mod hash;
