@@ -5,6 +5,7 @@
 
 pub mod car;
 pub mod money;
+pub mod pricing;
 
 pub use money::{Currency, Money};
 

@@ -1,0 +1,295 @@
+//! Pricing: pure functions from a rate, a window and a policy to an itemised quote.
+//!
+//! Amounts are integer minor units; every division rounds half up to the minor unit, so the
+//! same inputs always give the same cents.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::money::{Money, MoneyError};
+
+/// The rental company's price rules.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PricingPolicy {
+    /// Minutes past a whole number of days that are not charged as another day.
+    pub grace_minutes: i64,
+    /// Rentals of at least this many days get the long-rental discount.
+    pub long_rental_min_days: i64,
+    /// The long-rental discount in basis points of the base price (1000 = 10 %).
+    pub long_rental_discount_bp: i64,
+    /// Flat fee when the car is returned to another branch, in the rate's minor units.
+    pub one_way_fee_minor: i64,
+    /// Late fee per started hour past the grace, in basis points of the daily rate.
+    pub late_hour_bp: i64,
+    /// Refuelling charge per missing percentage point of the tank, in minor units.
+    pub refuel_per_percent_minor: i64,
+    /// Cancellation is free until this many hours before pickup.
+    pub free_cancellation_hours: i64,
+}
+
+impl Default for PricingPolicy {
+    fn default() -> Self {
+        Self {
+            grace_minutes: 59,
+            long_rental_min_days: 7,
+            long_rental_discount_bp: 1_000,
+            one_way_fee_minor: 5_000,
+            late_hour_bp: 2_500,
+            refuel_per_percent_minor: 150,
+            free_cancellation_hours: 24,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PricingError {
+    #[error("the return must be after the pickup")]
+    EmptyWindow,
+    #[error("fuel level must be between 0 and 100 percent")]
+    FuelOutOfRange,
+    #[error(transparent)]
+    Money(#[from] MoneyError),
+}
+
+/// One line of a quote or invoice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceLine {
+    pub label: String,
+    pub amount: Money,
+}
+
+/// An itemised price.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quote {
+    pub days: i64,
+    pub lines: Vec<PriceLine>,
+    pub total: Money,
+}
+
+/// `amount × bp / 10 000`, rounded half up (amounts are never negative here).
+fn basis_points(amount: i64, bp: i64) -> Result<i64, MoneyError> {
+    let product = i128::from(amount) * i128::from(bp);
+    i64::try_from((product + 5_000) / 10_000).map_err(|_| MoneyError::Overflow)
+}
+
+/// Charged days: whole 24-hour units, rounded up, after forgiving `grace_minutes`; at least 1.
+pub fn rental_days(
+    pickup: DateTime<Utc>,
+    ret: DateTime<Utc>,
+    policy: &PricingPolicy,
+) -> Result<i64, PricingError> {
+    let minutes = (ret - pickup).num_minutes();
+    if ret <= pickup {
+        return Err(PricingError::EmptyWindow);
+    }
+    let charged = (minutes - policy.grace_minutes).max(0);
+    Ok(((charged + 1_439) / 1_440).max(1))
+}
+
+fn total_of(lines: &[PriceLine], zero: Money) -> Result<Money, MoneyError> {
+    lines
+        .iter()
+        .try_fold(zero, |sum, line| sum.checked_add(line.amount))
+}
+
+/// The price of renting at `daily_rate` over `[pickup, ret)`, one-way when the branches differ.
+pub fn quote(
+    daily_rate: Money,
+    pickup: DateTime<Utc>,
+    ret: DateTime<Utc>,
+    one_way: bool,
+    policy: &PricingPolicy,
+) -> Result<Quote, PricingError> {
+    let days = rental_days(pickup, ret, policy)?;
+    let base = daily_rate.checked_mul(days)?;
+    let mut lines = vec![PriceLine {
+        label: format!("{days} day(s) × {daily_rate}"),
+        amount: base,
+    }];
+    if days >= policy.long_rental_min_days && policy.long_rental_discount_bp > 0 {
+        let discount = basis_points(base.minor, policy.long_rental_discount_bp)?;
+        lines.push(PriceLine {
+            label: format!(
+                "long-rental discount ({}+ days, {}.{:02}%)",
+                policy.long_rental_min_days,
+                policy.long_rental_discount_bp / 100,
+                policy.long_rental_discount_bp % 100
+            ),
+            amount: Money::new(-discount, daily_rate.currency),
+        });
+    }
+    if one_way {
+        lines.push(PriceLine {
+            label: "one-way fee".into(),
+            amount: Money::new(policy.one_way_fee_minor, daily_rate.currency),
+        });
+    }
+    let total = total_of(&lines, Money::zero(daily_rate.currency))?;
+    Ok(Quote { days, lines, total })
+}
+
+/// Extra charges at return: late hours past the grace (capped at one day's rate) and refuelling.
+pub fn return_charges(
+    daily_rate: Money,
+    due: DateTime<Utc>,
+    returned: DateTime<Utc>,
+    fuel_out_percent: f64,
+    fuel_in_percent: f64,
+    policy: &PricingPolicy,
+) -> Result<Vec<PriceLine>, PricingError> {
+    let valid = |f: f64| (0.0..=100.0).contains(&f);
+    if !valid(fuel_out_percent) || !valid(fuel_in_percent) {
+        return Err(PricingError::FuelOutOfRange);
+    }
+    let mut lines = Vec::new();
+    let late_minutes = (returned - due).num_minutes() - policy.grace_minutes;
+    if late_minutes > 0 {
+        let hours = (late_minutes + 59) / 60;
+        let fee = basis_points(daily_rate.minor, policy.late_hour_bp)?
+            .checked_mul(hours)
+            .ok_or(MoneyError::Overflow)?
+            .min(daily_rate.minor);
+        lines.push(PriceLine {
+            label: format!("late return, {hours} started hour(s)"),
+            amount: Money::new(fee, daily_rate.currency),
+        });
+    }
+    // Whole missing percentage points; fuel levels are measurements, the charge is not.
+    let missing = (fuel_out_percent - fuel_in_percent).floor();
+    if missing >= 1.0 {
+        let points = missing as i64;
+        lines.push(PriceLine {
+            label: format!("refuelling, {points}% of the tank"),
+            amount: Money::new(
+                points * policy.refuel_per_percent_minor,
+                daily_rate.currency,
+            ),
+        });
+    }
+    Ok(lines)
+}
+
+/// What cancelling at `now` costs: nothing until `free_cancellation_hours` before pickup, then
+/// one day's rate.
+pub fn cancellation_fee(
+    daily_rate: Money,
+    pickup: DateTime<Utc>,
+    now: DateTime<Utc>,
+    policy: &PricingPolicy,
+) -> Money {
+    if pickup - now >= Duration::hours(policy.free_cancellation_hours) {
+        Money::zero(daily_rate.currency)
+    } else {
+        daily_rate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::Currency;
+
+    fn at(day: u32, hour: u32, minute: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, day, hour, minute, 0)
+            .single()
+            .unwrap_or_default()
+    }
+
+    fn rate() -> Money {
+        Money::new(4_599, Currency::EUR)
+    }
+
+    fn p() -> PricingPolicy {
+        PricingPolicy::default()
+    }
+
+    #[test]
+    fn days_round_up_after_a_59_minute_grace() {
+        assert_eq!(rental_days(at(1, 10, 0), at(1, 12, 0), &p()), Ok(1));
+        assert_eq!(rental_days(at(1, 10, 0), at(2, 10, 0), &p()), Ok(1));
+        assert_eq!(rental_days(at(1, 10, 0), at(2, 10, 59), &p()), Ok(1));
+        assert_eq!(rental_days(at(1, 10, 0), at(2, 11, 0), &p()), Ok(2));
+        assert_eq!(rental_days(at(1, 10, 0), at(4, 10, 30), &p()), Ok(3));
+        assert_eq!(
+            rental_days(at(1, 10, 0), at(1, 10, 0), &p()),
+            Err(PricingError::EmptyWindow)
+        );
+        assert_eq!(
+            rental_days(at(2, 10, 0), at(1, 10, 0), &p()),
+            Err(PricingError::EmptyWindow)
+        );
+    }
+
+    #[test]
+    fn a_short_round_trip_is_rate_times_days() {
+        let q = quote(rate(), at(1, 9, 0), at(4, 9, 30), false, &p()).unwrap();
+        assert_eq!(q.days, 3);
+        assert_eq!(q.total, Money::new(13_797, Currency::EUR));
+        assert_eq!(q.lines.len(), 1);
+    }
+
+    #[test]
+    fn a_week_one_way_gets_the_discount_and_the_fee() {
+        let q = quote(rate(), at(1, 9, 0), at(8, 9, 0), true, &p()).unwrap();
+        assert_eq!(q.days, 7);
+        let amounts: Vec<i64> = q.lines.iter().map(|l| l.amount.minor).collect();
+        // 7 × 45.99 = 321.93; 10 % = 32.193 → 32.19; one-way 50.00.
+        assert_eq!(amounts, [32_193, -3_219, 5_000]);
+        assert_eq!(q.total, Money::new(33_974, Currency::EUR));
+    }
+
+    #[test]
+    fn late_returns_pay_per_started_hour_capped_at_a_day() {
+        let due = at(5, 10, 0);
+        let none = return_charges(rate(), due, at(5, 10, 59), 80.0, 80.0, &p()).unwrap();
+        assert!(none.is_empty());
+        let one = return_charges(rate(), due, at(5, 11, 0), 80.0, 80.0, &p()).unwrap();
+        // 25 % of 45.99 = 11.4975 → 11.50 per started hour.
+        assert_eq!(one[0].amount.minor, 1_150);
+        let three = return_charges(rate(), due, at(5, 13, 30), 80.0, 80.0, &p()).unwrap();
+        assert_eq!(three[0].amount.minor, 3_450);
+        let capped = return_charges(rate(), due, at(6, 9, 0), 80.0, 80.0, &p()).unwrap();
+        assert_eq!(capped[0].amount.minor, 4_599);
+    }
+
+    #[test]
+    fn refuelling_charges_whole_missing_points() {
+        let due = at(5, 10, 0);
+        let lines = return_charges(rate(), due, due, 100.0, 62.5, &p()).unwrap();
+        assert_eq!(
+            lines,
+            vec![PriceLine {
+                label: "refuelling, 37% of the tank".into(),
+                amount: Money::new(5_550, Currency::EUR)
+            }]
+        );
+        assert!(
+            return_charges(rate(), due, due, 50.0, 70.0, &p())
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            return_charges(rate(), due, due, 101.0, 70.0, &p()),
+            Err(PricingError::FuelOutOfRange)
+        );
+    }
+
+    #[test]
+    fn cancellation_is_free_until_a_day_before_pickup() {
+        let pickup = at(10, 12, 0);
+        assert_eq!(
+            cancellation_fee(rate(), pickup, at(9, 12, 0), &p()).minor,
+            0
+        );
+        assert_eq!(
+            cancellation_fee(rate(), pickup, at(9, 12, 1), &p()).minor,
+            4_599
+        );
+        assert_eq!(
+            cancellation_fee(rate(), pickup, at(11, 0, 0), &p()).minor,
+            4_599
+        );
+    }
+}
