@@ -161,7 +161,7 @@ pub(crate) async fn verify(config: &Config, args: VerifyArgs) -> Result<ExitCode
 
 pub(crate) async fn anchor(config: &Config) -> Result<ExitCode> {
     let store = open_store(config, "fleetledger-anchor").await?;
-    let anchor = audit::take_anchor(&store).await?;
+    let anchor = audit::take_anchor(&store, std::time::Duration::from_secs(60)).await?;
     eprintln!(
         "anchor over {} streams, {} events, at position {} (keep this line somewhere else):",
         anchor.streams, anchor.events, anchor.checkpoint.global_position

@@ -252,6 +252,8 @@ struct Measurement {
     retries: u64,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// CPU used while the phase ran (Linux only).
+    cpu: Option<CpuUse>,
 }
 
 impl Measurement {
@@ -298,13 +300,18 @@ impl Results {
     /// Counts summed over rounds, latencies merged.
     fn total(&self, system: System, scenario: Scenario) -> Measurement {
         let mut total = Measurement::default();
-        for m in self.get(system, scenario) {
+        for (i, m) in self.get(system, scenario).iter().enumerate() {
             total.ok += m.ok;
             total.conflicts += m.conflicts;
             total.failed += m.failed;
             total.retries += m.retries;
             total.elapsed += m.elapsed;
             total.latencies.extend_from_slice(&m.latencies);
+            total.cpu = if i == 0 {
+                m.cpu
+            } else {
+                total.cpu.zip(m.cpu).map(|(a, b)| a + b)
+            };
         }
         total.latencies.sort();
         total
@@ -711,17 +718,13 @@ impl Engine {
                     branch: "LIS".into(),
                 };
                 let encoded = commands::codec::encode(&event).map_err(|e| anyhow!(e))?;
-                raw_insert(
-                    pool,
-                    metadata,
-                    car,
-                    1,
-                    &encoded.event_type,
-                    Uuid::now_v7(),
-                    &encoded.payload,
-                    Utc::now(),
-                )
-                .await?;
+                let row = RawRow {
+                    event_id: encoded.event_id,
+                    version: Some(1),
+                    payload: encoded.payload,
+                    recorded_at: Utc::now(),
+                };
+                raw_insert(pool, metadata, car, 1, &encoded.event_type, &row).await?;
             }
         }
         Ok(())
@@ -756,17 +759,7 @@ impl Engine {
                     Some(v) => v,
                     None => hot_version.fetch_add(1, Ordering::Relaxed) + 1,
                 };
-                raw_insert(
-                    pool,
-                    metadata,
-                    car,
-                    version,
-                    "DailyRateChanged",
-                    row.event_id,
-                    &row.payload,
-                    row.recorded_at,
-                )
-                .await?;
+                raw_insert(pool, metadata, car, version, "DailyRateChanged", row).await?;
                 Ok(Outcome::Ok { retries: 0 })
             }
         }
@@ -781,27 +774,24 @@ fn pges_metadata() -> HashMap<String, String> {
     ])
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn raw_insert(
     pool: &PgPool,
     metadata: &Value,
     car: &str,
     version: i64,
     event_type: &str,
-    event_id: Uuid,
-    payload: &Value,
-    recorded_at: DateTime<Utc>,
+    row: &RawRow,
 ) -> Result<()> {
     sqlx::query(RAW_INSERT)
-        .bind(event_id)
+        .bind(row.event_id)
         .bind("car")
         .bind(car)
         .bind(version)
         .bind(event_type)
         .bind(1i32)
-        .bind(payload)
+        .bind(&row.payload)
         .bind(metadata)
-        .bind(recorded_at)
+        .bind(row.recorded_at)
         .bind(&RAW_DUMMY_HASH[..])
         .execute(pool)
         .await
@@ -820,6 +810,7 @@ async fn run_plan(engine: &Engine, plan: Plan) -> Result<Measurement> {
     let cars = Arc::new(plan.cars);
     // The hot car's stream holds its registration (version 1); raw rows continue from there.
     let hot_version = Arc::new(AtomicI64::new(1));
+    let cpu_before = CpuSample::now();
     let started = Instant::now();
     let handles: Vec<_> = plan
         .tasks
@@ -851,6 +842,7 @@ async fn run_plan(engine: &Engine, plan: Plan) -> Result<Measurement> {
         }
     }
     total.elapsed = started.elapsed();
+    total.cpu = cpu_before.zip(CpuSample::now()).map(|(a, b)| b.since(a));
     match first_error {
         Some(e) => Err(e),
         None => Ok(total),
@@ -882,6 +874,68 @@ async fn run_task(
         }
     }
     Ok(m)
+}
+
+/// CPU time used during a phase: by this process (the bench and the client library) and by the
+/// whole machine (which, when PostgreSQL runs here, includes the server).
+#[derive(Clone, Copy, Debug, Default)]
+struct CpuUse {
+    process: Duration,
+    machine: Duration,
+}
+
+impl std::ops::Add for CpuUse {
+    type Output = CpuUse;
+    fn add(self, other: CpuUse) -> CpuUse {
+        CpuUse {
+            process: self.process + other.process,
+            machine: self.machine + other.machine,
+        }
+    }
+}
+
+/// Cumulative CPU ticks from /proc (USER_HZ, 100 per second on Linux).
+#[derive(Clone, Copy, Debug)]
+struct CpuSample {
+    process: u64,
+    machine: u64,
+}
+
+impl CpuSample {
+    const TICK: Duration = Duration::from_millis(10);
+
+    fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        let all = std::fs::read_to_string("/proc/stat").ok()?;
+        let ticks: Vec<u64> = all
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().ok())
+            .collect::<Option<_>>()?;
+        // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+        let busy = [0usize, 1, 2, 5, 6, 7]
+            .iter()
+            .map(|&i| ticks.get(i).copied().unwrap_or(0))
+            .sum();
+        Some(Self {
+            process: utime + stime,
+            machine: busy,
+        })
+    }
+
+    fn since(self, earlier: CpuSample) -> CpuUse {
+        let ticks = |n: u64| Self::TICK * u32::try_from(n).unwrap_or(u32::MAX);
+        CpuUse {
+            process: ticks(self.process.saturating_sub(earlier.process)),
+            machine: ticks(self.machine.saturating_sub(earlier.machine)),
+        }
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
@@ -1016,6 +1070,31 @@ fn render(
                 "{} / {}",
                 ms(percentile(&t.latencies, 50.0)),
                 ms(percentile(&t.latencies, 99.0))
+            )
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            scenario.label(options),
+            cell(System::Ours),
+            cell(System::PostgresEs),
+            cell(System::Raw),
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\nCPU per command, µs (bench process / whole machine incl. a local PostgreSQL; /proc, 10 ms ticks):\n"
+    );
+    let _ = writeln!(out, "| Scenario | ours | postgres-es | raw INSERT |");
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    for scenario in Scenario::ALL {
+        let cell = |system| {
+            let t = results.total(system, scenario);
+            let per = |d: Duration| d.as_secs_f64() * 1e6 / t.attempted().max(1) as f64;
+            t.cpu.map_or_else(
+                || "–".to_owned(),
+                |cpu| format!("{:.0} / {:.0}", per(cpu.process), per(cpu.machine)),
             )
         };
         let _ = writeln!(

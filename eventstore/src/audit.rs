@@ -237,9 +237,17 @@ pub fn anchor_digest(at: Checkpoint, heads: &[(StreamId, StreamHead)]) -> [u8; 3
     hasher.finalize().into()
 }
 
-/// Take an anchor at the newest point readers can see, store it with its heads, return it.
-pub async fn take_anchor(store: &EventStore) -> Result<Anchor> {
-    let at = store.visible_head().await?;
+/// Take an anchor covering every event committed when it is called, store it with its heads.
+///
+/// The anchor's point must be one that nothing can later commit before, so this waits (up to
+/// `settle`) for transactions still open to finish; a longer one is an error naming the wait.
+pub async fn take_anchor(store: &EventStore, settle: std::time::Duration) -> Result<Anchor> {
+    let committed = store.committed_head().await?;
+    let Some(at) = store.wait_visible(committed, settle).await? else {
+        return Err(EventStoreError::Timeout(format!(
+            "an open transaction kept the log from settling at {committed} for {settle:?}; try again"
+        )));
+    };
     let heads = heads_at(store, at).await?;
     let digest = anchor_digest(at, &heads);
     let events: i64 = heads.iter().map(|(_, h)| h.version).sum();
@@ -442,7 +450,9 @@ pub struct ExportFilter {
 }
 
 /// Write every matching event, every stored field, one JSON object per line, in commit order.
-/// Returns the number of events written.
+///
+/// Reads in one repeatable-read snapshot, so the file is the log exactly as committed at the
+/// start (a transaction still open then is not in it). Returns the number of events written.
 pub async fn export(
     store: &EventStore,
     filter: &ExportFilter,
@@ -454,11 +464,14 @@ pub async fn export(
     let sql = format!(
         "SELECT {COLUMNS} FROM events \
          WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
-           AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
            AND global_position >= $3 AND global_position <= $4 \
            AND ($5::text IS NULL OR (aggregate_type = $5 AND aggregate_id = $6)) \
          ORDER BY transaction_id, global_position LIMIT $7"
     );
+    let mut tx = store.pool().begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
     loop {
         let rows = sqlx::query(&sql)
             .bind(after.transaction_id.to_string())
@@ -468,7 +481,7 @@ pub async fn export(
             .bind(filter.stream.as_ref().map(|s| s.aggregate_type.as_str()))
             .bind(filter.stream.as_ref().map(|s| s.aggregate_id.as_str()))
             .bind(BATCH)
-            .fetch_all(store.pool())
+            .fetch_all(&mut *tx)
             .await?;
         if rows.is_empty() {
             break;
@@ -484,6 +497,7 @@ pub async fn export(
         }
         progress(written);
     }
+    tx.commit().await?;
     out.flush()
         .map_err(|e| EventStoreError::Corrupt(format!("cannot write the export: {e}")))?;
     Ok(written)

@@ -29,6 +29,9 @@ pub enum EventStoreError {
         event_version: i32,
         reason: String,
     },
+    /// A wait on the database did not finish in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
     /// What was asked for is not stored.
     #[error("not found: {0}")]
     NotFound(String),

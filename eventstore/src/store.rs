@@ -404,6 +404,45 @@ impl EventStore {
         }
     }
 
+    /// The newest committed event in commit order, whether or not readers may see it yet.
+    pub async fn committed_head(&self) -> Result<Checkpoint> {
+        let row = sqlx::query(
+            "SELECT transaction_id::text, global_position FROM events \
+             ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+        )
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        match row {
+            None => Ok(Checkpoint::START),
+            Some(row) => Ok(Checkpoint {
+                transaction_id: parse_xid8(&row.try_get::<String, _>(0)?)?,
+                global_position: row.try_get(1)?,
+            }),
+        }
+    }
+
+    /// Wait until readers can see `target` (every transaction that could still commit before
+    /// it has finished). Returns the visible head then, or `None` after `timeout`.
+    pub async fn wait_visible(
+        &self,
+        target: Checkpoint,
+        timeout: std::time::Duration,
+    ) -> Result<Option<Checkpoint>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = std::time::Duration::from_millis(5);
+        loop {
+            let head = self.visible_head().await?;
+            if head >= target {
+                return Ok(Some(head));
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(200));
+        }
+    }
+
     /// Recompute one stream's hash chain from the stored rows.
     pub async fn verify_stream(&self, stream: &StreamId) -> Result<StreamVerification> {
         let events = self.read_stream_raw(stream, 1, None).await?;

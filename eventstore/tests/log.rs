@@ -38,14 +38,11 @@ async fn count_events(store: &EventStore) -> i64 {
 /// Wait until readers can see `upto`. Readers are held back by any open transaction in the
 /// whole cluster, and other tests run beside this one on the same server.
 async fn wait_visible(store: &EventStore, upto: Checkpoint) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while store.visible_head().await.unwrap() < upto {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{upto} never became visible"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let seen = store
+        .wait_visible(upto, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(seen.is_some(), "{upto} never became visible");
 }
 
 fn fast_poll() -> SubscribeOptions {
