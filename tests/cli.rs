@@ -74,10 +74,10 @@ async fn migrate_then_verify_passes_and_fails_on_tampering() {
     .unwrap();
     let bad = verify(&["--all"]);
     assert_eq!(bad.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&bad.stderr);
+    let out = String::from_utf8_lossy(&bad.stdout);
     assert!(
-        err.contains("BROKEN car/b: first broken version 2"),
-        "{err}"
+        out.contains("BROKEN car/b: first broken version 2"),
+        "{out}"
     );
     assert!(verify(&["--stream", "car/a"]).status.success());
 }
