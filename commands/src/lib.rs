@@ -1,9 +1,12 @@
 //! Fleetledger's application layer: command execution on the event store with retries.
 
+pub mod accounts;
+pub mod branches;
 pub mod codec;
 pub mod context;
 pub mod executor;
 pub mod history;
+pub mod payments;
 
 pub use context::CommandContext;
 pub use executor::{

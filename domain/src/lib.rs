@@ -3,9 +3,12 @@
 //! Nothing here does I/O. Every event type is past tense and has an `event_version`; payload
 //! upcasters live in the event store.
 
+pub mod booking;
 pub mod car;
 pub mod money;
+pub mod payment;
 pub mod pricing;
+pub mod telemetry;
 
 pub use money::{Currency, Money};
 

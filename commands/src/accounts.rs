@@ -1,0 +1,1 @@
+//! User accounts (being written).

@@ -1,0 +1,1 @@
+//! Branches (being written).

@@ -1,0 +1,1 @@
+//! Payment gateways and the payment service (being written).

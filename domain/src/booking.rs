@@ -1,0 +1,1 @@
+//! Booking aggregate (being written).

@@ -1,0 +1,1 @@
+//! Payment aggregate (being written).
