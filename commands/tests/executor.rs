@@ -227,6 +227,7 @@ async fn a_stale_cache_never_decides_the_outcome() {
         &key,
         CarCommand::Retire {
             reason: "sold".into(),
+            now: chrono::Utc::now(),
         },
         &ctx(),
     )

@@ -1,14 +1,17 @@
 //! The Car aggregate: a vehicle of the fleet, its details, daily rate, branch and lifecycle.
 //!
-//! This is the part of Car the event log issue needs (register, change rate, relocate, retire);
-//! reservations and maintenance windows join it with the booking flow.
+//! A car holds its future reservation and maintenance windows and refuses any overlap,
+//! turnaround buffer included; a retired car accepts no reservation. Past windows are pruned
+//! as events carrying a later instant are applied, so the state stays small.
 
+use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::money::Money;
+use crate::window::TimeWindow;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -91,53 +94,86 @@ impl CarDetails {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CarCommand {
-    Register {
-        id: Uuid,
-        details: CarDetails,
-        daily_rate: Money,
-        branch: String,
-    },
-    ChangeDailyRate {
-        daily_rate: Money,
-    },
-    Relocate {
-        branch: String,
-    },
-    Retire {
-        reason: String,
-    },
+/// Changes to a car's details; `None` keeps the current value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarDetailsPatch {
+    pub make: Option<String>,
+    pub model: Option<String>,
+    pub year: Option<i32>,
+    pub class: Option<CarClass>,
+    pub seats: Option<u8>,
+    pub transmission: Option<Transmission>,
+    pub fuel: Option<FuelType>,
+    pub features: Option<Vec<String>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+impl CarDetailsPatch {
+    fn apply_to(self, d: &CarDetails) -> CarDetails {
+        CarDetails {
+            make: self.make.unwrap_or_else(|| d.make.clone()),
+            model: self.model.unwrap_or_else(|| d.model.clone()),
+            year: self.year.unwrap_or(d.year),
+            class: self.class.unwrap_or(d.class),
+            seats: self.seats.unwrap_or(d.seats),
+            transmission: self.transmission.unwrap_or(d.transmission),
+            fuel: self.fuel.unwrap_or(d.fuel),
+            features: self.features.unwrap_or_else(|| d.features.clone()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CarCommand {
+    Register { id: Uuid, details: CarDetails, daily_rate: Money, branch: String },
+    UpdateDetails { patch: CarDetailsPatch },
+    ChangeDailyRate { daily_rate: Money },
+    Relocate { branch: String },
+    Retire { reason: String, now: DateTime<Utc> },
+    ScheduleMaintenance { maintenance_id: Uuid, window: TimeWindow, reason: String, buffer_minutes: i64, now: DateTime<Utc> },
+    /// Ends the maintenance in progress, or else the next one scheduled.
+    CompleteMaintenance { now: DateTime<Utc> },
+    /// Blocks `window` for a booking; `buffer_minutes` of turnaround must separate it from
+    /// every other block. Reserving the same window again for the same booking is a no-op.
+    Reserve { booking_id: Uuid, window: TimeWindow, buffer_minutes: i64, now: DateTime<Utc> },
+    /// Moves a booking's reservation: the old window is given up only if the new one fits.
+    ChangeReservation { booking_id: Uuid, window: TimeWindow, buffer_minutes: i64, now: DateTime<Utc> },
+    /// Gives a booking's window back; a no-op when the booking holds none.
+    Release { booking_id: Uuid, now: DateTime<Utc> },
+    HandOver { booking_id: Uuid, odometer_km: f64, now: DateTime<Utc> },
+    TakeBack { booking_id: Uuid, odometer_km: f64, branch: String, now: DateTime<Utc> },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum CarEvent {
-    CarRegistered {
-        id: Uuid,
-        details: CarDetails,
-        daily_rate: Money,
-        branch: String,
-    },
-    DailyRateChanged {
-        from: Money,
-        to: Money,
-    },
-    CarRelocated {
-        from: String,
-        to: String,
-    },
-    CarRetired {
-        reason: String,
-    },
+    CarRegistered { id: Uuid, details: CarDetails, daily_rate: Money, branch: String },
+    CarDetailsUpdated { details: CarDetails },
+    DailyRateChanged { from: Money, to: Money },
+    CarRelocated { from: String, to: String },
+    CarRetired { reason: String, at: DateTime<Utc> },
+    MaintenanceScheduled { maintenance_id: Uuid, window: TimeWindow, reason: String, at: DateTime<Utc> },
+    MaintenanceCompleted { maintenance_id: Uuid, at: DateTime<Utc> },
+    CarReserved { booking_id: Uuid, window: TimeWindow, at: DateTime<Utc> },
+    ReservationChanged { booking_id: Uuid, from: TimeWindow, to: TimeWindow, at: DateTime<Utc> },
+    ReservationReleased { booking_id: Uuid, at: DateTime<Utc> },
+    CarPickedUp { booking_id: Uuid, odometer_km: f64, at: DateTime<Utc> },
+    CarReturned { booking_id: Uuid, odometer_km: f64, branch: String, at: DateTime<Utc> },
 }
 
 impl DomainEvent for CarEvent {
     fn event_type(&self) -> String {
         match self {
             Self::CarRegistered { .. } => "CarRegistered",
+            Self::CarDetailsUpdated { .. } => "CarDetailsUpdated",
             Self::DailyRateChanged { .. } => "DailyRateChanged",
             Self::CarRelocated { .. } => "CarRelocated",
             Self::CarRetired { .. } => "CarRetired",
+            Self::MaintenanceScheduled { .. } => "MaintenanceScheduled",
+            Self::MaintenanceCompleted { .. } => "MaintenanceCompleted",
+            Self::CarReserved { .. } => "CarReserved",
+            Self::ReservationChanged { .. } => "ReservationChanged",
+            Self::ReservationReleased { .. } => "ReservationReleased",
+            Self::CarPickedUp { .. } => "CarPickedUp",
+            Self::CarReturned { .. } => "CarReturned",
         }
         .to_owned()
     }
@@ -146,6 +182,22 @@ impl DomainEvent for CarEvent {
         crate::V1.to_owned()
     }
 }
+
+/// Every event type a car emits, for the event catalog.
+pub const EVENT_TYPES: &[&str] = &[
+    "CarRegistered",
+    "CarDetailsUpdated",
+    "DailyRateChanged",
+    "CarRelocated",
+    "CarRetired",
+    "MaintenanceScheduled",
+    "MaintenanceCompleted",
+    "CarReserved",
+    "ReservationChanged",
+    "ReservationReleased",
+    "CarPickedUp",
+    "CarReturned",
+];
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CarError {
@@ -156,21 +208,71 @@ pub enum CarError {
     #[error("car is retired")]
     Retired,
     #[error("invalid {field}: {reason}")]
-    InvalidDetails {
-        field: &'static str,
-        reason: &'static str,
-    },
+    InvalidDetails { field: &'static str, reason: &'static str },
     #[error("daily rate must be positive")]
     NonPositiveRate,
     #[error("the daily rate is in {actual}, the car is priced in {expected}")]
-    CurrencyChange {
-        expected: crate::Currency,
-        actual: crate::Currency,
-    },
+    CurrencyChange { expected: crate::Currency, actual: crate::Currency },
     #[error("branch code must be 1 to 16 characters")]
     InvalidBranch,
     #[error("nothing to change")]
     Unchanged,
+    #[error("the window starts in the past")]
+    WindowInPast,
+    #[error("the car is not free from {} to {} (taken by {taken_by})", window.start, window.end)]
+    NotAvailable { window: TimeWindow, taken_by: String },
+    #[error("no maintenance is scheduled")]
+    NoMaintenance,
+    #[error("booking {0} holds no reservation of this car")]
+    NoReservation(Uuid),
+    #[error("the car is out on a rental")]
+    Rented,
+    #[error("the car is not out on rental {0}")]
+    NotRentedBy(Uuid),
+    #[error("the odometer cannot go back from {last} km to {given} km")]
+    OdometerBackwards { last: String, given: String },
+    #[error("the car has upcoming bookings; cancel or move them first")]
+    HasBookings,
+}
+
+/// What blocks a car for a window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlockKind {
+    Rental { booking_id: Uuid },
+    Maintenance { maintenance_id: Uuid, reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    pub kind: BlockKind,
+    pub window: TimeWindow,
+}
+
+impl Block {
+    fn booking(&self) -> Option<Uuid> {
+        match self.kind {
+            BlockKind::Rental { booking_id } => Some(booking_id),
+            BlockKind::Maintenance { .. } => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.kind {
+            BlockKind::Rental { .. } => "another booking".into(),
+            BlockKind::Maintenance { reason, .. } => format!("maintenance ({reason})"),
+        }
+    }
+}
+
+/// The car's status at an instant, as the fleet sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CarStatus {
+    Available,
+    Reserved,
+    Rented,
+    Maintenance,
+    Retired,
 }
 
 /// A car's state, rebuilt from its events.
@@ -181,6 +283,11 @@ pub struct Car {
     pub daily_rate: Option<Money>,
     pub branch: Option<String>,
     pub retired: bool,
+    pub odometer_km: Option<f64>,
+    /// The booking the car is out on, between hand-over and take-back.
+    pub rented_by: Option<Uuid>,
+    /// Reservations and maintenance that have not ended yet, in start order.
+    pub blocks: Vec<Block>,
 }
 
 fn check_branch(code: &str) -> Result<(), CarError> {
@@ -196,6 +303,51 @@ impl Car {
             return Err(CarError::Retired);
         }
         self.daily_rate.ok_or(CarError::NotRegistered)
+    }
+
+    /// The first block (other than `except`'s) that `window` would collide with.
+    fn collision(&self, window: &TimeWindow, buffer: Duration, except: Option<Uuid>) -> Option<&Block> {
+        self.blocks
+            .iter()
+            .filter(|b| except.is_none() || b.booking() != except)
+            .find(|b| b.window.overlaps(window, buffer))
+    }
+
+    fn ensure_free(&self, window: &TimeWindow, buffer_minutes: i64, except: Option<Uuid>) -> Result<(), CarError> {
+        match self.collision(window, Duration::minutes(buffer_minutes.max(0)), except) {
+            Some(block) => Err(CarError::NotAvailable { window: *window, taken_by: block.describe() }),
+            None => Ok(()),
+        }
+    }
+
+    fn reservation_of(&self, booking_id: Uuid) -> Option<&Block> {
+        self.blocks.iter().find(|b| b.booking() == Some(booking_id))
+    }
+
+    /// The car's status at `now`.
+    pub fn status_at(&self, now: DateTime<Utc>) -> CarStatus {
+        if self.retired {
+            CarStatus::Retired
+        } else if self.rented_by.is_some() {
+            CarStatus::Rented
+        } else if self.blocks.iter().any(|b| matches!(b.kind, BlockKind::Maintenance { .. }) && b.window.contains(now)) {
+            CarStatus::Maintenance
+        } else if self.blocks.iter().any(|b| b.booking().is_some() && b.window.contains(now)) {
+            CarStatus::Reserved
+        } else {
+            CarStatus::Available
+        }
+    }
+
+    /// Forget windows that ended before `at`, except the one of a rental still out.
+    fn prune(&mut self, at: DateTime<Utc>) {
+        let out = self.rented_by;
+        self.blocks.retain(|b| b.window.end > at || (out.is_some() && b.booking() == out));
+    }
+
+    fn insert_block(&mut self, block: Block) {
+        let at = self.blocks.partition_point(|b| b.window.start <= block.window.start);
+        self.blocks.insert(at, block);
     }
 }
 
@@ -213,12 +365,7 @@ impl Aggregate for Car {
         sink: &EventSink<Self>,
     ) -> Result<(), CarError> {
         let event = match command {
-            CarCommand::Register {
-                id,
-                details,
-                daily_rate,
-                branch,
-            } => {
+            CarCommand::Register { id, details, daily_rate, branch } => {
                 if self.id.is_some() {
                     return Err(CarError::AlreadyRegistered);
                 }
@@ -227,12 +374,17 @@ impl Aggregate for Car {
                 if daily_rate.minor <= 0 {
                     return Err(CarError::NonPositiveRate);
                 }
-                CarEvent::CarRegistered {
-                    id,
-                    details,
-                    daily_rate,
-                    branch,
+                CarEvent::CarRegistered { id, details, daily_rate, branch }
+            }
+            CarCommand::UpdateDetails { patch } => {
+                self.registered_rate()?;
+                let current = self.details.as_ref().ok_or(CarError::NotRegistered)?;
+                let details = patch.apply_to(current);
+                details.validate()?;
+                if &details == current {
+                    return Err(CarError::Unchanged);
                 }
+                CarEvent::CarDetailsUpdated { details }
             }
             CarCommand::ChangeDailyRate { daily_rate } => {
                 let from = self.registered_rate()?;
@@ -240,31 +392,112 @@ impl Aggregate for Car {
                     return Err(CarError::NonPositiveRate);
                 }
                 if daily_rate.currency != from.currency {
-                    return Err(CarError::CurrencyChange {
-                        expected: from.currency,
-                        actual: daily_rate.currency,
-                    });
+                    return Err(CarError::CurrencyChange { expected: from.currency, actual: daily_rate.currency });
                 }
                 if daily_rate == from {
                     return Err(CarError::Unchanged);
                 }
-                CarEvent::DailyRateChanged {
-                    from,
-                    to: daily_rate,
-                }
+                CarEvent::DailyRateChanged { from, to: daily_rate }
             }
             CarCommand::Relocate { branch } => {
                 self.registered_rate()?;
                 check_branch(&branch)?;
+                if self.rented_by.is_some() {
+                    return Err(CarError::Rented);
+                }
                 let from = self.branch.clone().unwrap_or_default();
                 if from == branch {
                     return Err(CarError::Unchanged);
                 }
                 CarEvent::CarRelocated { from, to: branch }
             }
-            CarCommand::Retire { reason } => {
+            CarCommand::Retire { reason, now } => {
                 self.registered_rate()?;
-                CarEvent::CarRetired { reason }
+                if self.rented_by.is_some() {
+                    return Err(CarError::Rented);
+                }
+                if self.blocks.iter().any(|b| b.booking().is_some() && b.window.end > now) {
+                    return Err(CarError::HasBookings);
+                }
+                CarEvent::CarRetired { reason, at: now }
+            }
+            CarCommand::ScheduleMaintenance { maintenance_id, window, reason, buffer_minutes, now } => {
+                self.registered_rate()?;
+                if window.end <= now {
+                    return Err(CarError::WindowInPast);
+                }
+                if reason.trim().is_empty() || reason.len() > 500 {
+                    return Err(CarError::InvalidDetails { field: "reason", reason: "must be 1 to 500 characters" });
+                }
+                self.ensure_free(&window, buffer_minutes, None)?;
+                CarEvent::MaintenanceScheduled { maintenance_id, window, reason, at: now }
+            }
+            CarCommand::CompleteMaintenance { now } => {
+                self.registered_rate()?;
+                let maintenance_id = self
+                    .blocks
+                    .iter()
+                    .filter_map(|b| match b.kind {
+                        BlockKind::Maintenance { maintenance_id, .. } if b.window.end > now => Some(maintenance_id),
+                        _ => None,
+                    })
+                    .next()
+                    .ok_or(CarError::NoMaintenance)?;
+                CarEvent::MaintenanceCompleted { maintenance_id, at: now }
+            }
+            CarCommand::Reserve { booking_id, window, buffer_minutes, now } => {
+                self.registered_rate()?;
+                if let Some(existing) = self.reservation_of(booking_id) {
+                    if existing.window == window {
+                        return Ok(());
+                    }
+                    return Err(CarError::NotAvailable { window, taken_by: "this booking's own reservation".into() });
+                }
+                if window.start < now {
+                    return Err(CarError::WindowInPast);
+                }
+                self.ensure_free(&window, buffer_minutes, None)?;
+                CarEvent::CarReserved { booking_id, window, at: now }
+            }
+            CarCommand::ChangeReservation { booking_id, window, buffer_minutes, now } => {
+                self.registered_rate()?;
+                let from = self.reservation_of(booking_id).ok_or(CarError::NoReservation(booking_id))?.window;
+                if from == window {
+                    return Err(CarError::Unchanged);
+                }
+                if window.start < now {
+                    return Err(CarError::WindowInPast);
+                }
+                self.ensure_free(&window, buffer_minutes, Some(booking_id))?;
+                CarEvent::ReservationChanged { booking_id, from, to: window, at: now }
+            }
+            CarCommand::Release { booking_id, now } => {
+                if self.reservation_of(booking_id).is_none() {
+                    return Ok(());
+                }
+                CarEvent::ReservationReleased { booking_id, at: now }
+            }
+            CarCommand::HandOver { booking_id, odometer_km, now } => {
+                if self.id.is_none() {
+                    return Err(CarError::NotRegistered);
+                }
+                if self.rented_by == Some(booking_id) {
+                    return Ok(());
+                }
+                if self.rented_by.is_some() {
+                    return Err(CarError::Rented);
+                }
+                self.reservation_of(booking_id).ok_or(CarError::NoReservation(booking_id))?;
+                self.check_odometer(odometer_km)?;
+                CarEvent::CarPickedUp { booking_id, odometer_km, at: now }
+            }
+            CarCommand::TakeBack { booking_id, odometer_km, branch, now } => {
+                if self.rented_by != Some(booking_id) {
+                    return Err(CarError::NotRentedBy(booking_id));
+                }
+                check_branch(&branch)?;
+                self.check_odometer(odometer_km)?;
+                CarEvent::CarReturned { booking_id, odometer_km, branch, at: now }
             }
         };
         sink.write(event, self).await;
@@ -273,26 +506,72 @@ impl Aggregate for Car {
 
     fn apply(&mut self, event: CarEvent) {
         match event {
-            CarEvent::CarRegistered {
-                id,
-                details,
-                daily_rate,
-                branch,
-            } => {
+            CarEvent::CarRegistered { id, details, daily_rate, branch } => {
                 self.id = Some(id);
                 self.details = Some(details);
                 self.daily_rate = Some(daily_rate);
                 self.branch = Some(branch);
             }
+            CarEvent::CarDetailsUpdated { details } => self.details = Some(details),
             CarEvent::DailyRateChanged { to, .. } => self.daily_rate = Some(to),
             CarEvent::CarRelocated { to, .. } => self.branch = Some(to),
-            CarEvent::CarRetired { .. } => self.retired = true,
+            CarEvent::CarRetired { at, .. } => {
+                self.retired = true;
+                self.prune(at);
+            }
+            CarEvent::MaintenanceScheduled { maintenance_id, window, reason, at } => {
+                self.prune(at);
+                self.insert_block(Block { kind: BlockKind::Maintenance { maintenance_id, reason }, window });
+            }
+            CarEvent::MaintenanceCompleted { maintenance_id, at } => {
+                self.blocks.retain(|b| !matches!(b.kind, BlockKind::Maintenance { maintenance_id: m, .. } if m == maintenance_id));
+                self.prune(at);
+            }
+            CarEvent::CarReserved { booking_id, window, at } => {
+                self.prune(at);
+                self.insert_block(Block { kind: BlockKind::Rental { booking_id }, window });
+            }
+            CarEvent::ReservationChanged { booking_id, to, at, .. } => {
+                self.blocks.retain(|b| b.booking() != Some(booking_id));
+                self.prune(at);
+                self.insert_block(Block { kind: BlockKind::Rental { booking_id }, window: to });
+            }
+            CarEvent::ReservationReleased { booking_id, at } => {
+                self.blocks.retain(|b| b.booking() != Some(booking_id));
+                self.prune(at);
+            }
+            CarEvent::CarPickedUp { booking_id, odometer_km, at } => {
+                self.rented_by = Some(booking_id);
+                self.odometer_km = Some(odometer_km);
+                self.prune(at);
+            }
+            CarEvent::CarReturned { booking_id, odometer_km, branch, at } => {
+                self.rented_by = None;
+                self.odometer_km = Some(odometer_km);
+                self.branch = Some(branch);
+                self.blocks.retain(|b| b.booking() != Some(booking_id));
+                self.prune(at);
+            }
         }
+    }
+}
+
+impl Car {
+    fn check_odometer(&self, given: f64) -> Result<(), CarError> {
+        let last = self.odometer_km.unwrap_or(0.0);
+        if !given.is_finite() || given < 0.0 || given > 10_000_000.0 {
+            return Err(CarError::InvalidDetails { field: "odometerKm", reason: "must be between 0 and 10,000,000" });
+        }
+        if given < last {
+            return Err(CarError::OdometerBackwards { last: last.to_string(), given: given.to_string() });
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use chrono::TimeZone;
     use cqrs_es::test::TestFramework;
 
     use super::*;
@@ -302,6 +581,22 @@ mod tests {
 
     fn usd(minor: i64) -> Money {
         Money::new(minor, Currency::USD)
+    }
+
+    fn day(d: u32, h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, d, h, 0, 0).single().unwrap_or_default()
+    }
+
+    fn window(from: (u32, u32), to: (u32, u32)) -> TimeWindow {
+        TimeWindow::new(day(from.0, from.1), day(to.0, to.1)).unwrap()
+    }
+
+    fn now() -> DateTime<Utc> {
+        day(1, 8)
+    }
+
+    fn b(n: u128) -> Uuid {
+        Uuid::from_u128(n)
     }
 
     fn details() -> CarDetails {
@@ -318,96 +613,78 @@ mod tests {
     }
 
     fn registered() -> CarEvent {
-        CarEvent::CarRegistered {
-            id: Uuid::nil(),
-            details: details(),
-            daily_rate: usd(4_500),
-            branch: "LIS".into(),
-        }
+        CarEvent::CarRegistered { id: Uuid::nil(), details: details(), daily_rate: usd(4_500), branch: "LIS".into() }
+    }
+
+    fn reserved(booking: u128, w: TimeWindow) -> CarEvent {
+        CarEvent::CarReserved { booking_id: b(booking), window: w, at: now() }
+    }
+
+    fn reserve(booking: u128, w: TimeWindow) -> CarCommand {
+        CarCommand::Reserve { booking_id: b(booking), window: w, buffer_minutes: 60, now: now() }
     }
 
     #[test]
     fn registers_a_valid_car() {
         CarTest::with(())
             .given_no_previous_events()
-            .when(CarCommand::Register {
-                id: Uuid::nil(),
-                details: details(),
-                daily_rate: usd(4_500),
-                branch: "LIS".into(),
-            })
+            .when(CarCommand::Register { id: Uuid::nil(), details: details(), daily_rate: usd(4_500), branch: "LIS".into() })
             .then_expect_events(vec![registered()]);
     }
 
     #[test]
     fn refuses_invalid_details_and_rates() {
-        let bad_year = CarDetails {
-            year: 1800,
-            ..details()
-        };
+        let bad_year = CarDetails { year: 1800, ..details() };
         CarTest::with(())
             .given_no_previous_events()
-            .when(CarCommand::Register {
-                id: Uuid::nil(),
-                details: bad_year,
-                daily_rate: usd(4_500),
-                branch: "LIS".into(),
-            })
-            .then_expect_error(CarError::InvalidDetails {
-                field: "year",
-                reason: "must be between 1950 and 2100",
-            });
+            .when(CarCommand::Register { id: Uuid::nil(), details: bad_year, daily_rate: usd(4_500), branch: "LIS".into() })
+            .then_expect_error(CarError::InvalidDetails { field: "year", reason: "must be between 1950 and 2100" });
         CarTest::with(())
             .given_no_previous_events()
-            .when(CarCommand::Register {
-                id: Uuid::nil(),
-                details: details(),
-                daily_rate: usd(0),
-                branch: "LIS".into(),
-            })
+            .when(CarCommand::Register { id: Uuid::nil(), details: details(), daily_rate: usd(0), branch: "LIS".into() })
             .then_expect_error(CarError::NonPositiveRate);
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::Register {
-                id: Uuid::nil(),
-                details: details(),
-                daily_rate: usd(1),
-                branch: "LIS".into(),
-            })
+            .when(CarCommand::Register { id: Uuid::nil(), details: details(), daily_rate: usd(1), branch: "LIS".into() })
             .then_expect_error(CarError::AlreadyRegistered);
+    }
+
+    #[test]
+    fn updates_details_with_a_patch() {
+        let patch = CarDetailsPatch { seats: Some(7), features: Some(vec!["gps".into()]), ..CarDetailsPatch::default() };
+        CarTest::with(())
+            .given(vec![registered()])
+            .when(CarCommand::UpdateDetails { patch })
+            .then_expect_events(vec![CarEvent::CarDetailsUpdated {
+                details: CarDetails { seats: 7, features: vec!["gps".into()], ..details() },
+            }]);
+        CarTest::with(())
+            .given(vec![registered()])
+            .when(CarCommand::UpdateDetails { patch: CarDetailsPatch { seats: Some(0), ..CarDetailsPatch::default() } })
+            .then_expect_error(CarError::InvalidDetails { field: "seats", reason: "must be between 1 and 60" });
+        CarTest::with(())
+            .given(vec![registered()])
+            .when(CarCommand::UpdateDetails { patch: CarDetailsPatch::default() })
+            .then_expect_error(CarError::Unchanged);
     }
 
     #[test]
     fn changes_the_rate_in_the_same_currency_only() {
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::ChangeDailyRate {
-                daily_rate: usd(5_000),
-            })
-            .then_expect_events(vec![CarEvent::DailyRateChanged {
-                from: usd(4_500),
-                to: usd(5_000),
-            }]);
+            .when(CarCommand::ChangeDailyRate { daily_rate: usd(5_000) })
+            .then_expect_events(vec![CarEvent::DailyRateChanged { from: usd(4_500), to: usd(5_000) }]);
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::ChangeDailyRate {
-                daily_rate: Money::new(5_000, Currency::EUR),
-            })
-            .then_expect_error(CarError::CurrencyChange {
-                expected: Currency::USD,
-                actual: Currency::EUR,
-            });
+            .when(CarCommand::ChangeDailyRate { daily_rate: Money::new(5_000, Currency::EUR) })
+            .then_expect_error(CarError::CurrencyChange { expected: Currency::USD, actual: Currency::EUR });
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::ChangeDailyRate {
-                daily_rate: usd(4_500),
-            })
+            .when(CarCommand::ChangeDailyRate { daily_rate: usd(4_500) })
             .then_expect_error(CarError::Unchanged);
         CarTest::with(())
             .given_no_previous_events()
-            .when(CarCommand::ChangeDailyRate {
-                daily_rate: usd(5_000),
-            })
+            .when(CarCommand::ChangeDailyRate { daily_rate: usd(5_000) })
             .then_expect_error(CarError::NotRegistered);
     }
 
@@ -415,29 +692,173 @@ mod tests {
     fn relocates_and_retires() {
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::Relocate {
-                branch: "OPO".into(),
-            })
-            .then_expect_events(vec![CarEvent::CarRelocated {
-                from: "LIS".into(),
-                to: "OPO".into(),
-            }]);
+            .when(CarCommand::Relocate { branch: "OPO".into() })
+            .then_expect_events(vec![CarEvent::CarRelocated { from: "LIS".into(), to: "OPO".into() }]);
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::Relocate {
-                branch: "LIS".into(),
-            })
+            .when(CarCommand::Relocate { branch: "LIS".into() })
             .then_expect_error(CarError::Unchanged);
         CarTest::with(())
-            .given(vec![
-                registered(),
-                CarEvent::CarRetired {
-                    reason: "old".into(),
-                },
-            ])
-            .when(CarCommand::ChangeDailyRate {
-                daily_rate: usd(100),
-            })
+            .given(vec![registered()])
+            .when(CarCommand::Retire { reason: "old".into(), now: now() })
+            .then_expect_events(vec![CarEvent::CarRetired { reason: "old".into(), at: now() }]);
+        CarTest::with(())
+            .given(vec![registered(), CarEvent::CarRetired { reason: "old".into(), at: now() }])
+            .when(CarCommand::ChangeDailyRate { daily_rate: usd(100) })
             .then_expect_error(CarError::Retired);
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, window((3, 10), (5, 10)))])
+            .when(CarCommand::Retire { reason: "old".into(), now: now() })
+            .then_expect_error(CarError::HasBookings);
+    }
+
+    #[test]
+    fn a_retired_car_accepts_no_reservation() {
+        CarTest::with(())
+            .given(vec![registered(), CarEvent::CarRetired { reason: "sold".into(), at: now() }])
+            .when(reserve(1, window((3, 10), (5, 10))))
+            .then_expect_error(CarError::Retired);
+    }
+
+    #[test]
+    fn reserves_a_free_window() {
+        let w = window((3, 10), (5, 10));
+        CarTest::with(())
+            .given(vec![registered()])
+            .when(reserve(1, w))
+            .then_expect_events(vec![reserved(1, w)]);
+        // Again for the same booking and window: nothing new (a retried command).
+        CarTest::with(()).given(vec![registered(), reserved(1, w)]).when(reserve(1, w)).then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn refuses_overlaps_including_the_turnaround_buffer() {
+        let taken = window((3, 10), (5, 10));
+        let overlapping = window((4, 10), (6, 10));
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, taken)])
+            .when(reserve(2, overlapping))
+            .then_expect_error(CarError::NotAvailable { window: overlapping, taken_by: "another booking".into() });
+        // Starts 30 minutes after the other ends: inside the 60-minute turnaround.
+        let tight = TimeWindow::new(day(5, 10) + Duration::minutes(30), day(7, 10)).unwrap();
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, taken)])
+            .when(reserve(2, tight))
+            .then_expect_error(CarError::NotAvailable { window: tight, taken_by: "another booking".into() });
+        // Exactly one buffer later: fine.
+        let after = TimeWindow::new(day(5, 11), day(7, 10)).unwrap();
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, taken)])
+            .when(reserve(2, after))
+            .then_expect_events(vec![reserved(2, after)]);
+    }
+
+    #[test]
+    fn maintenance_blocks_reservations_and_completes() {
+        let m = window((3, 0), (4, 0));
+        let scheduled = CarEvent::MaintenanceScheduled { maintenance_id: b(9), window: m, reason: "tyres".into(), at: now() };
+        CarTest::with(())
+            .given(vec![registered()])
+            .when(CarCommand::ScheduleMaintenance { maintenance_id: b(9), window: m, reason: "tyres".into(), buffer_minutes: 60, now: now() })
+            .then_expect_events(vec![scheduled.clone()]);
+        let w = window((3, 12), (5, 12));
+        CarTest::with(())
+            .given(vec![registered(), scheduled.clone()])
+            .when(reserve(1, w))
+            .then_expect_error(CarError::NotAvailable { window: w, taken_by: "maintenance (tyres)".into() });
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, w)])
+            .when(CarCommand::ScheduleMaintenance { maintenance_id: b(9), window: m, reason: "tyres".into(), buffer_minutes: 60, now: now() })
+            .then_expect_error(CarError::NotAvailable { window: m, taken_by: "another booking".into() });
+        CarTest::with(())
+            .given(vec![registered(), scheduled.clone()])
+            .when(CarCommand::CompleteMaintenance { now: day(3, 9) })
+            .then_expect_events(vec![CarEvent::MaintenanceCompleted { maintenance_id: b(9), at: day(3, 9) }]);
+        CarTest::with(())
+            .given(vec![registered()])
+            .when(CarCommand::CompleteMaintenance { now: now() })
+            .then_expect_error(CarError::NoMaintenance);
+        // Completed: the window is free again.
+        CarTest::with(())
+            .given(vec![registered(), scheduled, CarEvent::MaintenanceCompleted { maintenance_id: b(9), at: now() }])
+            .when(reserve(1, w))
+            .then_expect_events(vec![reserved(1, w)]);
+    }
+
+    #[test]
+    fn a_reservation_moves_only_if_the_new_window_fits() {
+        let w1 = window((3, 10), (5, 10));
+        let w2 = window((10, 10), (12, 10));
+        let moved = window((4, 10), (6, 10));
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, w1), reserved(2, w2)])
+            .when(CarCommand::ChangeReservation { booking_id: b(1), window: moved, buffer_minutes: 60, now: now() })
+            .then_expect_events(vec![CarEvent::ReservationChanged { booking_id: b(1), from: w1, to: moved, at: now() }]);
+        let clash = window((9, 10), (11, 10));
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, w1), reserved(2, w2)])
+            .when(CarCommand::ChangeReservation { booking_id: b(1), window: clash, buffer_minutes: 60, now: now() })
+            .then_expect_error(CarError::NotAvailable { window: clash, taken_by: "another booking".into() });
+        CarTest::with(())
+            .given(vec![registered()])
+            .when(CarCommand::ChangeReservation { booking_id: b(1), window: clash, buffer_minutes: 60, now: now() })
+            .then_expect_error(CarError::NoReservation(b(1)));
+    }
+
+    #[test]
+    fn releasing_frees_the_window_and_is_idempotent() {
+        let w = window((3, 10), (5, 10));
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, w)])
+            .when(CarCommand::Release { booking_id: b(1), now: now() })
+            .then_expect_events(vec![CarEvent::ReservationReleased { booking_id: b(1), at: now() }]);
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, w), CarEvent::ReservationReleased { booking_id: b(1), at: now() }])
+            .when(CarCommand::Release { booking_id: b(1), now: now() })
+            .then_expect_events(vec![]);
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, w), CarEvent::ReservationReleased { booking_id: b(1), at: now() }])
+            .when(reserve(2, w))
+            .then_expect_events(vec![reserved(2, w)]);
+    }
+
+    #[test]
+    fn hands_over_and_takes_back() {
+        let w = window((3, 10), (5, 10));
+        let picked = CarEvent::CarPickedUp { booking_id: b(1), odometer_km: 1_000.0, at: day(3, 10) };
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, w)])
+            .when(CarCommand::HandOver { booking_id: b(1), odometer_km: 1_000.0, now: day(3, 10) })
+            .then_expect_events(vec![picked.clone()]);
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, w)])
+            .when(CarCommand::HandOver { booking_id: b(2), odometer_km: 1_000.0, now: day(3, 10) })
+            .then_expect_error(CarError::NoReservation(b(2)));
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, w), picked.clone()])
+            .when(CarCommand::TakeBack { booking_id: b(1), odometer_km: 999.0, branch: "OPO".into(), now: day(5, 9) })
+            .then_expect_error(CarError::OdometerBackwards { last: "1000".into(), given: "999".into() });
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, w), picked.clone()])
+            .when(CarCommand::TakeBack { booking_id: b(1), odometer_km: 1_420.5, branch: "OPO".into(), now: day(5, 9) })
+            .then_expect_events(vec![CarEvent::CarReturned { booking_id: b(1), odometer_km: 1_420.5, branch: "OPO".into(), at: day(5, 9) }]);
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, w), picked])
+            .when(CarCommand::Relocate { branch: "OPO".into() })
+            .then_expect_error(CarError::Rented);
+    }
+
+    #[test]
+    fn past_windows_are_pruned_from_state() {
+        let mut car = Car::default();
+        car.apply(registered());
+        car.apply(reserved(1, window((3, 10), (5, 10))));
+        car.apply(reserved(2, window((8, 10), (9, 10))));
+        assert_eq!(car.blocks.len(), 2);
+        car.apply(CarEvent::CarReserved { booking_id: b(3), window: window((20, 10), (21, 10)), at: day(6, 0) });
+        let left: Vec<_> = car.blocks.iter().filter_map(Block::booking).collect();
+        assert_eq!(left, [b(2), b(3)]);
+        assert_eq!(car.status_at(day(8, 12)), CarStatus::Reserved);
+        assert_eq!(car.status_at(day(10, 12)), CarStatus::Available);
     }
 }

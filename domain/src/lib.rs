@@ -9,8 +9,10 @@ pub mod money;
 pub mod payment;
 pub mod pricing;
 pub mod telemetry;
+pub mod window;
 
 pub use money::{Currency, Money};
+pub use window::TimeWindow;
 
 /// The version cqrs-es's `DomainEvent::event_version` reports for every event still at v1.
 pub const V1: &str = "1";
