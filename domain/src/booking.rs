@@ -1,1 +1,916 @@
-//! Booking aggregate (being written).
+//! The Booking aggregate: a customer's rental of one car, from hold to feedback.
+//!
+//! HELD (car reserved, waiting for payment until `held_until`) → CONFIRMED (paid) → ACTIVE
+//! (picked up) → COMPLETED (returned). HELD or CONFIRMED can be cancelled; HELD past
+//! `held_until` expires. The car's side of each step (reserve, release, hand over, take back)
+//! is a Car command appended in the same transaction by the application layer.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::money::Money;
+use crate::pricing::{PriceLine, Quote};
+use crate::window::TimeWindow;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BookingStatus {
+    Held,
+    Confirmed,
+    Active,
+    Completed,
+    Cancelled,
+    Expired,
+}
+
+/// Who cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CancelledBy {
+    Customer,
+    Staff,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Feedback {
+    pub rating: u8,
+    pub comment: Option<String>,
+    pub submitted_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum BookingCommand {
+    Request {
+        booking_id: Uuid,
+        customer_id: Uuid,
+        car_id: Uuid,
+        window: TimeWindow,
+        pickup_branch: String,
+        return_branch: String,
+        quote: Quote,
+        held_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    },
+    Confirm {
+        payment_id: Uuid,
+        now: DateTime<Utc>,
+    },
+    Modify {
+        window: TimeWindow,
+        quote: Quote,
+        now: DateTime<Utc>,
+    },
+    Cancel {
+        by: CancelledBy,
+        reason: Option<String>,
+        fee: Money,
+        now: DateTime<Utc>,
+    },
+    Expire {
+        now: DateTime<Utc>,
+    },
+    PickUp {
+        odometer_km: f64,
+        fuel_percent: f64,
+        now: DateTime<Utc>,
+    },
+    Return {
+        odometer_km: f64,
+        fuel_percent: f64,
+        branch: String,
+        charges: Vec<PriceLine>,
+        now: DateTime<Utc>,
+    },
+    SubmitFeedback {
+        rating: i32,
+        comment: Option<String>,
+        now: DateTime<Utc>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum BookingEvent {
+    BookingHeld {
+        booking_id: Uuid,
+        customer_id: Uuid,
+        car_id: Uuid,
+        window: TimeWindow,
+        pickup_branch: String,
+        return_branch: String,
+        quote: Quote,
+        held_until: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    BookingConfirmed {
+        payment_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    BookingModified {
+        from: TimeWindow,
+        to: TimeWindow,
+        quote: Quote,
+        at: DateTime<Utc>,
+    },
+    BookingCancelled {
+        by: CancelledBy,
+        reason: Option<String>,
+        fee: Money,
+        at: DateTime<Utc>,
+    },
+    BookingExpired {
+        at: DateTime<Utc>,
+    },
+    RentalStarted {
+        odometer_km: f64,
+        fuel_percent: f64,
+        at: DateTime<Utc>,
+    },
+    RentalCompleted {
+        odometer_km: f64,
+        fuel_percent: f64,
+        branch: String,
+        charges: Vec<PriceLine>,
+        total: Money,
+        at: DateTime<Utc>,
+    },
+    FeedbackSubmitted {
+        rating: u8,
+        comment: Option<String>,
+        at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for BookingEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::BookingHeld { .. } => "BookingHeld",
+            Self::BookingConfirmed { .. } => "BookingConfirmed",
+            Self::BookingModified { .. } => "BookingModified",
+            Self::BookingCancelled { .. } => "BookingCancelled",
+            Self::BookingExpired { .. } => "BookingExpired",
+            Self::RentalStarted { .. } => "RentalStarted",
+            Self::RentalCompleted { .. } => "RentalCompleted",
+            Self::FeedbackSubmitted { .. } => "FeedbackSubmitted",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        crate::V1.to_owned()
+    }
+}
+
+/// Every event type a booking emits, for the event catalog.
+pub const EVENT_TYPES: &[&str] = &[
+    "BookingHeld",
+    "BookingConfirmed",
+    "BookingModified",
+    "BookingCancelled",
+    "BookingExpired",
+    "RentalStarted",
+    "RentalCompleted",
+    "FeedbackSubmitted",
+];
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BookingError {
+    #[error("booking already exists")]
+    AlreadyExists,
+    #[error("booking not found")]
+    NotFound,
+    #[error("a {status:?} booking cannot be {action}")]
+    InvalidTransition {
+        status: BookingStatus,
+        action: &'static str,
+    },
+    #[error("the hold ended at {0}; the booking can no longer be confirmed")]
+    HoldEnded(DateTime<Utc>),
+    #[error("the hold lasts until {0}; it cannot expire before")]
+    HoldNotEnded(DateTime<Utc>),
+    #[error("the pickup must be in the future")]
+    PickupInPast,
+    #[error("rating must be 1 to 5")]
+    InvalidRating,
+    #[error("comment must be at most 2000 characters")]
+    CommentTooLong,
+    #[error("feedback was already given")]
+    FeedbackAlreadyGiven,
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        field: &'static str,
+        reason: &'static str,
+    },
+    #[error("the odometer cannot go back from {pickup} km to {given} km")]
+    OdometerBackwards { pickup: String, given: String },
+    #[error("amounts must be in the booking's currency")]
+    CurrencyMismatch,
+}
+
+/// A booking's state, rebuilt from its events.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Booking {
+    pub id: Option<Uuid>,
+    pub status: Option<BookingStatus>,
+    pub customer_id: Option<Uuid>,
+    pub car_id: Option<Uuid>,
+    pub window: Option<TimeWindow>,
+    pub pickup_branch: Option<String>,
+    pub return_branch: Option<String>,
+    pub quote: Option<Quote>,
+    pub held_until: Option<DateTime<Utc>>,
+    pub payment_id: Option<Uuid>,
+    pub pickup_odometer_km: Option<f64>,
+    pub pickup_fuel_percent: Option<f64>,
+    pub extra_charges: Vec<PriceLine>,
+    pub total: Option<Money>,
+    pub cancellation_fee: Option<Money>,
+    pub feedback: Option<Feedback>,
+}
+
+fn check_percent(field: &'static str, v: f64) -> Result<(), BookingError> {
+    if v.is_finite() && (0.0..=100.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(BookingError::Invalid {
+            field,
+            reason: "must be between 0 and 100",
+        })
+    }
+}
+
+fn check_odometer(v: f64) -> Result<(), BookingError> {
+    if v.is_finite() && (0.0..=10_000_000.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(BookingError::Invalid {
+            field: "odometerKm",
+            reason: "must be between 0 and 10,000,000",
+        })
+    }
+}
+
+impl Booking {
+    fn status(&self) -> Result<BookingStatus, BookingError> {
+        self.status.ok_or(BookingError::NotFound)
+    }
+
+    fn expect(
+        &self,
+        allowed: &[BookingStatus],
+        action: &'static str,
+    ) -> Result<BookingStatus, BookingError> {
+        let status = self.status()?;
+        if allowed.contains(&status) {
+            Ok(status)
+        } else {
+            Err(BookingError::InvalidTransition { status, action })
+        }
+    }
+
+    fn currency_ok(&self, amount: &Money) -> Result<(), BookingError> {
+        match &self.total {
+            Some(total) if total.currency != amount.currency => Err(BookingError::CurrencyMismatch),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Aggregate for Booking {
+    const TYPE: &'static str = "booking";
+    type Command = BookingCommand;
+    type Event = BookingEvent;
+    type Error = BookingError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: BookingCommand,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), BookingError> {
+        use BookingStatus::{Active, Cancelled, Completed, Confirmed, Expired, Held};
+        let event = match command {
+            BookingCommand::Request {
+                booking_id,
+                customer_id,
+                car_id,
+                window,
+                pickup_branch,
+                return_branch,
+                quote,
+                held_until,
+                now,
+            } => {
+                if self.status.is_some() {
+                    return Err(BookingError::AlreadyExists);
+                }
+                if window.start < now {
+                    return Err(BookingError::PickupInPast);
+                }
+                BookingEvent::BookingHeld {
+                    booking_id,
+                    customer_id,
+                    car_id,
+                    window,
+                    pickup_branch,
+                    return_branch,
+                    quote,
+                    held_until,
+                    at: now,
+                }
+            }
+            BookingCommand::Confirm { payment_id, now } => {
+                if self.status()? == Confirmed && self.payment_id == Some(payment_id) {
+                    return Ok(());
+                }
+                self.expect(&[Held], "confirmed")?;
+                if let Some(until) = self.held_until
+                    && now >= until
+                {
+                    return Err(BookingError::HoldEnded(until));
+                }
+                BookingEvent::BookingConfirmed {
+                    payment_id,
+                    at: now,
+                }
+            }
+            BookingCommand::Modify { window, quote, now } => {
+                self.expect(&[Held, Confirmed], "modified")?;
+                if window.start < now {
+                    return Err(BookingError::PickupInPast);
+                }
+                self.currency_ok(&quote.total)?;
+                let from = self.window.ok_or(BookingError::NotFound)?;
+                BookingEvent::BookingModified {
+                    from,
+                    to: window,
+                    quote,
+                    at: now,
+                }
+            }
+            BookingCommand::Cancel {
+                by,
+                reason,
+                fee,
+                now,
+            } => {
+                if self.status()? == Cancelled {
+                    return Ok(());
+                }
+                self.expect(&[Held, Confirmed], "cancelled")?;
+                if reason.as_ref().is_some_and(|r| r.len() > 500) {
+                    return Err(BookingError::Invalid {
+                        field: "reason",
+                        reason: "at most 500 characters",
+                    });
+                }
+                self.currency_ok(&fee)?;
+                BookingEvent::BookingCancelled {
+                    by,
+                    reason,
+                    fee,
+                    at: now,
+                }
+            }
+            BookingCommand::Expire { now } => {
+                if self.status()? == Expired {
+                    return Ok(());
+                }
+                self.expect(&[Held], "expired")?;
+                let until = self.held_until.ok_or(BookingError::NotFound)?;
+                if now < until {
+                    return Err(BookingError::HoldNotEnded(until));
+                }
+                BookingEvent::BookingExpired { at: now }
+            }
+            BookingCommand::PickUp {
+                odometer_km,
+                fuel_percent,
+                now,
+            } => {
+                self.expect(&[Confirmed], "picked up")?;
+                check_odometer(odometer_km)?;
+                check_percent("fuelPercent", fuel_percent)?;
+                BookingEvent::RentalStarted {
+                    odometer_km,
+                    fuel_percent,
+                    at: now,
+                }
+            }
+            BookingCommand::Return {
+                odometer_km,
+                fuel_percent,
+                branch,
+                charges,
+                now,
+            } => {
+                self.expect(&[Active], "returned")?;
+                check_odometer(odometer_km)?;
+                check_percent("fuelPercent", fuel_percent)?;
+                let pickup = self.pickup_odometer_km.unwrap_or(0.0);
+                if odometer_km < pickup {
+                    return Err(BookingError::OdometerBackwards {
+                        pickup: pickup.to_string(),
+                        given: odometer_km.to_string(),
+                    });
+                }
+                let mut total = self.total.ok_or(BookingError::NotFound)?;
+                for line in &charges {
+                    total = total
+                        .checked_add(line.amount)
+                        .map_err(|_| BookingError::CurrencyMismatch)?;
+                }
+                BookingEvent::RentalCompleted {
+                    odometer_km,
+                    fuel_percent,
+                    branch,
+                    charges,
+                    total,
+                    at: now,
+                }
+            }
+            BookingCommand::SubmitFeedback {
+                rating,
+                comment,
+                now,
+            } => {
+                self.expect(&[Completed], "rated")?;
+                if self.feedback.is_some() {
+                    return Err(BookingError::FeedbackAlreadyGiven);
+                }
+                let rating = u8::try_from(rating)
+                    .ok()
+                    .filter(|r| (1..=5).contains(r))
+                    .ok_or(BookingError::InvalidRating)?;
+                if comment.as_ref().is_some_and(|c| c.chars().count() > 2000) {
+                    return Err(BookingError::CommentTooLong);
+                }
+                let comment = comment
+                    .map(|c| c.trim().to_owned())
+                    .filter(|c| !c.is_empty());
+                BookingEvent::FeedbackSubmitted {
+                    rating,
+                    comment,
+                    at: now,
+                }
+            }
+        };
+        sink.write(event, self).await;
+        Ok(())
+    }
+
+    fn apply(&mut self, event: BookingEvent) {
+        match event {
+            BookingEvent::BookingHeld {
+                booking_id,
+                customer_id,
+                car_id,
+                window,
+                pickup_branch,
+                return_branch,
+                quote,
+                held_until,
+                ..
+            } => {
+                self.id = Some(booking_id);
+                self.status = Some(BookingStatus::Held);
+                self.customer_id = Some(customer_id);
+                self.car_id = Some(car_id);
+                self.window = Some(window);
+                self.pickup_branch = Some(pickup_branch);
+                self.return_branch = Some(return_branch);
+                self.total = Some(quote.total);
+                self.quote = Some(quote);
+                self.held_until = Some(held_until);
+            }
+            BookingEvent::BookingConfirmed { payment_id, .. } => {
+                self.status = Some(BookingStatus::Confirmed);
+                self.payment_id = Some(payment_id);
+                self.held_until = None;
+            }
+            BookingEvent::BookingModified { to, quote, .. } => {
+                self.window = Some(to);
+                self.total = Some(quote.total);
+                self.quote = Some(quote);
+            }
+            BookingEvent::BookingCancelled { fee, .. } => {
+                self.status = Some(BookingStatus::Cancelled);
+                self.cancellation_fee = Some(fee);
+                self.held_until = None;
+            }
+            BookingEvent::BookingExpired { .. } => {
+                self.status = Some(BookingStatus::Expired);
+                self.held_until = None;
+            }
+            BookingEvent::RentalStarted {
+                odometer_km,
+                fuel_percent,
+                ..
+            } => {
+                self.status = Some(BookingStatus::Active);
+                self.pickup_odometer_km = Some(odometer_km);
+                self.pickup_fuel_percent = Some(fuel_percent);
+            }
+            BookingEvent::RentalCompleted { charges, total, .. } => {
+                self.status = Some(BookingStatus::Completed);
+                self.extra_charges = charges;
+                self.total = Some(total);
+            }
+            BookingEvent::FeedbackSubmitted {
+                rating,
+                comment,
+                at,
+            } => {
+                self.feedback = Some(Feedback {
+                    rating,
+                    comment,
+                    submitted_at: at,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, TimeZone};
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+    use crate::Currency;
+
+    type BookingTest = TestFramework<Booking>;
+
+    fn t(d: u32, h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, d, h, 0, 0)
+            .single()
+            .unwrap_or_default()
+    }
+
+    fn eur(minor: i64) -> Money {
+        Money::new(minor, Currency::EUR)
+    }
+
+    fn window() -> TimeWindow {
+        TimeWindow::new(t(10, 9), t(13, 9)).unwrap()
+    }
+
+    fn quote(total: i64) -> Quote {
+        Quote {
+            days: 3,
+            lines: vec![PriceLine {
+                label: "3 day(s)".into(),
+                amount: eur(total),
+            }],
+            total: eur(total),
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        t(1, 12)
+    }
+
+    fn held() -> BookingEvent {
+        BookingEvent::BookingHeld {
+            booking_id: Uuid::from_u128(1),
+            customer_id: Uuid::from_u128(2),
+            car_id: Uuid::from_u128(3),
+            window: window(),
+            pickup_branch: "LIS".into(),
+            return_branch: "LIS".into(),
+            quote: quote(13_797),
+            held_until: now() + Duration::minutes(5),
+            at: now(),
+        }
+    }
+
+    fn confirmed() -> BookingEvent {
+        BookingEvent::BookingConfirmed {
+            payment_id: Uuid::from_u128(9),
+            at: now(),
+        }
+    }
+
+    fn started() -> BookingEvent {
+        BookingEvent::RentalStarted {
+            odometer_km: 1_000.0,
+            fuel_percent: 100.0,
+            at: t(10, 9),
+        }
+    }
+
+    fn completed() -> BookingEvent {
+        BookingEvent::RentalCompleted {
+            odometer_km: 1_300.0,
+            fuel_percent: 100.0,
+            branch: "LIS".into(),
+            charges: vec![],
+            total: eur(13_797),
+            at: t(13, 9),
+        }
+    }
+
+    #[test]
+    fn a_request_holds_the_booking() {
+        BookingTest::with(())
+            .given_no_previous_events()
+            .when(BookingCommand::Request {
+                booking_id: Uuid::from_u128(1),
+                customer_id: Uuid::from_u128(2),
+                car_id: Uuid::from_u128(3),
+                window: window(),
+                pickup_branch: "LIS".into(),
+                return_branch: "LIS".into(),
+                quote: quote(13_797),
+                held_until: now() + Duration::minutes(5),
+                now: now(),
+            })
+            .then_expect_events(vec![held()]);
+        BookingTest::with(())
+            .given(vec![held()])
+            .when(BookingCommand::Expire { now: t(20, 0) })
+            .then_expect_events(vec![BookingEvent::BookingExpired { at: t(20, 0) }]);
+    }
+
+    #[test]
+    fn a_request_in_the_past_is_refused() {
+        let BookingEvent::BookingHeld {
+            booking_id,
+            customer_id,
+            car_id,
+            quote,
+            ..
+        } = held()
+        else {
+            return;
+        };
+        BookingTest::with(())
+            .given_no_previous_events()
+            .when(BookingCommand::Request {
+                booking_id,
+                customer_id,
+                car_id,
+                window: window(),
+                pickup_branch: "LIS".into(),
+                return_branch: "LIS".into(),
+                quote,
+                held_until: t(11, 0),
+                now: t(11, 0),
+            })
+            .then_expect_error(BookingError::PickupInPast);
+    }
+
+    #[test]
+    fn payment_confirms_only_during_the_hold() {
+        BookingTest::with(())
+            .given(vec![held()])
+            .when(BookingCommand::Confirm {
+                payment_id: Uuid::from_u128(9),
+                now: now(),
+            })
+            .then_expect_events(vec![confirmed()]);
+        let until = now() + Duration::minutes(5);
+        BookingTest::with(())
+            .given(vec![held()])
+            .when(BookingCommand::Confirm {
+                payment_id: Uuid::from_u128(9),
+                now: until,
+            })
+            .then_expect_error(BookingError::HoldEnded(until));
+        // The same confirmation again (a retried step) changes nothing.
+        BookingTest::with(())
+            .given(vec![held(), confirmed()])
+            .when(BookingCommand::Confirm {
+                payment_id: Uuid::from_u128(9),
+                now: now(),
+            })
+            .then_expect_events(vec![]);
+        BookingTest::with(())
+            .given(vec![held(), confirmed()])
+            .when(BookingCommand::Confirm {
+                payment_id: Uuid::from_u128(8),
+                now: now(),
+            })
+            .then_expect_error(BookingError::InvalidTransition {
+                status: BookingStatus::Confirmed,
+                action: "confirmed",
+            });
+    }
+
+    #[test]
+    fn holds_expire_only_after_held_until() {
+        let until = now() + Duration::minutes(5);
+        BookingTest::with(())
+            .given(vec![held()])
+            .when(BookingCommand::Expire { now: now() })
+            .then_expect_error(BookingError::HoldNotEnded(until));
+        BookingTest::with(())
+            .given(vec![held(), confirmed()])
+            .when(BookingCommand::Expire { now: t(20, 0) })
+            .then_expect_error(BookingError::InvalidTransition {
+                status: BookingStatus::Confirmed,
+                action: "expired",
+            });
+    }
+
+    #[test]
+    fn cancellation_from_held_or_confirmed_only() {
+        let cancel = |fee| BookingCommand::Cancel {
+            by: CancelledBy::Customer,
+            reason: Some("plans changed".into()),
+            fee,
+            now: now(),
+        };
+        BookingTest::with(())
+            .given(vec![held(), confirmed()])
+            .when(cancel(eur(0)))
+            .then_expect_events(vec![BookingEvent::BookingCancelled {
+                by: CancelledBy::Customer,
+                reason: Some("plans changed".into()),
+                fee: eur(0),
+                at: now(),
+            }]);
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), started()])
+            .when(cancel(eur(0)))
+            .then_expect_error(BookingError::InvalidTransition {
+                status: BookingStatus::Active,
+                action: "cancelled",
+            });
+        BookingTest::with(())
+            .given(vec![held()])
+            .when(cancel(Money::new(0, Currency::USD)))
+            .then_expect_error(BookingError::CurrencyMismatch);
+    }
+
+    #[test]
+    fn modification_reprices_the_new_window() {
+        let to = TimeWindow::new(t(11, 9), t(15, 9)).unwrap();
+        BookingTest::with(())
+            .given(vec![held(), confirmed()])
+            .when(BookingCommand::Modify {
+                window: to,
+                quote: quote(18_396),
+                now: now(),
+            })
+            .then_expect_events(vec![BookingEvent::BookingModified {
+                from: window(),
+                to,
+                quote: quote(18_396),
+                at: now(),
+            }]);
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), started()])
+            .when(BookingCommand::Modify {
+                window: to,
+                quote: quote(18_396),
+                now: now(),
+            })
+            .then_expect_error(BookingError::InvalidTransition {
+                status: BookingStatus::Active,
+                action: "modified",
+            });
+    }
+
+    #[test]
+    fn pick_up_and_return_with_charges() {
+        BookingTest::with(())
+            .given(vec![held()])
+            .when(BookingCommand::PickUp {
+                odometer_km: 1_000.0,
+                fuel_percent: 100.0,
+                now: t(10, 9),
+            })
+            .then_expect_error(BookingError::InvalidTransition {
+                status: BookingStatus::Held,
+                action: "picked up",
+            });
+        BookingTest::with(())
+            .given(vec![held(), confirmed()])
+            .when(BookingCommand::PickUp {
+                odometer_km: 1_000.0,
+                fuel_percent: 100.0,
+                now: t(10, 9),
+            })
+            .then_expect_events(vec![started()]);
+        BookingTest::with(())
+            .given(vec![held(), confirmed()])
+            .when(BookingCommand::PickUp {
+                odometer_km: 1_000.0,
+                fuel_percent: 101.0,
+                now: t(10, 9),
+            })
+            .then_expect_error(BookingError::Invalid {
+                field: "fuelPercent",
+                reason: "must be between 0 and 100",
+            });
+        let late = PriceLine {
+            label: "late return, 2 started hour(s)".into(),
+            amount: eur(2_300),
+        };
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), started()])
+            .when(BookingCommand::Return {
+                odometer_km: 1_300.0,
+                fuel_percent: 100.0,
+                branch: "LIS".into(),
+                charges: vec![late.clone()],
+                now: t(13, 11),
+            })
+            .then_expect_events(vec![BookingEvent::RentalCompleted {
+                odometer_km: 1_300.0,
+                fuel_percent: 100.0,
+                branch: "LIS".into(),
+                charges: vec![late],
+                total: eur(16_097),
+                at: t(13, 11),
+            }]);
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), started()])
+            .when(BookingCommand::Return {
+                odometer_km: 999.0,
+                fuel_percent: 100.0,
+                branch: "LIS".into(),
+                charges: vec![],
+                now: t(13, 9),
+            })
+            .then_expect_error(BookingError::OdometerBackwards {
+                pickup: "1000".into(),
+                given: "999".into(),
+            });
+    }
+
+    #[test]
+    fn feedback_once_rated_one_to_five_after_completion() {
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), started(), completed()])
+            .when(BookingCommand::SubmitFeedback {
+                rating: 5,
+                comment: Some(" great car ".into()),
+                now: t(14, 0),
+            })
+            .then_expect_events(vec![BookingEvent::FeedbackSubmitted {
+                rating: 5,
+                comment: Some("great car".into()),
+                at: t(14, 0),
+            }]);
+        for rating in [0, 6, -1] {
+            BookingTest::with(())
+                .given(vec![held(), confirmed(), started(), completed()])
+                .when(BookingCommand::SubmitFeedback {
+                    rating,
+                    comment: None,
+                    now: t(14, 0),
+                })
+                .then_expect_error(BookingError::InvalidRating);
+        }
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), started()])
+            .when(BookingCommand::SubmitFeedback {
+                rating: 4,
+                comment: None,
+                now: t(14, 0),
+            })
+            .then_expect_error(BookingError::InvalidTransition {
+                status: BookingStatus::Active,
+                action: "rated",
+            });
+        BookingTest::with(())
+            .given(vec![
+                held(),
+                confirmed(),
+                started(),
+                completed(),
+                BookingEvent::FeedbackSubmitted {
+                    rating: 4,
+                    comment: None,
+                    at: t(14, 0),
+                },
+            ])
+            .when(BookingCommand::SubmitFeedback {
+                rating: 5,
+                comment: None,
+                now: t(14, 1),
+            })
+            .then_expect_error(BookingError::FeedbackAlreadyGiven);
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), started(), completed()])
+            .when(BookingCommand::SubmitFeedback {
+                rating: 3,
+                comment: Some("x".repeat(2001)),
+                now: t(14, 0),
+            })
+            .then_expect_error(BookingError::CommentTooLong);
+    }
+
+    #[test]
+    fn commands_on_a_missing_booking_are_typed_errors() {
+        BookingTest::with(())
+            .given_no_previous_events()
+            .when(BookingCommand::Expire { now: now() })
+            .then_expect_error(BookingError::NotFound);
+    }
+}

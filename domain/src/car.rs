@@ -124,39 +124,128 @@ impl CarDetailsPatch {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum CarCommand {
-    Register { id: Uuid, details: CarDetails, daily_rate: Money, branch: String },
-    UpdateDetails { patch: CarDetailsPatch },
-    ChangeDailyRate { daily_rate: Money },
-    Relocate { branch: String },
-    Retire { reason: String, now: DateTime<Utc> },
-    ScheduleMaintenance { maintenance_id: Uuid, window: TimeWindow, reason: String, buffer_minutes: i64, now: DateTime<Utc> },
+    Register {
+        id: Uuid,
+        details: CarDetails,
+        daily_rate: Money,
+        branch: String,
+    },
+    UpdateDetails {
+        patch: CarDetailsPatch,
+    },
+    ChangeDailyRate {
+        daily_rate: Money,
+    },
+    Relocate {
+        branch: String,
+    },
+    Retire {
+        reason: String,
+        now: DateTime<Utc>,
+    },
+    ScheduleMaintenance {
+        maintenance_id: Uuid,
+        window: TimeWindow,
+        reason: String,
+        buffer_minutes: i64,
+        now: DateTime<Utc>,
+    },
     /// Ends the maintenance in progress, or else the next one scheduled.
-    CompleteMaintenance { now: DateTime<Utc> },
+    CompleteMaintenance {
+        now: DateTime<Utc>,
+    },
     /// Blocks `window` for a booking; `buffer_minutes` of turnaround must separate it from
     /// every other block. Reserving the same window again for the same booking is a no-op.
-    Reserve { booking_id: Uuid, window: TimeWindow, buffer_minutes: i64, now: DateTime<Utc> },
+    Reserve {
+        booking_id: Uuid,
+        window: TimeWindow,
+        buffer_minutes: i64,
+        now: DateTime<Utc>,
+    },
     /// Moves a booking's reservation: the old window is given up only if the new one fits.
-    ChangeReservation { booking_id: Uuid, window: TimeWindow, buffer_minutes: i64, now: DateTime<Utc> },
+    ChangeReservation {
+        booking_id: Uuid,
+        window: TimeWindow,
+        buffer_minutes: i64,
+        now: DateTime<Utc>,
+    },
     /// Gives a booking's window back; a no-op when the booking holds none.
-    Release { booking_id: Uuid, now: DateTime<Utc> },
-    HandOver { booking_id: Uuid, odometer_km: f64, now: DateTime<Utc> },
-    TakeBack { booking_id: Uuid, odometer_km: f64, branch: String, now: DateTime<Utc> },
+    Release {
+        booking_id: Uuid,
+        now: DateTime<Utc>,
+    },
+    HandOver {
+        booking_id: Uuid,
+        odometer_km: f64,
+        now: DateTime<Utc>,
+    },
+    TakeBack {
+        booking_id: Uuid,
+        odometer_km: f64,
+        branch: String,
+        now: DateTime<Utc>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum CarEvent {
-    CarRegistered { id: Uuid, details: CarDetails, daily_rate: Money, branch: String },
-    CarDetailsUpdated { details: CarDetails },
-    DailyRateChanged { from: Money, to: Money },
-    CarRelocated { from: String, to: String },
-    CarRetired { reason: String, at: DateTime<Utc> },
-    MaintenanceScheduled { maintenance_id: Uuid, window: TimeWindow, reason: String, at: DateTime<Utc> },
-    MaintenanceCompleted { maintenance_id: Uuid, at: DateTime<Utc> },
-    CarReserved { booking_id: Uuid, window: TimeWindow, at: DateTime<Utc> },
-    ReservationChanged { booking_id: Uuid, from: TimeWindow, to: TimeWindow, at: DateTime<Utc> },
-    ReservationReleased { booking_id: Uuid, at: DateTime<Utc> },
-    CarPickedUp { booking_id: Uuid, odometer_km: f64, at: DateTime<Utc> },
-    CarReturned { booking_id: Uuid, odometer_km: f64, branch: String, at: DateTime<Utc> },
+    CarRegistered {
+        id: Uuid,
+        details: CarDetails,
+        daily_rate: Money,
+        branch: String,
+    },
+    CarDetailsUpdated {
+        details: CarDetails,
+    },
+    DailyRateChanged {
+        from: Money,
+        to: Money,
+    },
+    CarRelocated {
+        from: String,
+        to: String,
+    },
+    CarRetired {
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    MaintenanceScheduled {
+        maintenance_id: Uuid,
+        window: TimeWindow,
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    MaintenanceCompleted {
+        maintenance_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    CarReserved {
+        booking_id: Uuid,
+        window: TimeWindow,
+        at: DateTime<Utc>,
+    },
+    ReservationChanged {
+        booking_id: Uuid,
+        from: TimeWindow,
+        to: TimeWindow,
+        at: DateTime<Utc>,
+    },
+    ReservationReleased {
+        booking_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    CarPickedUp {
+        booking_id: Uuid,
+        odometer_km: f64,
+        at: DateTime<Utc>,
+    },
+    CarReturned {
+        booking_id: Uuid,
+        odometer_km: f64,
+        branch: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for CarEvent {
@@ -208,11 +297,17 @@ pub enum CarError {
     #[error("car is retired")]
     Retired,
     #[error("invalid {field}: {reason}")]
-    InvalidDetails { field: &'static str, reason: &'static str },
+    InvalidDetails {
+        field: &'static str,
+        reason: &'static str,
+    },
     #[error("daily rate must be positive")]
     NonPositiveRate,
     #[error("the daily rate is in {actual}, the car is priced in {expected}")]
-    CurrencyChange { expected: crate::Currency, actual: crate::Currency },
+    CurrencyChange {
+        expected: crate::Currency,
+        actual: crate::Currency,
+    },
     #[error("branch code must be 1 to 16 characters")]
     InvalidBranch,
     #[error("nothing to change")]
@@ -220,7 +315,10 @@ pub enum CarError {
     #[error("the window starts in the past")]
     WindowInPast,
     #[error("the car is not free from {} to {} (taken by {taken_by})", window.start, window.end)]
-    NotAvailable { window: TimeWindow, taken_by: String },
+    NotAvailable {
+        window: TimeWindow,
+        taken_by: String,
+    },
     #[error("no maintenance is scheduled")]
     NoMaintenance,
     #[error("booking {0} holds no reservation of this car")]
@@ -238,8 +336,13 @@ pub enum CarError {
 /// What blocks a car for a window.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlockKind {
-    Rental { booking_id: Uuid },
-    Maintenance { maintenance_id: Uuid, reason: String },
+    Rental {
+        booking_id: Uuid,
+    },
+    Maintenance {
+        maintenance_id: Uuid,
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,16 +409,29 @@ impl Car {
     }
 
     /// The first block (other than `except`'s) that `window` would collide with.
-    fn collision(&self, window: &TimeWindow, buffer: Duration, except: Option<Uuid>) -> Option<&Block> {
+    fn collision(
+        &self,
+        window: &TimeWindow,
+        buffer: Duration,
+        except: Option<Uuid>,
+    ) -> Option<&Block> {
         self.blocks
             .iter()
             .filter(|b| except.is_none() || b.booking() != except)
             .find(|b| b.window.overlaps(window, buffer))
     }
 
-    fn ensure_free(&self, window: &TimeWindow, buffer_minutes: i64, except: Option<Uuid>) -> Result<(), CarError> {
+    fn ensure_free(
+        &self,
+        window: &TimeWindow,
+        buffer_minutes: i64,
+        except: Option<Uuid>,
+    ) -> Result<(), CarError> {
         match self.collision(window, Duration::minutes(buffer_minutes.max(0)), except) {
-            Some(block) => Err(CarError::NotAvailable { window: *window, taken_by: block.describe() }),
+            Some(block) => Err(CarError::NotAvailable {
+                window: *window,
+                taken_by: block.describe(),
+            }),
             None => Ok(()),
         }
     }
@@ -330,9 +446,17 @@ impl Car {
             CarStatus::Retired
         } else if self.rented_by.is_some() {
             CarStatus::Rented
-        } else if self.blocks.iter().any(|b| matches!(b.kind, BlockKind::Maintenance { .. }) && b.window.contains(now)) {
+        } else if self
+            .blocks
+            .iter()
+            .any(|b| matches!(b.kind, BlockKind::Maintenance { .. }) && b.window.contains(now))
+        {
             CarStatus::Maintenance
-        } else if self.blocks.iter().any(|b| b.booking().is_some() && b.window.contains(now)) {
+        } else if self
+            .blocks
+            .iter()
+            .any(|b| b.booking().is_some() && b.window.contains(now))
+        {
             CarStatus::Reserved
         } else {
             CarStatus::Available
@@ -342,11 +466,14 @@ impl Car {
     /// Forget windows that ended before `at`, except the one of a rental still out.
     fn prune(&mut self, at: DateTime<Utc>) {
         let out = self.rented_by;
-        self.blocks.retain(|b| b.window.end > at || (out.is_some() && b.booking() == out));
+        self.blocks
+            .retain(|b| b.window.end > at || (out.is_some() && b.booking() == out));
     }
 
     fn insert_block(&mut self, block: Block) {
-        let at = self.blocks.partition_point(|b| b.window.start <= block.window.start);
+        let at = self
+            .blocks
+            .partition_point(|b| b.window.start <= block.window.start);
         self.blocks.insert(at, block);
     }
 }
@@ -365,7 +492,12 @@ impl Aggregate for Car {
         sink: &EventSink<Self>,
     ) -> Result<(), CarError> {
         let event = match command {
-            CarCommand::Register { id, details, daily_rate, branch } => {
+            CarCommand::Register {
+                id,
+                details,
+                daily_rate,
+                branch,
+            } => {
                 if self.id.is_some() {
                     return Err(CarError::AlreadyRegistered);
                 }
@@ -374,7 +506,12 @@ impl Aggregate for Car {
                 if daily_rate.minor <= 0 {
                     return Err(CarError::NonPositiveRate);
                 }
-                CarEvent::CarRegistered { id, details, daily_rate, branch }
+                CarEvent::CarRegistered {
+                    id,
+                    details,
+                    daily_rate,
+                    branch,
+                }
             }
             CarCommand::UpdateDetails { patch } => {
                 self.registered_rate()?;
@@ -392,12 +529,18 @@ impl Aggregate for Car {
                     return Err(CarError::NonPositiveRate);
                 }
                 if daily_rate.currency != from.currency {
-                    return Err(CarError::CurrencyChange { expected: from.currency, actual: daily_rate.currency });
+                    return Err(CarError::CurrencyChange {
+                        expected: from.currency,
+                        actual: daily_rate.currency,
+                    });
                 }
                 if daily_rate == from {
                     return Err(CarError::Unchanged);
                 }
-                CarEvent::DailyRateChanged { from, to: daily_rate }
+                CarEvent::DailyRateChanged {
+                    from,
+                    to: daily_rate,
+                }
             }
             CarCommand::Relocate { branch } => {
                 self.registered_rate()?;
@@ -416,21 +559,39 @@ impl Aggregate for Car {
                 if self.rented_by.is_some() {
                     return Err(CarError::Rented);
                 }
-                if self.blocks.iter().any(|b| b.booking().is_some() && b.window.end > now) {
+                if self
+                    .blocks
+                    .iter()
+                    .any(|b| b.booking().is_some() && b.window.end > now)
+                {
                     return Err(CarError::HasBookings);
                 }
                 CarEvent::CarRetired { reason, at: now }
             }
-            CarCommand::ScheduleMaintenance { maintenance_id, window, reason, buffer_minutes, now } => {
+            CarCommand::ScheduleMaintenance {
+                maintenance_id,
+                window,
+                reason,
+                buffer_minutes,
+                now,
+            } => {
                 self.registered_rate()?;
                 if window.end <= now {
                     return Err(CarError::WindowInPast);
                 }
                 if reason.trim().is_empty() || reason.len() > 500 {
-                    return Err(CarError::InvalidDetails { field: "reason", reason: "must be 1 to 500 characters" });
+                    return Err(CarError::InvalidDetails {
+                        field: "reason",
+                        reason: "must be 1 to 500 characters",
+                    });
                 }
                 self.ensure_free(&window, buffer_minutes, None)?;
-                CarEvent::MaintenanceScheduled { maintenance_id, window, reason, at: now }
+                CarEvent::MaintenanceScheduled {
+                    maintenance_id,
+                    window,
+                    reason,
+                    at: now,
+                }
             }
             CarCommand::CompleteMaintenance { now } => {
                 self.registered_rate()?;
@@ -438,30 +599,55 @@ impl Aggregate for Car {
                     .blocks
                     .iter()
                     .filter_map(|b| match b.kind {
-                        BlockKind::Maintenance { maintenance_id, .. } if b.window.end > now => Some(maintenance_id),
+                        BlockKind::Maintenance { maintenance_id, .. } if b.window.end > now => {
+                            Some(maintenance_id)
+                        }
                         _ => None,
                     })
                     .next()
                     .ok_or(CarError::NoMaintenance)?;
-                CarEvent::MaintenanceCompleted { maintenance_id, at: now }
+                CarEvent::MaintenanceCompleted {
+                    maintenance_id,
+                    at: now,
+                }
             }
-            CarCommand::Reserve { booking_id, window, buffer_minutes, now } => {
+            CarCommand::Reserve {
+                booking_id,
+                window,
+                buffer_minutes,
+                now,
+            } => {
                 self.registered_rate()?;
                 if let Some(existing) = self.reservation_of(booking_id) {
                     if existing.window == window {
                         return Ok(());
                     }
-                    return Err(CarError::NotAvailable { window, taken_by: "this booking's own reservation".into() });
+                    return Err(CarError::NotAvailable {
+                        window,
+                        taken_by: "this booking's own reservation".into(),
+                    });
                 }
                 if window.start < now {
                     return Err(CarError::WindowInPast);
                 }
                 self.ensure_free(&window, buffer_minutes, None)?;
-                CarEvent::CarReserved { booking_id, window, at: now }
+                CarEvent::CarReserved {
+                    booking_id,
+                    window,
+                    at: now,
+                }
             }
-            CarCommand::ChangeReservation { booking_id, window, buffer_minutes, now } => {
+            CarCommand::ChangeReservation {
+                booking_id,
+                window,
+                buffer_minutes,
+                now,
+            } => {
                 self.registered_rate()?;
-                let from = self.reservation_of(booking_id).ok_or(CarError::NoReservation(booking_id))?.window;
+                let from = self
+                    .reservation_of(booking_id)
+                    .ok_or(CarError::NoReservation(booking_id))?
+                    .window;
                 if from == window {
                     return Err(CarError::Unchanged);
                 }
@@ -469,15 +655,27 @@ impl Aggregate for Car {
                     return Err(CarError::WindowInPast);
                 }
                 self.ensure_free(&window, buffer_minutes, Some(booking_id))?;
-                CarEvent::ReservationChanged { booking_id, from, to: window, at: now }
+                CarEvent::ReservationChanged {
+                    booking_id,
+                    from,
+                    to: window,
+                    at: now,
+                }
             }
             CarCommand::Release { booking_id, now } => {
                 if self.reservation_of(booking_id).is_none() {
                     return Ok(());
                 }
-                CarEvent::ReservationReleased { booking_id, at: now }
+                CarEvent::ReservationReleased {
+                    booking_id,
+                    at: now,
+                }
             }
-            CarCommand::HandOver { booking_id, odometer_km, now } => {
+            CarCommand::HandOver {
+                booking_id,
+                odometer_km,
+                now,
+            } => {
                 if self.id.is_none() {
                     return Err(CarError::NotRegistered);
                 }
@@ -487,17 +685,32 @@ impl Aggregate for Car {
                 if self.rented_by.is_some() {
                     return Err(CarError::Rented);
                 }
-                self.reservation_of(booking_id).ok_or(CarError::NoReservation(booking_id))?;
+                self.reservation_of(booking_id)
+                    .ok_or(CarError::NoReservation(booking_id))?;
                 self.check_odometer(odometer_km)?;
-                CarEvent::CarPickedUp { booking_id, odometer_km, at: now }
+                CarEvent::CarPickedUp {
+                    booking_id,
+                    odometer_km,
+                    at: now,
+                }
             }
-            CarCommand::TakeBack { booking_id, odometer_km, branch, now } => {
+            CarCommand::TakeBack {
+                booking_id,
+                odometer_km,
+                branch,
+                now,
+            } => {
                 if self.rented_by != Some(booking_id) {
                     return Err(CarError::NotRentedBy(booking_id));
                 }
                 check_branch(&branch)?;
                 self.check_odometer(odometer_km)?;
-                CarEvent::CarReturned { booking_id, odometer_km, branch, at: now }
+                CarEvent::CarReturned {
+                    booking_id,
+                    odometer_km,
+                    branch,
+                    at: now,
+                }
             }
         };
         sink.write(event, self).await;
@@ -506,7 +719,12 @@ impl Aggregate for Car {
 
     fn apply(&mut self, event: CarEvent) {
         match event {
-            CarEvent::CarRegistered { id, details, daily_rate, branch } => {
+            CarEvent::CarRegistered {
+                id,
+                details,
+                daily_rate,
+                branch,
+            } => {
                 self.id = Some(id);
                 self.details = Some(details);
                 self.daily_rate = Some(daily_rate);
@@ -519,33 +737,65 @@ impl Aggregate for Car {
                 self.retired = true;
                 self.prune(at);
             }
-            CarEvent::MaintenanceScheduled { maintenance_id, window, reason, at } => {
+            CarEvent::MaintenanceScheduled {
+                maintenance_id,
+                window,
+                reason,
+                at,
+            } => {
                 self.prune(at);
-                self.insert_block(Block { kind: BlockKind::Maintenance { maintenance_id, reason }, window });
+                self.insert_block(Block {
+                    kind: BlockKind::Maintenance {
+                        maintenance_id,
+                        reason,
+                    },
+                    window,
+                });
             }
             CarEvent::MaintenanceCompleted { maintenance_id, at } => {
                 self.blocks.retain(|b| !matches!(b.kind, BlockKind::Maintenance { maintenance_id: m, .. } if m == maintenance_id));
                 self.prune(at);
             }
-            CarEvent::CarReserved { booking_id, window, at } => {
+            CarEvent::CarReserved {
+                booking_id,
+                window,
+                at,
+            } => {
                 self.prune(at);
-                self.insert_block(Block { kind: BlockKind::Rental { booking_id }, window });
+                self.insert_block(Block {
+                    kind: BlockKind::Rental { booking_id },
+                    window,
+                });
             }
-            CarEvent::ReservationChanged { booking_id, to, at, .. } => {
+            CarEvent::ReservationChanged {
+                booking_id, to, at, ..
+            } => {
                 self.blocks.retain(|b| b.booking() != Some(booking_id));
                 self.prune(at);
-                self.insert_block(Block { kind: BlockKind::Rental { booking_id }, window: to });
+                self.insert_block(Block {
+                    kind: BlockKind::Rental { booking_id },
+                    window: to,
+                });
             }
             CarEvent::ReservationReleased { booking_id, at } => {
                 self.blocks.retain(|b| b.booking() != Some(booking_id));
                 self.prune(at);
             }
-            CarEvent::CarPickedUp { booking_id, odometer_km, at } => {
+            CarEvent::CarPickedUp {
+                booking_id,
+                odometer_km,
+                at,
+            } => {
                 self.rented_by = Some(booking_id);
                 self.odometer_km = Some(odometer_km);
                 self.prune(at);
             }
-            CarEvent::CarReturned { booking_id, odometer_km, branch, at } => {
+            CarEvent::CarReturned {
+                booking_id,
+                odometer_km,
+                branch,
+                at,
+            } => {
                 self.rented_by = None;
                 self.odometer_km = Some(odometer_km);
                 self.branch = Some(branch);
@@ -560,10 +810,16 @@ impl Car {
     fn check_odometer(&self, given: f64) -> Result<(), CarError> {
         let last = self.odometer_km.unwrap_or(0.0);
         if !given.is_finite() || given < 0.0 || given > 10_000_000.0 {
-            return Err(CarError::InvalidDetails { field: "odometerKm", reason: "must be between 0 and 10,000,000" });
+            return Err(CarError::InvalidDetails {
+                field: "odometerKm",
+                reason: "must be between 0 and 10,000,000",
+            });
         }
         if given < last {
-            return Err(CarError::OdometerBackwards { last: last.to_string(), given: given.to_string() });
+            return Err(CarError::OdometerBackwards {
+                last: last.to_string(),
+                given: given.to_string(),
+            });
         }
         Ok(())
     }
@@ -584,7 +840,9 @@ mod tests {
     }
 
     fn day(d: u32, h: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 12, d, h, 0, 0).single().unwrap_or_default()
+        Utc.with_ymd_and_hms(2026, 12, d, h, 0, 0)
+            .single()
+            .unwrap_or_default()
     }
 
     fn window(from: (u32, u32), to: (u32, u32)) -> TimeWindow {
@@ -613,58 +871,116 @@ mod tests {
     }
 
     fn registered() -> CarEvent {
-        CarEvent::CarRegistered { id: Uuid::nil(), details: details(), daily_rate: usd(4_500), branch: "LIS".into() }
+        CarEvent::CarRegistered {
+            id: Uuid::nil(),
+            details: details(),
+            daily_rate: usd(4_500),
+            branch: "LIS".into(),
+        }
     }
 
     fn reserved(booking: u128, w: TimeWindow) -> CarEvent {
-        CarEvent::CarReserved { booking_id: b(booking), window: w, at: now() }
+        CarEvent::CarReserved {
+            booking_id: b(booking),
+            window: w,
+            at: now(),
+        }
     }
 
     fn reserve(booking: u128, w: TimeWindow) -> CarCommand {
-        CarCommand::Reserve { booking_id: b(booking), window: w, buffer_minutes: 60, now: now() }
+        CarCommand::Reserve {
+            booking_id: b(booking),
+            window: w,
+            buffer_minutes: 60,
+            now: now(),
+        }
     }
 
     #[test]
     fn registers_a_valid_car() {
         CarTest::with(())
             .given_no_previous_events()
-            .when(CarCommand::Register { id: Uuid::nil(), details: details(), daily_rate: usd(4_500), branch: "LIS".into() })
+            .when(CarCommand::Register {
+                id: Uuid::nil(),
+                details: details(),
+                daily_rate: usd(4_500),
+                branch: "LIS".into(),
+            })
             .then_expect_events(vec![registered()]);
     }
 
     #[test]
     fn refuses_invalid_details_and_rates() {
-        let bad_year = CarDetails { year: 1800, ..details() };
+        let bad_year = CarDetails {
+            year: 1800,
+            ..details()
+        };
         CarTest::with(())
             .given_no_previous_events()
-            .when(CarCommand::Register { id: Uuid::nil(), details: bad_year, daily_rate: usd(4_500), branch: "LIS".into() })
-            .then_expect_error(CarError::InvalidDetails { field: "year", reason: "must be between 1950 and 2100" });
+            .when(CarCommand::Register {
+                id: Uuid::nil(),
+                details: bad_year,
+                daily_rate: usd(4_500),
+                branch: "LIS".into(),
+            })
+            .then_expect_error(CarError::InvalidDetails {
+                field: "year",
+                reason: "must be between 1950 and 2100",
+            });
         CarTest::with(())
             .given_no_previous_events()
-            .when(CarCommand::Register { id: Uuid::nil(), details: details(), daily_rate: usd(0), branch: "LIS".into() })
+            .when(CarCommand::Register {
+                id: Uuid::nil(),
+                details: details(),
+                daily_rate: usd(0),
+                branch: "LIS".into(),
+            })
             .then_expect_error(CarError::NonPositiveRate);
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::Register { id: Uuid::nil(), details: details(), daily_rate: usd(1), branch: "LIS".into() })
+            .when(CarCommand::Register {
+                id: Uuid::nil(),
+                details: details(),
+                daily_rate: usd(1),
+                branch: "LIS".into(),
+            })
             .then_expect_error(CarError::AlreadyRegistered);
     }
 
     #[test]
     fn updates_details_with_a_patch() {
-        let patch = CarDetailsPatch { seats: Some(7), features: Some(vec!["gps".into()]), ..CarDetailsPatch::default() };
+        let patch = CarDetailsPatch {
+            seats: Some(7),
+            features: Some(vec!["gps".into()]),
+            ..CarDetailsPatch::default()
+        };
         CarTest::with(())
             .given(vec![registered()])
             .when(CarCommand::UpdateDetails { patch })
             .then_expect_events(vec![CarEvent::CarDetailsUpdated {
-                details: CarDetails { seats: 7, features: vec!["gps".into()], ..details() },
+                details: CarDetails {
+                    seats: 7,
+                    features: vec!["gps".into()],
+                    ..details()
+                },
             }]);
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::UpdateDetails { patch: CarDetailsPatch { seats: Some(0), ..CarDetailsPatch::default() } })
-            .then_expect_error(CarError::InvalidDetails { field: "seats", reason: "must be between 1 and 60" });
+            .when(CarCommand::UpdateDetails {
+                patch: CarDetailsPatch {
+                    seats: Some(0),
+                    ..CarDetailsPatch::default()
+                },
+            })
+            .then_expect_error(CarError::InvalidDetails {
+                field: "seats",
+                reason: "must be between 1 and 60",
+            });
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::UpdateDetails { patch: CarDetailsPatch::default() })
+            .when(CarCommand::UpdateDetails {
+                patch: CarDetailsPatch::default(),
+            })
             .then_expect_error(CarError::Unchanged);
     }
 
@@ -672,19 +988,33 @@ mod tests {
     fn changes_the_rate_in_the_same_currency_only() {
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::ChangeDailyRate { daily_rate: usd(5_000) })
-            .then_expect_events(vec![CarEvent::DailyRateChanged { from: usd(4_500), to: usd(5_000) }]);
+            .when(CarCommand::ChangeDailyRate {
+                daily_rate: usd(5_000),
+            })
+            .then_expect_events(vec![CarEvent::DailyRateChanged {
+                from: usd(4_500),
+                to: usd(5_000),
+            }]);
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::ChangeDailyRate { daily_rate: Money::new(5_000, Currency::EUR) })
-            .then_expect_error(CarError::CurrencyChange { expected: Currency::USD, actual: Currency::EUR });
+            .when(CarCommand::ChangeDailyRate {
+                daily_rate: Money::new(5_000, Currency::EUR),
+            })
+            .then_expect_error(CarError::CurrencyChange {
+                expected: Currency::USD,
+                actual: Currency::EUR,
+            });
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::ChangeDailyRate { daily_rate: usd(4_500) })
+            .when(CarCommand::ChangeDailyRate {
+                daily_rate: usd(4_500),
+            })
             .then_expect_error(CarError::Unchanged);
         CarTest::with(())
             .given_no_previous_events()
-            .when(CarCommand::ChangeDailyRate { daily_rate: usd(5_000) })
+            .when(CarCommand::ChangeDailyRate {
+                daily_rate: usd(5_000),
+            })
             .then_expect_error(CarError::NotRegistered);
     }
 
@@ -692,30 +1022,60 @@ mod tests {
     fn relocates_and_retires() {
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::Relocate { branch: "OPO".into() })
-            .then_expect_events(vec![CarEvent::CarRelocated { from: "LIS".into(), to: "OPO".into() }]);
+            .when(CarCommand::Relocate {
+                branch: "OPO".into(),
+            })
+            .then_expect_events(vec![CarEvent::CarRelocated {
+                from: "LIS".into(),
+                to: "OPO".into(),
+            }]);
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::Relocate { branch: "LIS".into() })
+            .when(CarCommand::Relocate {
+                branch: "LIS".into(),
+            })
             .then_expect_error(CarError::Unchanged);
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::Retire { reason: "old".into(), now: now() })
-            .then_expect_events(vec![CarEvent::CarRetired { reason: "old".into(), at: now() }]);
+            .when(CarCommand::Retire {
+                reason: "old".into(),
+                now: now(),
+            })
+            .then_expect_events(vec![CarEvent::CarRetired {
+                reason: "old".into(),
+                at: now(),
+            }]);
         CarTest::with(())
-            .given(vec![registered(), CarEvent::CarRetired { reason: "old".into(), at: now() }])
-            .when(CarCommand::ChangeDailyRate { daily_rate: usd(100) })
+            .given(vec![
+                registered(),
+                CarEvent::CarRetired {
+                    reason: "old".into(),
+                    at: now(),
+                },
+            ])
+            .when(CarCommand::ChangeDailyRate {
+                daily_rate: usd(100),
+            })
             .then_expect_error(CarError::Retired);
         CarTest::with(())
             .given(vec![registered(), reserved(1, window((3, 10), (5, 10)))])
-            .when(CarCommand::Retire { reason: "old".into(), now: now() })
+            .when(CarCommand::Retire {
+                reason: "old".into(),
+                now: now(),
+            })
             .then_expect_error(CarError::HasBookings);
     }
 
     #[test]
     fn a_retired_car_accepts_no_reservation() {
         CarTest::with(())
-            .given(vec![registered(), CarEvent::CarRetired { reason: "sold".into(), at: now() }])
+            .given(vec![
+                registered(),
+                CarEvent::CarRetired {
+                    reason: "sold".into(),
+                    at: now(),
+                },
+            ])
             .when(reserve(1, window((3, 10), (5, 10))))
             .then_expect_error(CarError::Retired);
     }
@@ -728,7 +1088,10 @@ mod tests {
             .when(reserve(1, w))
             .then_expect_events(vec![reserved(1, w)]);
         // Again for the same booking and window: nothing new (a retried command).
-        CarTest::with(()).given(vec![registered(), reserved(1, w)]).when(reserve(1, w)).then_expect_events(vec![]);
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, w)])
+            .when(reserve(1, w))
+            .then_expect_events(vec![]);
     }
 
     #[test]
@@ -738,13 +1101,19 @@ mod tests {
         CarTest::with(())
             .given(vec![registered(), reserved(1, taken)])
             .when(reserve(2, overlapping))
-            .then_expect_error(CarError::NotAvailable { window: overlapping, taken_by: "another booking".into() });
+            .then_expect_error(CarError::NotAvailable {
+                window: overlapping,
+                taken_by: "another booking".into(),
+            });
         // Starts 30 minutes after the other ends: inside the 60-minute turnaround.
         let tight = TimeWindow::new(day(5, 10) + Duration::minutes(30), day(7, 10)).unwrap();
         CarTest::with(())
             .given(vec![registered(), reserved(1, taken)])
             .when(reserve(2, tight))
-            .then_expect_error(CarError::NotAvailable { window: tight, taken_by: "another booking".into() });
+            .then_expect_error(CarError::NotAvailable {
+                window: tight,
+                taken_by: "another booking".into(),
+            });
         // Exactly one buffer later: fine.
         let after = TimeWindow::new(day(5, 11), day(7, 10)).unwrap();
         CarTest::with(())
@@ -756,31 +1125,64 @@ mod tests {
     #[test]
     fn maintenance_blocks_reservations_and_completes() {
         let m = window((3, 0), (4, 0));
-        let scheduled = CarEvent::MaintenanceScheduled { maintenance_id: b(9), window: m, reason: "tyres".into(), at: now() };
+        let scheduled = CarEvent::MaintenanceScheduled {
+            maintenance_id: b(9),
+            window: m,
+            reason: "tyres".into(),
+            at: now(),
+        };
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::ScheduleMaintenance { maintenance_id: b(9), window: m, reason: "tyres".into(), buffer_minutes: 60, now: now() })
+            .when(CarCommand::ScheduleMaintenance {
+                maintenance_id: b(9),
+                window: m,
+                reason: "tyres".into(),
+                buffer_minutes: 60,
+                now: now(),
+            })
             .then_expect_events(vec![scheduled.clone()]);
         let w = window((3, 12), (5, 12));
         CarTest::with(())
             .given(vec![registered(), scheduled.clone()])
             .when(reserve(1, w))
-            .then_expect_error(CarError::NotAvailable { window: w, taken_by: "maintenance (tyres)".into() });
+            .then_expect_error(CarError::NotAvailable {
+                window: w,
+                taken_by: "maintenance (tyres)".into(),
+            });
         CarTest::with(())
             .given(vec![registered(), reserved(1, w)])
-            .when(CarCommand::ScheduleMaintenance { maintenance_id: b(9), window: m, reason: "tyres".into(), buffer_minutes: 60, now: now() })
-            .then_expect_error(CarError::NotAvailable { window: m, taken_by: "another booking".into() });
+            .when(CarCommand::ScheduleMaintenance {
+                maintenance_id: b(9),
+                window: m,
+                reason: "tyres".into(),
+                buffer_minutes: 60,
+                now: now(),
+            })
+            .then_expect_error(CarError::NotAvailable {
+                window: m,
+                taken_by: "another booking".into(),
+            });
         CarTest::with(())
             .given(vec![registered(), scheduled.clone()])
             .when(CarCommand::CompleteMaintenance { now: day(3, 9) })
-            .then_expect_events(vec![CarEvent::MaintenanceCompleted { maintenance_id: b(9), at: day(3, 9) }]);
+            .then_expect_events(vec![CarEvent::MaintenanceCompleted {
+                maintenance_id: b(9),
+                at: day(3, 9),
+            }]);
         CarTest::with(())
             .given(vec![registered()])
             .when(CarCommand::CompleteMaintenance { now: now() })
             .then_expect_error(CarError::NoMaintenance);
         // Completed: the window is free again.
         CarTest::with(())
-            .given(vec![registered(), scheduled, CarEvent::MaintenanceCompleted { maintenance_id: b(9), at: now() }])
+            .given(vec![
+                registered(),
+                scheduled,
+                CarEvent::MaintenanceCompleted {
+                    maintenance_id: b(9),
+                    at: now(),
+                },
+            ])
             .when(reserve(1, w))
             .then_expect_events(vec![reserved(1, w)]);
     }
@@ -792,16 +1194,39 @@ mod tests {
         let moved = window((4, 10), (6, 10));
         CarTest::with(())
             .given(vec![registered(), reserved(1, w1), reserved(2, w2)])
-            .when(CarCommand::ChangeReservation { booking_id: b(1), window: moved, buffer_minutes: 60, now: now() })
-            .then_expect_events(vec![CarEvent::ReservationChanged { booking_id: b(1), from: w1, to: moved, at: now() }]);
+            .when(CarCommand::ChangeReservation {
+                booking_id: b(1),
+                window: moved,
+                buffer_minutes: 60,
+                now: now(),
+            })
+            .then_expect_events(vec![CarEvent::ReservationChanged {
+                booking_id: b(1),
+                from: w1,
+                to: moved,
+                at: now(),
+            }]);
         let clash = window((9, 10), (11, 10));
         CarTest::with(())
             .given(vec![registered(), reserved(1, w1), reserved(2, w2)])
-            .when(CarCommand::ChangeReservation { booking_id: b(1), window: clash, buffer_minutes: 60, now: now() })
-            .then_expect_error(CarError::NotAvailable { window: clash, taken_by: "another booking".into() });
+            .when(CarCommand::ChangeReservation {
+                booking_id: b(1),
+                window: clash,
+                buffer_minutes: 60,
+                now: now(),
+            })
+            .then_expect_error(CarError::NotAvailable {
+                window: clash,
+                taken_by: "another booking".into(),
+            });
         CarTest::with(())
             .given(vec![registered()])
-            .when(CarCommand::ChangeReservation { booking_id: b(1), window: clash, buffer_minutes: 60, now: now() })
+            .when(CarCommand::ChangeReservation {
+                booking_id: b(1),
+                window: clash,
+                buffer_minutes: 60,
+                now: now(),
+            })
             .then_expect_error(CarError::NoReservation(b(1)));
     }
 
@@ -810,14 +1235,37 @@ mod tests {
         let w = window((3, 10), (5, 10));
         CarTest::with(())
             .given(vec![registered(), reserved(1, w)])
-            .when(CarCommand::Release { booking_id: b(1), now: now() })
-            .then_expect_events(vec![CarEvent::ReservationReleased { booking_id: b(1), at: now() }]);
+            .when(CarCommand::Release {
+                booking_id: b(1),
+                now: now(),
+            })
+            .then_expect_events(vec![CarEvent::ReservationReleased {
+                booking_id: b(1),
+                at: now(),
+            }]);
         CarTest::with(())
-            .given(vec![registered(), reserved(1, w), CarEvent::ReservationReleased { booking_id: b(1), at: now() }])
-            .when(CarCommand::Release { booking_id: b(1), now: now() })
+            .given(vec![
+                registered(),
+                reserved(1, w),
+                CarEvent::ReservationReleased {
+                    booking_id: b(1),
+                    at: now(),
+                },
+            ])
+            .when(CarCommand::Release {
+                booking_id: b(1),
+                now: now(),
+            })
             .then_expect_events(vec![]);
         CarTest::with(())
-            .given(vec![registered(), reserved(1, w), CarEvent::ReservationReleased { booking_id: b(1), at: now() }])
+            .given(vec![
+                registered(),
+                reserved(1, w),
+                CarEvent::ReservationReleased {
+                    booking_id: b(1),
+                    at: now(),
+                },
+            ])
             .when(reserve(2, w))
             .then_expect_events(vec![reserved(2, w)]);
     }
@@ -825,26 +1273,58 @@ mod tests {
     #[test]
     fn hands_over_and_takes_back() {
         let w = window((3, 10), (5, 10));
-        let picked = CarEvent::CarPickedUp { booking_id: b(1), odometer_km: 1_000.0, at: day(3, 10) };
+        let picked = CarEvent::CarPickedUp {
+            booking_id: b(1),
+            odometer_km: 1_000.0,
+            at: day(3, 10),
+        };
         CarTest::with(())
             .given(vec![registered(), reserved(1, w)])
-            .when(CarCommand::HandOver { booking_id: b(1), odometer_km: 1_000.0, now: day(3, 10) })
+            .when(CarCommand::HandOver {
+                booking_id: b(1),
+                odometer_km: 1_000.0,
+                now: day(3, 10),
+            })
             .then_expect_events(vec![picked.clone()]);
         CarTest::with(())
             .given(vec![registered(), reserved(1, w)])
-            .when(CarCommand::HandOver { booking_id: b(2), odometer_km: 1_000.0, now: day(3, 10) })
+            .when(CarCommand::HandOver {
+                booking_id: b(2),
+                odometer_km: 1_000.0,
+                now: day(3, 10),
+            })
             .then_expect_error(CarError::NoReservation(b(2)));
         CarTest::with(())
             .given(vec![registered(), reserved(1, w), picked.clone()])
-            .when(CarCommand::TakeBack { booking_id: b(1), odometer_km: 999.0, branch: "OPO".into(), now: day(5, 9) })
-            .then_expect_error(CarError::OdometerBackwards { last: "1000".into(), given: "999".into() });
+            .when(CarCommand::TakeBack {
+                booking_id: b(1),
+                odometer_km: 999.0,
+                branch: "OPO".into(),
+                now: day(5, 9),
+            })
+            .then_expect_error(CarError::OdometerBackwards {
+                last: "1000".into(),
+                given: "999".into(),
+            });
         CarTest::with(())
             .given(vec![registered(), reserved(1, w), picked.clone()])
-            .when(CarCommand::TakeBack { booking_id: b(1), odometer_km: 1_420.5, branch: "OPO".into(), now: day(5, 9) })
-            .then_expect_events(vec![CarEvent::CarReturned { booking_id: b(1), odometer_km: 1_420.5, branch: "OPO".into(), at: day(5, 9) }]);
+            .when(CarCommand::TakeBack {
+                booking_id: b(1),
+                odometer_km: 1_420.5,
+                branch: "OPO".into(),
+                now: day(5, 9),
+            })
+            .then_expect_events(vec![CarEvent::CarReturned {
+                booking_id: b(1),
+                odometer_km: 1_420.5,
+                branch: "OPO".into(),
+                at: day(5, 9),
+            }]);
         CarTest::with(())
             .given(vec![registered(), reserved(1, w), picked])
-            .when(CarCommand::Relocate { branch: "OPO".into() })
+            .when(CarCommand::Relocate {
+                branch: "OPO".into(),
+            })
             .then_expect_error(CarError::Rented);
     }
 
@@ -855,7 +1335,11 @@ mod tests {
         car.apply(reserved(1, window((3, 10), (5, 10))));
         car.apply(reserved(2, window((8, 10), (9, 10))));
         assert_eq!(car.blocks.len(), 2);
-        car.apply(CarEvent::CarReserved { booking_id: b(3), window: window((20, 10), (21, 10)), at: day(6, 0) });
+        car.apply(CarEvent::CarReserved {
+            booking_id: b(3),
+            window: window((20, 10), (21, 10)),
+            at: day(6, 0),
+        });
         let left: Vec<_> = car.blocks.iter().filter_map(Block::booking).collect();
         assert_eq!(left, [b(2), b(3)]);
         assert_eq!(car.status_at(day(8, 12)), CarStatus::Reserved);

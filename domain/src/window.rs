@@ -43,7 +43,9 @@ mod tests {
     use super::*;
 
     fn h(hour: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 12, 1, hour, 0, 0).single().unwrap_or_default()
+        Utc.with_ymd_and_hms(2026, 12, 1, hour, 0, 0)
+            .single()
+            .unwrap_or_default()
     }
 
     #[test]
