@@ -310,6 +310,39 @@ where
         Ok(sink.collect().await)
     }
 
+    /// Run `command` against a loaded aggregate without writing anything: the state after it
+    /// and the append that would record it (`None` when the command emits nothing). Used by
+    /// callers that append several aggregates in one transaction.
+    pub async fn decide(
+        &self,
+        id: &str,
+        loaded: &Loaded<A>,
+        command: A::Command,
+    ) -> Result<(Loaded<A>, Option<StreamAppend>), ExecuteError<A::Error>> {
+        let mut after = loaded.clone();
+        let events = self
+            .handle(&mut after.state, command)
+            .await
+            .map_err(ExecuteError::Rejected)?;
+        if events.is_empty() {
+            return Ok((after, None));
+        }
+        let encoded = events
+            .iter()
+            .map(codec::encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        let append = StreamAppend::after(StreamId::new(A::TYPE, id), loaded.head, encoded);
+        Ok((after, Some(append)))
+    }
+
+    /// Drop a cached aggregate (after another component appended to its stream).
+    pub async fn forget(&self, id: &str) {
+        let mut cache = self.stripe(id).lock().await;
+        if let Some(c) = cache.as_mut() {
+            c.pop(id);
+        }
+    }
+
     /// Load an aggregate from its latest usable snapshot plus the events after it.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, ExecuteError<A::Error>> {
         let stream = StreamId::new(A::TYPE, id);

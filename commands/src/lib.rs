@@ -1,11 +1,13 @@
 //! Fleetledger's application layer: command execution on the event store with retries.
 
 pub mod accounts;
+pub mod booking;
 pub mod branches;
 pub mod codec;
 pub mod context;
 pub mod executor;
 pub mod history;
+pub mod locks;
 pub mod payments;
 
 pub use context::CommandContext;

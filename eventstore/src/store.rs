@@ -96,7 +96,7 @@ impl EventStore {
         let mut attempt = 1;
         loop {
             let mut conn = self.inner.pool.acquire().await?;
-            match self.append_on(&mut conn, appends, metadata).await {
+            match self.append_on(&mut conn, appends, metadata, false).await {
                 Err(EventStoreError::OptimisticConcurrency { .. })
                     if only_any && attempt < ANY_VERSION_ATTEMPTS =>
                 {
@@ -114,14 +114,15 @@ impl EventStore {
     /// Append inside a transaction the caller owns (e.g. with read-model or outbox writes).
     ///
     /// The caller commits; after the commit, call [`EventStore::wake_subscribers`] so readers do
-    /// not wait for their polling interval. A conflict aborts the caller's transaction.
+    /// not wait for their polling interval. A failed append is rolled back to a savepoint, so
+    /// the caller's transaction stays usable (and nothing of the append is in it).
     pub async fn append_in(
         &self,
         conn: &mut PgConnection,
         appends: &[StreamAppend],
         metadata: &EventMetadata,
     ) -> Result<Vec<RecordedEvent>> {
-        self.append_on(conn, appends, metadata).await
+        self.append_on(conn, appends, metadata, true).await
     }
 
     /// Tell subscribers, in this process and (through NOTIFY) in others, that the log grew.
@@ -138,6 +139,7 @@ impl EventStore {
         conn: &mut PgConnection,
         appends: &[StreamAppend],
         metadata: &EventMetadata,
+        in_transaction: bool,
     ) -> Result<Vec<RecordedEvent>> {
         validate(appends)?;
 
@@ -213,6 +215,11 @@ impl EventStore {
             }
         }
 
+        if in_transaction {
+            sqlx::query("SAVEPOINT fleetledger_append")
+                .execute(&mut *conn)
+                .await?;
+        }
         let inserted = sqlx::query(
             "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
                                  event_version, payload, metadata, recorded_at, hash) \
@@ -239,7 +246,16 @@ impl EventStore {
 
         let inserted = match inserted {
             Ok(rows) => rows,
-            Err(e) => return Err(self.explain_insert_error(e, appends).await),
+            Err(e) => {
+                if in_transaction {
+                    sqlx::query("ROLLBACK TO SAVEPOINT fleetledger_append")
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                // Explained on the same connection: taking another from the pool while this
+                // one is held could wait forever when every connection does the same.
+                return Err(self.explain_insert_error(conn, e, appends).await);
+            }
         };
 
         let mut positions: HashMap<Uuid, (i64, u64)> = HashMap::with_capacity(inserted.len());
@@ -262,6 +278,7 @@ impl EventStore {
     /// Turn a failed INSERT into the typed error the caller can act on.
     async fn explain_insert_error(
         &self,
+        conn: &mut PgConnection,
         e: sqlx::Error,
         appends: &[StreamAppend],
     ) -> EventStoreError {
@@ -273,7 +290,7 @@ impl EventStore {
                 // The competing writer has committed (a unique violation waits for it), so a
                 // fresh read of the heads shows which stream moved.
                 let streams: Vec<&StreamId> = appends.iter().map(|a| &a.stream).collect();
-                let heads = match fetch_heads(&self.inner.pool, &streams).await {
+                let heads = match fetch_heads(&mut *conn, &streams).await {
                     Ok(heads) => heads,
                     Err(err) => return err,
                 };
@@ -314,7 +331,9 @@ impl EventStore {
             _ => e.into(),
         }
     }
+}
 
+impl EventStore {
     /// One stream's events with `from_version <= version <= to_version`, oldest first, upcast.
     pub async fn read_stream(
         &self,

@@ -274,6 +274,56 @@ async fn a_multi_stream_append_with_one_conflict_writes_nothing() {
 }
 
 #[tokio::test]
+async fn a_conflict_inside_a_transaction_leaves_it_usable() {
+    let db = TestDatabase::create().await;
+    let store = db.store();
+    let s = car("c1");
+    store
+        .append(
+            &[append(&s, ExpectedVersion::NoStream, vec![ev(1)])],
+            &meta(),
+        )
+        .await
+        .unwrap();
+    let stale = store.read_stream(&s, 1, Some(1)).await.unwrap()[0]
+        .head()
+        .unwrap();
+    store
+        .append(
+            &[append(&s, ExpectedVersion::Exact(1), vec![ev(2)])],
+            &meta(),
+        )
+        .await
+        .unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    let err = store
+        .append_in(
+            &mut tx,
+            &[StreamAppend::after(s.clone(), stale, vec![ev(3)])],
+            &meta(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EventStoreError::OptimisticConcurrency { actual: 2, .. }
+        ),
+        "{err:?}"
+    );
+    store
+        .append_in(
+            &mut tx,
+            &[append(&car("c2"), ExpectedVersion::NoStream, vec![ev(4)])],
+            &meta(),
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(count_events(&store).await, 3);
+}
+
+#[tokio::test]
 async fn any_version_appends_race_without_losing_events() {
     let db = TestDatabase::create().await;
     let store = db.store();

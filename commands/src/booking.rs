@@ -1,0 +1,712 @@
+//! The booking path: commands that touch a car and a booking together, atomically.
+//!
+//! Reserving the car and holding the booking are one append to two streams, each at its loaded
+//! version (DESIGN.md decision 6), so two requests for the same car and overlapping windows can
+//! never both succeed: one append wins, the other retries, reloads the car, sees the window
+//! taken and answers a conflict. A Redis lock per car (`SET NX PX`, released by token) makes
+//! contenders queue instead of racing; correctness never depends on it, and without Redis the
+//! path works the same, with more retries.
+//!
+//! Follow-up steps that must happen later or elsewhere (expiring a hold, confirming after a
+//! payment, refunding a cancellation) are rows in `workflow_steps`, written in the same
+//! transaction as the events that make them necessary, and run by the worker until done.
+
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use domain::booking::{Booking, BookingCommand, BookingError, BookingStatus, CancelledBy};
+use domain::car::{Car, CarCommand, CarError};
+use domain::pricing::{self, PricingError, PricingPolicy, Quote};
+use domain::{Money, TimeWindow};
+use eventstore::{EventStore, EventStoreError, RecordedEvent, StreamAppend};
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::context::CommandContext;
+use crate::executor::{ExecuteError, Executor, Loaded, RetryPolicy};
+use crate::locks::HotCarLock;
+
+/// Settings of the booking path.
+#[derive(Clone, Debug)]
+pub struct BookingConfig {
+    /// How long a HELD booking waits for payment (`FLEETLEDGER_HOLD_TTL`, default 300 s).
+    pub hold_ttl: Duration,
+    /// Minutes that must separate two uses of a car.
+    pub turnaround_minutes: i64,
+    pub pricing: PricingPolicy,
+    pub retry: RetryPolicy,
+    /// How long the per-car Redis lock lives if its holder dies.
+    pub lock_ttl: StdDuration,
+    /// How long a request waits for the per-car lock before going ahead without it.
+    pub lock_wait: StdDuration,
+}
+
+impl Default for BookingConfig {
+    fn default() -> Self {
+        Self {
+            hold_ttl: Duration::seconds(300),
+            turnaround_minutes: 60,
+            pricing: PricingPolicy::default(),
+            retry: RetryPolicy {
+                max_attempts: 20,
+                ..RetryPolicy::default()
+            },
+            lock_ttl: StdDuration::from_secs(5),
+            lock_wait: StdDuration::from_secs(2),
+        }
+    }
+}
+
+/// What a customer asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BookingRequest {
+    pub car_id: Uuid,
+    pub window: TimeWindow,
+    /// Defaults to the car's branch; must be where the car is.
+    pub pickup_branch: Option<String>,
+    /// Defaults to the pickup branch; another branch adds the one-way fee.
+    pub return_branch: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BookingFlowError {
+    #[error("car not found")]
+    CarNotFound,
+    #[error("booking not found")]
+    BookingNotFound,
+    #[error(transparent)]
+    Car(CarError),
+    #[error(transparent)]
+    Booking(BookingError),
+    #[error(transparent)]
+    Pricing(#[from] PricingError),
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("the car is in demand; gave up after {0} attempts")]
+    Contended(u32),
+    #[error(transparent)]
+    Store(#[from] EventStoreError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Codec(#[from] crate::codec::CodecError),
+}
+
+impl From<ExecuteError<CarError>> for BookingFlowError {
+    fn from(e: ExecuteError<CarError>) -> Self {
+        match e {
+            ExecuteError::Rejected(e) => Self::Car(e),
+            ExecuteError::Conflict { attempts, .. } => Self::Contended(attempts),
+            ExecuteError::Store(e) => Self::Store(e),
+            ExecuteError::Codec(e) => Self::Codec(e),
+        }
+    }
+}
+
+impl From<ExecuteError<BookingError>> for BookingFlowError {
+    fn from(e: ExecuteError<BookingError>) -> Self {
+        match e {
+            ExecuteError::Rejected(e) => Self::Booking(e),
+            ExecuteError::Conflict { attempts, .. } => Self::Contended(attempts),
+            ExecuteError::Store(e) => Self::Store(e),
+            ExecuteError::Codec(e) => Self::Codec(e),
+        }
+    }
+}
+
+/// A booking as the booking path knows it right after a command.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BookingView {
+    pub id: Uuid,
+    pub version: i64,
+    pub state: Booking,
+    /// The events the command appended (empty when it changed nothing), with positions.
+    #[serde(skip)]
+    pub events: Vec<RecordedEvent>,
+}
+
+impl BookingView {
+    pub fn status(&self) -> Option<BookingStatus> {
+        self.state.status
+    }
+}
+
+/// A follow-up step, run by the worker when due.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(crate) struct Step {
+    pub(crate) kind: &'static str,
+    pub(crate) booking_id: Uuid,
+    pub(crate) payload: serde_json::Value,
+    pub(crate) due_at: DateTime<Utc>,
+}
+
+/// Runs the booking path.
+#[derive(Clone)]
+pub struct BookingService {
+    store: EventStore,
+    cars: Executor<Car>,
+    bookings: Executor<Booking>,
+    lock: HotCarLock,
+    config: BookingConfig,
+}
+
+/// The booking id a user's idempotency key maps to: the same key from the same user always
+/// names the same booking stream, so a retried request finds the first one.
+pub fn booking_id_for(user: Uuid, key: &str) -> Uuid {
+    let digest = Sha256::new()
+        .chain_update(b"fleetledger/booking/")
+        .chain_update(user.as_bytes())
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+impl BookingService {
+    pub fn new(
+        store: EventStore,
+        cars: Executor<Car>,
+        bookings: Executor<Booking>,
+        lock: HotCarLock,
+        config: BookingConfig,
+    ) -> Self {
+        Self {
+            store,
+            cars,
+            bookings,
+            lock,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &BookingConfig {
+        &self.config
+    }
+
+    /// Price a rental of `car_id` over `window`, as `request_booking` would.
+    pub async fn quote(
+        &self,
+        car_id: Uuid,
+        window: TimeWindow,
+        return_branch: Option<&str>,
+    ) -> Result<Quote, BookingFlowError> {
+        let car = self.load_car(car_id).await?;
+        self.price(&car.state, window, return_branch)
+    }
+
+    fn price(
+        &self,
+        car: &Car,
+        window: TimeWindow,
+        return_branch: Option<&str>,
+    ) -> Result<Quote, BookingFlowError> {
+        let rate = car.daily_rate.ok_or(BookingFlowError::CarNotFound)?;
+        let one_way = return_branch.is_some_and(|r| Some(r) != car.branch.as_deref());
+        Ok(pricing::quote(
+            rate,
+            window.start,
+            window.end,
+            one_way,
+            &self.config.pricing,
+        )?)
+    }
+
+    async fn load_car(&self, car_id: Uuid) -> Result<Loaded<Car>, BookingFlowError> {
+        let car = self.cars.load(&car_id.to_string()).await?;
+        if car.state.id.is_none() {
+            return Err(BookingFlowError::CarNotFound);
+        }
+        Ok(car)
+    }
+
+    async fn load_booking(&self, booking_id: Uuid) -> Result<Loaded<Booking>, BookingFlowError> {
+        let booking = self.bookings.load(&booking_id.to_string()).await?;
+        if booking.state.status.is_none() {
+            return Err(BookingFlowError::BookingNotFound);
+        }
+        Ok(booking)
+    }
+
+    /// Reserve the car and hold a booking for `customer`, atomically. With an idempotency key,
+    /// the same key from the same customer returns the first booking instead of a second one.
+    #[tracing::instrument(skip_all, fields(car.id = %request.car_id), err(level = "debug"))]
+    pub async fn request_booking(
+        &self,
+        ctx: &CommandContext,
+        customer_id: Uuid,
+        request: BookingRequest,
+        idempotency_key: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<BookingView, BookingFlowError> {
+        if let Some(key) = idempotency_key
+            && (key.is_empty() || key.len() > 200)
+        {
+            return Err(BookingFlowError::Invalid {
+                field: "idempotencyKey",
+                reason: "must be 1 to 200 characters".into(),
+            });
+        }
+        let booking_id =
+            idempotency_key.map_or_else(Uuid::now_v7, |key| booking_id_for(customer_id, key));
+        if idempotency_key.is_some()
+            && let Some(existing) = self.existing_for(booking_id, customer_id).await?
+        {
+            return Ok(existing);
+        }
+        let _guard = self
+            .lock
+            .acquire(request.car_id, self.config.lock_ttl, self.config.lock_wait)
+            .await;
+        let held_until = now + self.config.hold_ttl;
+        let result = self
+            .transact(ctx, || async {
+                let car = self.load_car(request.car_id).await?;
+                let branch = car.state.branch.clone().unwrap_or_default();
+                let pickup_branch = request
+                    .pickup_branch
+                    .clone()
+                    .unwrap_or_else(|| branch.clone());
+                if pickup_branch != branch {
+                    return Err(BookingFlowError::Invalid {
+                        field: "pickupBranchCode",
+                        reason: format!("the car is at branch {branch}"),
+                    });
+                }
+                let return_branch = request
+                    .return_branch
+                    .clone()
+                    .unwrap_or_else(|| pickup_branch.clone());
+                let quote = self.price(&car.state, request.window, Some(&return_branch))?;
+                let car_id = request.car_id.to_string();
+                let reserve = CarCommand::Reserve {
+                    booking_id,
+                    window: request.window,
+                    buffer_minutes: self.config.turnaround_minutes,
+                    now,
+                };
+                let (_, car_append) = self.cars.decide(&car_id, &car, reserve).await?;
+                let hold = BookingCommand::Request {
+                    booking_id,
+                    customer_id,
+                    car_id: request.car_id,
+                    window: request.window,
+                    pickup_branch,
+                    return_branch,
+                    quote,
+                    held_until,
+                    now,
+                };
+                let empty = Loaded {
+                    state: Booking::default(),
+                    head: eventstore::StreamHead::EMPTY,
+                    snapshot_version: None,
+                };
+                let (after, booking_append) = self
+                    .bookings
+                    .decide(&booking_id.to_string(), &empty, hold)
+                    .await?;
+                let expire = Step {
+                    kind: "expire_hold",
+                    booking_id,
+                    payload: json!({}),
+                    due_at: held_until,
+                };
+                Ok((
+                    after,
+                    [car_append, booking_append].into_iter().flatten().collect(),
+                    vec![expire],
+                ))
+            })
+            .await;
+        match result {
+            Ok((state, events)) => {
+                self.cars.forget(&request.car_id.to_string()).await;
+                Ok(self.view(booking_id, state, events))
+            }
+            // A concurrent retry with the same key won the race: answer with its booking.
+            Err(e) if idempotency_key.is_some() => {
+                match self.existing_for(booking_id, customer_id).await? {
+                    Some(existing) => Ok(existing),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn existing_for(
+        &self,
+        booking_id: Uuid,
+        customer_id: Uuid,
+    ) -> Result<Option<BookingView>, BookingFlowError> {
+        let loaded = self.bookings.load(&booking_id.to_string()).await?;
+        if loaded.state.status.is_none() {
+            return Ok(None);
+        }
+        if loaded.state.customer_id != Some(customer_id) {
+            return Err(BookingFlowError::Invalid {
+                field: "idempotencyKey",
+                reason: "already used".into(),
+            });
+        }
+        Ok(Some(self.view(booking_id, loaded, Vec::new())))
+    }
+
+    fn view(&self, id: Uuid, loaded: Loaded<Booking>, events: Vec<RecordedEvent>) -> BookingView {
+        BookingView {
+            id,
+            version: loaded.head.version,
+            state: loaded.state,
+            events,
+        }
+    }
+
+    /// The booking's current state.
+    pub async fn get(&self, booking_id: Uuid) -> Result<BookingView, BookingFlowError> {
+        let loaded = self.load_booking(booking_id).await?;
+        Ok(self.view(booking_id, loaded, Vec::new()))
+    }
+
+    /// Run a command on the booking and one on its car, in one append; retried on conflicts.
+    async fn booking_and_car(
+        &self,
+        ctx: &CommandContext,
+        booking_id: Uuid,
+        booking_command: impl Fn(&Booking) -> Result<BookingCommand, BookingFlowError>,
+        car_command: impl Fn(&Booking) -> Option<CarCommand>,
+        steps: impl Fn(&Booking) -> Vec<Step>,
+    ) -> Result<BookingView, BookingFlowError> {
+        let (state, events) = self
+            .transact(ctx, || async {
+                let booking = self.load_booking(booking_id).await?;
+                let command = booking_command(&booking.state)?;
+                let (after, booking_append) = self
+                    .bookings
+                    .decide(&booking_id.to_string(), &booking, command)
+                    .await?;
+                let mut appends: Vec<StreamAppend> = booking_append.into_iter().collect();
+                if appends.is_empty() {
+                    return Ok((after, appends, Vec::new()));
+                }
+                if let (Some(car_id), Some(car_command)) =
+                    (booking.state.car_id, car_command(&booking.state))
+                {
+                    let car = self.load_car(car_id).await?;
+                    let (_, car_append) = self
+                        .cars
+                        .decide(&car_id.to_string(), &car, car_command)
+                        .await?;
+                    appends.extend(car_append);
+                }
+                let steps = steps(&after.state);
+                Ok((after, appends, steps))
+            })
+            .await?;
+        if let Some(car_id) = state.state.car_id {
+            self.cars.forget(&car_id.to_string()).await;
+        }
+        self.bookings.forget(&booking_id.to_string()).await;
+        Ok(self.view(booking_id, state, events))
+    }
+
+    /// Cancel a HELD or CONFIRMED booking and release the car; a paid booking is refunded what
+    /// exceeds the cancellation fee (free until the policy's cut-off before pickup).
+    pub async fn cancel(
+        &self,
+        ctx: &CommandContext,
+        booking_id: Uuid,
+        by: CancelledBy,
+        reason: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<BookingView, BookingFlowError> {
+        let policy = self.config.pricing.clone();
+        self.booking_and_car(
+            ctx,
+            booking_id,
+            |b| {
+                let window = b.window.ok_or(BookingFlowError::BookingNotFound)?;
+                let total = b.total.ok_or(BookingFlowError::BookingNotFound)?;
+                let rate = b
+                    .quote
+                    .as_ref()
+                    .and_then(|q| (q.days > 0).then(|| Money::new(q.lines.first().map_or(0, |l| l.amount.minor) / q.days, total.currency)))
+                    .unwrap_or(Money::zero(total.currency));
+                // Nothing was paid while HELD, so nothing is owed either.
+                let fee = if b.status == Some(BookingStatus::Held) {
+                    Money::zero(total.currency)
+                } else {
+                    pricing::cancellation_fee(rate, window.start, now, &policy)
+                };
+                Ok(BookingCommand::Cancel { by, reason: reason.clone(), fee, now })
+            },
+            |_| Some(CarCommand::Release { booking_id, now }),
+            |after| match (after.payment_id, after.cancellation_fee, after.total) {
+                (Some(payment_id), Some(fee), Some(total)) if total.minor > fee.minor => vec![Step {
+                    kind: "refund",
+                    booking_id,
+                    payload: json!({ "payment_id": payment_id, "amount_minor": total.minor - fee.minor, "currency": total.currency }),
+                    due_at: now,
+                }],
+                _ => Vec::new(),
+            },
+        )
+        .await
+    }
+
+    /// Expire a HELD booking whose hold has ended and release the car (the worker's step).
+    pub async fn expire(
+        &self,
+        ctx: &CommandContext,
+        booking_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<BookingView, BookingFlowError> {
+        self.booking_and_car(
+            ctx,
+            booking_id,
+            |_| Ok(BookingCommand::Expire { now }),
+            |_| Some(CarCommand::Release { booking_id, now }),
+            |_| Vec::new(),
+        )
+        .await
+    }
+
+    /// Move a booking to a new window on the same car, re-priced; the old window is released
+    /// only if the new one is reserved (one append).
+    pub async fn modify(
+        &self,
+        ctx: &CommandContext,
+        booking_id: Uuid,
+        window: TimeWindow,
+        now: DateTime<Utc>,
+    ) -> Result<BookingView, BookingFlowError> {
+        let booking = self.load_booking(booking_id).await?;
+        let car_id = booking
+            .state
+            .car_id
+            .ok_or(BookingFlowError::BookingNotFound)?;
+        let car = self.load_car(car_id).await?;
+        let quote = self.price(&car.state, window, booking.state.return_branch.as_deref())?;
+        let turnaround = self.config.turnaround_minutes;
+        self.booking_and_car(
+            ctx,
+            booking_id,
+            |_| {
+                Ok(BookingCommand::Modify {
+                    window,
+                    quote: quote.clone(),
+                    now,
+                })
+            },
+            |_| {
+                Some(CarCommand::ChangeReservation {
+                    booking_id,
+                    window,
+                    buffer_minutes: turnaround,
+                    now,
+                })
+            },
+            |_| Vec::new(),
+        )
+        .await
+    }
+
+    /// Staff hands the car over.
+    pub async fn pick_up(
+        &self,
+        ctx: &CommandContext,
+        booking_id: Uuid,
+        odometer_km: f64,
+        fuel_percent: f64,
+        now: DateTime<Utc>,
+    ) -> Result<BookingView, BookingFlowError> {
+        self.booking_and_car(
+            ctx,
+            booking_id,
+            |_| {
+                Ok(BookingCommand::PickUp {
+                    odometer_km,
+                    fuel_percent,
+                    now,
+                })
+            },
+            |_| {
+                Some(CarCommand::HandOver {
+                    booking_id,
+                    odometer_km,
+                    now,
+                })
+            },
+            |_| Vec::new(),
+        )
+        .await
+    }
+
+    /// Staff takes the car back: late-return and refuelling charges are added to the total.
+    pub async fn return_car(
+        &self,
+        ctx: &CommandContext,
+        booking_id: Uuid,
+        odometer_km: f64,
+        fuel_percent: f64,
+        branch: String,
+        now: DateTime<Utc>,
+    ) -> Result<BookingView, BookingFlowError> {
+        let policy = self.config.pricing.clone();
+        self.booking_and_car(
+            ctx,
+            booking_id,
+            |b| {
+                let window = b.window.ok_or(BookingFlowError::BookingNotFound)?;
+                let total = b.total.ok_or(BookingFlowError::BookingNotFound)?;
+                let quote = b.quote.as_ref().ok_or(BookingFlowError::BookingNotFound)?;
+                let rate = Money::new(
+                    quote.lines.first().map_or(0, |l| l.amount.minor) / quote.days.max(1),
+                    total.currency,
+                );
+                let fuel_out = b.pickup_fuel_percent.unwrap_or(100.0);
+                let charges = pricing::return_charges(
+                    rate,
+                    window.end,
+                    now,
+                    fuel_out,
+                    fuel_percent,
+                    &policy,
+                )?;
+                Ok(BookingCommand::Return {
+                    odometer_km,
+                    fuel_percent,
+                    branch: branch.clone(),
+                    charges,
+                    now,
+                })
+            },
+            |_| {
+                Some(CarCommand::TakeBack {
+                    booking_id,
+                    odometer_km,
+                    branch: branch.clone(),
+                    now,
+                })
+            },
+            |_| Vec::new(),
+        )
+        .await
+    }
+
+    /// The customer rates a completed rental.
+    pub async fn submit_feedback(
+        &self,
+        ctx: &CommandContext,
+        booking_id: Uuid,
+        rating: i32,
+        comment: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<BookingView, BookingFlowError> {
+        let id = booking_id.to_string();
+        self.load_booking(booking_id).await?;
+        let done = self
+            .bookings
+            .execute(
+                &id,
+                BookingCommand::SubmitFeedback {
+                    rating,
+                    comment,
+                    now,
+                },
+                ctx,
+            )
+            .await?;
+        let loaded = self.bookings.load(&id).await?;
+        Ok(self.view(booking_id, loaded, done.events))
+    }
+
+    /// Confirm a HELD booking after its payment was captured.
+    pub async fn confirm(
+        &self,
+        ctx: &CommandContext,
+        booking_id: Uuid,
+        payment_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<BookingView, BookingFlowError> {
+        let id = booking_id.to_string();
+        let done = self
+            .bookings
+            .execute(&id, BookingCommand::Confirm { payment_id, now }, ctx)
+            .await?;
+        let loaded = self.bookings.load(&id).await?;
+        Ok(self.view(booking_id, loaded, done.events))
+    }
+
+    /// Load, decide and append (with follow-up steps) in one transaction, retrying conflicts.
+    async fn transact<F, Fut>(
+        &self,
+        ctx: &CommandContext,
+        attempt: F,
+    ) -> Result<(Loaded<Booking>, Vec<RecordedEvent>), BookingFlowError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<
+                Output = Result<(Loaded<Booking>, Vec<StreamAppend>, Vec<Step>), BookingFlowError>,
+            >,
+    {
+        let policy = &self.config.retry;
+        let metadata = ctx.metadata();
+        let mut tries = 1;
+        loop {
+            let (after, appends, steps) = attempt().await?;
+            if appends.is_empty() {
+                return Ok((after, Vec::new()));
+            }
+            match self.append_with_steps(&appends, &steps, &metadata).await {
+                Ok(events) => {
+                    let mut after = after;
+                    if let Some(head) = events
+                        .iter()
+                        .rev()
+                        .find(|e| e.aggregate_type == "booking")
+                        .and_then(RecordedEvent::head)
+                    {
+                        after.head = head;
+                    }
+                    return Ok((after, events));
+                }
+                Err(BookingFlowError::Store(EventStoreError::OptimisticConcurrency { .. }))
+                    if tries < policy.max_attempts =>
+                {
+                    tokio::time::sleep(policy.delay(tries)).await;
+                    tries += 1;
+                }
+                Err(BookingFlowError::Store(EventStoreError::OptimisticConcurrency { .. })) => {
+                    return Err(BookingFlowError::Contended(tries));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn append_with_steps(
+        &self,
+        appends: &[StreamAppend],
+        steps: &[Step],
+        metadata: &eventstore::EventMetadata,
+    ) -> Result<Vec<RecordedEvent>, BookingFlowError> {
+        let mut tx = self.store.pool().begin().await?;
+        let events = self.store.append_in(&mut tx, appends, metadata).await?;
+        for step in steps {
+            sqlx::query("INSERT INTO workflow_steps (id, kind, booking_id, payload, due_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(Uuid::now_v7())
+                .bind(step.kind)
+                .bind(step.booking_id)
+                .bind(&step.payload)
+                .bind(step.due_at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.store.wake_subscribers();
+        Ok(events)
+    }
+}
