@@ -182,6 +182,10 @@ impl BookingService {
         }
     }
 
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
     pub fn config(&self) -> &BookingConfig {
         &self.config
     }

@@ -9,6 +9,7 @@ pub mod executor;
 pub mod history;
 pub mod locks;
 pub mod payments;
+pub mod worker;
 
 pub use context::CommandContext;
 pub use executor::{

@@ -285,6 +285,48 @@ async fn an_expired_hold_frees_the_car() {
 }
 
 #[tokio::test]
+async fn the_worker_expires_a_hold_that_nobody_paid() {
+    let config = BookingConfig {
+        hold_ttl: Duration::seconds(30),
+        ..BookingConfig::default()
+    };
+    let f = fixture(redis_lock().await, config).await;
+    let ctx = CommandContext::new("c");
+    let window = days_from_now(1, 2);
+    let held = f
+        .service
+        .request_booking(&ctx, Uuid::now_v7(), request(f.car_id, window), None, now())
+        .await
+        .unwrap();
+    let worker = commands::worker::Worker::new(f.service.clone());
+    // Not due yet: nothing happens.
+    assert_eq!(
+        worker.run_once(now()).await.unwrap(),
+        commands::worker::Pass::default()
+    );
+    assert_eq!(
+        f.service.get(held.id).await.unwrap().status(),
+        Some(BookingStatus::Held)
+    );
+    // Past heldUntil (as a crash-restarted worker would find it): expired, car free.
+    let later = now() + Duration::seconds(31);
+    assert_eq!(worker.run_once(later).await.unwrap().done, 1);
+    assert_eq!(
+        f.service.get(held.id).await.unwrap().status(),
+        Some(BookingStatus::Expired)
+    );
+    assert_eq!(
+        worker.run_once(later).await.unwrap(),
+        commands::worker::Pass::default(),
+        "done steps do not run again"
+    );
+    f.service
+        .request_booking(&ctx, Uuid::now_v7(), request(f.car_id, window), None, now())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn cancellation_releases_and_modification_moves_atomically() {
     let f = fixture(redis_lock().await, BookingConfig::default()).await;
     let ctx = CommandContext::new("c");

@@ -809,7 +809,7 @@ impl Aggregate for Car {
 impl Car {
     fn check_odometer(&self, given: f64) -> Result<(), CarError> {
         let last = self.odometer_km.unwrap_or(0.0);
-        if !given.is_finite() || given < 0.0 || given > 10_000_000.0 {
+        if !given.is_finite() || !(0.0..=10_000_000.0).contains(&given) {
             return Err(CarError::InvalidDetails {
                 field: "odometerKm",
                 reason: "must be between 0 and 10,000,000",
