@@ -1,0 +1,475 @@
+//! The built-in sandbox gateways: they behave like real providers, with no network.
+//!
+//! # Test tokens
+//! | token                            | authorization outcome                               |
+//! |----------------------------------|-----------------------------------------------------|
+//! | `tok_success`                    | authorized                                          |
+//! | `tok_decline_insufficient_funds` | declined, reason `insufficient funds`               |
+//! | `tok_decline_expired`            | declined, reason `card expired`                     |
+//! | `tok_timeout`                    | never answers (the router's timeout cuts it off)    |
+//! | anything else                    | declined, reason `unknown token`                    |
+//!
+//! The tokens work for every method (card, PayPal, wallet).
+//!
+//! # Switches
+//! - [`SandboxGateway::set_available`]: `false` makes every call fail at once with
+//!   `Unavailable` (an outage; nothing is processed).
+//! - [`SandboxGateway::set_response_delay`]: every answer comes after this delay (a slow
+//!   provider; past the router's timeout it counts as a timeout, and nothing is processed).
+//!
+//! # Like a real provider
+//! Every call honours its idempotency key: the same key returns the first outcome (a decline
+//! too) without charging or refunding again; the same key with another amount is declined.
+//! Captures need a known authorization for the full amount; refunds need a captured charge and
+//! never exceed it. [`SandboxGateway::charges`] and [`SandboxGateway::charge_count`] show what
+//! was charged, so tests can prove a payment was charged once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use domain::Money;
+use domain::payment::PaymentMethodKind;
+use uuid::Uuid;
+
+use super::gateway::{
+    Authorization, CaptureRequest, ChargeRequest, GatewayError, GatewayFuture, PaymentGateway,
+    RefundReceipt, RefundRequest,
+};
+use super::router::GatewayRouter;
+
+/// Authorizes.
+pub const TOKEN_SUCCESS: &str = "tok_success";
+/// Declines with [`DECLINE_INSUFFICIENT_FUNDS`].
+pub const TOKEN_DECLINE_INSUFFICIENT_FUNDS: &str = "tok_decline_insufficient_funds";
+/// Declines with [`DECLINE_EXPIRED`].
+pub const TOKEN_DECLINE_EXPIRED: &str = "tok_decline_expired";
+/// Never answers.
+pub const TOKEN_TIMEOUT: &str = "tok_timeout";
+
+pub const DECLINE_INSUFFICIENT_FUNDS: &str = "insufficient funds";
+pub const DECLINE_EXPIRED: &str = "card expired";
+pub const DECLINE_UNKNOWN_TOKEN: &str = "unknown token";
+
+/// One charge the sandbox made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxCharge {
+    pub reference: String,
+    pub idempotency_key: String,
+    pub amount: Money,
+    pub captured: bool,
+    pub refunded: Money,
+}
+
+#[derive(Default)]
+struct Ledger {
+    /// The first answer per authorization idempotency key, with the amount asked.
+    authorizations: HashMap<String, (Money, Result<Authorization, GatewayError>)>,
+    charges: Vec<SandboxCharge>,
+    /// The first answer per refund idempotency key.
+    refunds: HashMap<String, (Money, Result<RefundReceipt, GatewayError>)>,
+}
+
+/// A sandbox provider for some payment methods.
+pub struct SandboxGateway {
+    name: String,
+    methods: Vec<PaymentMethodKind>,
+    available: AtomicBool,
+    delay_ms: AtomicU64,
+    authorize_calls: AtomicUsize,
+    ledger: Mutex<Ledger>,
+}
+
+impl SandboxGateway {
+    pub fn new(name: impl Into<String>, methods: &[PaymentMethodKind]) -> Self {
+        Self {
+            name: name.into(),
+            methods: methods.to_vec(),
+            available: AtomicBool::new(true),
+            delay_ms: AtomicU64::new(0),
+            authorize_calls: AtomicUsize::new(0),
+            ledger: Mutex::new(Ledger::default()),
+        }
+    }
+
+    /// The outage switch: an unavailable gateway refuses every call at once.
+    pub fn set_available(&self, available: bool) {
+        self.available.store(available, Ordering::SeqCst);
+    }
+
+    pub fn is_available(&self) -> bool {
+        self.available.load(Ordering::SeqCst)
+    }
+
+    /// Answer every call only after `delay` (zero by default).
+    pub fn set_response_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Every charge made so far, in order.
+    pub fn charges(&self) -> Vec<SandboxCharge> {
+        self.ledger().charges.clone()
+    }
+
+    /// How many charges were made (successful authorizations; replays not counted).
+    pub fn charge_count(&self) -> usize {
+        self.ledger().charges.len()
+    }
+
+    /// How many authorization requests the gateway took in: replays included; refused by the
+    /// outage switch, or abandoned by the caller during the response delay, not.
+    pub fn authorize_calls(&self) -> usize {
+        self.authorize_calls.load(Ordering::SeqCst)
+    }
+
+    /// How many refunds were paid out (replays not counted).
+    pub fn refund_count(&self) -> usize {
+        self.ledger()
+            .refunds
+            .values()
+            .filter(|(_, outcome)| outcome.is_ok())
+            .count()
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        // The ledger holds no invariant a panicking holder could break half-way.
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The provider's front door: an outage refuses at once, a slow provider answers late.
+    async fn answer(&self) -> Result<(), GatewayError> {
+        if !self.is_available() {
+            return Err(GatewayError::Unavailable);
+        }
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        Ok(())
+    }
+
+    fn decide_authorization(&self, request: &ChargeRequest) -> Result<Authorization, GatewayError> {
+        let mut ledger = self.ledger();
+        if let Some((amount, outcome)) = ledger.authorizations.get(&request.idempotency_key) {
+            if *amount != request.amount {
+                return Err(GatewayError::Declined(
+                    "idempotency key reused with another amount".into(),
+                ));
+            }
+            return outcome.clone();
+        }
+        let outcome = match request.token.expose() {
+            TOKEN_SUCCESS => Ok(Authorization {
+                reference: format!("ch_{}", Uuid::new_v4().simple()),
+            }),
+            TOKEN_DECLINE_INSUFFICIENT_FUNDS => {
+                Err(GatewayError::Declined(DECLINE_INSUFFICIENT_FUNDS.into()))
+            }
+            TOKEN_DECLINE_EXPIRED => Err(GatewayError::Declined(DECLINE_EXPIRED.into())),
+            _ => Err(GatewayError::Declined(DECLINE_UNKNOWN_TOKEN.into())),
+        };
+        if let Ok(authorization) = &outcome {
+            ledger.charges.push(SandboxCharge {
+                reference: authorization.reference.clone(),
+                idempotency_key: request.idempotency_key.clone(),
+                amount: request.amount,
+                captured: false,
+                refunded: Money::zero(request.amount.currency),
+            });
+        }
+        ledger.authorizations.insert(
+            request.idempotency_key.clone(),
+            (request.amount, outcome.clone()),
+        );
+        outcome
+    }
+
+    fn decide_capture(&self, request: &CaptureRequest) -> Result<(), GatewayError> {
+        let mut ledger = self.ledger();
+        let charge = ledger
+            .charges
+            .iter_mut()
+            .find(|c| c.reference == request.reference)
+            .ok_or_else(|| GatewayError::Declined("unknown authorization".into()))?;
+        if charge.amount != request.amount {
+            return Err(GatewayError::Declined(
+                "capture amount differs from the authorization".into(),
+            ));
+        }
+        charge.captured = true;
+        Ok(())
+    }
+
+    fn decide_refund(&self, request: &RefundRequest) -> Result<RefundReceipt, GatewayError> {
+        let mut ledger = self.ledger();
+        if let Some((amount, outcome)) = ledger.refunds.get(&request.idempotency_key) {
+            if *amount != request.amount {
+                return Err(GatewayError::Declined(
+                    "idempotency key reused with another amount".into(),
+                ));
+            }
+            return outcome.clone();
+        }
+        let outcome = refund_charge(&mut ledger.charges, request);
+        ledger.refunds.insert(
+            request.idempotency_key.clone(),
+            (request.amount, outcome.clone()),
+        );
+        outcome
+    }
+}
+
+fn refund_charge(
+    charges: &mut [SandboxCharge],
+    request: &RefundRequest,
+) -> Result<RefundReceipt, GatewayError> {
+    let declined = |reason: &str| Err(GatewayError::Declined(reason.into()));
+    let Some(charge) = charges
+        .iter_mut()
+        .find(|c| c.reference == request.reference)
+    else {
+        return declined("unknown charge");
+    };
+    if !charge.captured {
+        return declined("charge not captured");
+    }
+    if request.amount.minor <= 0 || request.amount.currency != charge.amount.currency {
+        return declined("invalid refund amount");
+    }
+    match charge.refunded.checked_add(request.amount) {
+        Ok(total) if total.minor <= charge.amount.minor => {
+            charge.refunded = total;
+            Ok(RefundReceipt {
+                reference: format!("re_{}", Uuid::new_v4().simple()),
+            })
+        }
+        _ => declined("refund exceeds the captured amount"),
+    }
+}
+
+impl PaymentGateway for SandboxGateway {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn supports(&self, method: PaymentMethodKind) -> bool {
+        self.methods.contains(&method)
+    }
+
+    fn authorize<'a>(&'a self, request: &'a ChargeRequest) -> GatewayFuture<'a, Authorization> {
+        Box::pin(async move {
+            self.answer().await?;
+            self.authorize_calls.fetch_add(1, Ordering::SeqCst);
+            if !self.supports(request.method) {
+                return Err(GatewayError::Declined(format!(
+                    "{} is not accepted here",
+                    request.method
+                )));
+            }
+            if request.token.expose() == TOKEN_TIMEOUT {
+                std::future::pending::<()>().await;
+            }
+            self.decide_authorization(request)
+        })
+    }
+
+    fn capture<'a>(&'a self, request: &'a CaptureRequest) -> GatewayFuture<'a, ()> {
+        Box::pin(async move {
+            self.answer().await?;
+            self.decide_capture(request)
+        })
+    }
+
+    fn refund<'a>(&'a self, request: &'a RefundRequest) -> GatewayFuture<'a, RefundReceipt> {
+        Box::pin(async move {
+            self.answer().await?;
+            self.decide_refund(request)
+        })
+    }
+}
+
+/// The built-in gateways, with handles for their switches.
+#[derive(Clone)]
+pub struct SandboxGateways {
+    /// `sandbox-card`: primary for cards.
+    pub card: Arc<SandboxGateway>,
+    /// `sandbox-card-backup`: the cards' fallback.
+    pub card_backup: Arc<SandboxGateway>,
+    /// `sandbox-paypal`.
+    pub paypal: Arc<SandboxGateway>,
+    /// `sandbox-wallet`.
+    pub wallet: Arc<SandboxGateway>,
+}
+
+impl Default for SandboxGateways {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SandboxGateways {
+    pub fn new() -> Self {
+        let gateway = |name: &str, method| Arc::new(SandboxGateway::new(name, &[method]));
+        Self {
+            card: gateway("sandbox-card", PaymentMethodKind::Card),
+            card_backup: gateway("sandbox-card-backup", PaymentMethodKind::Card),
+            paypal: gateway("sandbox-paypal", PaymentMethodKind::Paypal),
+            wallet: gateway("sandbox-wallet", PaymentMethodKind::Wallet),
+        }
+    }
+
+    /// Cards: `sandbox-card` then `sandbox-card-backup`; PayPal and wallet: one gateway each.
+    pub fn router(&self, attempt_timeout: Duration) -> GatewayRouter {
+        GatewayRouter::new(attempt_timeout)
+            .route(
+                PaymentMethodKind::Card,
+                [
+                    self.card.clone() as Arc<dyn PaymentGateway>,
+                    self.card_backup.clone(),
+                ],
+            )
+            .route(
+                PaymentMethodKind::Paypal,
+                [self.paypal.clone() as Arc<dyn PaymentGateway>],
+            )
+            .route(
+                PaymentMethodKind::Wallet,
+                [self.wallet.clone() as Arc<dyn PaymentGateway>],
+            )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::Currency;
+
+    use super::*;
+    use crate::payments::PaymentToken;
+
+    fn usd(minor: i64) -> Money {
+        Money::new(minor, Currency::USD)
+    }
+
+    fn charge(token: &str, key: &str, minor: i64) -> ChargeRequest {
+        ChargeRequest {
+            payment_id: Uuid::nil(),
+            amount: usd(minor),
+            method: PaymentMethodKind::Card,
+            token: PaymentToken::new(token),
+            idempotency_key: key.into(),
+        }
+    }
+
+    fn card() -> SandboxGateway {
+        SandboxGateway::new("card", &[PaymentMethodKind::Card])
+    }
+
+    #[tokio::test]
+    async fn documented_tokens_behave_as_documented() {
+        let gateway = card();
+        assert!(
+            gateway
+                .authorize(&charge(TOKEN_SUCCESS, "k1", 500))
+                .await
+                .is_ok()
+        );
+        for (token, reason) in [
+            (TOKEN_DECLINE_INSUFFICIENT_FUNDS, DECLINE_INSUFFICIENT_FUNDS),
+            (TOKEN_DECLINE_EXPIRED, DECLINE_EXPIRED),
+            ("4242424242424242", DECLINE_UNKNOWN_TOKEN),
+        ] {
+            assert_eq!(
+                gateway.authorize(&charge(token, token, 500)).await,
+                Err(GatewayError::Declined(reason.into()))
+            );
+        }
+        let hung = tokio::time::timeout(
+            Duration::from_millis(50),
+            gateway.authorize(&charge(TOKEN_TIMEOUT, "k2", 500)),
+        )
+        .await;
+        assert!(hung.is_err(), "tok_timeout never answers");
+        assert_eq!(gateway.charge_count(), 1);
+        assert_eq!(gateway.charges()[0].amount, usd(500));
+    }
+
+    #[tokio::test]
+    async fn one_idempotency_key_charges_once() {
+        let gateway = card();
+        let first = gateway.authorize(&charge(TOKEN_SUCCESS, "k", 500)).await;
+        let again = gateway.authorize(&charge(TOKEN_SUCCESS, "k", 500)).await;
+        assert_eq!(first, again);
+        assert_eq!(gateway.charge_count(), 1);
+        assert_eq!(
+            gateway.authorize(&charge(TOKEN_SUCCESS, "k", 501)).await,
+            Err(GatewayError::Declined(
+                "idempotency key reused with another amount".into()
+            ))
+        );
+        // A decline is replayed too, even if the token changed.
+        let declined = gateway
+            .authorize(&charge(TOKEN_DECLINE_EXPIRED, "d", 500))
+            .await;
+        assert_eq!(
+            gateway.authorize(&charge(TOKEN_SUCCESS, "d", 500)).await,
+            declined
+        );
+        assert_eq!(gateway.charge_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_outage_refuses_everything_and_processes_nothing() {
+        let gateway = card();
+        gateway.set_available(false);
+        assert_eq!(
+            gateway.authorize(&charge(TOKEN_SUCCESS, "k", 500)).await,
+            Err(GatewayError::Unavailable)
+        );
+        assert_eq!((gateway.charge_count(), gateway.authorize_calls()), (0, 0));
+        gateway.set_available(true);
+        assert!(
+            gateway
+                .authorize(&charge(TOKEN_SUCCESS, "k", 500))
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn refunds_need_a_capture_and_never_exceed_it() {
+        let gateway = card();
+        let auth = gateway
+            .authorize(&charge(TOKEN_SUCCESS, "k", 1_000))
+            .await
+            .unwrap();
+        let refund = |key: &str, minor| RefundRequest {
+            reference: auth.reference.clone(),
+            amount: usd(minor),
+            idempotency_key: key.into(),
+        };
+        assert_eq!(
+            gateway.refund(&refund("r0", 100)).await,
+            Err(GatewayError::Declined("charge not captured".into()))
+        );
+        let capture = CaptureRequest {
+            reference: auth.reference.clone(),
+            amount: usd(1_000),
+            idempotency_key: "c".into(),
+        };
+        gateway.capture(&capture).await.unwrap();
+        gateway.capture(&capture).await.unwrap();
+        let first = gateway.refund(&refund("r1", 600)).await.unwrap();
+        assert_eq!(gateway.refund(&refund("r1", 600)).await, Ok(first));
+        assert_eq!(
+            gateway.refund(&refund("r2", 401)).await,
+            Err(GatewayError::Declined(
+                "refund exceeds the captured amount".into()
+            ))
+        );
+        gateway.refund(&refund("r3", 400)).await.unwrap();
+        assert_eq!(gateway.refund_count(), 2);
+        assert_eq!(gateway.charges()[0].refunded, usd(1_000));
+    }
+}
