@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod booking;
 pub mod branches;
+pub mod checkout;
 pub mod codec;
 pub mod context;
 pub mod executor;

@@ -13,6 +13,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::booking::{BookingFlowError, BookingService};
+use crate::checkout::Checkout;
 use crate::context::CommandContext;
 
 /// What one pass did.
@@ -25,6 +26,7 @@ pub struct Pass {
 #[derive(Clone)]
 pub struct Worker {
     bookings: BookingService,
+    checkout: Option<Checkout>,
     lease: Duration,
     batch: i64,
 }
@@ -38,9 +40,16 @@ impl Worker {
     pub fn new(bookings: BookingService) -> Self {
         Self {
             bookings,
+            checkout: None,
             lease: Duration::seconds(60),
             batch: 50,
         }
+    }
+
+    /// Also run the payment steps (confirm after capture, refund after cancellation).
+    pub fn with_checkout(mut self, checkout: Checkout) -> Self {
+        self.checkout = Some(checkout);
+        self
     }
 
     /// Run every step due at `now` once.
@@ -65,7 +74,8 @@ impl Worker {
             let booking_id: Uuid = row.try_get("booking_id")?;
             let attempts: i32 = row.try_get("attempts")?;
             let ctx = CommandContext::new("system:worker").caused_by(id);
-            let outcome = self.run_step(&kind, booking_id, &ctx, now).await;
+            let payload: serde_json::Value = row.try_get("payload")?;
+            let outcome = self.run_step(&kind, booking_id, &payload, &ctx, now).await;
             match outcome {
                 Outcome::Done => {
                     sqlx::query(
@@ -99,9 +109,46 @@ impl Worker {
         &self,
         kind: &str,
         booking_id: Uuid,
+        payload: &serde_json::Value,
         ctx: &CommandContext,
         now: DateTime<Utc>,
     ) -> Outcome {
+        let payment_id = payload
+            .get("payment_id")
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse::<Uuid>().ok());
+        match (kind, &self.checkout, payment_id) {
+            ("confirm_payment", Some(checkout), Some(payment_id)) => {
+                return match checkout
+                    .finish_payment(ctx, booking_id, payment_id, now)
+                    .await
+                {
+                    Ok(()) => Outcome::Done,
+                    Err(e) => Outcome::Retry(e.to_string()),
+                };
+            }
+            ("refund", Some(checkout), Some(payment_id)) => {
+                let amount = payload
+                    .get("amount_minor")
+                    .and_then(serde_json::Value::as_i64)
+                    .zip(
+                        payload
+                            .get("currency")
+                            .and_then(|c| serde_json::from_value(c.clone()).ok()),
+                    );
+                let Some((minor, currency)) = amount else {
+                    return Outcome::Retry("refund step without an amount".into());
+                };
+                return match checkout
+                    .refund_for_cancellation(ctx, payment_id, domain::Money::new(minor, currency))
+                    .await
+                {
+                    Ok(()) => Outcome::Done,
+                    Err(e) => Outcome::Retry(e.to_string()),
+                };
+            }
+            _ => {}
+        }
         match kind {
             "expire_hold" => match self.bookings.expire(ctx, booking_id, now).await {
                 Ok(_) => Outcome::Done,

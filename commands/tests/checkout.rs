@@ -1,0 +1,247 @@
+//! Paying for bookings against real PostgreSQL: a decline then a success, a crash between the
+//! payment and the confirmation finished by the worker, and a paid cancellation refunded.
+
+use std::time::Duration as StdDuration;
+
+use chrono::{Duration, Utc};
+use commands::booking::{BookingConfig, BookingRequest, BookingService};
+use commands::checkout::Checkout;
+use commands::locks::HotCarLock;
+use commands::payments::sandbox::{TOKEN_DECLINE_INSUFFICIENT_FUNDS, TOKEN_SUCCESS};
+use commands::payments::{PayRequest, PaymentService, PaymentToken, SandboxGateways};
+use commands::worker::Worker;
+use commands::{CommandContext, Executor, ExecutorConfig};
+use domain::TimeWindow;
+use domain::booking::{BookingStatus, CancelledBy};
+use domain::car::{Car, CarClass, CarCommand, CarDetails, FuelType, Transmission};
+use domain::payment::{IdempotencyKey, PaymentMethodKind, PaymentStatus};
+use domain::{Currency, Money};
+use eventstore::testing::TestDatabase;
+use uuid::Uuid;
+
+struct Shop {
+    _db: TestDatabase,
+    checkout: Checkout,
+    bookings: BookingService,
+    gateways: SandboxGateways,
+    car_id: Uuid,
+}
+
+async fn shop() -> Shop {
+    let db = TestDatabase::create().await;
+    let store = db.store();
+    let cars: Executor<Car> = Executor::new(store.clone(), (), ExecutorConfig::default());
+    let car_id = Uuid::now_v7();
+    let register = CarCommand::Register {
+        id: car_id,
+        details: CarDetails {
+            make: "VW".into(),
+            model: "Golf".into(),
+            year: 2025,
+            class: CarClass::Compact,
+            seats: 5,
+            transmission: Transmission::Automatic,
+            fuel: FuelType::Diesel,
+            features: vec![],
+        },
+        daily_rate: Money::new(5_000, Currency::EUR),
+        branch: "LIS".into(),
+    };
+    cars.execute(&car_id.to_string(), register, &CommandContext::new("staff"))
+        .await
+        .unwrap();
+    let bookings = BookingService::new(
+        store.clone(),
+        cars,
+        Executor::new(store.clone(), (), ExecutorConfig::default()),
+        HotCarLock::disabled(),
+        BookingConfig::default(),
+    );
+    let gateways = SandboxGateways::new();
+    let payments = PaymentService::new(
+        Executor::new(store.clone(), (), ExecutorConfig::default()),
+        gateways.router(StdDuration::from_millis(300)),
+    );
+    Shop {
+        _db: db,
+        checkout: Checkout::new(bookings.clone(), payments),
+        bookings,
+        gateways,
+        car_id,
+    }
+}
+
+async fn hold(shop: &Shop, customer: Uuid) -> Uuid {
+    let start = Utc::now() + Duration::days(3);
+    let window = TimeWindow::new(start, start + Duration::days(2)).unwrap();
+    let request = BookingRequest {
+        car_id: shop.car_id,
+        window,
+        pickup_branch: None,
+        return_branch: None,
+    };
+    shop.bookings
+        .request_booking(
+            &CommandContext::new(customer.to_string()),
+            customer,
+            request,
+            None,
+            Utc::now(),
+        )
+        .await
+        .unwrap()
+        .id
+}
+
+#[tokio::test]
+async fn a_declined_then_accepted_payment_confirms_the_booking() {
+    let shop = shop().await;
+    let customer = Uuid::now_v7();
+    let ctx = CommandContext::new(customer.to_string());
+    let booking = hold(&shop, customer).await;
+
+    let declined = shop
+        .checkout
+        .pay_booking(
+            &ctx,
+            booking,
+            PaymentMethodKind::Card,
+            TOKEN_DECLINE_INSUFFICIENT_FUNDS.into(),
+            Some("try-1"),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(declined.payment.status, PaymentStatus::Failed);
+    assert_eq!(
+        declined.payment.failure_reason.as_deref(),
+        Some("insufficient funds")
+    );
+    assert_eq!(declined.booking.status(), Some(BookingStatus::Held));
+
+    let paid = shop
+        .checkout
+        .pay_booking(
+            &ctx,
+            booking,
+            PaymentMethodKind::Card,
+            TOKEN_SUCCESS.into(),
+            Some("try-2"),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(paid.payment.status, PaymentStatus::Captured);
+    assert_eq!(paid.payment.amount, Money::new(10_000, Currency::EUR));
+    assert_eq!(paid.booking.status(), Some(BookingStatus::Confirmed));
+    assert_eq!(paid.booking.state.payment_id, Some(paid.payment.id));
+
+    // The same request again answers with the same payment and charges nothing more.
+    let again = shop
+        .checkout
+        .pay_booking(
+            &ctx,
+            booking,
+            PaymentMethodKind::Card,
+            TOKEN_SUCCESS.into(),
+            Some("try-2"),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.payment.id, paid.payment.id);
+    assert_eq!(shop.gateways.card.charge_count(), 1);
+}
+
+#[tokio::test]
+async fn a_crash_between_payment_and_confirmation_is_finished_by_the_worker() {
+    let shop = shop().await;
+    let customer = Uuid::now_v7();
+    let ctx = CommandContext::new(customer.to_string());
+    let booking = hold(&shop, customer).await;
+    let key = IdempotencyKey::parse("pay-1").unwrap();
+    // What pay_booking does up to the crash: the step is stored, the card is charged...
+    let payment_id = commands::payments::payment_id(booking, &key);
+    sqlx::query("INSERT INTO workflow_steps (id, kind, booking_id, payload, due_at) VALUES ($1, 'confirm_payment', $2, $3, now())")
+        .bind(Uuid::now_v7())
+        .bind(booking)
+        .bind(serde_json::json!({ "payment_id": payment_id }))
+        .execute(shop.bookings.store().pool())
+        .await
+        .unwrap();
+    let request = PayRequest {
+        booking_id: booking,
+        amount: Money::new(10_000, Currency::EUR),
+        method: PaymentMethodKind::Card,
+        token: PaymentToken::new(TOKEN_SUCCESS),
+        idempotency_key: key,
+    };
+    shop.checkout.payments().pay(request, &ctx).await.unwrap();
+    // ...and the process dies before confirming.
+    assert_eq!(
+        shop.bookings.get(booking).await.unwrap().status(),
+        Some(BookingStatus::Held)
+    );
+
+    let worker = Worker::new(shop.bookings.clone()).with_checkout(shop.checkout.clone());
+    let pass = worker
+        .run_once(Utc::now() + Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(pass.done, 1);
+    let confirmed = shop.bookings.get(booking).await.unwrap();
+    assert_eq!(confirmed.status(), Some(BookingStatus::Confirmed));
+    assert_eq!(confirmed.state.payment_id, Some(payment_id));
+}
+
+#[tokio::test]
+async fn cancelling_a_paid_booking_early_refunds_it_in_full() {
+    let shop = shop().await;
+    let customer = Uuid::now_v7();
+    let ctx = CommandContext::new(customer.to_string());
+    let booking = hold(&shop, customer).await;
+    let paid = shop
+        .checkout
+        .pay_booking(
+            &ctx,
+            booking,
+            PaymentMethodKind::Paypal,
+            TOKEN_SUCCESS.into(),
+            Some("p"),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let cancelled = shop
+        .bookings
+        .cancel(&ctx, booking, CancelledBy::Customer, None, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), Some(BookingStatus::Cancelled));
+    assert_eq!(
+        cancelled.state.cancellation_fee,
+        Some(Money::new(0, Currency::EUR))
+    );
+
+    let worker = Worker::new(shop.bookings.clone()).with_checkout(shop.checkout.clone());
+    let pass = worker
+        .run_once(Utc::now() + Duration::seconds(1))
+        .await
+        .unwrap();
+    assert!(pass.done >= 1 && pass.failed == 0, "{pass:?}");
+    let payment = shop
+        .checkout
+        .payments()
+        .get(paid.payment.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(payment.status, PaymentStatus::Refunded);
+    assert_eq!(payment.refunded, Money::new(10_000, Currency::EUR));
+    // Running the steps again refunds nothing more.
+    worker
+        .run_once(Utc::now() + Duration::seconds(2))
+        .await
+        .unwrap();
+    assert_eq!(shop.gateways.paypal.refund_count(), 1);
+}
