@@ -309,12 +309,13 @@ async fn a_double_submit_across_two_processes_charges_once() {
         );
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(a.id, b.id);
-        // Whoever lost the race saw the payment in flight (PENDING) or already captured.
+        // Whoever lost the race saw the payment in flight (PENDING, or AUTHORIZED between the
+        // authorization and the capture) or already captured.
         for view in [&a, &b] {
             assert!(
                 matches!(
                     view.status,
-                    PaymentStatus::Pending | PaymentStatus::Captured
+                    PaymentStatus::Pending | PaymentStatus::Authorized | PaymentStatus::Captured
                 ),
                 "{view:?}"
             );
