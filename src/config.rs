@@ -37,6 +37,17 @@ pub(crate) struct Config {
     pub(crate) executor: ExecutorConfig,
     /// `FLEETLEDGER_LOG_FORMAT=json` for JSON logs.
     pub(crate) log_json: bool,
+    /// `REDIS_URL`; unset = no hot-car lock (correct, with more retries under contention).
+    pub(crate) redis_url: Option<Secret>,
+    /// `FLEETLEDGER_HOLD_TTL` seconds a HELD booking waits for payment (default 300).
+    pub(crate) hold_ttl_seconds: i64,
+    /// `FLEETLEDGER_JWT_SECRET` (at least 32 bytes); unset = a random key per process.
+    pub(crate) jwt_secret: Option<Secret>,
+    /// `FLEETLEDGER_JWT_TTL` seconds a token lives (default 3600).
+    pub(crate) jwt_ttl_seconds: u64,
+    /// `FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL` / `_PASSWORD`: the first admin, created if none exists.
+    pub(crate) bootstrap_admin_email: Option<String>,
+    pub(crate) bootstrap_admin_password: Option<Secret>,
 }
 
 impl Config {
@@ -54,10 +65,7 @@ impl Config {
             anyhow::bail!("FLEETLEDGER_RETRY_MAX_ATTEMPTS must be at least 1");
         }
         Ok(Self {
-            database_url: std::env::var("DATABASE_URL")
-                .ok()
-                .filter(|v| !v.trim().is_empty())
-                .map(Secret),
+            database_url: non_empty("DATABASE_URL").map(Secret),
             data_dir: std::env::var_os("FLEETLEDGER_DATA_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("data")),
@@ -74,6 +82,12 @@ impl Config {
                 lock_stripes: defaults.lock_stripes,
             },
             log_json: std::env::var("FLEETLEDGER_LOG_FORMAT").is_ok_and(|v| v == "json"),
+            redis_url: non_empty("REDIS_URL").map(Secret),
+            hold_ttl_seconds: env_or("FLEETLEDGER_HOLD_TTL", 300)?,
+            jwt_secret: non_empty("FLEETLEDGER_JWT_SECRET").map(Secret),
+            jwt_ttl_seconds: env_or("FLEETLEDGER_JWT_TTL", 3600)?,
+            bootstrap_admin_email: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL"),
+            bootstrap_admin_password: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_PASSWORD").map(Secret),
         })
     }
 
@@ -81,6 +95,10 @@ impl Config {
     pub(crate) fn embedded_dir(&self) -> PathBuf {
         self.data_dir.join("postgres")
     }
+}
+
+fn non_empty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
 fn env_or<T>(name: &str, default: T) -> Result<T>

@@ -1,6 +1,7 @@
 //! The `fleetledger` binary: one command per role (serve, migrate, verify, bench, db).
 #![expect(clippy::print_stdout, reason = "a CLI: results go to stdout")]
 
+mod app;
 mod audit;
 mod bench;
 mod config;
@@ -11,7 +12,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use eventstore::EventStore;
 use eventstore::embedded::EmbeddedPostgres;
 
 use crate::config::Config;
@@ -33,6 +33,8 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Run the worker alone: hold expiry, payment confirmation, refunds.
+    Worker,
     /// Recompute hash chains and the log sequence (every stream, or --stream TYPE/ID).
     Verify(audit::VerifyArgs),
     /// Store and print a digest over every stream head, for auditors to keep elsewhere.
@@ -100,6 +102,7 @@ fn main() -> ExitCode {
 async fn run(command: Command, config: Config) -> Result<ExitCode> {
     match command {
         Command::Serve => serve(config).await,
+        Command::Worker => worker(config).await,
         Command::Migrate => {
             db::connect_and_migrate(&config, "fleetledger-migrate").await?;
             eprintln!("migrations applied");
@@ -122,41 +125,70 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
 }
 
 async fn serve(config: Config) -> Result<ExitCode> {
+    let shutdown = shutdown_signal();
     let pool = db::connect_and_migrate(&config, "fleetledger-serve").await?;
-    let store = EventStore::new(pool);
-    let app = api::router(api::AppState { store });
+    let services = app::App::build(&config, pool)?;
+    services.bootstrap_admin(&config).await?;
+    let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = services.worker.clone();
+    let worker_task = tokio::spawn(async move {
+        worker
+            .run(std::time::Duration::from_secs(1), async {
+                let _ = worker_stopped.await;
+            })
+            .await;
+    });
+    let app = api::router(api::AppState {
+        store: services.store.clone(),
+    });
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding {}", config.http_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await
         .context("HTTP server")?;
+    let _ = stop_worker.send(());
+    let _ = worker_task.await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+async fn worker(config: Config) -> Result<ExitCode> {
+    let pool = db::connect_and_migrate(&config, "fleetledger-worker").await?;
+    let services = app::App::build(&config, pool)?;
+    services.bootstrap_admin(&config).await?;
+    let shutdown = shutdown_signal();
+    tracing::info!("worker running");
+    services
+        .worker
+        .run(std::time::Duration::from_secs(1), shutdown)
+        .await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that arrives early is not lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+    async move {
+        let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            () = wait(term) => {}
+            () = wait(interrupt) => {}
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        tracing::info!("shutdown requested; draining");
     }
-    tracing::info!("shutdown requested; draining");
 }
 
 async fn embedded_db(config: Config, action: DbCommand) -> Result<ExitCode> {

@@ -162,3 +162,49 @@ async fn serve_runs_on_the_embedded_cluster_and_reuses_it() {
     stop_embedded(&data);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// `fleetledger worker` creates the bootstrap admin once, runs, and stops on SIGTERM.
+#[tokio::test]
+async fn the_worker_bootstraps_the_first_admin_and_stops_on_sigterm() {
+    let db = TestDatabase::create().await;
+    for _ in 0..2 {
+        let mut child = fleetledger()
+            .arg("worker")
+            .env("DATABASE_URL", db.url())
+            .env("FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL", "Admin@Example.com")
+            .env(
+                "FLEETLEDGER_BOOTSTRAP_ADMIN_PASSWORD",
+                "correct horse battery",
+            )
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        loop {
+            let line = lines.next().expect("worker exited early").unwrap();
+            assert!(!line.contains("ERROR"), "{line}");
+            if line.contains("worker running") {
+                break;
+            }
+        }
+        let pid = child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(child.wait().unwrap().success());
+    }
+    let admins: Vec<(String, String)> = sqlx::query_as("SELECT email, role FROM users")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        admins,
+        vec![("admin@example.com".to_owned(), "ADMIN".to_owned())]
+    );
+}
