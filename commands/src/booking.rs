@@ -218,6 +218,15 @@ impl BookingService {
         )?)
     }
 
+    async fn branch_exists(&self, code: &str) -> Result<bool, BookingFlowError> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM branches WHERE code = $1)")
+                .bind(code)
+                .fetch_one(self.store.pool())
+                .await?,
+        )
+    }
+
     async fn load_car(&self, car_id: Uuid) -> Result<Loaded<Car>, BookingFlowError> {
         let car = self.cars.load(&car_id.to_string()).await?;
         if car.state.id.is_none() {
@@ -283,6 +292,12 @@ impl BookingService {
                     .return_branch
                     .clone()
                     .unwrap_or_else(|| pickup_branch.clone());
+                if return_branch != pickup_branch && !self.branch_exists(&return_branch).await? {
+                    return Err(BookingFlowError::Invalid {
+                        field: "returnBranchCode",
+                        reason: format!("no branch {return_branch:?}"),
+                    });
+                }
                 let quote = self.price(&car.state, request.window, Some(&return_branch))?;
                 let car_id = request.car_id.to_string();
                 let reserve = CarCommand::Reserve {

@@ -3,7 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
+use domain::booking::Booking;
 use domain::car::Car;
+use domain::payment::Payment;
+use domain::telemetry::Telemetry;
 use eventstore::{EventStore, EventStoreError, RecordedEvent, StreamId};
 use serde::Serialize;
 use serde_json::Value;
@@ -43,7 +46,7 @@ pub enum HistoryError {
 }
 
 /// The aggregate types this build can rebuild.
-pub const KNOWN: &[&str] = &[Car::TYPE];
+pub const KNOWN: &[&str] = &[Car::TYPE, Booking::TYPE, Payment::TYPE, Telemetry::TYPE];
 
 /// Rebuild `stream`'s state at `as_of`. `None` when the stream has no events at all.
 pub async fn state_at(
@@ -67,6 +70,9 @@ pub async fn state_at(
     }
     let state = match stream.aggregate_type.as_str() {
         Car::TYPE => to_json(&replay::<Car>(&events)?)?,
+        Booking::TYPE => to_json(&replay::<Booking>(&events)?)?,
+        Payment::TYPE => to_json(&replay::<Payment>(&events)?)?,
+        Telemetry::TYPE => to_json(&replay::<Telemetry>(&events)?)?,
         other => return Err(HistoryError::UnknownType(other.to_owned())),
     };
     let last: Option<&RecordedEvent> = events.last();

@@ -248,6 +248,41 @@ async fn an_idempotency_key_returns_the_first_booking() {
 }
 
 #[tokio::test]
+async fn a_one_way_rental_needs_a_real_branch_and_pays_the_fee() {
+    let f = fixture(redis_lock().await, BookingConfig::default()).await;
+    let ctx = CommandContext::new("c");
+    let mut one_way = request(f.car_id, days_from_now(1, 3));
+    one_way.return_branch = Some("NOPE".into());
+    let err = f
+        .service
+        .request_booking(&ctx, Uuid::now_v7(), one_way.clone(), None, now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BookingFlowError::Invalid {
+                field: "returnBranchCode",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    sqlx::query("INSERT INTO branches (code, name, city, latitude, longitude) VALUES ('OPO', 'Porto Airport', 'Porto', 41.24, -8.68)")
+        .execute(f.db_store.pool())
+        .await
+        .unwrap();
+    one_way.return_branch = Some("OPO".into());
+    let held = f
+        .service
+        .request_booking(&ctx, Uuid::now_v7(), one_way, None, now())
+        .await
+        .unwrap();
+    // 2 days × 30.00 + one-way fee 50.00.
+    assert_eq!(held.state.total, Some(Money::new(11_000, Currency::EUR)));
+}
+
+#[tokio::test]
 async fn an_expired_hold_frees_the_car() {
     let config = BookingConfig {
         hold_ttl: Duration::seconds(60),
