@@ -812,41 +812,27 @@ async fn run_plan(engine: &Engine, plan: Plan) -> Result<Measurement> {
     let hot_version = Arc::new(AtomicI64::new(1));
     let cpu_before = CpuSample::now();
     let started = Instant::now();
-    let handles: Vec<_> = plan
-        .tasks
-        .into_iter()
-        .map(|jobs| {
-            let engine = engine.clone();
-            let cars = Arc::clone(&cars);
-            let hot_version = Arc::clone(&hot_version);
-            tokio::spawn(async move { run_task(&engine, &cars, jobs, &hot_version).await })
-        })
-        .collect();
+    // A JoinSet aborts the tasks still running when it is dropped: on an error or Ctrl-C no
+    // task keeps writing while the databases are dropped.
+    let mut running = tokio::task::JoinSet::new();
+    for jobs in plan.tasks {
+        let engine = engine.clone();
+        let cars = Arc::clone(&cars);
+        let hot_version = Arc::clone(&hot_version);
+        running.spawn(async move { run_task(&engine, &cars, jobs, &hot_version).await });
+    }
     let mut total = Measurement::default();
-    let mut first_error = None;
-    for handle in handles {
-        match handle.await {
-            Ok(Ok(m)) => {
-                total.ok += m.ok;
-                total.conflicts += m.conflicts;
-                total.failed += m.failed;
-                total.retries += m.retries;
-                total.latencies.extend(m.latencies);
-            }
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e);
-            }
-            Err(e) => {
-                first_error.get_or_insert(anyhow!("bench task ended abnormally: {e}"));
-            }
-        }
+    while let Some(joined) = running.join_next().await {
+        let m = joined.map_err(|e| anyhow!("bench task ended abnormally: {e}"))??;
+        total.ok += m.ok;
+        total.conflicts += m.conflicts;
+        total.failed += m.failed;
+        total.retries += m.retries;
+        total.latencies.extend(m.latencies);
     }
     total.elapsed = started.elapsed();
     total.cpu = cpu_before.zip(CpuSample::now()).map(|(a, b)| b.since(a));
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(total),
-    }
+    Ok(total)
 }
 
 async fn run_task(
