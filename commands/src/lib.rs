@@ -7,6 +7,7 @@ pub mod checkout;
 pub mod codec;
 pub mod context;
 pub mod executor;
+pub mod fleet;
 pub mod history;
 pub mod locks;
 pub mod payments;

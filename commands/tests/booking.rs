@@ -443,3 +443,59 @@ async fn cancellation_releases_and_modification_moves_atomically() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn completing_maintenance_restarts_the_service_interval() {
+    use commands::fleet::Fleet;
+    use domain::telemetry::{Telemetry, TelemetryPolicy};
+    let f = fixture(HotCarLock::disabled(), BookingConfig::default()).await;
+    let ctx = CommandContext::new("staff");
+    let cars: Executor<Car> = Executor::new(f.db_store.clone(), (), ExecutorConfig::default());
+    let telemetry: Executor<Telemetry> = Executor::new(
+        f.db_store.clone(),
+        TelemetryPolicy::default(),
+        ExecutorConfig::default(),
+    );
+    let window = TimeWindow::new(now() - Duration::hours(1), now() + Duration::hours(5)).unwrap();
+    cars.execute(
+        &f.car_id.to_string(),
+        CarCommand::ScheduleMaintenance {
+            maintenance_id: Uuid::now_v7(),
+            window,
+            reason: "service".into(),
+            buffer_minutes: 0,
+            now: now() - Duration::hours(2),
+        },
+        &ctx,
+    )
+    .await
+    .unwrap();
+    let fleet = Fleet::new(cars.clone(), telemetry.clone());
+    let events = fleet
+        .complete_maintenance(&ctx, f.car_id, now())
+        .await
+        .unwrap();
+    let types: Vec<_> = events
+        .iter()
+        .map(|e| (e.aggregate_type.as_str(), e.event_type.as_str()))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("car", "MaintenanceCompleted"),
+            ("telemetry", "ServiceCompleted")
+        ]
+    );
+    assert_eq!(
+        events[0].transaction_id, events[1].transaction_id,
+        "one append"
+    );
+    assert!(
+        cars.load(&f.car_id.to_string())
+            .await
+            .unwrap()
+            .state
+            .blocks
+            .is_empty()
+    );
+}
