@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use commands::Executor;
 use commands::accounts::{Accounts, Bootstrap, JwtKeys, Secret};
 use commands::booking::{BookingConfig, BookingService};
 use commands::checkout::Checkout;
 use commands::locks::HotCarLock;
 use commands::payments::{DEFAULT_ATTEMPT_TIMEOUT, PaymentService, SandboxGateways};
 use commands::worker::Worker;
-use commands::{Executor, ExecutorConfig};
 use eventstore::EventStore;
 use rand::Rng;
 use sqlx::PgPool;
@@ -27,7 +27,6 @@ pub(crate) struct App {
 impl App {
     pub(crate) fn build(config: &Config, pool: PgPool) -> Result<Self> {
         let store = EventStore::new(pool.clone());
-        let executor = |c: &ExecutorConfig| c.clone();
         let lock = match &config.redis_url {
             Some(url) => HotCarLock::new(url.expose(), "fleetledger:")
                 .context("REDIS_URL is not a valid Redis URL")?,
@@ -35,8 +34,8 @@ impl App {
         };
         let bookings = BookingService::new(
             store.clone(),
-            Executor::new(store.clone(), (), executor(&config.executor)),
-            Executor::new(store.clone(), (), executor(&config.executor)),
+            Executor::new(store.clone(), (), config.executor.clone()),
+            Executor::new(store.clone(), (), config.executor.clone()),
             lock,
             BookingConfig {
                 hold_ttl: chrono::Duration::seconds(config.hold_ttl_seconds),
@@ -44,7 +43,7 @@ impl App {
             },
         );
         let payments = PaymentService::new(
-            Executor::new(store.clone(), (), executor(&config.executor)),
+            Executor::new(store.clone(), (), config.executor.clone()),
             SandboxGateways::new().router(DEFAULT_ATTEMPT_TIMEOUT),
         );
         let worker = Worker::new(bookings.clone()).with_checkout(Checkout::new(bookings, payments));

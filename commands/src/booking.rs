@@ -448,11 +448,7 @@ impl BookingService {
             |b| {
                 let window = b.window.ok_or(BookingFlowError::BookingNotFound)?;
                 let total = b.total.ok_or(BookingFlowError::BookingNotFound)?;
-                let rate = b
-                    .quote
-                    .as_ref()
-                    .and_then(|q| (q.days > 0).then(|| Money::new(q.lines.first().map_or(0, |l| l.amount.minor) / q.days, total.currency)))
-                    .unwrap_or(Money::zero(total.currency));
+                let rate = b.daily_rate().unwrap_or(Money::zero(total.currency));
                 // Nothing was paid while HELD, so nothing is owed either.
                 let fee = if b.status == Some(BookingStatus::Held) {
                     Money::zero(total.currency)
@@ -579,12 +575,7 @@ impl BookingService {
             booking_id,
             |b| {
                 let window = b.window.ok_or(BookingFlowError::BookingNotFound)?;
-                let total = b.total.ok_or(BookingFlowError::BookingNotFound)?;
-                let quote = b.quote.as_ref().ok_or(BookingFlowError::BookingNotFound)?;
-                let rate = Money::new(
-                    quote.lines.first().map_or(0, |l| l.amount.minor) / quote.days.max(1),
-                    total.currency,
-                );
+                let rate = b.daily_rate().ok_or(BookingFlowError::BookingNotFound)?;
                 let fuel_out = b.pickup_fuel_percent.unwrap_or(100.0);
                 let charges = pricing::return_charges(
                     rate,

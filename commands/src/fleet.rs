@@ -9,9 +9,22 @@ use domain::telemetry::{Telemetry, TelemetryCommand};
 use eventstore::{EventStoreError, RecordedEvent};
 use uuid::Uuid;
 
-use crate::booking::BookingFlowError;
 use crate::context::CommandContext;
-use crate::executor::Executor;
+use crate::executor::{ExecuteError, Executor, RetryPolicy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("car not found")]
+    CarNotFound,
+    #[error(transparent)]
+    Car(#[from] ExecuteError<domain::car::CarError>),
+    #[error(transparent)]
+    Telemetry(#[from] ExecuteError<domain::telemetry::TelemetryError>),
+    #[error("gave up after {0} conflicting attempts")]
+    Contended(u32),
+    #[error(transparent)]
+    Store(#[from] EventStoreError),
+}
 
 #[derive(Clone)]
 pub struct Fleet {
@@ -30,27 +43,20 @@ impl Fleet {
         ctx: &CommandContext,
         car_id: Uuid,
         now: DateTime<Utc>,
-    ) -> Result<Vec<RecordedEvent>, BookingFlowError> {
+    ) -> Result<Vec<RecordedEvent>, FleetError> {
         let id = car_id.to_string();
-        let policy = crate::executor::RetryPolicy::default();
+        let policy = RetryPolicy::default();
         let mut attempt = 1;
         loop {
             let car = self.cars.load(&id).await?;
             if car.state.id.is_none() {
-                return Err(BookingFlowError::CarNotFound);
+                return Err(FleetError::CarNotFound);
             }
             let (_, car_append) = self
                 .cars
                 .decide(&id, &car, CarCommand::CompleteMaintenance { now })
                 .await?;
-            let telemetry =
-                self.telemetry
-                    .load(&id)
-                    .await
-                    .map_err(|e| BookingFlowError::Invalid {
-                        field: "carId",
-                        reason: e.to_string(),
-                    })?;
+            let telemetry = self.telemetry.load(&id).await?;
             let (_, telemetry_append) = self
                 .telemetry
                 .decide(
@@ -61,11 +67,7 @@ impl Fleet {
                         odometer_km: car.state.odometer_km,
                     },
                 )
-                .await
-                .map_err(|e| BookingFlowError::Invalid {
-                    field: "carId",
-                    reason: e.to_string(),
-                })?;
+                .await?;
             let appends: Vec<_> = [car_append, telemetry_append]
                 .into_iter()
                 .flatten()
@@ -83,7 +85,7 @@ impl Fleet {
                     attempt += 1;
                 }
                 Err(EventStoreError::OptimisticConcurrency { .. }) => {
-                    return Err(BookingFlowError::Contended(attempt));
+                    return Err(FleetError::Contended(attempt));
                 }
                 Err(e) => return Err(e.into()),
             }

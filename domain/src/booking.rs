@@ -253,6 +253,14 @@ fn check_odometer(v: f64) -> Result<(), BookingError> {
 }
 
 impl Booking {
+    /// The daily rate the booking was priced at: the quote's base line is days × rate
+    /// (pricing::quote), so the division is exact.
+    pub fn daily_rate(&self) -> Option<Money> {
+        let quote = self.quote.as_ref()?;
+        let base = quote.lines.first()?;
+        (quote.days > 0).then(|| Money::new(base.amount.minor / quote.days, base.amount.currency))
+    }
+
     fn status(&self) -> Result<BookingStatus, BookingError> {
         self.status.ok_or(BookingError::NotFound)
     }
