@@ -148,6 +148,7 @@ CREATE TABLE rm_analytics_bookings (
     car_id          uuid        NOT NULL,
     branch_code     text        NOT NULL,  -- the pickup branch
     currency        text        NOT NULL,
+    days            integer     NOT NULL,  -- charged days of the latest quote
     picked_up_at    timestamptz,
     odometer_out_km double precision
 );

@@ -130,7 +130,8 @@ impl EventStore {
         self.inner.appended.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    pub(crate) fn appended_signal(&self) -> watch::Receiver<u64> {
+    /// Changes after every append committed by this process (a wake-up hint for readers).
+    pub fn appended_signal(&self) -> watch::Receiver<u64> {
         self.inner.appended.subscribe()
     }
 
@@ -388,6 +389,37 @@ impl EventStore {
     /// [`EventStore::read_all`] without upcasting: the log exactly as stored.
     pub async fn read_all_raw(&self, after: Checkpoint, limit: i64) -> Result<Vec<RecordedEvent>> {
         read_all_on(&self.inner.pool, after, limit).await
+    }
+
+    /// Up to `limit` events with `after < checkpoint <= upto`, in commit order, upcast.
+    ///
+    /// `upto` must be a checkpoint some reader has already seen (a projection's checkpoint):
+    /// every event at or before it belongs to a finished transaction, so this range never
+    /// changes. Used to bring a rebuilt projection exactly to a live one's position.
+    pub async fn read_until(
+        &self,
+        after: Checkpoint,
+        upto: Checkpoint,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events \
+             WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+               AND (transaction_id, global_position) <= ($3::text::xid8, $4) \
+             ORDER BY transaction_id, global_position \
+             LIMIT $5"
+        );
+        sqlx::query(&sql)
+            .bind(after.transaction_id.to_string())
+            .bind(after.global_position)
+            .bind(upto.transaction_id.to_string())
+            .bind(upto.global_position)
+            .bind(limit.max(0))
+            .fetch_all(&self.inner.pool)
+            .await?
+            .into_iter()
+            .map(|row| decode_event(row).and_then(|e| self.inner.upcasters.upcast(e)))
+            .collect()
     }
 
     /// Catch up from `after`, then follow the log live. See [`Subscription`].

@@ -1,0 +1,187 @@
+//! What each projection reports: state, position and lag, in a table and as metrics.
+//!
+//! The active instance writes its state (`projection_status`) on changes only; position comes
+//! from `projection_checkpoints`, and lag is computed when asked, from the events after the
+//! checkpoint: how many, and how old the oldest of them is.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use eventstore::{Checkpoint, RecordedEvent};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+use tokio_util::sync::CancellationToken;
+
+/// A projection's lifecycle state, as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Has taken the lease and is reading its backlog.
+    CatchingUp,
+    /// Caught up with the log; applying new events as they come.
+    Running,
+    /// The target refuses the batch for now (broker down); retrying.
+    Stalled,
+    /// Stopped at an event it cannot apply; needs a fix and a restart.
+    Failed,
+    /// No instance holds the lease.
+    Stopped,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CatchingUp => "catching_up",
+            Self::Running => "running",
+            Self::Stalled => "stalled",
+            Self::Failed => "failed",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+/// One row of the status table.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProjectionStatus {
+    pub name: String,
+    pub transaction_id: u64,
+    /// Global position of the last event applied.
+    pub position: i64,
+    /// Committed events after the checkpoint.
+    pub lag_events: i64,
+    /// Age of the oldest unapplied event in milliseconds (0 when caught up).
+    pub lag_ms: f64,
+    pub state: String,
+    pub owner: Option<String>,
+    pub error: Option<String>,
+    pub failed_position: Option<i64>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub(crate) async fn set_state(
+    pool: &PgPool,
+    name: &str,
+    state: State,
+    owner: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projection_status (name, state, owner, updated_at) VALUES ($1, $2, $3, now()) \
+         ON CONFLICT (name) DO UPDATE SET state = $2, owner = $3, error = NULL, \
+           failed_transaction_id = NULL, failed_position = NULL, failed_event_id = NULL, \
+           updated_at = now()",
+    )
+    .bind(name)
+    .bind(state.as_str())
+    .bind(owner)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn set_state_with_error(
+    pool: &PgPool,
+    name: &str,
+    state: State,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projection_status (name, state, error, updated_at) VALUES ($1, $2, $3, now()) \
+         ON CONFLICT (name) DO UPDATE SET state = $2, error = $3, updated_at = now()",
+    )
+    .bind(name)
+    .bind(state.as_str())
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn set_failed(
+    pool: &PgPool,
+    name: &str,
+    at: Checkpoint,
+    event: Option<&RecordedEvent>,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projection_status (name, state, failed_transaction_id, failed_position, \
+           failed_event_id, error, updated_at) \
+         VALUES ($1, 'failed', $2::text::xid8, $3, $4, $5, now()) \
+         ON CONFLICT (name) DO UPDATE SET state = 'failed', failed_transaction_id = $2::text::xid8, \
+           failed_position = $3, failed_event_id = $4, error = $5, updated_at = now()",
+    )
+    .bind(name)
+    .bind(at.transaction_id.to_string())
+    .bind(at.global_position)
+    .bind(event.map(|e| e.event_id))
+    .bind(error)
+    .execute(pool)
+    .await?;
+    metrics::gauge!("fleetledger_projection_failed", "projection" => name.to_owned()).set(1.0);
+    Ok(())
+}
+
+/// Every projection that has a checkpoint, with its lag, ordered by name.
+pub async fn list(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT c.name, c.transaction_id::text, c.global_position, \
+           coalesce(s.state, 'stopped') AS state, s.owner, s.error, s.failed_position, \
+           greatest(c.updated_at, coalesce(s.updated_at, c.updated_at)) AS updated_at, \
+           (SELECT count(*) FROM events e \
+             WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.global_position)) \
+             AS lag_events, \
+           coalesce((SELECT extract(epoch FROM (clock_timestamp() - e.recorded_at)) * 1000 \
+             FROM events e \
+             WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.global_position) \
+             ORDER BY e.transaction_id, e.global_position LIMIT 1), 0)::float8 AS lag_ms \
+         FROM projection_checkpoints c LEFT JOIN projection_status s USING (name) \
+         ORDER BY c.name",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let checkpoint = crate::runtime::checkpoint_of_columns(&row, 1, 2)?;
+            Ok(ProjectionStatus {
+                name: row.try_get(0)?,
+                transaction_id: checkpoint.transaction_id,
+                position: checkpoint.global_position,
+                state: row.try_get("state")?,
+                owner: row.try_get("owner")?,
+                error: row.try_get("error")?,
+                failed_position: row.try_get("failed_position")?,
+                updated_at: row.try_get("updated_at")?,
+                lag_events: row.try_get("lag_events")?,
+                lag_ms: row.try_get::<f64, _>("lag_ms")?.max(0.0),
+            })
+        })
+        .collect()
+}
+
+/// Export every projection's position, lag and state as gauges until cancelled.
+pub async fn report_metrics(pool: PgPool, every: Duration, token: CancellationToken) {
+    loop {
+        match list(&pool).await {
+            Ok(statuses) => {
+                for s in statuses {
+                    let name = s.name.clone();
+                    metrics::gauge!("fleetledger_projection_position", "projection" => name.clone())
+                        .set(s.position as f64);
+                    metrics::gauge!("fleetledger_projection_lag_events", "projection" => name.clone())
+                        .set(s.lag_events as f64);
+                    metrics::gauge!("fleetledger_projection_lag_ms", "projection" => name.clone())
+                        .set(s.lag_ms);
+                    metrics::gauge!("fleetledger_projection_failed", "projection" => name.clone())
+                        .set(if s.state == "failed" { 1.0 } else { 0.0 });
+                    metrics::gauge!("fleetledger_projection_running", "projection" => name)
+                        .set(if s.state == "running" { 1.0 } else { 0.0 });
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "projection status unavailable"),
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
