@@ -53,7 +53,15 @@ impl Projection for Availability {
                 reason,
                 ..
             } => {
-                insert(conn, car, maintenance_id, "MAINTENANCE", window, Some(&reason)).await?;
+                insert(
+                    conn,
+                    car,
+                    maintenance_id,
+                    "MAINTENANCE",
+                    window,
+                    Some(&reason),
+                )
+                .await?;
             }
             CarEvent::MaintenanceCompleted { maintenance_id, at } => {
                 cut(conn, car, maintenance_id, at).await?;
@@ -76,11 +84,13 @@ impl Projection for Availability {
                 .await?;
             }
             CarEvent::ReservationReleased { booking_id, .. } => {
-                sqlx::query("DELETE FROM rm_availability_blocks WHERE car_id = $1 AND block_id = $2")
-                    .bind(car)
-                    .bind(booking_id)
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query(
+                    "DELETE FROM rm_availability_blocks WHERE car_id = $1 AND block_id = $2",
+                )
+                .bind(car)
+                .bind(booking_id)
+                .execute(&mut *conn)
+                .await?;
             }
             CarEvent::CarReturned { booking_id, at, .. } => {
                 cut(conn, car, booking_id, at).await?;

@@ -79,7 +79,8 @@ impl Projection for History {
             }
             "payment" => {
                 let payment = aggregate_uuid(event)?;
-                let booking = apply_payment(conn, payment, decode(event)?, event.recorded_at).await?;
+                let booking =
+                    apply_payment(conn, payment, decode(event)?, event.recorded_at).await?;
                 match booking {
                     Some(booking) => timeline(conn, booking, event).await,
                     None => Ok(()),

@@ -150,6 +150,12 @@ pub enum RuntimeError {
     Fenced(String),
     #[error("projection {0}: the lease connection was lost")]
     LeaseLost(String),
+    #[error("projection {name} stopped at position {position}: {reason}")]
+    Poisoned {
+        name: String,
+        position: i64,
+        reason: String,
+    },
 }
 
 impl RuntimeError {
@@ -159,6 +165,7 @@ impl RuntimeError {
             Self::Database(e) => eventstore::error::is_transient_sqlx(e),
             Self::Store(e) => e.is_transient(),
             Self::Fenced(_) | Self::LeaseLost(_) => true,
+            Self::Poisoned { .. } => false,
         }
     }
 }
@@ -189,7 +196,11 @@ impl Projector {
         }
     }
 
-    pub fn postgres(store: EventStore, projection: Arc<dyn Projection>, options: RunOptions) -> Self {
+    pub fn postgres(
+        store: EventStore,
+        projection: Arc<dyn Projection>,
+        options: RunOptions,
+    ) -> Self {
         Self::new(store, Target::Postgres(projection), options)
     }
 
@@ -201,11 +212,56 @@ impl Projector {
         self.target.name()
     }
 
+    /// Take the lease, apply every event committed before this call, and return the
+    /// checkpoint reached. (Tests, benchmarks and one-shot catch-ups; a service uses
+    /// [`Projector::run`].) Events of transactions still open elsewhere in the cluster hold
+    /// the reader back; this waits for them rather than stopping short.
+    pub async fn catch_up(&self) -> Result<Checkpoint, RuntimeError> {
+        let Target::Postgres(projection) = &self.target else {
+            return Err(RuntimeError::Database(sqlx::Error::Protocol(
+                "catch_up is for PostgreSQL projections".to_owned(),
+            )));
+        };
+        let name = self.name();
+        let pool = self.store.pool();
+        let token = CancellationToken::new();
+        let Some(_lease) = Lease::acquire(pool, &name, &self.options, &token).await else {
+            return Err(RuntimeError::LeaseLost(name));
+        };
+        let target = self.store.committed_head().await?;
+        let mut checkpoint = load_checkpoint(pool, &name).await?;
+        let mut idle = Duration::from_millis(2);
+        loop {
+            let batch = self
+                .store
+                .read_all(checkpoint, self.options.batch_size)
+                .await?;
+            if batch.is_empty() {
+                if checkpoint >= target {
+                    return Ok(checkpoint);
+                }
+                tokio::time::sleep(idle).await;
+                idle = (idle * 2).min(Duration::from_millis(100));
+                continue;
+            }
+            match apply_batch(pool, projection.as_ref(), &name, checkpoint, &batch).await? {
+                BatchOutcome::Applied(next) => checkpoint = next,
+                BatchOutcome::Poison { index, reason, .. } => {
+                    let event = &batch[index];
+                    status::set_failed(pool, &name, event.checkpoint(), Some(event), &reason)
+                        .await?;
+                    return Err(RuntimeError::Poisoned {
+                        name,
+                        position: event.global_position,
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+
     /// Waits for the lease (hot standby), then runs until `shutdown` resolves.
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), RuntimeError> {
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), RuntimeError> {
         let token = CancellationToken::new();
         let work = self.run_until_cancelled(token.clone());
         tokio::pin!(work);
@@ -250,7 +306,11 @@ impl Projector {
         }
     }
 
-    async fn run_leased(&self, mut lease: Lease, token: &CancellationToken) -> Result<(), RuntimeError> {
+    async fn run_leased(
+        &self,
+        mut lease: Lease,
+        token: &CancellationToken,
+    ) -> Result<(), RuntimeError> {
         let name = self.name();
         let pool = self.store.pool().clone();
         let mut checkpoint = load_checkpoint(&pool, &name).await?;
@@ -272,7 +332,11 @@ impl Projector {
                 last_lease_check = tokio::time::Instant::now();
             }
             appended.borrow_and_update();
-            let batch = match self.store.read_all(checkpoint, self.options.batch_size).await {
+            let batch = match self
+                .store
+                .read_all(checkpoint, self.options.batch_size)
+                .await
+            {
                 Ok(batch) => batch,
                 Err(e) if e.is_transient() => {
                     failures += 1;
@@ -296,17 +360,25 @@ impl Projector {
                     state = State::Running;
                     status::set_state(&pool, &name, state, Some(&self.options.owner)).await?;
                 }
-                wait_for_events(&mut listener, &mut appended, self.options.poll_interval, token)
-                    .await;
+                wait_for_events(
+                    &mut listener,
+                    &mut appended,
+                    self.options.poll_interval,
+                    token,
+                )
+                .await;
                 if listener.is_none() {
                     listener = connect_listener(&pool).await;
                 }
                 continue;
             }
             let outcome = match &self.target {
-                Target::Postgres(p) => apply_batch(&pool, p.as_ref(), &name, checkpoint, &batch).await,
+                Target::Postgres(p) => {
+                    apply_batch(&pool, p.as_ref(), &name, checkpoint, &batch).await
+                }
                 Target::External(sink) => {
-                    self.deliver_batch(sink.as_ref(), checkpoint, &batch, &mut state, token).await
+                    self.deliver_batch(sink.as_ref(), checkpoint, &batch, &mut state, token)
+                        .await
                 }
             };
             match outcome {
@@ -324,7 +396,8 @@ impl Projector {
                     reason,
                 }) => {
                     let event = &batch[index];
-                    status::set_failed(&pool, &name, event.checkpoint(), Some(event), &reason).await?;
+                    status::set_failed(&pool, &name, event.checkpoint(), Some(event), &reason)
+                        .await?;
                     tracing::error!(projection = %name, position = event.global_position,
                         event.id = %event.event_id, event.type = %event.event_type, error = %reason,
                         checkpoint = %applied, "projection stopped at an event it cannot apply");
@@ -355,8 +428,13 @@ impl Projector {
                 Err(e) => {
                     failures += 1;
                     let delay = backoff(&self.options, failures);
-                    status::set_state_with_error(self.store.pool(), &name, State::Stalled, &e.to_string())
-                        .await?;
+                    status::set_state_with_error(
+                        self.store.pool(),
+                        &name,
+                        State::Stalled,
+                        &e.to_string(),
+                    )
+                    .await?;
                     tracing::warn!(projection = %name, error = %e, "sink not ready; retrying");
                     if sleep_or_cancel(delay, token).await {
                         return Ok(());
@@ -447,7 +525,9 @@ async fn apply_batch(
             let _ = tx.rollback().await;
             match e {
                 ApplyError::Database(db) => Err(RuntimeError::Database(db)),
-                other => Err(RuntimeError::Database(sqlx::Error::Protocol(other.to_string()))),
+                other => Err(RuntimeError::Database(sqlx::Error::Protocol(
+                    other.to_string(),
+                ))),
             }
         }
         Err((index, e)) => {

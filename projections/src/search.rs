@@ -197,19 +197,23 @@ async fn apply_car(
             .await?;
         }
         CarEvent::CarRelocated { to, .. } => {
-            sqlx::query("UPDATE rm_search_cars SET branch_code = $2, updated_at = $3 WHERE car_id = $1")
-                .bind(car)
-                .bind(&to)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "UPDATE rm_search_cars SET branch_code = $2, updated_at = $3 WHERE car_id = $1",
+            )
+            .bind(car)
+            .bind(&to)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
         }
         CarEvent::CarRetired { .. } => {
-            sqlx::query("UPDATE rm_search_cars SET retired = true, updated_at = $2 WHERE car_id = $1")
-                .bind(car)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "UPDATE rm_search_cars SET retired = true, updated_at = $2 WHERE car_id = $1",
+            )
+            .bind(car)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
         }
         CarEvent::CarPickedUp {
             booking_id,
