@@ -6,6 +6,8 @@ mod audit;
 mod bench;
 mod config;
 mod db;
+mod projectors;
+mod seed;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -35,6 +37,15 @@ enum Command {
     Migrate,
     /// Run the worker alone: hold expiry, payment confirmation, refunds.
     Worker,
+    /// Run projectors as a process of their own (one active instance per projection).
+    Project(projectors::ProjectArgs),
+    /// Write a realistic demo history: branches, customers, cars, bookings, telemetry.
+    Seed(seed::SeedOptions),
+    /// Operate projections: status, rebuild [--verify].
+    Projections {
+        #[command(subcommand)]
+        command: projectors::ProjectionsCommand,
+    },
     /// Recompute hash chains and the log sequence (every stream, or --stream TYPE/ID).
     Verify(audit::VerifyArgs),
     /// Store and print a digest over every stream head, for auditors to keep elsewhere.
@@ -103,6 +114,21 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
     match command {
         Command::Serve => serve(config).await,
         Command::Worker => worker(config).await,
+        Command::Project(args) => projectors::project(config, args).await,
+        Command::Seed(options) => {
+            let pool = db::connect_and_migrate(&config, "fleetledger-seed").await?;
+            let started = std::time::Instant::now();
+            let report = seed::seed(&pool, &options).await?;
+            println!(
+                "seeded {} cars, {} bookings, {} events in {:.1}s",
+                report.cars,
+                report.bookings,
+                report.events,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Projections { command } => projectors::projections(config, command).await,
         Command::Migrate => {
             db::connect_and_migrate(&config, "fleetledger-migrate").await?;
             eprintln!("migrations applied");
@@ -130,6 +156,17 @@ async fn serve(config: Config) -> Result<ExitCode> {
     let services = app::App::build(&config, pool)?;
     services.bootstrap_admin(&config).await?;
     let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
+    let projector_token = tokio_util::sync::CancellationToken::new();
+    let mut projector_tasks = if config.serve_projectors {
+        projectors::spawn(
+            &services.store,
+            &[],
+            &projectors::run_options(&config),
+            &projector_token,
+        )?
+    } else {
+        tokio::task::JoinSet::new()
+    };
     let worker = services.worker.clone();
     let worker_task = tokio::spawn(async move {
         worker
@@ -151,6 +188,8 @@ async fn serve(config: Config) -> Result<ExitCode> {
         .context("HTTP server")?;
     let _ = stop_worker.send(());
     let _ = worker_task.await;
+    projector_token.cancel();
+    while projector_tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -171,7 +210,7 @@ async fn worker(config: Config) -> Result<ExitCode> {
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the
 /// future is first polled, so a signal that arrives early is not lost.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
     async move {

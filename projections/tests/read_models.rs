@@ -65,7 +65,8 @@ async fn availability_holds_the_blocks_the_car_decided() {
     let s = scripted_history(&store).await;
     catch_up(&store, projections::by_name("availability").unwrap()).await;
 
-    let rows: Vec<(Uuid, Uuid, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+    type Block = (Uuid, Uuid, String, DateTime<Utc>, DateTime<Utc>);
+    let rows: Vec<Block> = sqlx::query_as(
         "SELECT car_id, block_id, kind, lower(period), upper(period) \
          FROM rm_availability_blocks ORDER BY lower(period)",
     )
