@@ -1,4 +1,5 @@
-//! Typed configuration from the environment (`FLEETLEDGER_*`, `DATABASE_URL`, `RUST_LOG`).
+//! Typed configuration from the environment (`FLEETLEDGER_*`, `DATABASE_URL`, `REDIS_URL`,
+//! `KAFKA_BROKERS`, `RUST_LOG`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ pub(crate) struct Config {
     /// `FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL` / `_PASSWORD`: the first admin, created if none exists.
     pub(crate) bootstrap_admin_email: Option<String>,
     pub(crate) bootstrap_admin_password: Option<Secret>,
+    /// `KAFKA_BROKERS` and the `FLEETLEDGER_KAFKA_*` settings; `None` = the relay is off.
+    pub(crate) kafka: Option<relay::RelayConfig>,
 }
 
 impl Config {
@@ -88,6 +91,7 @@ impl Config {
             jwt_ttl_seconds: env_or("FLEETLEDGER_JWT_TTL", 3600)?,
             bootstrap_admin_email: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL"),
             bootstrap_admin_password: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_PASSWORD").map(Secret),
+            kafka: kafka_from_env()?,
         })
     }
 
@@ -95,6 +99,24 @@ impl Config {
     pub(crate) fn embedded_dir(&self) -> PathBuf {
         self.data_dir.join("postgres")
     }
+}
+
+/// The relay's settings when `KAFKA_BROKERS` is set.
+fn kafka_from_env() -> Result<Option<relay::RelayConfig>> {
+    let Some(brokers) = non_empty("KAFKA_BROKERS") else {
+        return Ok(None);
+    };
+    let mut kafka = relay::RelayConfig::new(brokers.trim());
+    kafka.topic_prefix = env_or("FLEETLEDGER_KAFKA_TOPIC_PREFIX", kafka.topic_prefix)?;
+    kafka.partitions = env_or("FLEETLEDGER_KAFKA_PARTITIONS", kafka.partitions)?;
+    kafka.replication = env_or("FLEETLEDGER_KAFKA_REPLICATION", kafka.replication)?;
+    kafka.source = env_or("FLEETLEDGER_CLOUDEVENTS_SOURCE", kafka.source)?;
+    kafka.delivery_timeout = Duration::from_millis(env_or(
+        "FLEETLEDGER_KAFKA_DELIVERY_TIMEOUT_MS",
+        u64::try_from(kafka.delivery_timeout.as_millis()).unwrap_or(30_000),
+    )?);
+    kafka.validate().context("Kafka relay settings")?;
+    Ok(Some(kafka))
 }
 
 fn non_empty(name: &str) -> Option<String> {

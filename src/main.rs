@@ -1,4 +1,4 @@
-//! The `fleetledger` binary: one command per role (serve, migrate, verify, bench, db).
+//! The `fleetledger` binary: one command per role (serve, worker, relay, migrate, verify, bench, db).
 #![expect(clippy::print_stdout, reason = "a CLI: results go to stdout")]
 
 mod app;
@@ -6,6 +6,7 @@ mod audit;
 mod bench;
 mod config;
 mod db;
+mod relay;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -35,6 +36,8 @@ enum Command {
     Migrate,
     /// Run the worker alone: hold expiry, payment confirmation, refunds.
     Worker,
+    /// Relay every event to Kafka as CloudEvents (needs KAFKA_BROKERS).
+    Relay,
     /// Recompute hash chains and the log sequence (every stream, or --stream TYPE/ID).
     Verify(audit::VerifyArgs),
     /// Store and print a digest over every stream head, for auditors to keep elsewhere.
@@ -103,6 +106,7 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
     match command {
         Command::Serve => serve(config).await,
         Command::Worker => worker(config).await,
+        Command::Relay => relay::run(config, shutdown_signal()).await,
         Command::Migrate => {
             db::connect_and_migrate(&config, "fleetledger-migrate").await?;
             eprintln!("migrations applied");
