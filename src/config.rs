@@ -49,6 +49,13 @@ pub(crate) struct Config {
     /// `FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL` / `_PASSWORD`: the first admin, created if none exists.
     pub(crate) bootstrap_admin_email: Option<String>,
     pub(crate) bootstrap_admin_password: Option<Secret>,
+    /// `FLEETLEDGER_PROJECTOR_BATCH`: events per projector transaction (default 500).
+    pub(crate) projector_batch_size: i64,
+    /// `FLEETLEDGER_PROJECTOR_POLL_MS`: polling fallback when no notification comes (default 500).
+    pub(crate) projector_poll_ms: u64,
+    /// `FLEETLEDGER_SERVE_PROJECTORS` (default true): whether `serve` runs the projectors
+    /// in-process. Turn off when `fleetledger project` processes run them.
+    pub(crate) serve_projectors: bool,
     /// `KAFKA_BROKERS` and the `FLEETLEDGER_KAFKA_*` settings; `None` = the relay is off.
     pub(crate) kafka: Option<relay::RelayConfig>,
 }
@@ -91,6 +98,9 @@ impl Config {
             jwt_ttl_seconds: env_or("FLEETLEDGER_JWT_TTL", 3600)?,
             bootstrap_admin_email: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL"),
             bootstrap_admin_password: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_PASSWORD").map(Secret),
+            projector_batch_size: positive("FLEETLEDGER_PROJECTOR_BATCH", 500)?,
+            projector_poll_ms: positive("FLEETLEDGER_PROJECTOR_POLL_MS", 500)?,
+            serve_projectors: env_or("FLEETLEDGER_SERVE_PROJECTORS", true)?,
             kafka: kafka_from_env()?,
         })
     }
@@ -117,6 +127,18 @@ fn kafka_from_env() -> Result<Option<relay::RelayConfig>> {
     )?);
     kafka.validate().context("Kafka relay settings")?;
     Ok(Some(kafka))
+}
+
+fn positive<T>(name: &str, default: T) -> Result<T>
+where
+    T: FromStr + PartialOrd + Default + Copy,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let value = env_or(name, default)?;
+    if value <= T::default() {
+        anyhow::bail!("{name} must be at least 1");
+    }
+    Ok(value)
 }
 
 fn non_empty(name: &str) -> Option<String> {

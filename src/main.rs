@@ -4,9 +4,12 @@
 mod app;
 mod audit;
 mod bench;
+mod bench_projections;
 mod config;
 mod db;
+mod projectors;
 mod relay;
+mod seed;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -36,6 +39,15 @@ enum Command {
     Migrate,
     /// Run the worker alone: hold expiry, payment confirmation, refunds.
     Worker,
+    /// Run projectors as a process of their own (one active instance per projection).
+    Project(projectors::ProjectArgs),
+    /// Write a realistic demo history: branches, customers, cars, bookings, telemetry.
+    Seed(seed::SeedOptions),
+    /// Operate projections: status, rebuild [--verify].
+    Projections {
+        #[command(subcommand)]
+        command: projectors::ProjectionsCommand,
+    },
     /// Relay every event to Kafka as CloudEvents (needs KAFKA_BROKERS).
     Relay,
     /// Recompute hash chains and the log sequence (every stream, or --stream TYPE/ID).
@@ -64,6 +76,8 @@ enum Command {
 enum BenchCommand {
     /// Command append throughput: our executor vs cqrs-es + postgres-es vs a raw INSERT ceiling.
     Append(bench::AppendOptions),
+    /// Projection rebuild rate vs the raw read rate; commit-to-visible lag under load.
+    Projections(bench_projections::ProjectionBenchOptions),
 }
 
 #[derive(Subcommand, Debug)]
@@ -106,6 +120,21 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
     match command {
         Command::Serve => serve(config).await,
         Command::Worker => worker(config).await,
+        Command::Project(args) => projectors::project(config, args).await,
+        Command::Seed(options) => {
+            let pool = db::connect_and_migrate(&config, "fleetledger-seed").await?;
+            let started = std::time::Instant::now();
+            let report = seed::seed(&pool, &options).await?;
+            println!(
+                "seeded {} cars, {} bookings, {} events in {:.1}s",
+                report.cars,
+                report.bookings,
+                report.events,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Projections { command } => projectors::projections(config, command).await,
         Command::Relay => relay::run(config, shutdown_signal()).await,
         Command::Migrate => {
             db::connect_and_migrate(&config, "fleetledger-migrate").await?;
@@ -124,6 +153,14 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
             bench::append(server, config.executor.clone(), options).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench {
+            which: BenchCommand::Projections(options),
+        } => {
+            let server = db::connect_options(&config).await?;
+            let url = config.database_url.as_ref().map(|u| u.expose().to_owned());
+            bench_projections::run(server, url, options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Db { action } => embedded_db(config, action).await,
     }
 }
@@ -134,6 +171,17 @@ async fn serve(config: Config) -> Result<ExitCode> {
     let services = app::App::build(&config, pool)?;
     services.bootstrap_admin(&config).await?;
     let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
+    let projector_token = tokio_util::sync::CancellationToken::new();
+    let mut projector_tasks = if config.serve_projectors {
+        projectors::spawn(
+            &services.store,
+            &[],
+            &projectors::run_options(&config),
+            &projector_token,
+        )?
+    } else {
+        tokio::task::JoinSet::new()
+    };
     let worker = services.worker.clone();
     let worker_task = tokio::spawn(async move {
         worker
@@ -155,6 +203,8 @@ async fn serve(config: Config) -> Result<ExitCode> {
         .context("HTTP server")?;
     let _ = stop_worker.send(());
     let _ = worker_task.await;
+    projector_token.cancel();
+    while projector_tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -175,7 +225,7 @@ async fn worker(config: Config) -> Result<ExitCode> {
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the
 /// future is first polled, so a signal that arrives early is not lost.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
     async move {

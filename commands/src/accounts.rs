@@ -472,6 +472,11 @@ fn email_taken(e: sqlx::Error) -> AccountError {
     }
 }
 
+/// An argon2id PHC string for `password` (blocking: run it off the async threads).
+pub fn hash_password(password: &str) -> Result<String, AccountError> {
+    hash_blocking(password)
+}
+
 fn hash_blocking(password: &str) -> Result<String, AccountError> {
     let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
         .map_err(|e| AccountError::Hashing(e.to_string()))?;

@@ -65,7 +65,8 @@ async fn availability_holds_the_blocks_the_car_decided() {
     let s = scripted_history(&store).await;
     catch_up(&store, projections::by_name("availability").unwrap()).await;
 
-    let rows: Vec<(Uuid, Uuid, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+    type Block = (Uuid, Uuid, String, DateTime<Utc>, DateTime<Utc>);
+    let rows: Vec<Block> = sqlx::query_as(
         "SELECT car_id, block_id, kind, lower(period), upper(period) \
          FROM rm_availability_blocks ORDER BY lower(period)",
     )
@@ -241,7 +242,7 @@ async fn analytics_counts_each_day_once() {
     assert_eq!(refunds, 6_000);
 
     let cars: Vec<(NaiveDate, Uuid, i64, i64, f64)> = sqlx::query_as(
-        "SELECT day, car_id, rented_seconds, revenue_minor, distance_km FROM rm_car_daily \
+        "SELECT day, car_id, rented_seconds, revenue_minor, distance_km::float8 FROM rm_car_daily \
          ORDER BY day, car_id",
     )
     .fetch_all(&db.pool)

@@ -1,0 +1,223 @@
+//! Running projectors (`project`, in-process in `serve`) and operating them (`projections`).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use eventstore::EventStore;
+use indicatif::{ProgressBar, ProgressStyle};
+use projections::rebuild::{RebuildOptions, rebuild};
+use projections::{Projector, RunOptions};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct ProjectArgs {
+    /// Run only these projections (repeatable); default: all of them.
+    #[arg(long = "only", value_name = "NAME")]
+    only: Vec<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum ProjectionsCommand {
+    /// Print every projection's state, position and lag.
+    Status,
+    /// Rebuild a projection from position zero into fresh tables, then swap them in.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct RebuildArgs {
+    /// The projection to rebuild (see `projections status`).
+    name: String,
+    /// Compare the rebuilt tables with the live ones and print every difference (exit code 3
+    /// when there is one).
+    #[arg(long)]
+    verify: bool,
+    /// Build (and verify) but keep the live tables.
+    #[arg(long)]
+    dry_run: bool,
+    /// Events applied per transaction.
+    #[arg(long, default_value_t = 5_000)]
+    batch_size: i64,
+}
+
+/// The runtime options from the configuration.
+pub(crate) fn run_options(config: &Config) -> RunOptions {
+    RunOptions {
+        batch_size: config.projector_batch_size,
+        poll_interval: Duration::from_millis(config.projector_poll_ms),
+        ..RunOptions::default()
+    }
+}
+
+/// The projections called `only` (all when empty); an unknown name is an error.
+fn select(only: &[String]) -> Result<Vec<std::sync::Arc<dyn projections::Projection>>> {
+    if only.is_empty() {
+        return Ok(projections::all());
+    }
+    only.iter()
+        .map(|name| {
+            projections::by_name(name).with_context(|| {
+                format!(
+                    "no projection called {name:?}; there are: {}",
+                    projections::names().join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// Start the selected projectors and the metrics reporter; they stop when `token` is cancelled.
+pub(crate) fn spawn(
+    store: &EventStore,
+    only: &[String],
+    options: &RunOptions,
+    token: &CancellationToken,
+) -> Result<JoinSet<()>> {
+    let mut tasks = JoinSet::new();
+    for projection in select(only)? {
+        let name = projection.name();
+        let runner = Projector::postgres(store.clone(), projection, options.clone());
+        let token = token.clone();
+        tasks.spawn(async move {
+            if let Err(e) = runner.run_until_cancelled(token).await {
+                tracing::error!(projection = name, error = %e, "projector stopped");
+            }
+        });
+    }
+    let pool = store.pool().clone();
+    let token = token.clone();
+    tasks.spawn(projections::status::report_metrics(
+        pool,
+        Duration::from_secs(1),
+        token,
+    ));
+    Ok(tasks)
+}
+
+/// `fleetledger project`: projectors as a process of their own, until SIGTERM.
+pub(crate) async fn project(config: Config, args: ProjectArgs) -> Result<ExitCode> {
+    select(&args.only)?;
+    let shutdown = crate::shutdown_signal();
+    let pool = crate::db::connect_and_migrate(&config, "fleetledger-project").await?;
+    let store = EventStore::new(pool);
+    let token = CancellationToken::new();
+    let mut tasks = spawn(&store, &args.only, &run_options(&config), &token)?;
+    tracing::info!(projections = ?args.only, "projectors running");
+    tokio::select! {
+        () = shutdown => {}
+        _ = tasks.join_next() => tracing::error!("a projector task ended early"),
+    }
+    token.cancel();
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fleetledger projections ...`.
+pub(crate) async fn projections(config: Config, command: ProjectionsCommand) -> Result<ExitCode> {
+    let pool = crate::db::connect_and_migrate(&config, "fleetledger-projections").await?;
+    match command {
+        ProjectionsCommand::Status => {
+            let statuses = projections::status::list(&pool).await?;
+            println!(
+                "{:<14} {:<12} {:>12} {:>10} {:>12}  owner / error",
+                "projection", "state", "position", "lag", "lag ms"
+            );
+            for s in statuses {
+                let note = match (&s.error, s.failed_position) {
+                    (Some(e), Some(at)) => format!("failed at position {at}: {e}"),
+                    (Some(e), None) => e.clone(),
+                    _ => s.owner.clone().unwrap_or_default(),
+                };
+                println!(
+                    "{:<14} {:<12} {:>12} {:>10} {:>12.0}  {}",
+                    s.name, s.state, s.position, s.lag_events, s.lag_ms, note
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ProjectionsCommand::Rebuild(args) => rebuild_command(EventStore::new(pool), args).await,
+    }
+}
+
+async fn rebuild_command(store: EventStore, args: RebuildArgs) -> Result<ExitCode> {
+    let Some(projection) = projections::by_name(&args.name) else {
+        bail!(
+            "no projection called {:?}; there are: {}",
+            args.name,
+            projections::names().join(", ")
+        );
+    };
+    if args.batch_size < 1 {
+        bail!("--batch-size must be at least 1");
+    }
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(format!("rebuilding {}", args.name));
+        Some(bar)
+    } else {
+        None
+    };
+    let progress = |done: u64, total: u64| {
+        if let Some(bar) = &bar {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    };
+    let options = RebuildOptions {
+        batch_size: args.batch_size,
+        verify: args.verify,
+        swap: !args.dry_run,
+    };
+    let started = std::time::Instant::now();
+    let report = rebuild(&store, projection.as_ref(), &options, &progress).await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}: {} events applied up to {} in {:.1}s ({:.0} events/s); {}",
+        report.projection,
+        report.events,
+        report.checkpoint,
+        secs,
+        report.events as f64 / secs.max(1e-9),
+        if report.swapped {
+            "swapped in"
+        } else {
+            "live tables kept (dry run)"
+        }
+    );
+    if !report.verified {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if report.differences.is_empty() {
+        println!("verify: no difference between the rebuilt and the live tables");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for diff in &report.differences {
+        println!(
+            "verify: DIFFERENCE in {}: {} row(s) only in the rebuild, {} only in the live table",
+            diff.table, diff.only_rebuilt, diff.only_live
+        );
+        for row in &diff.only_rebuilt_sample {
+            println!("  + rebuilt {row}");
+        }
+        for row in &diff.only_live_sample {
+            println!("  - live    {row}");
+        }
+    }
+    Ok(ExitCode::from(3))
+}

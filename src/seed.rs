@@ -1,0 +1,534 @@
+//! `fleetledger seed`: a realistic, domain-consistent history for demos and benchmarks.
+//!
+//! Branches (BER, MUC, HAM, FRA), customer accounts (password `fleetledger-demo`), cars, and per
+//! car a sequence of bookings over the last `--days` days and the next month: completed
+//! rentals (paid, picked up, returned, some late with a fee, some rated), cancellations,
+//! expired holds, rentals out now, confirmed future bookings, maintenance between rentals, and
+//! telemetry during rentals. Each car's windows never overlap, odometers only go up, and every
+//! stream is written whole in one append (hash-chained like any other), many streams per
+//! statement. With `--seed` the same flags give the same history.
+
+use std::io::IsTerminal;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Duration, Utc};
+use domain::booking::{BookingEvent, CancelledBy};
+use domain::car::{CarClass, CarDetails, CarEvent, FuelType, Transmission};
+use domain::payment::{IdempotencyKey, PaymentEvent, PaymentMethodKind};
+use domain::pricing::{PriceLine, Quote};
+use domain::telemetry::{GeoPoint, Reading, TelemetryEvent};
+use domain::{Currency, Money, TimeWindow};
+use eventstore::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamAppend, StreamId};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct SeedOptions {
+    /// Cars to register.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) cars: u32,
+    /// Customer accounts (customer<N>@seed.fleetledger.test, password fleetledger-demo).
+    #[arg(long, default_value_t = 20)]
+    pub(crate) customers: u32,
+    /// Bookings in all, spread over the cars.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) bookings: u32,
+    /// Telemetry readings recorded during each rental.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) readings_per_rental: u32,
+    /// How far back the history starts, in days.
+    #[arg(long, default_value_t = 90)]
+    pub(crate) days: i64,
+    /// Random seed (default: from the clock).
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+    /// Events per append statement.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) chunk: usize,
+}
+
+/// What a seed run wrote.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct SeedReport {
+    pub(crate) cars: u64,
+    pub(crate) bookings: u64,
+    pub(crate) events: u64,
+}
+
+const BRANCHES: [(&str, &str, &str, f64, f64); 4] = [
+    ("BER", "Berlin Hauptbahnhof", "Berlin", 52.5251, 13.3694),
+    ("MUC", "Munich Airport", "Munich", 48.3538, 11.7861),
+    ("HAM", "Hamburg Altona", "Hamburg", 53.5522, 9.9351),
+    ("FRA", "Frankfurt Messe", "Frankfurt", 50.1117, 8.6494),
+];
+
+const MODELS: [(&str, &str, CarClass, u8, FuelType, i64); 9] = [
+    ("Fiat", "500", CarClass::Economy, 4, FuelType::Petrol, 3_500),
+    (
+        "Volkswagen",
+        "Golf",
+        CarClass::Compact,
+        5,
+        FuelType::Petrol,
+        4_500,
+    ),
+    (
+        "Toyota",
+        "Corolla",
+        CarClass::Compact,
+        5,
+        FuelType::Hybrid,
+        4_800,
+    ),
+    ("BMW", "320d", CarClass::Sedan, 5, FuelType::Diesel, 7_000),
+    (
+        "Tesla",
+        "Model 3",
+        CarClass::Electric,
+        5,
+        FuelType::Electric,
+        8_500,
+    ),
+    (
+        "Jeep",
+        "Wrangler",
+        CarClass::Suv,
+        5,
+        FuelType::Petrol,
+        9_000,
+    ),
+    ("Ford", "Transit", CarClass::Van, 9, FuelType::Diesel, 9_500),
+    (
+        "Ford",
+        "F-150",
+        CarClass::Truck,
+        5,
+        FuelType::Petrol,
+        10_000,
+    ),
+    (
+        "Mercedes-Benz",
+        "S 500",
+        CarClass::Luxury,
+        5,
+        FuelType::Hybrid,
+        18_000,
+    ),
+];
+
+const FEATURES: [&str; 6] = [
+    "bluetooth",
+    "navigation",
+    "child-seat",
+    "roof-box",
+    "towbar",
+    "heated-seats",
+];
+
+/// Branches and customers (idempotent), then the event history.
+pub(crate) async fn seed(pool: &PgPool, options: &SeedOptions) -> Result<SeedReport> {
+    insert_branches(pool).await?;
+    let customers = insert_customers(pool, options.customers.max(1)).await?;
+    let store = EventStore::new(pool.clone());
+    let bar = progress_bar(options);
+    let report = write_history(&store, options, &customers, Utc::now(), &|n| {
+        if let Some(bar) = &bar {
+            bar.inc(n);
+        }
+    })
+    .await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(report)
+}
+
+fn progress_bar(options: &SeedOptions) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    // Roughly ten events per booking plus the cars.
+    let estimate = u64::from(options.bookings) * 10 + u64::from(options.cars) * 2;
+    let bar = ProgressBar::new(estimate);
+    bar.set_style(
+        ProgressStyle::with_template("seeding [{bar:40}] {pos}/~{len} events ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    Some(bar)
+}
+
+async fn insert_branches(pool: &PgPool) -> Result<()> {
+    for (code, name, city, lat, lon) in BRANCHES {
+        sqlx::query(
+            "INSERT INTO branches (code, name, city, latitude, longitude) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (code) DO NOTHING",
+        )
+        .bind(code)
+        .bind(name)
+        .bind(city)
+        .bind(lat)
+        .bind(lon)
+        .execute(pool)
+        .await
+        .context("inserting branches")?;
+    }
+    Ok(())
+}
+
+async fn insert_customers(pool: &PgPool, n: u32) -> Result<Vec<Uuid>> {
+    let hash =
+        tokio::task::spawn_blocking(|| commands::accounts::hash_password("fleetledger-demo"))
+            .await
+            .context("hashing the demo password")?
+            .context("hashing the demo password")?;
+    let mut ids = Vec::with_capacity(n as usize);
+    for i in 1..=n {
+        let email = format!("customer{i}@seed.fleetledger.test");
+        let id: Uuid = sqlx::query_scalar(
+            "INSERT INTO users (id, email, name, role, password_hash) \
+             VALUES ($1, $2, $3, 'CUSTOMER', $4) \
+             ON CONFLICT (lower(email)) DO UPDATE SET email = EXCLUDED.email RETURNING id",
+        )
+        .bind(Uuid::now_v7())
+        .bind(&email)
+        .bind(format!("Seed Customer {i}"))
+        .bind(&hash)
+        .fetch_one(pool)
+        .await
+        .context("inserting customers")?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+fn eur(minor: i64) -> Money {
+    Money::new(minor, Currency::EUR)
+}
+
+fn uuid(rng: &mut StdRng) -> Uuid {
+    uuid::Builder::from_random_bytes(rng.random()).into_uuid()
+}
+
+/// The streams of one car and everything that happened to it.
+#[derive(Default)]
+struct CarHistory {
+    streams: Vec<StreamAppend>,
+    events: u64,
+    bookings: u64,
+}
+
+impl CarHistory {
+    fn push<E: cqrs_es::DomainEvent>(
+        &mut self,
+        aggregate_type: &str,
+        id: Uuid,
+        events: &[E],
+    ) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let encoded = events
+            .iter()
+            .map(commands::codec::encode)
+            .collect::<Result<Vec<NewEvent>, _>>()?;
+        self.events += encoded.len() as u64;
+        self.streams.push(StreamAppend::new(
+            StreamId::new(aggregate_type, id.to_string()),
+            ExpectedVersion::NoStream,
+            encoded,
+        ));
+        Ok(())
+    }
+}
+
+/// Generate and append the history; `progress(n)` after every append of `n` events.
+pub(crate) async fn write_history(
+    store: &EventStore,
+    options: &SeedOptions,
+    customers: &[Uuid],
+    now: DateTime<Utc>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<SeedReport> {
+    let mut rng = StdRng::seed_from_u64(
+        options
+            .seed
+            .unwrap_or_else(|| u64::try_from(now.timestamp_micros()).unwrap_or(0)),
+    );
+    let metadata = EventMetadata::for_actor("system:seed");
+    let cars = options.cars.max(1);
+    let mut report = SeedReport::default();
+    let mut pending: Vec<StreamAppend> = Vec::new();
+    let mut pending_events = 0usize;
+    for index in 0..cars {
+        let share = options.bookings / cars + u32::from(index < options.bookings % cars);
+        let history = car_history(&mut rng, options, customers, now, share)?;
+        report.cars += 1;
+        report.bookings += history.bookings;
+        report.events += history.events;
+        pending_events += history.events as usize;
+        pending.extend(history.streams);
+        if pending_events >= options.chunk.max(1) {
+            store
+                .append(&pending, &metadata)
+                .await
+                .context("appending the seed history")?;
+            progress(pending_events as u64);
+            pending.clear();
+            pending_events = 0;
+        }
+    }
+    if !pending.is_empty() {
+        store
+            .append(&pending, &metadata)
+            .await
+            .context("appending the seed history")?;
+        progress(pending_events as u64);
+    }
+    Ok(report)
+}
+
+fn car_history(
+    rng: &mut StdRng,
+    options: &SeedOptions,
+    customers: &[Uuid],
+    now: DateTime<Utc>,
+    bookings: u32,
+) -> Result<CarHistory> {
+    let mut out = CarHistory::default();
+    let car = uuid(rng);
+    let (make, model, class, seats, fuel, rate) = MODELS[rng.random_range(0..MODELS.len())];
+    let rate = rate + rng.random_range(0..10) * 100;
+    let mut branch = BRANCHES[rng.random_range(0..BRANCHES.len())].0.to_owned();
+    let features = FEATURES
+        .iter()
+        .filter(|_| rng.random_bool(0.35))
+        .map(|f| (*f).to_owned())
+        .collect();
+    let start = now - Duration::days(options.days.max(1));
+    let mut car_events = vec![CarEvent::CarRegistered {
+        id: car,
+        details: CarDetails {
+            make: make.to_owned(),
+            model: model.to_owned(),
+            year: rng.random_range(2019..=2026),
+            class,
+            seats,
+            transmission: if rng.random_bool(0.7) {
+                Transmission::Automatic
+            } else {
+                Transmission::Manual
+            },
+            fuel,
+            features,
+        },
+        daily_rate: eur(rate),
+        branch: branch.clone(),
+    }];
+    let mut telemetry = Vec::new();
+    let mut odometer = f64::from(rng.random_range(1_000..60_000));
+    let mut cursor = start + Duration::hours(rng.random_range(1..48));
+    let horizon = now + Duration::days(30);
+    for _ in 0..bookings {
+        if cursor > horizon {
+            break;
+        }
+        let booking = uuid(rng);
+        let customer = customers[rng.random_range(0..customers.len())];
+        let days = rng.random_range(1..=7);
+        let pickup = cursor;
+        let ret = pickup + Duration::days(days);
+        let created = (pickup - Duration::hours(rng.random_range(2..240))).max(start);
+        let window = TimeWindow::new(pickup, ret).context("seed window")?;
+        let return_branch = if rng.random_bool(0.2) {
+            BRANCHES[rng.random_range(0..BRANCHES.len())].0.to_owned()
+        } else {
+            branch.clone()
+        };
+        let quote = Quote {
+            days,
+            lines: vec![PriceLine {
+                label: format!("{days} day(s) × {}", eur(rate).minor),
+                amount: eur(rate * days),
+            }],
+            total: eur(rate * days),
+        };
+        let held_until = created + Duration::minutes(5);
+        car_events.push(CarEvent::CarReserved {
+            booking_id: booking,
+            window,
+            at: created,
+        });
+        let mut booking_events = vec![BookingEvent::BookingHeld {
+            booking_id: booking,
+            customer_id: customer,
+            car_id: car,
+            window,
+            pickup_branch: branch.clone(),
+            return_branch: return_branch.clone(),
+            quote: quote.clone(),
+            held_until,
+            at: created,
+        }];
+        let roll: f64 = rng.random();
+        let dropped = ret < now && roll < 0.25;
+        if dropped {
+            let at = if roll < 0.15 {
+                let at = created + Duration::minutes(rng.random_range(1..5));
+                booking_events.push(BookingEvent::BookingCancelled {
+                    by: CancelledBy::Customer,
+                    reason: Some("plans changed".to_owned()),
+                    fee: eur(0),
+                    at,
+                });
+                at
+            } else {
+                booking_events.push(BookingEvent::BookingExpired { at: held_until });
+                held_until
+            };
+            car_events.push(CarEvent::ReservationReleased {
+                booking_id: booking,
+                at,
+            });
+        } else if created + Duration::minutes(10) < now {
+            let payment = uuid(rng);
+            let paid_at = created + Duration::minutes(2);
+            out.push(
+                "payment",
+                payment,
+                &[
+                    PaymentEvent::PaymentRequested {
+                        id: payment,
+                        booking_id: booking,
+                        amount: quote.total,
+                        method: PaymentMethodKind::Card,
+                        idempotency_key: IdempotencyKey::parse(&format!("seed-{booking}"))
+                            .map_err(|e| anyhow::anyhow!("{e}"))?,
+                    },
+                    PaymentEvent::PaymentAuthorized {
+                        gateway: "sandbox-card".to_owned(),
+                        reference: format!("seed-{}", rng.random::<u32>()),
+                    },
+                    PaymentEvent::PaymentCaptured {
+                        amount: quote.total,
+                    },
+                ],
+            )?;
+            booking_events.push(BookingEvent::BookingConfirmed {
+                payment_id: payment,
+                at: paid_at,
+            });
+            if pickup < now {
+                car_events.push(CarEvent::CarPickedUp {
+                    booking_id: booking,
+                    odometer_km: odometer,
+                    at: pickup,
+                });
+                booking_events.push(BookingEvent::RentalStarted {
+                    odometer_km: odometer,
+                    fuel_percent: 100.0,
+                    at: pickup,
+                });
+                let late = rng.random_bool(0.1);
+                let returned = if late {
+                    ret + Duration::hours(rng.random_range(2..20))
+                } else {
+                    ret - Duration::hours(rng.random_range(0..3))
+                };
+                if returned < now {
+                    let driven = f64::from(rng.random_range(20..250)) * days as f64;
+                    let readings = options.readings_per_rental.max(1);
+                    let mut batch = Vec::new();
+                    for k in 1..=readings {
+                        let share = f64::from(k) / f64::from(readings + 1);
+                        let at = pickup
+                            + (returned - pickup) * i32::try_from(k).unwrap_or(1)
+                                / i32::try_from(readings + 1).unwrap_or(1);
+                        batch.push(Reading {
+                            recorded_at: at,
+                            position: GeoPoint {
+                                latitude: 48.0 + rng.random_range(0.0..5.0),
+                                longitude: 8.0 + rng.random_range(0.0..6.0),
+                            },
+                            speed_kph: Some(rng.random_range(0.0..130.0)),
+                            fuel_percent: Some(100.0 - 60.0 * share),
+                            battery_percent: None,
+                            odometer_km: odometer + driven * share,
+                            engine_temp_c: Some(rng.random_range(80.0..100.0)),
+                        });
+                    }
+                    if options.readings_per_rental > 0 {
+                        telemetry.push(TelemetryEvent::ReadingsRecorded {
+                            car_id: car,
+                            readings: batch,
+                            duplicates: 0,
+                            rejected: vec![],
+                        });
+                    }
+                    odometer += driven;
+                    let charges = if late {
+                        vec![PriceLine {
+                            label: "late return".to_owned(),
+                            amount: eur(rate),
+                        }]
+                    } else {
+                        vec![]
+                    };
+                    let total = eur(
+                        quote.total.minor + charges.iter().map(|c| c.amount.minor).sum::<i64>()
+                    );
+                    car_events.push(CarEvent::CarReturned {
+                        booking_id: booking,
+                        odometer_km: odometer,
+                        branch: return_branch.clone(),
+                        at: returned,
+                    });
+                    booking_events.push(BookingEvent::RentalCompleted {
+                        odometer_km: odometer,
+                        fuel_percent: 40.0,
+                        branch: return_branch.clone(),
+                        charges,
+                        total,
+                        at: returned,
+                    });
+                    if rng.random_bool(0.5) {
+                        booking_events.push(BookingEvent::FeedbackSubmitted {
+                            rating: rng.random_range(3..=5),
+                            comment: None,
+                            at: returned + Duration::hours(2),
+                        });
+                    }
+                    branch = return_branch;
+                }
+            }
+        }
+        out.push("booking", booking, &booking_events)?;
+        out.bookings += 1;
+        cursor = ret + Duration::hours(rng.random_range(24..96));
+        // Now and then, maintenance in the gap before the next booking.
+        if rng.random_bool(0.05) {
+            let maintenance = uuid(rng);
+            let from = ret + Duration::hours(22);
+            let until = from + Duration::hours(12);
+            car_events.push(CarEvent::MaintenanceScheduled {
+                maintenance_id: maintenance,
+                window: TimeWindow::new(from, until).context("seed maintenance")?,
+                reason: "scheduled service".to_owned(),
+                at: ret,
+            });
+            if until < now {
+                car_events.push(CarEvent::MaintenanceCompleted {
+                    maintenance_id: maintenance,
+                    at: until,
+                });
+            }
+            cursor = cursor.max(until + Duration::hours(2));
+        }
+    }
+    out.push("car", car, &car_events)?;
+    out.push("telemetry", car, &telemetry)?;
+    Ok(out)
+}
