@@ -5,6 +5,7 @@ mod app;
 mod audit;
 mod bench;
 mod bench_projections;
+mod bench_relay;
 mod config;
 mod db;
 mod projectors;
@@ -78,6 +79,8 @@ enum BenchCommand {
     Append(bench::AppendOptions),
     /// Projection rebuild rate vs the raw read rate; commit-to-visible lag under load.
     Projections(bench_projections::ProjectionBenchOptions),
+    /// Relay throughput end to end vs a bare producer's rate for the same messages (KAFKA_BROKERS).
+    Relay(bench_relay::RelayBenchOptions),
 }
 
 #[derive(Subcommand, Debug)]
@@ -159,6 +162,13 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
             let server = db::connect_options(&config).await?;
             let url = config.database_url.as_ref().map(|u| u.expose().to_owned());
             bench_projections::run(server, url, options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            which: BenchCommand::Relay(options),
+        } => {
+            let server = db::connect_options(&config).await?;
+            bench_relay::run(server, config.kafka.clone(), options).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Db { action } => embedded_db(config, action).await,

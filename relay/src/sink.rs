@@ -169,8 +169,9 @@ impl KafkaSink {
     }
 }
 
-/// An idempotent producer for `config`.
-fn producer(config: &RelayConfig) -> Result<FutureProducer, RelayError> {
+/// An idempotent producer for `config`, with the settings the sink uses (also for benchmarks
+/// that compare the relay with a bare producer).
+pub fn producer(config: &RelayConfig) -> Result<FutureProducer, RelayError> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .set("client.id", "fleetledger-relay")
