@@ -4,9 +4,9 @@
 //! 1. A fresh database (`flbench_relay_*`, dropped at the end) gets a seeded history
 //!    (`fleetledger seed`'s realistic mix of car, booking, payment and telemetry events).
 //! 2. Every event is encoded as the relay would (CloudEvents JSON, key, header), untimed.
-//! 3. **Raw produce**: one producer with the relay's exact settings (idempotent, `acks=all`)
-//!    enqueues every message and awaits every acknowledgement: the broker's ceiling for these
-//!    messages from one client.
+//! 3. **Raw produce**: one producer with the relay's exact settings (idempotent, `acks=all`),
+//!    warmed up by one untimed message per topic, enqueues every message at once and awaits
+//!    every acknowledgement: the broker's ceiling for these messages from one client.
 //! 4. **Relay**: the `relay.bench` projector (lease, no-skip reader in batches of `--batch`,
 //!    CloudEvents encoding, produce, await acks, checkpoint per batch) from position zero until
 //!    its checkpoint reaches the log's head; the time includes taking the lease and creating
@@ -18,13 +18,12 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use chrono::Utc;
 use eventstore::{Checkpoint, EventStore, RecordedEvent};
-use projections::runtime::{Projector, RunOptions, load_checkpoint};
+use projections::runtime::{RunOptions, load_checkpoint};
 use rand::Rng;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
@@ -46,7 +45,7 @@ pub(crate) struct RelayBenchOptions {
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u32).range(1..))]
     bookings: u32,
     /// Events the relay reads and delivers per batch (one checkpoint write per batch).
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(i64).range(1..))]
     batch: i64,
     /// Runs of each phase; the median rate is reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
@@ -160,7 +159,8 @@ async fn measure(
             } else {
                 config.topic_prefix = format!("flbench-relay-{run_id}-{round}");
                 config.name = format!("relay.bench.{round}");
-                let elapsed = relay_all(&store, &config, options.batch, head).await?;
+                config.batch_size = options.batch;
+                let elapsed = relay_all(&store, &config, head).await?;
                 let rate = messages.len() as f64 / elapsed.as_secs_f64();
                 eprintln!("round {round}: relay {rate:.0} events/s");
                 relay_rates.push(rate);
@@ -221,6 +221,22 @@ async fn raw_produce(config: &RelayConfig, messages: &[Message]) -> Result<Durat
         .iter()
         .map(|t| (t.to_string(), format!("{}.{t}", config.topic_prefix)))
         .collect();
+    // Untimed: connect, get a producer id and every topic's metadata, as the relay has done by
+    // the time it produces its second batch.
+    let warm_up: Vec<_> = topics
+        .iter()
+        .map(|(_, topic)| {
+            producer.send(
+                FutureRecord::<str, [u8]>::to(topic)
+                    .key("warm-up")
+                    .payload(b"{}"),
+                Duration::from_secs(30),
+            )
+        })
+        .collect();
+    for result in futures::future::join_all(warm_up).await {
+        result.map_err(|(e, _)| anyhow!("warm-up message: {e}"))?;
+    }
     let started = Instant::now();
     let mut pending = Vec::with_capacity(messages.len());
     for m in messages {
@@ -263,22 +279,15 @@ async fn raw_produce(config: &RelayConfig, messages: &[Message]) -> Result<Durat
 }
 
 /// Run the relay projector from the start until its checkpoint reaches `head`.
-async fn relay_all(
-    store: &EventStore,
-    config: &RelayConfig,
-    batch: i64,
-    head: Checkpoint,
-) -> Result<Duration> {
-    let sink = relay::KafkaSink::new(config.clone())?;
+async fn relay_all(store: &EventStore, config: &RelayConfig, head: Checkpoint) -> Result<Duration> {
     let options = RunOptions {
-        batch_size: batch,
         poll_interval: Duration::from_millis(100),
         ..RunOptions::default()
     };
     let token = CancellationToken::new();
     let started = Instant::now();
     let task = tokio::spawn(
-        Projector::external(store.clone(), Arc::new(sink), options)
+        relay::projector(store.clone(), config.clone(), options)?
             .run_until_cancelled(token.clone()),
     );
     let deadline = started + Duration::from_secs(600);

@@ -121,6 +121,7 @@ fn kafka_from_env() -> Result<Option<relay::RelayConfig>> {
     kafka.partitions = env_or("FLEETLEDGER_KAFKA_PARTITIONS", kafka.partitions)?;
     kafka.replication = env_or("FLEETLEDGER_KAFKA_REPLICATION", kafka.replication)?;
     kafka.source = env_or("FLEETLEDGER_CLOUDEVENTS_SOURCE", kafka.source)?;
+    kafka.batch_size = env_or("FLEETLEDGER_KAFKA_BATCH", kafka.batch_size)?;
     kafka.delivery_timeout = Duration::from_millis(env_or(
         "FLEETLEDGER_KAFKA_DELIVERY_TIMEOUT_MS",
         u64::try_from(kafka.delivery_timeout.as_millis()).unwrap_or(30_000),

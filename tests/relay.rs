@@ -34,6 +34,7 @@ impl RelayProcess {
             .env("FLEETLEDGER_KAFKA_TOPIC_PREFIX", &config.topic_prefix)
             .env("FLEETLEDGER_KAFKA_PARTITIONS", "3")
             .env("FLEETLEDGER_KAFKA_DELIVERY_TIMEOUT_MS", "5000")
+            .env("FLEETLEDGER_KAFKA_BATCH", "50")
             .stdout(Stdio::null())
             .stderr(if show {
                 Stdio::inherit()

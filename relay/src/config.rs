@@ -25,6 +25,10 @@ pub struct RelayConfig {
     pub delivery_timeout: Duration,
     /// The checkpoint, lease and status name (default `relay.kafka`).
     pub name: String,
+    /// `FLEETLEDGER_KAFKA_BATCH` (default 2000): events read, produced and acknowledged per
+    /// checkpoint move. Each batch waits for every acknowledgement before the next one starts,
+    /// so larger batches amortise that round trip (docs/benchmarks.md).
+    pub batch_size: i64,
 }
 
 impl RelayConfig {
@@ -38,6 +42,7 @@ impl RelayConfig {
             source: "urn:fleetledger".to_owned(),
             delivery_timeout: Duration::from_secs(30),
             name: "relay.kafka".to_owned(),
+            batch_size: 2000,
         }
     }
 
@@ -66,6 +71,11 @@ impl RelayConfig {
         if self.replication < 1 {
             return Err(RelayError::Config(
                 "replication must be at least 1".to_owned(),
+            ));
+        }
+        if self.batch_size < 1 {
+            return Err(RelayError::Config(
+                "batch size must be at least 1".to_owned(),
             ));
         }
         if self.source.trim().is_empty() {

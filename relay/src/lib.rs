@@ -23,12 +23,15 @@ use std::sync::Arc;
 
 use projections::runtime::{Projector, RunOptions};
 
-/// The projector that relays the log to Kafka (checkpoint, lease and status name: `relay.kafka`).
+/// The projector that relays the log to Kafka (checkpoint, lease and status name:
+/// `config.name`, `relay.kafka` by default). Its batch size is `config.batch_size`; the other
+/// run options (polling, lease, backoff) come from `options`.
 pub fn projector(
     store: eventstore::EventStore,
     config: RelayConfig,
-    options: RunOptions,
+    mut options: RunOptions,
 ) -> Result<Projector, RelayError> {
+    options.batch_size = config.batch_size;
     let sink = KafkaSink::new(config)?;
     Ok(Projector::external(store, Arc::new(sink), options))
 }

@@ -116,10 +116,10 @@ impl KafkaSink {
         producer: &FutureProducer,
         batch: &[RecordedEvent],
         outgoing: &[Outgoing],
-    ) -> Result<(), String> {
+    ) -> Result<(), SinkError> {
         let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(outgoing.len());
         let mut enqueue_error = None;
-        'events: for (event, message) in batch.iter().zip(outgoing) {
+        'events: for (index, (event, message)) in batch.iter().zip(outgoing).enumerate() {
             loop {
                 let headers = OwnedHeaders::new().insert(Header {
                     key: "content-type",
@@ -138,8 +138,7 @@ impl KafkaSink {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Err((e, _)) => {
-                        enqueue_error =
-                            Some(format!("cannot enqueue event {}: {e}", event.event_id));
+                        enqueue_error = Some((index, e));
                         break 'events;
                     }
                 }
@@ -148,25 +147,48 @@ impl KafkaSink {
         // Wait for everything enqueued, even after a failure: nothing of this attempt may still
         // be in flight when the batch is retried.
         let results = futures::future::join_all(pending).await;
-        let mut first_error = enqueue_error;
+        let mut first_error: Option<(usize, KafkaError)> = None;
         let mut failed = 0usize;
-        for result in results {
+        for (index, result) in results.into_iter().enumerate() {
             let error = match result {
                 Ok(Ok(_)) => continue,
-                Ok(Err((e, _))) => e.to_string(),
-                Err(_) => "the producer dropped the message".to_owned(),
+                Ok(Err((e, _))) => e,
+                Err(_) => KafkaError::Canceled,
             };
             failed += 1;
-            first_error.get_or_insert(error);
+            first_error.get_or_insert((index, error));
         }
-        match first_error {
-            None => Ok(()),
-            Some(e) => Err(format!(
-                "{failed} of {} messages not acknowledged; first error: {e}",
-                outgoing.len()
-            )),
+        if enqueue_error.is_some() {
+            failed += 1;
         }
+        // The enqueue error is at an index after every enqueued message: delivery errors first.
+        let Some((index, error)) = first_error.or(enqueue_error) else {
+            return Ok(());
+        };
+        if is_permanent(&error) {
+            // The broker can never take this message (too large for its limits): stop there.
+            return Err(SinkError::Poison {
+                index,
+                reason: error.to_string(),
+            });
+        }
+        Err(SinkError::Transient(format!(
+            "{failed} of {} messages not acknowledged; first error (event {}): {error}",
+            outgoing.len(),
+            batch
+                .get(index)
+                .map(|e| e.event_id.to_string())
+                .unwrap_or_default()
+        )))
     }
+}
+
+/// Errors that retrying the same message cannot cure.
+fn is_permanent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize)
+    )
 }
 
 /// An idempotent producer for `config`, with the settings the sink uses (also for benchmarks
@@ -217,12 +239,12 @@ impl ExternalSink for KafkaSink {
                     .record(started.elapsed().as_secs_f64());
                 Ok(())
             }
-            Err(reason) => {
+            Err(e) => {
                 metrics::counter!("fleetledger_relay_failed_batches_total").increment(1);
                 metrics::gauge!("fleetledger_relay_stalled").set(1.0);
                 self.topics_ready.store(false, Ordering::Release);
                 self.replace_producer(&producer);
-                Err(SinkError::Transient(reason))
+                Err(e)
             }
         }
     }

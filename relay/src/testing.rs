@@ -190,6 +190,8 @@ pub fn test_config(brokers: &str) -> RelayConfig {
     let mut config = RelayConfig::new(brokers);
     config.topic_prefix = format!("fltest-{}", uuid::Uuid::new_v4().simple());
     config.delivery_timeout = Duration::from_secs(5);
+    // Small batches: a test's history spans many checkpoint moves.
+    config.batch_size = 100;
     config
 }
 

@@ -38,7 +38,6 @@ async fn write_history(store: &EventStore, streams: usize, rounds: usize) {
 
 fn options() -> RunOptions {
     RunOptions {
-        batch_size: 100,
         poll_interval: Duration::from_millis(100),
         lease_poll: Duration::from_millis(200),
         min_backoff: Duration::from_millis(100),
@@ -291,4 +290,37 @@ async fn the_relay_recreates_its_topics_on_a_restarted_empty_broker() {
     check_delivery(&config, &after_kill, &tail).unwrap();
     token.cancel();
     relay_task.await.unwrap().unwrap();
+}
+
+/// A message the broker can never take (over the producer's 1 MB `message.max.bytes`) stops
+/// the relay at that event instead of retrying it forever; the events before it are delivered.
+#[tokio::test]
+async fn an_event_too_large_for_the_broker_is_poison() {
+    let db = TestDatabase::create().await;
+    let store = db.store();
+    write_history(&store, 1, 1).await;
+    store
+        .append(
+            &[StreamAppend::new(
+                StreamId::new("car", "huge"),
+                ExpectedVersion::NoStream,
+                vec![NewEvent::new(
+                    "Noted",
+                    1,
+                    json!({"blob": "x".repeat(1_200_000)}),
+                )],
+            )],
+            &EventMetadata::for_actor("test"),
+        )
+        .await
+        .unwrap();
+    let log = read_log(&store).await;
+    let broker = Broker::start().await;
+    let sink = KafkaSink::new(test_config(&broker.brokers())).unwrap();
+    match sink.deliver(&log).await {
+        Err(SinkError::Poison { index, reason }) => {
+            assert_eq!(log[index].aggregate_id, "huge", "{reason}");
+        }
+        other => panic!("expected poison, got {other:?}"),
+    }
 }
