@@ -280,29 +280,76 @@ fn consume_blocking(
             Some(Err(e)) => {
                 eprintln!("consumer error (continuing): {e}");
             }
-            Some(Ok(m)) => {
-                let value = m
-                    .payload()
-                    .and_then(|p| serde_json::from_slice(p).ok())
-                    .unwrap_or(Value::Null);
-                let content_type = m.headers().and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key == "content-type")
-                        .and_then(|h| h.value)
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                });
-                received.push(Received {
-                    topic: m.topic().to_owned(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    content_type,
-                    value,
-                });
-            }
+            Some(Ok(m)) => received.push(received_of(&m)),
         }
     }
     received
+}
+
+/// Read the relay's topics as member `group` of a consumer group (subscribe, offsets from the
+/// group or else the earliest), until `done` holds or the deadline passes; then commit the
+/// offsets reached, as integrators are told to (docs/integrators.md).
+pub async fn consume_as_group(
+    config: &RelayConfig,
+    group: &str,
+    deadline: Duration,
+    done: impl Fn(&[Received]) -> bool + Send + 'static,
+) -> Vec<Received> {
+    let config = config.clone();
+    let group = group.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap_or_else(|e| panic!("consumer: {e}"));
+        let topics = config.topics();
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .unwrap_or_else(|e| panic!("subscribe: {e}"));
+        let end = Instant::now() + deadline;
+        let mut received = Vec::new();
+        while Instant::now() < end && !done(&received) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                received.push(received_of(&m));
+            }
+        }
+        if !received.is_empty() {
+            consumer
+                .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+                .unwrap_or_else(|e| panic!("commit: {e}"));
+        }
+        received
+    })
+    .await
+    .unwrap_or_else(|e| panic!("consumer thread: {e}"))
+}
+
+fn received_of<M: Message>(m: &M) -> Received
+where
+    M::Headers: Headers,
+{
+    let value = m
+        .payload()
+        .and_then(|p| serde_json::from_slice(p).ok())
+        .unwrap_or(Value::Null);
+    let content_type = m.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == "content-type")
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    });
+    Received {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        content_type,
+        value,
+    }
 }
 
 /// Every event committed when called, in commit order. Waits while transactions still open

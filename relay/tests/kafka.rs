@@ -7,7 +7,9 @@ use std::time::Duration;
 use eventstore::testing::TestDatabase;
 use eventstore::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamAppend, StreamId};
 use projections::runtime::{ExternalSink, RunOptions, SinkError};
-use relay::testing::{Broker, check_delivery, consume_until, has_all, read_log, test_config};
+use relay::testing::{
+    Broker, check_delivery, consume_as_group, consume_until, has_all, read_log, test_config,
+};
 use relay::{AGGREGATE_TYPES, KafkaSink};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -323,4 +325,42 @@ async fn an_event_too_large_for_the_broker_is_poison() {
         }
         other => panic!("expected poison, got {other:?}"),
     }
+}
+
+/// The consumption path docs/integrators.md recommends: a consumer group reads everything from
+/// the earliest offset and commits; after more events are relayed, the same group resumes
+/// after its commit and reads only the new ones.
+#[tokio::test]
+async fn a_consumer_group_reads_everything_then_resumes_after_its_commit() {
+    let db = TestDatabase::create().await;
+    let store = db.store();
+    write_history(&store, 2, 2).await;
+    let first = read_log(&store).await;
+    let broker = Broker::start().await;
+    let config = test_config(&broker.brokers());
+    let sink = KafkaSink::new(config.clone()).unwrap();
+    sink.deliver(&first).await.unwrap();
+
+    let expected = ids(&first);
+    let got = consume_as_group(&config, "billing", Duration::from_secs(60), move |r| {
+        has_all(&expected, r)
+    })
+    .await;
+    check_delivery(&config, &first, &got).unwrap();
+
+    write_history(&store, 2, 1).await;
+    let all = read_log(&store).await;
+    let second: Vec<_> = all[first.len()..].to_vec();
+    sink.deliver(&second).await.unwrap();
+    let expected = ids(&second);
+    let got = consume_as_group(&config, "billing", Duration::from_secs(60), move |r| {
+        has_all(&expected, r)
+    })
+    .await;
+    let old = ids(&first);
+    assert!(
+        got.iter().all(|m| !old.contains(&m.id())),
+        "the group read again what it had committed"
+    );
+    check_delivery(&config, &second, &got).unwrap();
 }
