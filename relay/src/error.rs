@@ -11,9 +11,4 @@ pub enum RelayError {
     Kafka(#[from] KafkaError),
     #[error("creating topic {topic}: {reason}")]
     CreateTopic { topic: String, reason: String },
-    #[error("event {event_id} cannot be relayed: {reason}")]
-    Encode {
-        event_id: uuid::Uuid,
-        reason: String,
-    },
 }
