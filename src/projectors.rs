@@ -84,8 +84,10 @@ pub(crate) fn spawn(
     token: &CancellationToken,
 ) -> Result<JoinSet<()>> {
     let mut tasks = JoinSet::new();
+    let mut names = Vec::new();
     for projection in select(only)? {
         let name = projection.name();
+        names.push(name.to_owned());
         let runner = Projector::postgres(store.clone(), projection, options.clone());
         let token = token.clone();
         tasks.spawn(async move {
@@ -94,12 +96,11 @@ pub(crate) fn spawn(
             }
         });
     }
-    let pool = store.pool().clone();
-    let token = token.clone();
     tasks.spawn(projections::status::report_metrics(
-        pool,
+        store.pool().clone(),
+        names,
         Duration::from_secs(1),
-        token,
+        token.clone(),
     ));
     Ok(tasks)
 }

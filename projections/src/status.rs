@@ -127,6 +127,21 @@ pub const LAG_COUNT_CAP: i64 = 100_000;
 
 /// Every projection that has a checkpoint, with its lag, ordered by name.
 pub async fn list(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
+    list_where(pool, None).await
+}
+
+/// [`list`], restricted to `names`.
+pub async fn list_some(
+    pool: &PgPool,
+    names: &[String],
+) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
+    list_where(pool, Some(names)).await
+}
+
+async fn list_where(
+    pool: &PgPool,
+    names: Option<&[String]>,
+) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT c.name, c.transaction_id::text, c.global_position, \
            coalesce(s.state, 'stopped') AS state, s.owner, s.error, s.failed_position, \
@@ -139,9 +154,11 @@ pub async fn list(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
              WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.global_position) \
              ORDER BY e.transaction_id, e.global_position LIMIT 1), 0)::float8 AS lag_ms \
          FROM projection_checkpoints c LEFT JOIN projection_status s USING (name) \
+         WHERE $2::text[] IS NULL OR c.name = ANY($2) \
          ORDER BY c.name",
     )
     .bind(LAG_COUNT_CAP)
+    .bind(names)
     .fetch_all(pool)
     .await?;
     rows.into_iter()
@@ -163,10 +180,16 @@ pub async fn list(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
         .collect()
 }
 
-/// Export every projection's position, lag and state as gauges until cancelled.
-pub async fn report_metrics(pool: PgPool, every: Duration, token: CancellationToken) {
+/// Export the position, lag and state of the projections called `names` (the ones this
+/// process runs) as gauges until cancelled.
+pub async fn report_metrics(
+    pool: PgPool,
+    names: Vec<String>,
+    every: Duration,
+    token: CancellationToken,
+) {
     loop {
-        match list(&pool).await {
+        match list_some(&pool, &names).await {
             Ok(statuses) => {
                 for s in statuses {
                     let name = s.name.clone();
