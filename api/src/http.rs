@@ -164,18 +164,77 @@ async fn rate_limited(state: &AppState, caller: &Caller, ip: &ClientIp) -> Optio
     }
 }
 
-/// A label for metrics: the operation name if it is a plain identifier, else "anonymous".
-fn operation_label(batch: &BatchRequest) -> String {
-    let name = match batch {
-        BatchRequest::Single(r) => r.operation_name.as_deref(),
-        BatchRequest::Batch(_) => Some("batch"),
-    };
-    match name {
-        Some(n) if n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
-            n.to_owned()
+/// The root fields of each operation type, from the schema (bounded label values).
+fn root_fields() -> &'static std::collections::HashSet<String> {
+    use async_graphql::parser::types::{TypeKind, TypeSystemDefinition};
+    static FIELDS: std::sync::OnceLock<std::collections::HashSet<String>> =
+        std::sync::OnceLock::new();
+    FIELDS.get_or_init(|| {
+        let mut out = std::collections::HashSet::new();
+        if let Ok(doc) = async_graphql::parser::parse_schema(crate::schema::sdl()) {
+            for def in doc.definitions {
+                if let TypeSystemDefinition::Type(t) = def
+                    && let TypeKind::Object(o) = &t.node.kind
+                {
+                    let ty = t.node.name.node.to_lowercase();
+                    if ["query", "mutation", "subscription"].contains(&ty.as_str()) {
+                        for f in &o.fields {
+                            out.insert(format!("{ty}:{}", f.node.name.node));
+                        }
+                    }
+                }
+            }
         }
-        _ => "anonymous".to_owned(),
+        out
+    })
+}
+
+/// A label for metrics: the operation type and root fields (`query:searchCars`), which the
+/// schema bounds; client-chosen operation names are not used, so labels cannot explode.
+fn operation_label(batch: &BatchRequest) -> String {
+    use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
+    let BatchRequest::Single(request) = batch else {
+        return "batch".to_owned();
+    };
+    let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
+        return "invalid".to_owned();
+    };
+    let op = match (&doc.operations, &request.operation_name) {
+        (DocumentOperations::Single(op), _) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name.as_str()),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        (DocumentOperations::Multiple(_), None) => None,
+    };
+    let Some(op) = op else {
+        return "invalid".to_owned();
+    };
+    let ty = match op.node.ty {
+        OperationType::Query => "query",
+        OperationType::Mutation => "mutation",
+        OperationType::Subscription => "subscription",
+    };
+    let mut fields: Vec<String> = op
+        .node
+        .selection_set
+        .node
+        .items
+        .iter()
+        .filter_map(|item| match &item.node {
+            Selection::Field(f) => Some(format!("{ty}:{}", f.node.name.node)),
+            _ => None,
+        })
+        .collect();
+    fields.sort();
+    fields.dedup();
+    if fields.is_empty()
+        || fields.len() > 4
+        || !fields.iter().all(|f| {
+            root_fields().contains(f) || f.ends_with(":__typename") || f.ends_with(":__schema")
+        })
+    {
+        return format!("{ty}:other");
     }
+    fields.join("+")
 }
 
 /// Give every error without a code one: errors from parsing, validation, limits and argument
