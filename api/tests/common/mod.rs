@@ -46,7 +46,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub services: Services,
     pub admin_token: String,
-    pub db: TestDatabase,
+    pub pool: sqlx::PgPool,
+    _db: Option<TestDatabase>,
     stop: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -74,17 +75,23 @@ impl TestApp {
     }
 
     pub async fn with(options: Options) -> Self {
+        let db = TestDatabase::create().await;
+        let pool = db.pool.clone();
+        Self::on(pool, Some(db), options).await
+    }
+
+    /// The app over `pool` (already migrated).
+    pub async fn on(pool: sqlx::PgPool, db: Option<TestDatabase>, options: Options) -> Self {
         if options.redis_url.is_some() {
             require_redis().await;
         }
-        let db = TestDatabase::create().await;
         let prefix = format!("fltest:{}:", Uuid::new_v4().simple());
         let lock = match &options.redis_url {
             Some(url) => HotCarLock::new(url, &prefix).unwrap(),
             None => HotCarLock::disabled(),
         };
         let services = Services::build(
-            db.pool.clone(),
+            pool.clone(),
             ServicesConfig {
                 executor: commands::ExecutorConfig::default(),
                 booking: BookingConfig::default(),
@@ -107,6 +114,7 @@ impl TestApp {
         let mut tasks = JoinSet::new();
         let run = projections::RunOptions {
             poll_interval: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
             ..projections::RunOptions::default()
         };
         for projection in projections::all() {
@@ -147,7 +155,8 @@ impl TestApp {
             http: reqwest::Client::new(),
             services,
             admin_token: String::new(),
-            db,
+            pool,
+            _db: db,
             stop,
             tasks,
         };
@@ -263,7 +272,7 @@ impl TestApp {
 
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM events")
-            .fetch_one(&self.db.pool)
+            .fetch_one(&self.pool)
             .await
             .unwrap()
     }
