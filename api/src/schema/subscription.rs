@@ -1,6 +1,7 @@
 //! Subscriptions over the event log's no-skip catch-up-then-live subscription.
 
 use async_graphql::{Context, Subscription as GqlSubscription};
+use eventstore::SubscribeOptions;
 use futures::{Stream, StreamExt};
 use uuid::Uuid;
 
@@ -10,6 +11,17 @@ use super::services;
 use super::types::*;
 use crate::auth::{self, caller};
 use crate::error::{ApiResult, AppError};
+
+/// How API subscriptions follow the log: woken in-process by this process's appends, and by
+/// polling for other processes' (no LISTEN connection per subscriber, so a thousand open
+/// WebSockets do not take a thousand database connections).
+fn options() -> SubscribeOptions {
+    SubscribeOptions {
+        listen: false,
+        poll_interval: std::time::Duration::from_millis(250),
+        ..SubscribeOptions::default()
+    }
+}
 
 pub struct Subscription;
 
@@ -27,7 +39,7 @@ impl Subscription {
         let filter = filter.unwrap_or_default();
         let store = services(ctx)?.store.clone();
         Ok(store
-            .subscribe(after)
+            .subscribe_with(after, options())
             .into_stream()
             .filter_map(move |item| {
                 let keep = match &item {
@@ -38,7 +50,8 @@ impl Subscription {
             }))
     }
 
-    /// A booking's status as it changes (owner, ADMIN).
+    /// A booking's status as it changes (owner, ADMIN). The current state comes first, so a
+    /// client knows the subscription is live; each change after it follows.
     async fn booking_updates(
         &self,
         ctx: &Context<'_>,
@@ -54,10 +67,16 @@ impl Subscription {
             .ok_or_else(|| AppError::not_found("booking"))?;
         who.require_owner_or(owner, auth::ADMIN)?;
         let from = s.store.visible_head().await?;
+        s.wait_for_projections(crate::services::projections::BOOKINGS, Some(from))
+            .await?;
+        let current = rows::booking(s.store.pool(), booking_id)
+            .await?
+            .map(Booking)
+            .ok_or_else(|| AppError::not_found("booking"))?;
         let id = booking_id.to_string();
         let store = s.store.clone();
-        Ok(store
-            .subscribe(from)
+        let live = store
+            .subscribe_with(from, options())
             .into_stream()
             .filter(move |item| {
                 let keep = match item {
@@ -80,10 +99,13 @@ impl Subscription {
                         .map(Booking)
                         .ok_or_else(|| AppError::not_found("booking"))
                 }
-            }))
+            });
+        Ok(futures::stream::once(async move { Ok(current) }).chain(live))
     }
 
-    /// Telemetry as it arrives for the given cars (ADMIN, INTEGRATOR).
+    /// Telemetry as it arrives for the given cars (ADMIN, INTEGRATOR). Each car's latest known
+    /// reading comes first (so a client knows the subscription is live; it may repeat once if
+    /// it arrived while subscribing), then every new reading in log order.
     async fn car_telemetry(
         &self,
         ctx: &Context<'_>,
@@ -93,29 +115,42 @@ impl Subscription {
         if car_ids.is_empty() || car_ids.len() > 1_000 {
             return Err(AppError::bad_input("carIds", "must name 1 to 1000 cars"));
         }
-        let store = services(ctx)?.store.clone();
+        let s = services(ctx)?;
+        let store = s.store.clone();
         let from = store.visible_head().await?;
+        s.wait_for_projections(&[crate::services::projections::TELEMETRY], Some(from))
+            .await?;
+        let mut latest = Vec::new();
+        for car in &car_ids {
+            if let Some(row) = rows::latest_telemetry(store.pool(), *car).await? {
+                latest.push(Ok(TelemetryReading::from(row)));
+            }
+        }
         let ids: Vec<String> = car_ids.iter().map(Uuid::to_string).collect();
-        Ok(store.subscribe(from).into_stream().flat_map(move |item| {
-            let readings: Vec<ApiResult<TelemetryReading>> = match item {
-                Err(e) => vec![Err(AppError::from(e))],
-                Ok(e) if e.aggregate_type == "telemetry" && ids.contains(&e.aggregate_id) => {
-                    match commands::codec::decode::<domain::telemetry::Telemetry>(&e) {
-                        Ok(domain::telemetry::TelemetryEvent::ReadingsRecorded {
-                            car_id,
-                            readings,
-                            ..
-                        }) => readings
-                            .iter()
-                            .map(|r| Ok(TelemetryReading::from_domain(car_id, r)))
-                            .collect(),
-                        Ok(_) => Vec::new(),
-                        Err(err) => vec![Err(AppError::internal(err))],
+        let live = store
+            .subscribe_with(from, options())
+            .into_stream()
+            .flat_map(move |item| {
+                let readings: Vec<ApiResult<TelemetryReading>> = match item {
+                    Err(e) => vec![Err(AppError::from(e))],
+                    Ok(e) if e.aggregate_type == "telemetry" && ids.contains(&e.aggregate_id) => {
+                        match commands::codec::decode::<domain::telemetry::Telemetry>(&e) {
+                            Ok(domain::telemetry::TelemetryEvent::ReadingsRecorded {
+                                car_id,
+                                readings,
+                                ..
+                            }) => readings
+                                .iter()
+                                .map(|r| Ok(TelemetryReading::from_domain(car_id, r)))
+                                .collect(),
+                            Ok(_) => Vec::new(),
+                            Err(err) => vec![Err(AppError::internal(err))],
+                        }
                     }
-                }
-                Ok(_) => Vec::new(),
-            };
-            futures::stream::iter(readings)
-        }))
+                    Ok(_) => Vec::new(),
+                };
+                futures::stream::iter(readings)
+            });
+        Ok(futures::stream::iter(latest).chain(live))
     }
 }
