@@ -73,7 +73,9 @@ CREATE TABLE rm_availability_blocks (
     reason   text,                 -- maintenance reason
     PRIMARY KEY (car_id, block_id),
     -- A second guard behind the aggregate: two blocks of one car never overlap.
+    -- Checked at commit: a batch may move several blocks of one car in one statement.
     CONSTRAINT rm_availability_blocks_no_overlap EXCLUDE USING gist (car_id WITH =, period WITH &&)
+        DEFERRABLE INITIALLY DEFERRED
 );
 CREATE INDEX rm_availability_blocks_period_idx ON rm_availability_blocks USING gist (period);
 
@@ -192,7 +194,8 @@ CREATE TABLE rm_car_daily (
     currency       text             NOT NULL,
     rented_seconds bigint           NOT NULL DEFAULT 0,
     revenue_minor  bigint           NOT NULL DEFAULT 0,
-    distance_km    double precision NOT NULL DEFAULT 0,
+    -- Metres-exact (numeric), so sums do not depend on how events were batched.
+    distance_km    numeric(14, 3)   NOT NULL DEFAULT 0,
     PRIMARY KEY (day, car_id)
 );
 CREATE INDEX rm_car_daily_branch_idx ON rm_car_daily (branch_code, day);

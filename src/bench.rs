@@ -417,7 +417,7 @@ async fn run_all(
     Ok(results)
 }
 
-async fn open_pool(
+pub(crate) async fn open_pool(
     server: &PgConnectOptions,
     database: &str,
     size: u32,
@@ -437,7 +437,7 @@ async fn open_pool(
         .with_context(|| format!("connecting to database {database}"))
 }
 
-async fn drop_databases(admin: &mut PgConnection, created: &[String]) -> Result<()> {
+pub(crate) async fn drop_databases(admin: &mut PgConnection, created: &[String]) -> Result<()> {
     let mut failed = Vec::new();
     for name in created.iter().rev() {
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
@@ -459,7 +459,7 @@ async fn drop_databases(admin: &mut PgConnection, created: &[String]) -> Result<
     }
 }
 
-fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -924,7 +924,7 @@ impl CpuSample {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
     if sorted.is_empty() {
         return None;
     }
@@ -932,7 +932,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
     sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
 }
 
-fn ms(d: Option<Duration>) -> String {
+pub(crate) fn ms(d: Option<Duration>) -> String {
     d.map_or_else(
         || "–".to_owned(),
         |d| format!("{:.2}", d.as_secs_f64() * 1000.0),

@@ -4,6 +4,7 @@
 mod app;
 mod audit;
 mod bench;
+mod bench_projections;
 mod config;
 mod db;
 mod projectors;
@@ -74,6 +75,8 @@ enum Command {
 enum BenchCommand {
     /// Command append throughput: our executor vs cqrs-es + postgres-es vs a raw INSERT ceiling.
     Append(bench::AppendOptions),
+    /// Projection rebuild rate vs the raw read rate; commit-to-visible lag under load.
+    Projections(bench_projections::ProjectionBenchOptions),
 }
 
 #[derive(Subcommand, Debug)]
@@ -150,6 +153,14 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
         } => {
             let server = db::connect_options(&config).await?;
             bench::append(server, config.executor.clone(), options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            which: BenchCommand::Projections(options),
+        } => {
+            let server = db::connect_options(&config).await?;
+            let url = config.database_url.as_ref().map(|u| u.expose().to_owned());
+            bench_projections::run(server, url, options).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Db { action } => embedded_db(config, action).await,

@@ -6,13 +6,18 @@
 //! day; refunds on the day the gateway confirmed them. A completed rental's time out is split
 //! across the days it covers (rented seconds, for utilization); its distance (odometer in − out)
 //! falls on its return day. Cars in service per branch are kept for utilization's denominator.
+//!
+//! A batch loads the bookings, payments and cars it touches, sums its increments per row in
+//! memory, and adds them with one upsert per table.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use domain::booking::BookingEvent;
 use domain::car::CarEvent;
 use domain::payment::PaymentEvent;
 use eventstore::RecordedEvent;
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::runtime::{ApplyError, Projection};
@@ -21,7 +26,7 @@ use crate::{aggregate_uuid, day_of, decode, split_by_day};
 pub struct Analytics;
 
 /// Increments to one `rm_daily_metrics` row.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Daily {
     created: i32,
     cancelled: i32,
@@ -33,21 +38,81 @@ struct Daily {
     rental_days: i64,
 }
 
+impl Daily {
+    fn add(&mut self, o: Daily) {
+        self.created += o.created;
+        self.cancelled += o.cancelled;
+        self.started += o.started;
+        self.completed += o.completed;
+        self.revenue += o.revenue;
+        self.refunds += o.refunds;
+        self.rented_seconds += o.rented_seconds;
+        self.rental_days += o.rental_days;
+    }
+}
+
 /// Increments to one `rm_car_daily` row.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct CarDaily {
     rented_seconds: i64,
     revenue: i64,
     distance_km: f64,
 }
 
-struct BookingRef {
+#[derive(Clone, Debug, sqlx::FromRow)]
+struct BookingRow {
+    booking_id: Uuid,
     car_id: Uuid,
-    branch: String,
+    branch_code: String,
     currency: String,
     days: i32,
     picked_up_at: Option<DateTime<Utc>>,
     odometer_out_km: Option<f64>,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+struct CarRow {
+    car_id: Uuid,
+    branch_code: String,
+    registered_at: DateTime<Utc>,
+    retired_at: Option<DateTime<Utc>>,
+}
+
+enum Decoded {
+    Car(Uuid, CarEvent),
+    Booking(Uuid, BookingEvent),
+    Payment(Uuid, PaymentEvent),
+}
+
+/// Everything a batch adds up, keyed so that each row is written once.
+#[derive(Default)]
+struct Sums {
+    /// (day, branch, currency) → increments; a BTreeMap so rows are written in a fixed order.
+    daily: BTreeMap<(NaiveDate, String, String), Daily>,
+    /// (day, car) → (branch, currency, increments); branch and currency of the first touch.
+    cars: BTreeMap<(NaiveDate, Uuid), (String, String, CarDaily)>,
+}
+
+impl Sums {
+    fn daily(&mut self, day: NaiveDate, b: &BookingRow, d: Daily) {
+        self.daily
+            .entry((day, b.branch_code.clone(), b.currency.clone()))
+            .or_default()
+            .add(d);
+    }
+
+    fn car(&mut self, day: NaiveDate, b: &BookingRow, d: CarDaily) {
+        let entry = self.cars.entry((day, b.car_id)).or_insert_with(|| {
+            (
+                b.branch_code.clone(),
+                b.currency.clone(),
+                CarDaily::default(),
+            )
+        });
+        entry.2.rented_seconds += d.rented_seconds;
+        entry.2.revenue += d.revenue;
+        entry.2.distance_km += d.distance_km;
+    }
 }
 
 #[async_trait::async_trait]
@@ -84,153 +149,248 @@ impl Projection for Analytics {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        event: &RecordedEvent,
+        events: &[&RecordedEvent],
     ) -> Result<(), ApplyError> {
-        let id = aggregate_uuid(event)?;
-        match event.aggregate_type.as_str() {
-            "car" => apply_car(conn, id, decode(event)?, event.recorded_at).await,
-            "booking" => apply_booking(conn, id, decode(event)?).await,
-            "payment" => apply_payment(conn, id, decode(event)?, event.recorded_at).await,
-            _ => Ok(()),
+        let mut decoded = Vec::with_capacity(events.len());
+        let (mut car_ids, mut booking_ids, mut payment_ids) =
+            (HashSet::new(), HashSet::new(), HashSet::new());
+        for event in events {
+            let id = aggregate_uuid(event)?;
+            let item = match event.aggregate_type.as_str() {
+                "car" => {
+                    car_ids.insert(id);
+                    Decoded::Car(id, decode(event)?)
+                }
+                "booking" => {
+                    booking_ids.insert(id);
+                    Decoded::Booking(id, decode(event)?)
+                }
+                _ => {
+                    payment_ids.insert(id);
+                    Decoded::Payment(id, decode(event)?)
+                }
+            };
+            decoded.push((item, event.recorded_at));
         }
-    }
-}
+        // Payments refunded in this batch but requested earlier: their bookings.
+        let mut payment_booking: HashMap<Uuid, Uuid> = sqlx::query_as::<_, (Uuid, Uuid)>(
+            "SELECT payment_id, booking_id FROM rm_analytics_payments WHERE payment_id = ANY($1)",
+        )
+        .bind(payment_ids.into_iter().collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        booking_ids.extend(payment_booking.values().copied());
+        let mut bookings: HashMap<Uuid, BookingRow> = sqlx::query_as::<_, BookingRow>(
+            "SELECT booking_id, car_id, branch_code, currency, days, picked_up_at, odometer_out_km \
+             FROM rm_analytics_bookings WHERE booking_id = ANY($1)",
+        )
+        .bind(booking_ids.into_iter().collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| (r.booking_id, r))
+        .collect();
+        let mut cars: HashMap<Uuid, CarRow> = sqlx::query_as::<_, CarRow>(
+            "SELECT car_id, branch_code, registered_at, retired_at FROM rm_analytics_cars \
+             WHERE car_id = ANY($1)",
+        )
+        .bind(car_ids.into_iter().collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| (r.car_id, r))
+        .collect();
 
-async fn apply_car(
-    conn: &mut PgConnection,
-    car: Uuid,
-    event: CarEvent,
-    recorded_at: DateTime<Utc>,
-) -> Result<(), ApplyError> {
-    match event {
-        CarEvent::CarRegistered { branch, .. } => {
+        let mut sums = Sums::default();
+        let mut dirty_bookings = HashSet::new();
+        let mut dirty_cars = HashSet::new();
+        let mut new_payments = Vec::new();
+        for (item, recorded_at) in decoded {
+            match item {
+                Decoded::Car(id, event) => {
+                    if apply_car(&mut cars, id, event, recorded_at)? {
+                        dirty_cars.insert(id);
+                    }
+                }
+                Decoded::Booking(id, event) => {
+                    if apply_booking(&mut bookings, &mut sums, id, event)? {
+                        dirty_bookings.insert(id);
+                    }
+                }
+                Decoded::Payment(id, PaymentEvent::PaymentRequested { booking_id, .. }) => {
+                    if payment_booking.insert(id, booking_id).is_some() {
+                        return Err(ApplyError::Invalid(format!("payment {id} requested twice")));
+                    }
+                    new_payments.push((id, booking_id));
+                }
+                Decoded::Payment(id, PaymentEvent::PaymentRefunded { amount, .. }) => {
+                    let booking = payment_booking.get(&id).ok_or_else(|| {
+                        ApplyError::Invalid(format!(
+                            "refund of payment {id}, which was never requested"
+                        ))
+                    })?;
+                    let b = bookings.get(booking).ok_or_else(|| never_held(*booking))?;
+                    sums.daily(
+                        day_of(recorded_at),
+                        b,
+                        Daily {
+                            refunds: amount.minor,
+                            ..Daily::default()
+                        },
+                    );
+                }
+                Decoded::Payment(..) => {}
+            }
+        }
+        if !new_payments.is_empty() {
+            let (ids, bookings): (Vec<Uuid>, Vec<Uuid>) = new_payments.into_iter().unzip();
             sqlx::query(
-                "INSERT INTO rm_analytics_cars (car_id, branch_code, registered_at) VALUES ($1, $2, $3)",
+                "INSERT INTO rm_analytics_payments (payment_id, booking_id) \
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[])",
             )
-            .bind(car)
-            .bind(&branch)
-            .bind(recorded_at)
-            .execute(conn)
+            .bind(ids)
+            .bind(bookings)
+            .execute(&mut *conn)
             .await?;
         }
-        CarEvent::CarRelocated { to: branch, .. } | CarEvent::CarReturned { branch, .. } => {
-            sqlx::query("UPDATE rm_analytics_cars SET branch_code = $2 WHERE car_id = $1")
-                .bind(car)
-                .bind(&branch)
-                .execute(conn)
-                .await?;
-        }
-        CarEvent::CarRetired { at, .. } => {
-            sqlx::query("UPDATE rm_analytics_cars SET retired_at = $2 WHERE car_id = $1")
-                .bind(car)
-                .bind(at)
-                .execute(conn)
-                .await?;
-        }
-        _ => {}
+        write_bookings(
+            conn,
+            dirty_bookings.iter().filter_map(|id| bookings.get(id)),
+        )
+        .await?;
+        write_cars(conn, dirty_cars.iter().filter_map(|id| cars.get(id))).await?;
+        write_sums(conn, sums).await
     }
-    Ok(())
 }
 
-async fn apply_booking(
-    conn: &mut PgConnection,
-    booking: Uuid,
+fn never_held(booking: Uuid) -> ApplyError {
+    ApplyError::Invalid(format!("booking {booking} was never held"))
+}
+
+/// Fold a car event; whether the car's row changed.
+fn apply_car(
+    cars: &mut HashMap<Uuid, CarRow>,
+    id: Uuid,
+    event: CarEvent,
+    recorded_at: DateTime<Utc>,
+) -> Result<bool, ApplyError> {
+    match event {
+        CarEvent::CarRegistered { branch, .. } => {
+            if cars.contains_key(&id) {
+                return Err(ApplyError::Invalid(format!("car {id} registered twice")));
+            }
+            cars.insert(
+                id,
+                CarRow {
+                    car_id: id,
+                    branch_code: branch,
+                    registered_at: recorded_at,
+                    retired_at: None,
+                },
+            );
+            Ok(true)
+        }
+        CarEvent::CarRelocated { to: branch, .. } | CarEvent::CarReturned { branch, .. } => {
+            Ok(cars.get_mut(&id).is_some_and(|car| {
+                car.branch_code = branch;
+                true
+            }))
+        }
+        CarEvent::CarRetired { at, .. } => Ok(cars.get_mut(&id).is_some_and(|car| {
+            car.retired_at = Some(at);
+            true
+        })),
+        _ => Ok(false),
+    }
+}
+
+/// Fold a booking event into the lookups and the sums; whether the booking's row changed.
+fn apply_booking(
+    bookings: &mut HashMap<Uuid, BookingRow>,
+    sums: &mut Sums,
+    id: Uuid,
     event: BookingEvent,
-) -> Result<(), ApplyError> {
+) -> Result<bool, ApplyError> {
     if let BookingEvent::BookingHeld {
         car_id,
         pickup_branch,
         quote,
         at,
         ..
-    } = &event
+    } = event
     {
-        sqlx::query(
-            "INSERT INTO rm_analytics_bookings (booking_id, car_id, branch_code, currency, days) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(booking)
-        .bind(car_id)
-        .bind(pickup_branch)
-        .bind(quote.total.currency.as_str())
-        .bind(i32::try_from(quote.days).unwrap_or(i32::MAX))
-        .execute(&mut *conn)
-        .await?;
-        let b = load_booking(conn, booking).await?;
-        return add_daily(
-            conn,
-            day_of(*at),
-            &b,
+        if bookings.contains_key(&id) {
+            return Err(ApplyError::Invalid(format!("booking {id} held twice")));
+        }
+        let row = BookingRow {
+            booking_id: id,
+            car_id,
+            branch_code: pickup_branch,
+            currency: quote.total.currency.as_str().to_owned(),
+            days: i32::try_from(quote.days).unwrap_or(i32::MAX),
+            picked_up_at: None,
+            odometer_out_km: None,
+        };
+        sums.daily(
+            day_of(at),
+            &row,
             Daily {
                 created: 1,
                 ..Daily::default()
             },
-        )
-        .await;
+        );
+        bookings.insert(id, row);
+        return Ok(true);
     }
-    let b = load_booking(conn, booking).await?;
+    let b = bookings.get_mut(&id).ok_or_else(|| never_held(id))?;
     match event {
         BookingEvent::BookingHeld { .. }
         | BookingEvent::BookingConfirmed { .. }
         | BookingEvent::FeedbackSubmitted { .. }
-        | BookingEvent::BookingExpired { .. } => Ok(()),
+        | BookingEvent::BookingExpired { .. } => Ok(false),
         BookingEvent::BookingModified { quote, .. } => {
-            sqlx::query("UPDATE rm_analytics_bookings SET days = $2 WHERE booking_id = $1")
-                .bind(booking)
-                .bind(i32::try_from(quote.days).unwrap_or(i32::MAX))
-                .execute(&mut *conn)
-                .await?;
-            Ok(())
+            b.days = i32::try_from(quote.days).unwrap_or(i32::MAX);
+            Ok(true)
         }
         BookingEvent::BookingCancelled { fee, at, .. } => {
             let day = day_of(at);
-            add_daily(
-                conn,
+            sums.daily(
                 day,
-                &b,
+                b,
                 Daily {
                     cancelled: 1,
                     revenue: fee.minor,
                     ..Daily::default()
                 },
-            )
-            .await?;
+            );
             if fee.minor != 0 {
-                add_car_daily(
-                    conn,
+                sums.car(
                     day,
-                    &b,
+                    b,
                     CarDaily {
                         revenue: fee.minor,
                         ..CarDaily::default()
                     },
-                )
-                .await?;
+                );
             }
-            Ok(())
+            Ok(false)
         }
         BookingEvent::RentalStarted {
             odometer_km, at, ..
         } => {
-            sqlx::query(
-                "UPDATE rm_analytics_bookings SET picked_up_at = $2, odometer_out_km = $3 \
-                 WHERE booking_id = $1",
-            )
-            .bind(booking)
-            .bind(at)
-            .bind(odometer_km)
-            .execute(&mut *conn)
-            .await?;
-            add_daily(
-                conn,
+            b.picked_up_at = Some(at);
+            b.odometer_out_km = Some(odometer_km);
+            sums.daily(
                 day_of(at),
-                &b,
+                b,
                 Daily {
                     started: 1,
                     ..Daily::default()
                 },
-            )
-            .await
+            );
+            Ok(true)
         }
         BookingEvent::RentalCompleted {
             odometer_km,
@@ -238,184 +398,172 @@ async fn apply_booking(
             at,
             ..
         } => {
-            let day = day_of(at);
             let start = b.picked_up_at.unwrap_or(at);
             for (d, seconds) in split_by_day(start, at) {
-                add_daily(
-                    conn,
+                sums.daily(
                     d,
-                    &b,
+                    b,
                     Daily {
                         rented_seconds: seconds,
                         ..Daily::default()
                     },
-                )
-                .await?;
-                add_car_daily(
-                    conn,
+                );
+                sums.car(
                     d,
-                    &b,
+                    b,
                     CarDaily {
                         rented_seconds: seconds,
                         ..CarDaily::default()
                     },
-                )
-                .await?;
+                );
             }
-            add_daily(
-                conn,
+            let day = day_of(at);
+            sums.daily(
                 day,
-                &b,
+                b,
                 Daily {
                     completed: 1,
                     revenue: total.minor,
                     rental_days: i64::from(b.days),
                     ..Daily::default()
                 },
-            )
-            .await?;
-            let distance = b
-                .odometer_out_km
-                .map_or(0.0, |out| (odometer_km - out).max(0.0));
-            add_car_daily(
-                conn,
+            );
+            // Whole metres: summed exactly in a numeric column.
+            let distance = b.odometer_out_km.map_or(0.0, |out| {
+                ((odometer_km - out).max(0.0) * 1000.0).round() / 1000.0
+            });
+            sums.car(
                 day,
-                &b,
+                b,
                 CarDaily {
                     revenue: total.minor,
                     distance_km: distance,
                     ..CarDaily::default()
                 },
-            )
-            .await
+            );
+            Ok(false)
         }
     }
 }
 
-async fn apply_payment(
+async fn write_bookings<'a>(
     conn: &mut PgConnection,
-    payment: Uuid,
-    event: PaymentEvent,
-    recorded_at: DateTime<Utc>,
+    rows: impl Iterator<Item = &'a BookingRow>,
 ) -> Result<(), ApplyError> {
-    match event {
-        PaymentEvent::PaymentRequested { booking_id, .. } => {
-            sqlx::query(
-                "INSERT INTO rm_analytics_payments (payment_id, booking_id) VALUES ($1, $2)",
-            )
-            .bind(payment)
-            .bind(booking_id)
-            .execute(conn)
-            .await?;
-            Ok(())
-        }
-        PaymentEvent::PaymentRefunded { amount, .. } => {
-            let booking: Option<Uuid> = sqlx::query_scalar(
-                "SELECT booking_id FROM rm_analytics_payments WHERE payment_id = $1",
-            )
-            .bind(payment)
-            .fetch_optional(&mut *conn)
-            .await?;
-            let Some(booking) = booking else {
-                return Err(ApplyError::Invalid(format!(
-                    "refund of payment {payment}, which was never requested"
-                )));
-            };
-            let b = load_booking(conn, booking).await?;
-            add_daily(
-                conn,
-                day_of(recorded_at),
-                &b,
-                Daily {
-                    refunds: amount.minor,
-                    ..Daily::default()
-                },
-            )
-            .await
-        }
-        _ => Ok(()),
+    let rows: Vec<&BookingRow> = rows.collect();
+    if rows.is_empty() {
+        return Ok(());
     }
-}
-
-async fn load_booking(conn: &mut PgConnection, booking: Uuid) -> Result<BookingRef, ApplyError> {
-    let row = sqlx::query(
-        "SELECT car_id, branch_code, currency, days, picked_up_at, odometer_out_km \
-         FROM rm_analytics_bookings WHERE booking_id = $1",
-    )
-    .bind(booking)
-    .fetch_optional(conn)
-    .await?
-    .ok_or_else(|| ApplyError::Invalid(format!("booking {booking} was never held")))?;
-    Ok(BookingRef {
-        car_id: row.try_get(0)?,
-        branch: row.try_get(1)?,
-        currency: row.try_get(2)?,
-        days: row.try_get(3)?,
-        picked_up_at: row.try_get(4)?,
-        odometer_out_km: row.try_get(5)?,
-    })
-}
-
-async fn add_daily(
-    conn: &mut PgConnection,
-    day: NaiveDate,
-    b: &BookingRef,
-    d: Daily,
-) -> Result<(), ApplyError> {
     sqlx::query(
-        "INSERT INTO rm_daily_metrics AS m (day, branch_code, currency, bookings_created, \
-           bookings_cancelled, rentals_started, rentals_completed, revenue_minor, refunds_minor, \
-           rented_seconds, rental_days_sum) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-         ON CONFLICT (day, branch_code, currency) DO UPDATE SET \
-           bookings_created = m.bookings_created + $4, \
-           bookings_cancelled = m.bookings_cancelled + $5, \
-           rentals_started = m.rentals_started + $6, \
-           rentals_completed = m.rentals_completed + $7, \
-           revenue_minor = m.revenue_minor + $8, \
-           refunds_minor = m.refunds_minor + $9, \
-           rented_seconds = m.rented_seconds + $10, \
-           rental_days_sum = m.rental_days_sum + $11",
+        "INSERT INTO rm_analytics_bookings (booking_id, car_id, branch_code, currency, days, \
+           picked_up_at, odometer_out_km) \
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], \
+           $6::timestamptz[], $7::float8[]) \
+         ON CONFLICT (booking_id) DO UPDATE SET days = EXCLUDED.days, \
+           picked_up_at = EXCLUDED.picked_up_at, odometer_out_km = EXCLUDED.odometer_out_km",
     )
-    .bind(day)
-    .bind(&b.branch)
-    .bind(&b.currency)
-    .bind(d.created)
-    .bind(d.cancelled)
-    .bind(d.started)
-    .bind(d.completed)
-    .bind(d.revenue)
-    .bind(d.refunds)
-    .bind(d.rented_seconds)
-    .bind(d.rental_days)
+    .bind(rows.iter().map(|r| r.booking_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.car_id).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.branch_code.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.currency.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.days).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.picked_up_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.odometer_out_km).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
 }
 
-async fn add_car_daily(
+async fn write_cars<'a>(
     conn: &mut PgConnection,
-    day: NaiveDate,
-    b: &BookingRef,
-    d: CarDaily,
+    rows: impl Iterator<Item = &'a CarRow>,
 ) -> Result<(), ApplyError> {
+    let rows: Vec<&CarRow> = rows.collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
-        "INSERT INTO rm_car_daily AS c (day, car_id, branch_code, currency, rented_seconds, \
-           revenue_minor, distance_km) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (day, car_id) DO UPDATE SET \
-           rented_seconds = c.rented_seconds + $5, \
-           revenue_minor = c.revenue_minor + $6, \
-           distance_km = c.distance_km + $7",
+        "INSERT INTO rm_analytics_cars (car_id, branch_code, registered_at, retired_at) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[]) \
+         ON CONFLICT (car_id) DO UPDATE SET branch_code = EXCLUDED.branch_code, \
+           retired_at = EXCLUDED.retired_at",
     )
-    .bind(day)
-    .bind(b.car_id)
-    .bind(&b.branch)
-    .bind(&b.currency)
-    .bind(d.rented_seconds)
-    .bind(d.revenue)
-    .bind(d.distance_km)
+    .bind(rows.iter().map(|r| r.car_id).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.branch_code.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.registered_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.retired_at).collect::<Vec<_>>())
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+async fn write_sums(conn: &mut PgConnection, sums: Sums) -> Result<(), ApplyError> {
+    if !sums.daily.is_empty() {
+        let (keys, values): (Vec<_>, Vec<_>) = sums.daily.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO rm_daily_metrics AS m (day, branch_code, currency, bookings_created, \
+               bookings_cancelled, rentals_started, rentals_completed, revenue_minor, \
+               refunds_minor, rented_seconds, rental_days_sum) \
+             SELECT * FROM unnest($1::date[], $2::text[], $3::text[], $4::int[], $5::int[], \
+               $6::int[], $7::int[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[]) \
+             ON CONFLICT (day, branch_code, currency) DO UPDATE SET \
+               bookings_created = m.bookings_created + EXCLUDED.bookings_created, \
+               bookings_cancelled = m.bookings_cancelled + EXCLUDED.bookings_cancelled, \
+               rentals_started = m.rentals_started + EXCLUDED.rentals_started, \
+               rentals_completed = m.rentals_completed + EXCLUDED.rentals_completed, \
+               revenue_minor = m.revenue_minor + EXCLUDED.revenue_minor, \
+               refunds_minor = m.refunds_minor + EXCLUDED.refunds_minor, \
+               rented_seconds = m.rented_seconds + EXCLUDED.rented_seconds, \
+               rental_days_sum = m.rental_days_sum + EXCLUDED.rental_days_sum",
+        )
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1.clone()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.2.clone()).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.created).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.cancelled).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.started).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.completed).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.revenue).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.refunds).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.rented_seconds).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.rental_days).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !sums.cars.is_empty() {
+        let (keys, values): (Vec<_>, Vec<_>) = sums.cars.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO rm_car_daily AS c (day, car_id, branch_code, currency, rented_seconds, \
+               revenue_minor, distance_km) \
+             SELECT * FROM unnest($1::date[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], \
+               $6::bigint[], $7::float8[]) \
+             ON CONFLICT (day, car_id) DO UPDATE SET \
+               rented_seconds = c.rented_seconds + EXCLUDED.rented_seconds, \
+               revenue_minor = c.revenue_minor + EXCLUDED.revenue_minor, \
+               distance_km = c.distance_km + EXCLUDED.distance_km",
+        )
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.0.clone()).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.1.clone()).collect::<Vec<_>>())
+        .bind(
+            values
+                .iter()
+                .map(|v| v.2.rented_seconds)
+                .collect::<Vec<_>>(),
+        )
+        .bind(values.iter().map(|v| v.2.revenue).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.2.distance_km).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }

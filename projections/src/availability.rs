@@ -5,6 +5,11 @@
 //! instant when the car comes back early; maintenance is cut when it completes early. Windows
 //! that ended stay (staff see past reservations), which never conflicts with new ones since the
 //! aggregate only reserves ahead.
+//!
+//! A batch loads the blocks it touches, folds the events in memory, then deletes the blocks
+//! that went away and upserts the rest (the no-overlap constraint is checked at commit).
+
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use domain::car::CarEvent;
@@ -16,6 +21,16 @@ use crate::runtime::{ApplyError, Projection};
 use crate::{aggregate_uuid, decode};
 
 pub struct Availability;
+
+#[derive(Clone, Debug)]
+struct Block {
+    kind: &'static str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    reason: Option<String>,
+}
+
+type Key = (Uuid, Uuid);
 
 #[async_trait::async_trait]
 impl Projection for Availability {
@@ -43,111 +58,190 @@ impl Projection for Availability {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        event: &RecordedEvent,
+        events: &[&RecordedEvent],
     ) -> Result<(), ApplyError> {
-        let car = aggregate_uuid(event)?;
-        match decode::<CarEvent>(event)? {
-            CarEvent::MaintenanceScheduled {
-                maintenance_id,
-                window,
-                reason,
-                ..
-            } => {
-                insert(
-                    conn,
-                    car,
-                    maintenance_id,
-                    "MAINTENANCE",
-                    window,
-                    Some(&reason),
-                )
-                .await?;
-            }
-            CarEvent::MaintenanceCompleted { maintenance_id, at } => {
-                cut(conn, car, maintenance_id, at).await?;
-            }
-            CarEvent::CarReserved {
-                booking_id, window, ..
-            } => {
-                insert(conn, car, booking_id, "RESERVATION", window, None).await?;
-            }
-            CarEvent::ReservationChanged { booking_id, to, .. } => {
-                sqlx::query(
-                    "UPDATE rm_availability_blocks SET period = tstzrange($3, $4, '[)') \
-                     WHERE car_id = $1 AND block_id = $2",
-                )
-                .bind(car)
-                .bind(booking_id)
-                .bind(to.start)
-                .bind(to.end)
-                .execute(&mut *conn)
-                .await?;
-            }
-            CarEvent::ReservationReleased { booking_id, .. } => {
-                sqlx::query(
-                    "DELETE FROM rm_availability_blocks WHERE car_id = $1 AND block_id = $2",
-                )
-                .bind(car)
-                .bind(booking_id)
-                .execute(&mut *conn)
-                .await?;
-            }
-            CarEvent::CarReturned { booking_id, at, .. } => {
-                cut(conn, car, booking_id, at).await?;
-            }
-            _ => {}
+        let mut decoded = Vec::with_capacity(events.len());
+        for event in events {
+            decoded.push((aggregate_uuid(event)?, decode::<CarEvent>(event)?));
         }
+        let keys: Vec<Key> = decoded
+            .iter()
+            .filter_map(|(car, e)| block_of(e).map(|b| (*car, b)))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let (cars, blocks): (Vec<Uuid>, Vec<Uuid>) = keys.iter().copied().unzip();
+        let rows: Vec<(
+            Uuid,
+            Uuid,
+            String,
+            DateTime<Utc>,
+            DateTime<Utc>,
+            Option<String>,
+        )> = sqlx::query_as(
+            "SELECT b.car_id, b.block_id, b.kind, lower(b.period), upper(b.period), b.reason \
+                 FROM rm_availability_blocks b \
+                 JOIN unnest($1::uuid[], $2::uuid[]) AS k(car_id, block_id) \
+                   ON b.car_id = k.car_id AND b.block_id = k.block_id",
+        )
+        .bind(&cars)
+        .bind(&blocks)
+        .fetch_all(&mut *conn)
+        .await?;
+        let stored: HashSet<Key> = rows.iter().map(|r| (r.0, r.1)).collect();
+        let mut current: HashMap<Key, Block> = rows
+            .into_iter()
+            .map(|(car, block, kind, start, end, reason)| {
+                let kind = if kind == "MAINTENANCE" {
+                    "MAINTENANCE"
+                } else {
+                    "RESERVATION"
+                };
+                (
+                    (car, block),
+                    Block {
+                        kind,
+                        start,
+                        end,
+                        reason,
+                    },
+                )
+            })
+            .collect();
+        let mut dirty = HashSet::new();
+        for (car, event) in decoded {
+            match event {
+                CarEvent::MaintenanceScheduled {
+                    maintenance_id,
+                    window,
+                    reason,
+                    ..
+                } => {
+                    let block = Block {
+                        kind: "MAINTENANCE",
+                        start: window.start,
+                        end: window.end,
+                        reason: Some(reason),
+                    };
+                    insert(&mut current, (car, maintenance_id), block)?;
+                    dirty.insert((car, maintenance_id));
+                }
+                CarEvent::CarReserved {
+                    booking_id, window, ..
+                } => {
+                    let block = Block {
+                        kind: "RESERVATION",
+                        start: window.start,
+                        end: window.end,
+                        reason: None,
+                    };
+                    insert(&mut current, (car, booking_id), block)?;
+                    dirty.insert((car, booking_id));
+                }
+                CarEvent::ReservationChanged { booking_id, to, .. } => {
+                    if let Some(block) = current.get_mut(&(car, booking_id)) {
+                        block.start = to.start;
+                        block.end = to.end;
+                        dirty.insert((car, booking_id));
+                    }
+                }
+                CarEvent::ReservationReleased { booking_id, .. } => {
+                    current.remove(&(car, booking_id));
+                    dirty.insert((car, booking_id));
+                }
+                CarEvent::MaintenanceCompleted {
+                    maintenance_id: id,
+                    at,
+                }
+                | CarEvent::CarReturned {
+                    booking_id: id, at, ..
+                } => {
+                    cut(&mut current, (car, id), at);
+                    dirty.insert((car, id));
+                }
+                _ => {}
+            }
+        }
+        let gone: Vec<Key> = dirty
+            .iter()
+            .filter(|k| stored.contains(k) && !current.contains_key(k))
+            .copied()
+            .collect();
+        if !gone.is_empty() {
+            let (cars, blocks): (Vec<Uuid>, Vec<Uuid>) = gone.into_iter().unzip();
+            sqlx::query(
+                "DELETE FROM rm_availability_blocks b USING unnest($1::uuid[], $2::uuid[]) \
+                   AS k(car_id, block_id) \
+                 WHERE b.car_id = k.car_id AND b.block_id = k.block_id",
+            )
+            .bind(cars)
+            .bind(blocks)
+            .execute(&mut *conn)
+            .await?;
+        }
+        let upserts: Vec<(Key, &Block)> = dirty
+            .iter()
+            .filter_map(|k| current.get(k).map(|b| (*k, b)))
+            .collect();
+        if upserts.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO rm_availability_blocks (car_id, block_id, kind, period, reason) \
+             SELECT car_id, block_id, kind, tstzrange(s, e, '[)'), reason \
+             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], \
+               $5::timestamptz[], $6::text[]) AS u(car_id, block_id, kind, s, e, reason) \
+             ON CONFLICT (car_id, block_id) DO UPDATE SET period = EXCLUDED.period",
+        )
+        .bind(upserts.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
+        .bind(upserts.iter().map(|(k, _)| k.1).collect::<Vec<_>>())
+        .bind(upserts.iter().map(|(_, b)| b.kind).collect::<Vec<_>>())
+        .bind(upserts.iter().map(|(_, b)| b.start).collect::<Vec<_>>())
+        .bind(upserts.iter().map(|(_, b)| b.end).collect::<Vec<_>>())
+        .bind(
+            upserts
+                .iter()
+                .map(|(_, b)| b.reason.clone())
+                .collect::<Vec<_>>(),
+        )
+        .execute(conn)
+        .await?;
         Ok(())
     }
 }
 
-async fn insert(
-    conn: &mut PgConnection,
-    car: Uuid,
-    block: Uuid,
-    kind: &str,
-    window: domain::TimeWindow,
-    reason: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO rm_availability_blocks (car_id, block_id, kind, period, reason) \
-         VALUES ($1, $2, $3, tstzrange($4, $5, '[)'), $6)",
-    )
-    .bind(car)
-    .bind(block)
-    .bind(kind)
-    .bind(window.start)
-    .bind(window.end)
-    .bind(reason)
-    .execute(conn)
-    .await?;
+/// The block an event is about.
+fn block_of(event: &CarEvent) -> Option<Uuid> {
+    match event {
+        CarEvent::MaintenanceScheduled { maintenance_id, .. }
+        | CarEvent::MaintenanceCompleted { maintenance_id, .. } => Some(*maintenance_id),
+        CarEvent::CarReserved { booking_id, .. }
+        | CarEvent::ReservationChanged { booking_id, .. }
+        | CarEvent::ReservationReleased { booking_id, .. }
+        | CarEvent::CarReturned { booking_id, .. } => Some(*booking_id),
+        _ => None,
+    }
+}
+
+fn insert(current: &mut HashMap<Key, Block>, key: Key, block: Block) -> Result<(), ApplyError> {
+    if current.contains_key(&key) {
+        return Err(ApplyError::Invalid(format!(
+            "block {} of car {} exists already",
+            key.1, key.0
+        )));
+    }
+    current.insert(key, block);
     Ok(())
 }
 
 /// End a block at `at` if it would end later; drop it if it had not started by then.
-async fn cut(
-    conn: &mut PgConnection,
-    car: Uuid,
-    block: Uuid,
-    at: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "DELETE FROM rm_availability_blocks \
-         WHERE car_id = $1 AND block_id = $2 AND lower(period) >= $3",
-    )
-    .bind(car)
-    .bind(block)
-    .bind(at)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "UPDATE rm_availability_blocks SET period = tstzrange(lower(period), $3, '[)') \
-         WHERE car_id = $1 AND block_id = $2 AND upper(period) > $3",
-    )
-    .bind(car)
-    .bind(block)
-    .bind(at)
-    .execute(conn)
-    .await?;
-    Ok(())
+fn cut(current: &mut HashMap<Key, Block>, key: Key, at: DateTime<Utc>) {
+    let Some(block) = current.get_mut(&key) else {
+        return;
+    };
+    if block.start >= at {
+        current.remove(&key);
+    } else if block.end > at {
+        block.end = at;
+    }
 }

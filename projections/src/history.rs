@@ -4,6 +4,11 @@
 //! returned with charges, feedback); payments follow theirs; the timeline lists every event that
 //! touched a booking (its own, the car's reservation events for it, its payments) in commit
 //! order, as references into the log.
+//!
+//! A batch loads the bookings and payments it touches, folds the events in memory, and writes
+//! each table with one statement.
+
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use domain::booking::BookingEvent;
@@ -21,13 +26,65 @@ use crate::{aggregate_uuid, decode};
 
 pub struct History;
 
-fn lines_json(lines: &[PriceLine]) -> Value {
-    Value::Array(
-        lines
-            .iter()
-            .map(|l| json!({ "label": l.label, "amount_minor": l.amount.minor }))
-            .collect(),
-    )
+fn lines_json(lines: &[PriceLine]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|l| json!({ "label": l.label, "amount_minor": l.amount.minor }))
+        .collect()
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+struct BookingRow {
+    booking_id: Uuid,
+    customer_id: Uuid,
+    car_id: Uuid,
+    pickup_at: DateTime<Utc>,
+    return_at: DateTime<Utc>,
+    pickup_branch: String,
+    return_branch: String,
+    status: String,
+    held_until: Option<DateTime<Utc>>,
+    days: i32,
+    total_minor: i64,
+    currency: String,
+    lines: Value,
+    payment_id: Option<Uuid>,
+    cancelled_by: Option<String>,
+    cancel_reason: Option<String>,
+    cancel_fee_minor: Option<i64>,
+    picked_up_at: Option<DateTime<Utc>>,
+    odometer_out_km: Option<f64>,
+    fuel_out_percent: Option<f64>,
+    returned_at: Option<DateTime<Utc>>,
+    odometer_in_km: Option<f64>,
+    fuel_in_percent: Option<f64>,
+    returned_branch: Option<String>,
+    rating: Option<i32>,
+    comment: Option<String>,
+    feedback_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+struct PaymentRow {
+    payment_id: Uuid,
+    booking_id: Uuid,
+    amount_minor: i64,
+    refunded_minor: i64,
+    currency: String,
+    method: String,
+    status: String,
+    gateway: Option<String>,
+    failure_reason: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+enum Decoded {
+    Booking(Uuid, BookingEvent),
+    Car(CarEvent),
+    Payment(Uuid, PaymentEvent),
 }
 
 #[async_trait::async_trait]
@@ -58,166 +115,218 @@ impl Projection for History {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        event: &RecordedEvent,
+        events: &[&RecordedEvent],
     ) -> Result<(), ApplyError> {
-        match event.aggregate_type.as_str() {
-            "booking" => {
-                let booking = aggregate_uuid(event)?;
-                apply_booking(conn, booking, decode(event)?, event.recorded_at).await?;
-                timeline(conn, booking, event).await
-            }
-            "car" => {
-                let booking = match decode::<CarEvent>(event)? {
+        let mut decoded = Vec::with_capacity(events.len());
+        let mut booking_ids = HashSet::new();
+        let mut payment_ids = HashSet::new();
+        for event in events {
+            let item = match event.aggregate_type.as_str() {
+                "booking" => {
+                    let id = aggregate_uuid(event)?;
+                    booking_ids.insert(id);
+                    Decoded::Booking(id, decode(event)?)
+                }
+                "car" => Decoded::Car(decode(event)?),
+                _ => {
+                    let id = aggregate_uuid(event)?;
+                    payment_ids.insert(id);
+                    let e: PaymentEvent = decode(event)?;
+                    if let PaymentEvent::PaymentRequested { booking_id, .. } = &e {
+                        booking_ids.insert(*booking_id);
+                    }
+                    Decoded::Payment(id, e)
+                }
+            };
+            decoded.push((item, *event));
+        }
+        let mut bookings = load_bookings(conn, booking_ids).await?;
+        let mut payments = load_payments(conn, payment_ids).await?;
+        let mut dirty_bookings = HashSet::new();
+        let mut dirty_payments = HashSet::new();
+        let mut timeline: Vec<(Uuid, &RecordedEvent)> = Vec::new();
+        for (item, event) in decoded {
+            let at = event.recorded_at;
+            match item {
+                Decoded::Booking(id, e) => {
+                    apply_booking(&mut bookings, id, e, at)?;
+                    dirty_bookings.insert(id);
+                    timeline.push((id, event));
+                }
+                Decoded::Car(
                     CarEvent::CarReserved { booking_id, .. }
                     | CarEvent::ReservationChanged { booking_id, .. }
                     | CarEvent::ReservationReleased { booking_id, .. }
                     | CarEvent::CarPickedUp { booking_id, .. }
-                    | CarEvent::CarReturned { booking_id, .. } => booking_id,
-                    _ => return Ok(()),
-                };
-                timeline(conn, booking, event).await
-            }
-            "payment" => {
-                let payment = aggregate_uuid(event)?;
-                let booking =
-                    apply_payment(conn, payment, decode(event)?, event.recorded_at).await?;
-                match booking {
-                    Some(booking) => timeline(conn, booking, event).await,
-                    None => Ok(()),
+                    | CarEvent::CarReturned { booking_id, .. },
+                ) => timeline.push((booking_id, event)),
+                Decoded::Car(_) => {}
+                Decoded::Payment(id, e) => {
+                    if let PaymentEvent::PaymentRequested { booking_id, .. } = &e
+                        && let Some(booking) = bookings.get_mut(booking_id)
+                    {
+                        booking.payment_id = Some(id);
+                        dirty_bookings.insert(*booking_id);
+                    }
+                    if let Some(booking) = apply_payment(&mut payments, id, e, at)? {
+                        dirty_payments.insert(id);
+                        timeline.push((booking, event));
+                    }
                 }
             }
-            _ => Ok(()),
         }
+        let changed: Vec<&BookingRow> = dirty_bookings
+            .iter()
+            .filter_map(|id| bookings.get(id))
+            .collect();
+        write_bookings(conn, &changed).await?;
+        let changed: Vec<&PaymentRow> = dirty_payments
+            .iter()
+            .filter_map(|id| payments.get(id))
+            .collect();
+        write_payments(conn, &changed).await?;
+        write_timeline(conn, &timeline).await
     }
 }
 
-async fn timeline(
+async fn load_bookings(
     conn: &mut PgConnection,
-    booking: Uuid,
-    event: &RecordedEvent,
-) -> Result<(), ApplyError> {
-    sqlx::query(
-        "INSERT INTO rm_booking_timeline (booking_id, transaction_id, global_position, event_type) \
-         VALUES ($1, $2::text::xid8, $3, $4)",
+    ids: HashSet<Uuid>,
+) -> Result<HashMap<Uuid, BookingRow>, ApplyError> {
+    let ids: Vec<Uuid> = ids.into_iter().collect();
+    Ok(sqlx::query_as::<_, BookingRow>(
+        "SELECT booking_id, customer_id, car_id, pickup_at, return_at, pickup_branch, \
+           return_branch, status, held_until, days, total_minor, currency, lines, payment_id, \
+           cancelled_by, cancel_reason, cancel_fee_minor, picked_up_at, odometer_out_km, \
+           fuel_out_percent, returned_at, odometer_in_km, fuel_in_percent, returned_branch, \
+           rating, comment, feedback_at, created_at, updated_at \
+         FROM rm_bookings WHERE booking_id = ANY($1)",
     )
-    .bind(booking)
-    .bind(event.transaction_id.to_string())
-    .bind(event.global_position)
-    .bind(&event.event_type)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?
+    .into_iter()
+    .map(|row| (row.booking_id, row))
+    .collect())
 }
 
-async fn apply_booking(
+async fn load_payments(
     conn: &mut PgConnection,
-    booking: Uuid,
+    ids: HashSet<Uuid>,
+) -> Result<HashMap<Uuid, PaymentRow>, ApplyError> {
+    let ids: Vec<Uuid> = ids.into_iter().collect();
+    Ok(sqlx::query_as::<_, PaymentRow>(
+        "SELECT payment_id, booking_id, amount_minor, refunded_minor, currency, method, status, \
+           gateway, failure_reason, created_at, updated_at \
+         FROM rm_payments WHERE payment_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?
+    .into_iter()
+    .map(|row| (row.payment_id, row))
+    .collect())
+}
+
+fn apply_booking(
+    bookings: &mut HashMap<Uuid, BookingRow>,
+    id: Uuid,
     event: BookingEvent,
     at: DateTime<Utc>,
 ) -> Result<(), ApplyError> {
-    match event {
-        BookingEvent::BookingHeld {
-            customer_id,
-            car_id,
-            window,
-            pickup_branch,
-            return_branch,
-            quote,
-            held_until,
-            at: held_at,
-            ..
-        } => {
-            sqlx::query(
-                "INSERT INTO rm_bookings (booking_id, customer_id, car_id, pickup_at, return_at, \
-                   pickup_branch, return_branch, status, held_until, days, total_minor, currency, \
-                   lines, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'HELD', $8, $9, $10, $11, $12, $13, $14)",
-            )
-            .bind(booking)
-            .bind(customer_id)
-            .bind(car_id)
-            .bind(window.start)
-            .bind(window.end)
-            .bind(&pickup_branch)
-            .bind(&return_branch)
-            .bind(held_until)
-            .bind(i32::try_from(quote.days).unwrap_or(i32::MAX))
-            .bind(quote.total.minor)
-            .bind(quote.total.currency.as_str())
-            .bind(lines_json(&quote.lines))
-            .bind(held_at)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+    if let BookingEvent::BookingHeld {
+        customer_id,
+        car_id,
+        window,
+        pickup_branch,
+        return_branch,
+        quote,
+        held_until,
+        at: held_at,
+        ..
+    } = event
+    {
+        if bookings.contains_key(&id) {
+            return Err(ApplyError::Invalid(format!("booking {id} held twice")));
         }
+        bookings.insert(
+            id,
+            BookingRow {
+                booking_id: id,
+                customer_id,
+                car_id,
+                pickup_at: window.start,
+                return_at: window.end,
+                pickup_branch,
+                return_branch,
+                status: "HELD".to_owned(),
+                held_until: Some(held_until),
+                days: i32::try_from(quote.days).unwrap_or(i32::MAX),
+                total_minor: quote.total.minor,
+                currency: quote.total.currency.as_str().to_owned(),
+                lines: Value::Array(lines_json(&quote.lines)),
+                payment_id: None,
+                cancelled_by: None,
+                cancel_reason: None,
+                cancel_fee_minor: None,
+                picked_up_at: None,
+                odometer_out_km: None,
+                fuel_out_percent: None,
+                returned_at: None,
+                odometer_in_km: None,
+                fuel_in_percent: None,
+                returned_branch: None,
+                rating: None,
+                comment: None,
+                feedback_at: None,
+                created_at: held_at,
+                updated_at: at,
+            },
+        );
+        return Ok(());
+    }
+    // Events for a booking never held leave nothing to update.
+    let Some(row) = bookings.get_mut(&id) else {
+        return Ok(());
+    };
+    row.updated_at = at;
+    match event {
+        BookingEvent::BookingHeld { .. } => {}
         BookingEvent::BookingConfirmed { payment_id, .. } => {
-            sqlx::query(
-                "UPDATE rm_bookings SET status = 'CONFIRMED', held_until = NULL, payment_id = $2, \
-                   updated_at = $3 WHERE booking_id = $1",
-            )
-            .bind(booking)
-            .bind(payment_id)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+            row.status = "CONFIRMED".to_owned();
+            row.held_until = None;
+            row.payment_id = Some(payment_id);
         }
         BookingEvent::BookingModified { to, quote, .. } => {
-            sqlx::query(
-                "UPDATE rm_bookings SET pickup_at = $2, return_at = $3, days = $4, total_minor = $5, \
-                   currency = $6, lines = $7, updated_at = $8 WHERE booking_id = $1",
-            )
-            .bind(booking)
-            .bind(to.start)
-            .bind(to.end)
-            .bind(i32::try_from(quote.days).unwrap_or(i32::MAX))
-            .bind(quote.total.minor)
-            .bind(quote.total.currency.as_str())
-            .bind(lines_json(&quote.lines))
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+            row.pickup_at = to.start;
+            row.return_at = to.end;
+            row.days = i32::try_from(quote.days).unwrap_or(i32::MAX);
+            row.total_minor = quote.total.minor;
+            row.currency = quote.total.currency.as_str().to_owned();
+            row.lines = Value::Array(lines_json(&quote.lines));
         }
         BookingEvent::BookingCancelled {
             by, reason, fee, ..
         } => {
-            sqlx::query(
-                "UPDATE rm_bookings SET status = 'CANCELLED', held_until = NULL, cancelled_by = $2, \
-                   cancel_reason = $3, cancel_fee_minor = $4, updated_at = $5 WHERE booking_id = $1",
-            )
-            .bind(booking)
-            .bind(enum_name(&by))
-            .bind(reason)
-            .bind(fee.minor)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+            row.status = "CANCELLED".to_owned();
+            row.held_until = None;
+            row.cancelled_by = Some(enum_name(&by));
+            row.cancel_reason = reason;
+            row.cancel_fee_minor = Some(fee.minor);
         }
         BookingEvent::BookingExpired { .. } => {
-            sqlx::query(
-                "UPDATE rm_bookings SET status = 'EXPIRED', held_until = NULL, updated_at = $2 \
-                 WHERE booking_id = $1",
-            )
-            .bind(booking)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+            row.status = "EXPIRED".to_owned();
+            row.held_until = None;
         }
         BookingEvent::RentalStarted {
             odometer_km,
             fuel_percent,
             at: started,
         } => {
-            sqlx::query(
-                "UPDATE rm_bookings SET status = 'ACTIVE', picked_up_at = $2, odometer_out_km = $3, \
-                   fuel_out_percent = $4, updated_at = $5 WHERE booking_id = $1",
-            )
-            .bind(booking)
-            .bind(started)
-            .bind(odometer_km)
-            .bind(fuel_percent)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+            row.status = "ACTIVE".to_owned();
+            row.picked_up_at = Some(started);
+            row.odometer_out_km = Some(odometer_km);
+            row.fuel_out_percent = Some(fuel_percent);
         }
         BookingEvent::RentalCompleted {
             odometer_km,
@@ -227,47 +336,33 @@ async fn apply_booking(
             total,
             at: returned,
         } => {
-            sqlx::query(
-                "UPDATE rm_bookings SET status = 'COMPLETED', returned_at = $2, odometer_in_km = $3, \
-                   fuel_in_percent = $4, returned_branch = $5, total_minor = $6, \
-                   lines = lines || $7, updated_at = $8 WHERE booking_id = $1",
-            )
-            .bind(booking)
-            .bind(returned)
-            .bind(odometer_km)
-            .bind(fuel_percent)
-            .bind(&branch)
-            .bind(total.minor)
-            .bind(lines_json(&charges))
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+            row.status = "COMPLETED".to_owned();
+            row.returned_at = Some(returned);
+            row.odometer_in_km = Some(odometer_km);
+            row.fuel_in_percent = Some(fuel_percent);
+            row.returned_branch = Some(branch);
+            row.total_minor = total.minor;
+            if let Value::Array(lines) = &mut row.lines {
+                lines.extend(lines_json(&charges));
+            }
         }
         BookingEvent::FeedbackSubmitted {
             rating,
             comment,
             at: submitted,
         } => {
-            sqlx::query(
-                "UPDATE rm_bookings SET rating = $2, comment = $3, feedback_at = $4, updated_at = $5 \
-                 WHERE booking_id = $1",
-            )
-            .bind(booking)
-            .bind(i32::from(rating))
-            .bind(comment)
-            .bind(submitted)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+            row.rating = Some(i32::from(rating));
+            row.comment = comment;
+            row.feedback_at = Some(submitted);
         }
     }
     Ok(())
 }
 
-/// Apply a payment event; returns the booking it belongs to (if the payment is known).
-async fn apply_payment(
-    conn: &mut PgConnection,
-    payment: Uuid,
+/// Fold a payment event; the booking it belongs to, if the payment is known.
+fn apply_payment(
+    payments: &mut HashMap<Uuid, PaymentRow>,
+    id: Uuid,
     event: PaymentEvent,
     at: DateTime<Utc>,
 ) -> Result<Option<Uuid>, ApplyError> {
@@ -276,77 +371,216 @@ async fn apply_payment(
         amount,
         method,
         ..
-    } = &event
+    } = event
     {
-        sqlx::query(
-            "INSERT INTO rm_payments (payment_id, booking_id, amount_minor, currency, method, \
-               status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, $6)",
-        )
-        .bind(payment)
-        .bind(booking_id)
-        .bind(amount.minor)
-        .bind(amount.currency.as_str())
-        .bind(enum_name(method))
-        .bind(at)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("UPDATE rm_bookings SET payment_id = $2 WHERE booking_id = $1")
-            .bind(booking_id)
-            .bind(payment)
-            .execute(&mut *conn)
-            .await?;
-        return Ok(Some(*booking_id));
+        if payments.contains_key(&id) {
+            return Err(ApplyError::Invalid(format!("payment {id} requested twice")));
+        }
+        payments.insert(
+            id,
+            PaymentRow {
+                payment_id: id,
+                booking_id,
+                amount_minor: amount.minor,
+                refunded_minor: 0,
+                currency: amount.currency.as_str().to_owned(),
+                method: enum_name(&method),
+                status: "PENDING".to_owned(),
+                gateway: None,
+                failure_reason: None,
+                created_at: at,
+                updated_at: at,
+            },
+        );
+        return Ok(Some(booking_id));
     }
-    // (status, gateway, failure_reason, refunded_minor): None leaves the column as it is.
-    let (sql, binds): (&str, Vec<Option<String>>) = match event {
-        PaymentEvent::PaymentRequested { .. } => return Ok(None),
-        PaymentEvent::PaymentAuthorized { gateway, .. } => (
-            "UPDATE rm_payments SET status = 'AUTHORIZED', gateway = $2, failure_reason = NULL, \
-               updated_at = $3 WHERE payment_id = $1 RETURNING booking_id",
-            vec![Some(gateway)],
-        ),
-        PaymentEvent::PaymentFailed { gateway, reason } => (
-            "UPDATE rm_payments SET status = 'FAILED', gateway = $2, failure_reason = $4, \
-               updated_at = $3 WHERE payment_id = $1 RETURNING booking_id",
-            vec![Some(gateway), Some(reason)],
-        ),
-        PaymentEvent::PaymentAttemptFailed { attempt, tried } => (
-            "UPDATE rm_payments SET status = 'PENDING', failure_reason = $2, updated_at = $3 \
-             WHERE payment_id = $1 RETURNING booking_id",
-            vec![Some(format!(
+    let Some(row) = payments.get_mut(&id) else {
+        return Ok(None);
+    };
+    row.updated_at = at;
+    match event {
+        PaymentEvent::PaymentRequested { .. }
+        | PaymentEvent::RefundRequested { .. }
+        | PaymentEvent::RefundFailed { .. } => {}
+        PaymentEvent::PaymentAuthorized { gateway, .. } => {
+            row.status = "AUTHORIZED".to_owned();
+            row.gateway = Some(gateway);
+            row.failure_reason = None;
+        }
+        PaymentEvent::PaymentFailed { gateway, reason } => {
+            row.status = "FAILED".to_owned();
+            row.gateway = Some(gateway);
+            row.failure_reason = Some(reason);
+        }
+        PaymentEvent::PaymentAttemptFailed { attempt, tried } => {
+            row.status = "PENDING".to_owned();
+            row.failure_reason = Some(format!(
                 "attempt {attempt}: no payment gateway answered ({} tried)",
                 tried.len()
-            ))],
-        ),
-        PaymentEvent::PaymentRetried { .. } => (
-            "UPDATE rm_payments SET status = 'PENDING', failure_reason = NULL, updated_at = $2 \
-             WHERE payment_id = $1 RETURNING booking_id",
-            vec![],
-        ),
-        PaymentEvent::PaymentCaptured { .. } => (
-            "UPDATE rm_payments SET status = 'CAPTURED', updated_at = $2 \
-             WHERE payment_id = $1 RETURNING booking_id",
-            vec![],
-        ),
-        PaymentEvent::PaymentRefunded { refunded_total, .. } => (
-            "UPDATE rm_payments SET refunded_minor = $2::text::bigint, \
-               status = CASE WHEN $2::text::bigint >= amount_minor THEN 'REFUNDED' \
-                             ELSE 'PARTIALLY_REFUNDED' END, \
-               updated_at = $3 WHERE payment_id = $1 RETURNING booking_id",
-            vec![Some(refunded_total.minor.to_string())],
-        ),
-        PaymentEvent::RefundRequested { .. } | PaymentEvent::RefundFailed { .. } => (
-            "UPDATE rm_payments SET updated_at = $2 WHERE payment_id = $1 RETURNING booking_id",
-            vec![],
-        ),
-    };
-    let mut query = sqlx::query_scalar::<_, Uuid>(sql).bind(payment);
-    match binds.as_slice() {
-        [] => query = query.bind(at),
-        [first] => query = query.bind(first.clone()).bind(at),
-        [first, second, ..] => {
-            query = query.bind(first.clone()).bind(at).bind(second.clone());
+            ));
+        }
+        PaymentEvent::PaymentRetried { .. } => {
+            row.status = "PENDING".to_owned();
+            row.failure_reason = None;
+        }
+        PaymentEvent::PaymentCaptured { .. } => row.status = "CAPTURED".to_owned(),
+        PaymentEvent::PaymentRefunded { refunded_total, .. } => {
+            row.refunded_minor = refunded_total.minor;
+            row.status = if refunded_total.minor >= row.amount_minor {
+                "REFUNDED"
+            } else {
+                "PARTIALLY_REFUNDED"
+            }
+            .to_owned();
         }
     }
-    Ok(query.fetch_optional(&mut *conn).await?)
+    Ok(Some(row.booking_id))
+}
+
+async fn write_bookings(conn: &mut PgConnection, rows: &[&BookingRow]) -> Result<(), ApplyError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    macro_rules! column {
+        ($field:ident) => {
+            rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+        };
+    }
+    let lines: Vec<String> = rows.iter().map(|r| r.lines.to_string()).collect();
+    sqlx::query(
+        "INSERT INTO rm_bookings (booking_id, customer_id, car_id, pickup_at, return_at, \
+           pickup_branch, return_branch, status, held_until, days, total_minor, currency, lines, \
+           payment_id, cancelled_by, cancel_reason, cancel_fee_minor, picked_up_at, \
+           odometer_out_km, fuel_out_percent, returned_at, odometer_in_km, fuel_in_percent, \
+           returned_branch, rating, comment, feedback_at, created_at, updated_at) \
+         SELECT booking_id, customer_id, car_id, pickup_at, return_at, pickup_branch, \
+           return_branch, status, held_until, days, total_minor, currency, lines::jsonb, \
+           payment_id, cancelled_by, cancel_reason, cancel_fee_minor, picked_up_at, \
+           odometer_out_km, fuel_out_percent, returned_at, odometer_in_km, fuel_in_percent, \
+           returned_branch, rating, comment, feedback_at, created_at, updated_at \
+         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::timestamptz[], \
+           $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::int[], $11::bigint[], \
+           $12::text[], $13::text[], $14::uuid[], $15::text[], $16::text[], $17::bigint[], \
+           $18::timestamptz[], $19::float8[], $20::float8[], $21::timestamptz[], $22::float8[], \
+           $23::float8[], $24::text[], $25::int[], $26::text[], $27::timestamptz[], \
+           $28::timestamptz[], $29::timestamptz[]) \
+           AS u(booking_id, customer_id, car_id, pickup_at, return_at, pickup_branch, \
+             return_branch, status, held_until, days, total_minor, currency, lines, payment_id, \
+             cancelled_by, cancel_reason, cancel_fee_minor, picked_up_at, odometer_out_km, \
+             fuel_out_percent, returned_at, odometer_in_km, fuel_in_percent, returned_branch, \
+             rating, comment, feedback_at, created_at, updated_at) \
+         ON CONFLICT (booking_id) DO UPDATE SET pickup_at = EXCLUDED.pickup_at, \
+           return_at = EXCLUDED.return_at, status = EXCLUDED.status, \
+           held_until = EXCLUDED.held_until, days = EXCLUDED.days, \
+           total_minor = EXCLUDED.total_minor, currency = EXCLUDED.currency, \
+           lines = EXCLUDED.lines, payment_id = EXCLUDED.payment_id, \
+           cancelled_by = EXCLUDED.cancelled_by, cancel_reason = EXCLUDED.cancel_reason, \
+           cancel_fee_minor = EXCLUDED.cancel_fee_minor, picked_up_at = EXCLUDED.picked_up_at, \
+           odometer_out_km = EXCLUDED.odometer_out_km, \
+           fuel_out_percent = EXCLUDED.fuel_out_percent, returned_at = EXCLUDED.returned_at, \
+           odometer_in_km = EXCLUDED.odometer_in_km, fuel_in_percent = EXCLUDED.fuel_in_percent, \
+           returned_branch = EXCLUDED.returned_branch, rating = EXCLUDED.rating, \
+           comment = EXCLUDED.comment, feedback_at = EXCLUDED.feedback_at, \
+           updated_at = EXCLUDED.updated_at",
+    )
+    .bind(column!(booking_id))
+    .bind(column!(customer_id))
+    .bind(column!(car_id))
+    .bind(column!(pickup_at))
+    .bind(column!(return_at))
+    .bind(column!(pickup_branch))
+    .bind(column!(return_branch))
+    .bind(column!(status))
+    .bind(column!(held_until))
+    .bind(column!(days))
+    .bind(column!(total_minor))
+    .bind(column!(currency))
+    .bind(lines)
+    .bind(column!(payment_id))
+    .bind(column!(cancelled_by))
+    .bind(column!(cancel_reason))
+    .bind(column!(cancel_fee_minor))
+    .bind(column!(picked_up_at))
+    .bind(column!(odometer_out_km))
+    .bind(column!(fuel_out_percent))
+    .bind(column!(returned_at))
+    .bind(column!(odometer_in_km))
+    .bind(column!(fuel_in_percent))
+    .bind(column!(returned_branch))
+    .bind(column!(rating))
+    .bind(column!(comment))
+    .bind(column!(feedback_at))
+    .bind(column!(created_at))
+    .bind(column!(updated_at))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn write_payments(conn: &mut PgConnection, rows: &[&PaymentRow]) -> Result<(), ApplyError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    macro_rules! column {
+        ($field:ident) => {
+            rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+        };
+    }
+    sqlx::query(
+        "INSERT INTO rm_payments (payment_id, booking_id, amount_minor, refunded_minor, currency, \
+           method, status, gateway, failure_reason, created_at, updated_at) \
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[], $5::text[], \
+           $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], \
+           $11::timestamptz[]) \
+         ON CONFLICT (payment_id) DO UPDATE SET refunded_minor = EXCLUDED.refunded_minor, \
+           status = EXCLUDED.status, gateway = EXCLUDED.gateway, \
+           failure_reason = EXCLUDED.failure_reason, updated_at = EXCLUDED.updated_at",
+    )
+    .bind(column!(payment_id))
+    .bind(column!(booking_id))
+    .bind(column!(amount_minor))
+    .bind(column!(refunded_minor))
+    .bind(column!(currency))
+    .bind(column!(method))
+    .bind(column!(status))
+    .bind(column!(gateway))
+    .bind(column!(failure_reason))
+    .bind(column!(created_at))
+    .bind(column!(updated_at))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn write_timeline(
+    conn: &mut PgConnection,
+    rows: &[(Uuid, &RecordedEvent)],
+) -> Result<(), ApplyError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO rm_booking_timeline (booking_id, transaction_id, global_position, event_type) \
+         SELECT b, t::xid8, p, e FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[]) \
+           AS u(b, t, p, e)",
+    )
+    .bind(rows.iter().map(|(b, _)| *b).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|(_, e)| e.transaction_id.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(_, e)| e.global_position)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(_, e)| e.event_type.clone())
+            .collect::<Vec<_>>(),
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -14,7 +14,8 @@ use serde::Serialize;
 use sqlx::{Connection, PgConnection, Row};
 
 use crate::runtime::{
-    ApplyError, Projection, apply_events, checkpoint_of, load_checkpoint, store_checkpoint,
+    ApplyError, Projection, apply_events, checkpoint_of, load_checkpoint, locate_failure,
+    store_checkpoint,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +156,7 @@ async fn rebuild_locked(
         };
         let mut tx = pool.begin().await?;
         redirect(&mut tx, schema).await?;
-        apply_or_report(&mut tx, projection, &batch).await?;
+        apply_or_report(pool, &mut tx, schema, projection, &batch).await?;
         tx.commit().await?;
         checkpoint = last;
         events += batch.len() as u64;
@@ -180,7 +181,7 @@ async fn rebuild_locked(
         let Some(last) = batch.last().map(RecordedEvent::checkpoint) else {
             break;
         };
-        apply_or_report(&mut tx, projection, &batch).await?;
+        apply_or_report(pool, &mut tx, schema, projection, &batch).await?;
         checkpoint = last;
         events += batch.len() as u64;
     }
@@ -232,22 +233,39 @@ async fn redirect(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Err
 }
 
 async fn apply_or_report(
+    pool: &sqlx::PgPool,
     conn: &mut PgConnection,
+    schema: &str,
     projection: &dyn Projection,
     batch: &[RecordedEvent],
 ) -> Result<(), RebuildError> {
-    apply_events(conn, projection, batch)
-        .await
-        .map_err(|(index, e)| match e {
-            ApplyError::Database(db) if eventstore::error::is_transient_sqlx(&db) => {
-                RebuildError::Database(db)
-            }
-            other => RebuildError::Apply {
-                position: batch[index].global_position,
-                event_type: batch[index].event_type.clone(),
-                reason: other.to_string(),
-            },
-        })
+    let error = match apply_events(conn, projection, batch).await {
+        Ok(()) => return Ok(()),
+        Err(ApplyError::Database(db)) if eventstore::error::is_transient_sqlx(&db) => {
+            return Err(RebuildError::Database(db));
+        }
+        Err(e) => e,
+    };
+    // Find the event at fault, in a transaction of its own that is thrown away.
+    let mut probe = pool.begin().await?;
+    redirect(&mut probe, schema).await?;
+    sqlx::query("SET CONSTRAINTS ALL IMMEDIATE")
+        .execute(&mut *probe)
+        .await?;
+    let found = locate_failure(&mut probe, projection, batch).await;
+    let _ = probe.rollback().await;
+    Err(match found {
+        Ok(Some((index, e))) => RebuildError::Apply {
+            position: batch[index].global_position,
+            event_type: batch[index].event_type.clone(),
+            reason: e.to_string(),
+        },
+        _ => RebuildError::Apply {
+            position: batch.first().map_or(0, |e| e.global_position),
+            event_type: "(batch)".to_owned(),
+            reason: error.to_string(),
+        },
+    })
 }
 
 /// Rows in one version of `table` and not the other (multiset difference both ways).

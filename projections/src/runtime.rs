@@ -47,7 +47,12 @@ impl ApplyError {
     }
 }
 
-/// A read model in PostgreSQL, fed one event at a time inside the runtime's transaction.
+/// A read model in PostgreSQL, fed batches inside the runtime's transaction.
+///
+/// A handler folds a batch in memory (loading the rows it touches once) and writes each table
+/// with a few set-based statements, so a rebuild is not bound by one round trip per event.
+/// When a batch fails for good, the runtime applies its events one at a time (each behind a
+/// savepoint) to find the one that cannot be applied, keeps those before it, and stops there.
 #[async_trait::async_trait]
 pub trait Projection: Send + Sync + 'static {
     /// The checkpoint, lease and status name.
@@ -57,10 +62,14 @@ pub trait Projection: Send + Sync + 'static {
     fn tables(&self) -> &'static [&'static str];
     /// Whether [`Projection::apply`] needs this event. Others still advance the checkpoint.
     fn wants(&self, event: &RecordedEvent) -> bool;
-    /// Apply one event. Must be deterministic: derived only from the event and the tables
-    /// (never `now()`), so a rebuild reproduces the live tables exactly.
-    async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent)
-    -> Result<(), ApplyError>;
+    /// Apply `events` (wanted ones only, in commit order). Must be deterministic: derived
+    /// only from the events and the tables (never `now()`), and the same whether the events
+    /// come in one batch or one by one, so a rebuild reproduces the live tables exactly.
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&RecordedEvent],
+    ) -> Result<(), ApplyError>;
 }
 
 /// Why an external sink could not deliver a batch.
@@ -503,8 +512,8 @@ impl Projector {
     }
 }
 
-/// Apply a batch and move the checkpoint in one transaction. If an event fails for good, the
-/// events before it are applied (in a fresh transaction) and the failure is reported.
+/// Apply a batch and move the checkpoint in one transaction. If the batch fails for good,
+/// the event at fault is found, the events before it are applied, and the failure reported.
 async fn apply_batch(
     pool: &PgPool,
     projection: &dyn Projection,
@@ -512,68 +521,108 @@ async fn apply_batch(
     from: Checkpoint,
     batch: &[RecordedEvent],
 ) -> Result<BatchOutcome, RuntimeError> {
+    let to = batch.last().map_or(from, RecordedEvent::checkpoint);
     let mut tx = pool.begin().await?;
     lock_checkpoint(&mut tx, name, from).await?;
-    match apply_events(&mut tx, projection, batch).await {
-        Ok(()) => {
-            let to = batch.last().map_or(from, RecordedEvent::checkpoint);
-            store_checkpoint(&mut tx, name, to).await?;
-            tx.commit().await?;
-            Ok(BatchOutcome::Applied(to))
+    let attempt = async {
+        apply_events(&mut tx, projection, batch).await?;
+        store_checkpoint(&mut tx, name, to).await?;
+        // Deferred constraints are checked here: a failure is the batch's too.
+        tx.commit().await?;
+        Ok::<_, ApplyError>(())
+    };
+    match attempt.await {
+        Ok(()) => return Ok(BatchOutcome::Applied(to)),
+        Err(e) if e.is_transient() => return Err(transient(e)),
+        Err(e) => {
+            tracing::debug!(projection = %name, error = %e, "batch failed; locating the event");
         }
-        Err((_, e)) if e.is_transient() => {
-            let _ = tx.rollback().await;
-            match e {
-                ApplyError::Database(db) => Err(RuntimeError::Database(db)),
-                other => Err(RuntimeError::Database(sqlx::Error::Protocol(
-                    other.to_string(),
-                ))),
-            }
-        }
-        Err((index, e)) => {
-            let _ = tx.rollback().await;
+    }
+    let mut tx = pool.begin().await?;
+    lock_checkpoint(&mut tx, name, from).await?;
+    sqlx::query("SET CONSTRAINTS ALL IMMEDIATE")
+        .execute(&mut *tx)
+        .await?;
+    match locate_failure(&mut tx, projection, batch).await {
+        Ok(Some((index, e))) => {
             let applied = if index == 0 {
                 from
             } else {
-                let head = &batch[..index];
-                let mut tx = pool.begin().await?;
-                lock_checkpoint(&mut tx, name, from).await?;
-                if let Err((_, again)) = apply_events(&mut tx, projection, head).await {
-                    // Not deterministic: the same events applied a moment ago. Retry later.
-                    let _ = tx.rollback().await;
-                    return Err(RuntimeError::Database(sqlx::Error::Protocol(format!(
-                        "events before the failing one did not apply again: {again}"
-                    ))));
-                }
-                let to = head[index - 1].checkpoint();
-                store_checkpoint(&mut tx, name, to).await?;
-                tx.commit().await?;
-                to
+                let at = batch[index - 1].checkpoint();
+                store_checkpoint(&mut tx, name, at).await?;
+                at
             };
+            tx.commit().await?;
             Ok(BatchOutcome::Poison {
                 applied,
                 index,
                 reason: e.to_string(),
             })
         }
+        Ok(None) => {
+            // One by one, every event applied: the batch failure did not reproduce.
+            tracing::warn!(projection = %name, "a batch failed but its events applied one by one");
+            store_checkpoint(&mut tx, name, to).await?;
+            tx.commit().await?;
+            Ok(BatchOutcome::Applied(to))
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(transient(e))
+        }
     }
 }
 
-/// Run the projection's handler over `events` on `conn`; on failure, which event and why.
+fn transient(e: ApplyError) -> RuntimeError {
+    match e {
+        ApplyError::Database(db) => RuntimeError::Database(db),
+        other => RuntimeError::Database(sqlx::Error::Protocol(other.to_string())),
+    }
+}
+
+/// Run the projection's handler over the wanted events of `events`, as one batch.
 pub(crate) async fn apply_events(
     conn: &mut PgConnection,
     projection: &dyn Projection,
     events: &[RecordedEvent],
-) -> Result<(), (usize, ApplyError)> {
+) -> Result<(), ApplyError> {
+    let wanted: Vec<&RecordedEvent> = events.iter().filter(|e| projection.wants(e)).collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    projection.apply(conn, &wanted).await
+}
+
+/// Apply `events` one at a time, each behind a savepoint, until one fails: its index and
+/// error, with every event before it applied on `conn`. `Ok(None)` when all apply.
+pub(crate) async fn locate_failure(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    events: &[RecordedEvent],
+) -> Result<Option<(usize, ApplyError)>, ApplyError> {
     for (index, event) in events.iter().enumerate() {
-        if projection.wants(event) {
-            projection
-                .apply(conn, event)
-                .await
-                .map_err(|e| (index, e))?;
+        if !projection.wants(event) {
+            continue;
+        }
+        sqlx::query("SAVEPOINT fleetledger_event")
+            .execute(&mut *conn)
+            .await?;
+        match projection.apply(conn, &[event]).await {
+            Ok(()) => {
+                sqlx::query("RELEASE SAVEPOINT fleetledger_event")
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT fleetledger_event")
+                    .execute(&mut *conn)
+                    .await?;
+                return Ok(Some((index, e)));
+            }
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Lock the checkpoint row and check it is where this instance left it (the fence).

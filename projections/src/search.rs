@@ -4,13 +4,20 @@
 //! it is out on a rental, odometer (hand-overs, returns and telemetry), and the rating from
 //! feedback on its bookings. Time-dependent status (maintenance, reserved now) is derived when
 //! read, from the availability model; see the migration's comments.
+//!
+//! A batch loads the cars it touches, folds the events into them in memory, and writes them
+//! back with one upsert.
 
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
 use domain::booking::BookingEvent;
 use domain::car::{CarDetails, CarEvent};
 use domain::telemetry::TelemetryEvent;
 use eventstore::RecordedEvent;
 use serde::Serialize;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use crate::runtime::{ApplyError, Projection};
 use crate::{aggregate_uuid, decode};
@@ -25,13 +32,59 @@ pub(crate) fn enum_name<T: Serialize>(value: &T) -> String {
     }
 }
 
-fn search_text(details: &CarDetails) -> String {
-    let mut text = format!("{} {}", details.make, details.model);
-    for feature in &details.features {
-        text.push(' ');
-        text.push_str(feature);
+#[derive(Clone, Debug, sqlx::FromRow)]
+struct CarRow {
+    car_id: Uuid,
+    make: String,
+    model: String,
+    year: i32,
+    class: String,
+    seats: i32,
+    transmission: String,
+    fuel: String,
+    features: Vec<String>,
+    daily_rate_minor: i64,
+    currency: String,
+    branch_code: String,
+    retired: bool,
+    rented_booking: Option<Uuid>,
+    odometer_km: Option<f64>,
+    rating_sum: i64,
+    review_count: i32,
+    registered_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl CarRow {
+    fn set_details(&mut self, details: &CarDetails) {
+        self.make.clone_from(&details.make);
+        self.model.clone_from(&details.model);
+        self.year = details.year;
+        self.class = enum_name(&details.class);
+        self.seats = i32::from(details.seats);
+        self.transmission = enum_name(&details.transmission);
+        self.fuel = enum_name(&details.fuel);
+        self.features.clone_from(&details.features);
     }
-    text
+
+    fn raise_odometer(&mut self, km: f64) {
+        self.odometer_km = Some(self.odometer_km.unwrap_or(0.0).max(km));
+    }
+
+    fn search_text(&self) -> String {
+        let mut text = format!("{} {}", self.make, self.model);
+        for feature in &self.features {
+            text.push(' ');
+            text.push_str(feature);
+        }
+        text
+    }
+}
+
+enum Decoded {
+    Car(Uuid, CarEvent),
+    Booking(Uuid, BookingEvent),
+    Telemetry(TelemetryEvent),
 }
 
 #[async_trait::async_trait]
@@ -59,201 +112,257 @@ impl Projection for Search {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        event: &RecordedEvent,
+        events: &[&RecordedEvent],
     ) -> Result<(), ApplyError> {
-        let at = event.recorded_at;
-        match event.aggregate_type.as_str() {
-            "car" => {
-                let car = aggregate_uuid(event)?;
-                apply_car(conn, car, decode(event)?, at).await
-            }
-            "booking" => {
-                let booking = aggregate_uuid(event)?;
-                match decode::<BookingEvent>(event)? {
-                    BookingEvent::BookingHeld { car_id, .. } => {
-                        sqlx::query(
-                            "INSERT INTO rm_search_booking_cars (booking_id, car_id) VALUES ($1, $2)",
-                        )
-                        .bind(booking)
-                        .bind(car_id)
-                        .execute(&mut *conn)
-                        .await?;
-                    }
-                    BookingEvent::FeedbackSubmitted { rating, .. } => {
-                        sqlx::query(
-                            "UPDATE rm_search_cars c SET rating_sum = rating_sum + $2, \
-                               review_count = review_count + 1, updated_at = $3 \
-                             FROM rm_search_booking_cars b \
-                             WHERE b.booking_id = $1 AND c.car_id = b.car_id",
-                        )
-                        .bind(booking)
-                        .bind(i64::from(rating))
-                        .bind(at)
-                        .execute(&mut *conn)
-                        .await?;
-                    }
-                    _ => {}
+        let mut decoded = Vec::with_capacity(events.len());
+        let mut cars = HashSet::new();
+        let mut feedback_bookings = HashSet::new();
+        for event in events {
+            let item = match event.aggregate_type.as_str() {
+                "car" => {
+                    let id = aggregate_uuid(event)?;
+                    cars.insert(id);
+                    Decoded::Car(id, decode(event)?)
                 }
-                Ok(())
-            }
-            "telemetry" => {
-                if let TelemetryEvent::ReadingsRecorded {
-                    car_id, readings, ..
-                } = decode(event)?
-                {
-                    let max = readings.iter().map(|r| r.odometer_km).fold(None, |m, v| {
-                        Some(match m {
-                            Some(m) if m >= v => m,
-                            _ => v,
-                        })
-                    });
-                    if let Some(odometer) = max {
-                        sqlx::query(
-                            "UPDATE rm_search_cars SET \
-                               odometer_km = greatest(coalesce(odometer_km, 0), $2) \
-                             WHERE car_id = $1",
-                        )
-                        .bind(car_id)
-                        .bind(odometer)
-                        .execute(&mut *conn)
-                        .await?;
+                "booking" => {
+                    let id = aggregate_uuid(event)?;
+                    let e: BookingEvent = decode(event)?;
+                    match &e {
+                        BookingEvent::BookingHeld { car_id, .. } => {
+                            cars.insert(*car_id);
+                        }
+                        _ => {
+                            feedback_bookings.insert(id);
+                        }
                     }
+                    Decoded::Booking(id, e)
                 }
-                Ok(())
-            }
-            _ => Ok(()),
+                _ => {
+                    let e: TelemetryEvent = decode(event)?;
+                    if let TelemetryEvent::ReadingsRecorded { car_id, .. } = &e {
+                        cars.insert(*car_id);
+                    }
+                    Decoded::Telemetry(e)
+                }
+            };
+            decoded.push((item, event.recorded_at));
         }
+        // Which car each rated booking is for (booked earlier, or in this batch).
+        let mut booking_car: HashMap<Uuid, Uuid> = HashMap::new();
+        if !feedback_bookings.is_empty() {
+            let ids: Vec<Uuid> = feedback_bookings.into_iter().collect();
+            let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
+                "SELECT booking_id, car_id FROM rm_search_booking_cars WHERE booking_id = ANY($1)",
+            )
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
+            for (booking, car) in rows {
+                cars.insert(car);
+                booking_car.insert(booking, car);
+            }
+        }
+        let ids: Vec<Uuid> = cars.into_iter().collect();
+        let mut rows: HashMap<Uuid, CarRow> = sqlx::query_as::<_, CarRow>(
+            "SELECT car_id, make, model, year, class, seats, transmission, fuel, features, \
+               daily_rate_minor, currency, branch_code, retired, rented_booking, odometer_km, \
+               rating_sum, review_count, registered_at, updated_at \
+             FROM rm_search_cars WHERE car_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|row| (row.car_id, row))
+        .collect();
+        let mut dirty = HashSet::new();
+        let mut new_bookings: Vec<(Uuid, Uuid)> = Vec::new();
+        for (item, at) in decoded {
+            match item {
+                Decoded::Car(car, event) => {
+                    if let CarEvent::CarRegistered {
+                        details,
+                        daily_rate,
+                        branch,
+                        ..
+                    } = &event
+                    {
+                        if rows.contains_key(&car) {
+                            return Err(ApplyError::Invalid(format!("car {car} registered twice")));
+                        }
+                        let mut row = CarRow {
+                            car_id: car,
+                            make: String::new(),
+                            model: String::new(),
+                            year: 0,
+                            class: String::new(),
+                            seats: 0,
+                            transmission: String::new(),
+                            fuel: String::new(),
+                            features: Vec::new(),
+                            daily_rate_minor: daily_rate.minor,
+                            currency: daily_rate.currency.as_str().to_owned(),
+                            branch_code: branch.clone(),
+                            retired: false,
+                            rented_booking: None,
+                            odometer_km: None,
+                            rating_sum: 0,
+                            review_count: 0,
+                            registered_at: at,
+                            updated_at: at,
+                        };
+                        row.set_details(details);
+                        rows.insert(car, row);
+                        dirty.insert(car);
+                        continue;
+                    }
+                    let Some(row) = rows.get_mut(&car) else {
+                        continue;
+                    };
+                    if apply_car(row, event, at) {
+                        dirty.insert(car);
+                    }
+                }
+                Decoded::Booking(booking, BookingEvent::BookingHeld { car_id, .. }) => {
+                    booking_car.insert(booking, car_id);
+                    new_bookings.push((booking, car_id));
+                }
+                Decoded::Booking(booking, BookingEvent::FeedbackSubmitted { rating, .. }) => {
+                    let car = booking_car.get(&booking).copied();
+                    if let Some(row) = car.and_then(|c| rows.get_mut(&c)) {
+                        row.rating_sum += i64::from(rating);
+                        row.review_count += 1;
+                        row.updated_at = at;
+                        dirty.insert(row.car_id);
+                    }
+                }
+                Decoded::Booking(..) => {}
+                Decoded::Telemetry(TelemetryEvent::ReadingsRecorded {
+                    car_id, readings, ..
+                }) => {
+                    let max = readings.iter().map(|r| r.odometer_km).reduce(f64::max);
+                    if let (Some(row), Some(km)) = (rows.get_mut(&car_id), max) {
+                        row.raise_odometer(km);
+                        dirty.insert(car_id);
+                    }
+                }
+                Decoded::Telemetry(_) => {}
+            }
+        }
+        if !new_bookings.is_empty() {
+            let (bookings, cars): (Vec<Uuid>, Vec<Uuid>) = new_bookings.into_iter().unzip();
+            sqlx::query(
+                "INSERT INTO rm_search_booking_cars (booking_id, car_id) \
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[])",
+            )
+            .bind(bookings)
+            .bind(cars)
+            .execute(&mut *conn)
+            .await?;
+        }
+        let changed: Vec<&CarRow> = dirty.iter().filter_map(|id| rows.get(id)).collect();
+        write_cars(conn, &changed).await
     }
 }
 
-async fn apply_car(
-    conn: &mut PgConnection,
-    car: uuid::Uuid,
-    event: CarEvent,
-    at: chrono::DateTime<chrono::Utc>,
-) -> Result<(), ApplyError> {
+/// Fold one car event into its row; whether the row changed.
+fn apply_car(row: &mut CarRow, event: CarEvent, at: DateTime<Utc>) -> bool {
     match event {
-        CarEvent::CarRegistered {
-            details,
-            daily_rate,
-            branch,
-            ..
-        } => {
-            sqlx::query(
-                "INSERT INTO rm_search_cars (car_id, make, model, year, class, seats, transmission, \
-                   fuel, features, daily_rate_minor, currency, branch_code, search_vector, \
-                   registered_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-                   to_tsvector('simple', $13), $14, $14)",
-            )
-            .bind(car)
-            .bind(&details.make)
-            .bind(&details.model)
-            .bind(details.year)
-            .bind(enum_name(&details.class))
-            .bind(i32::from(details.seats))
-            .bind(enum_name(&details.transmission))
-            .bind(enum_name(&details.fuel))
-            .bind(&details.features)
-            .bind(daily_rate.minor)
-            .bind(daily_rate.currency.as_str())
-            .bind(&branch)
-            .bind(search_text(&details))
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        CarEvent::CarDetailsUpdated { details } => {
-            sqlx::query(
-                "UPDATE rm_search_cars SET make = $2, model = $3, year = $4, class = $5, seats = $6, \
-                   transmission = $7, fuel = $8, features = $9, \
-                   search_vector = to_tsvector('simple', $10), updated_at = $11 \
-                 WHERE car_id = $1",
-            )
-            .bind(car)
-            .bind(&details.make)
-            .bind(&details.model)
-            .bind(details.year)
-            .bind(enum_name(&details.class))
-            .bind(i32::from(details.seats))
-            .bind(enum_name(&details.transmission))
-            .bind(enum_name(&details.fuel))
-            .bind(&details.features)
-            .bind(search_text(&details))
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-        }
+        CarEvent::CarRegistered { .. }
+        | CarEvent::MaintenanceScheduled { .. }
+        | CarEvent::MaintenanceCompleted { .. }
+        | CarEvent::CarReserved { .. }
+        | CarEvent::ReservationChanged { .. }
+        | CarEvent::ReservationReleased { .. } => return false,
+        CarEvent::CarDetailsUpdated { details } => row.set_details(&details),
         CarEvent::DailyRateChanged { to, .. } => {
-            sqlx::query(
-                "UPDATE rm_search_cars SET daily_rate_minor = $2, currency = $3, updated_at = $4 \
-                 WHERE car_id = $1",
-            )
-            .bind(car)
-            .bind(to.minor)
-            .bind(to.currency.as_str())
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+            row.daily_rate_minor = to.minor;
+            row.currency = to.currency.as_str().to_owned();
         }
-        CarEvent::CarRelocated { to, .. } => {
-            sqlx::query(
-                "UPDATE rm_search_cars SET branch_code = $2, updated_at = $3 WHERE car_id = $1",
-            )
-            .bind(car)
-            .bind(&to)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        CarEvent::CarRetired { .. } => {
-            sqlx::query(
-                "UPDATE rm_search_cars SET retired = true, updated_at = $2 WHERE car_id = $1",
-            )
-            .bind(car)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-        }
+        CarEvent::CarRelocated { to, .. } => row.branch_code = to,
+        CarEvent::CarRetired { .. } => row.retired = true,
         CarEvent::CarPickedUp {
             booking_id,
             odometer_km,
             ..
         } => {
-            sqlx::query(
-                "UPDATE rm_search_cars SET rented_booking = $2, \
-                   odometer_km = greatest(coalesce(odometer_km, 0), $3), updated_at = $4 \
-                 WHERE car_id = $1",
-            )
-            .bind(car)
-            .bind(booking_id)
-            .bind(odometer_km)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+            row.rented_booking = Some(booking_id);
+            row.raise_odometer(odometer_km);
         }
         CarEvent::CarReturned {
             odometer_km,
             branch,
             ..
         } => {
-            sqlx::query(
-                "UPDATE rm_search_cars SET rented_booking = NULL, branch_code = $2, \
-                   odometer_km = greatest(coalesce(odometer_km, 0), $3), updated_at = $4 \
-                 WHERE car_id = $1",
-            )
-            .bind(car)
-            .bind(&branch)
-            .bind(odometer_km)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+            row.rented_booking = None;
+            row.branch_code = branch;
+            row.raise_odometer(odometer_km);
         }
-        CarEvent::MaintenanceScheduled { .. }
-        | CarEvent::MaintenanceCompleted { .. }
-        | CarEvent::CarReserved { .. }
-        | CarEvent::ReservationChanged { .. }
-        | CarEvent::ReservationReleased { .. } => {}
     }
+    row.updated_at = at;
+    true
+}
+
+async fn write_cars(conn: &mut PgConnection, rows: &[&CarRow]) -> Result<(), ApplyError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    macro_rules! column {
+        ($field:ident) => {
+            rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+        };
+    }
+    let features: Vec<String> = rows
+        .iter()
+        .map(|r| serde_json::to_string(&r.features).unwrap_or_else(|_| "[]".to_owned()))
+        .collect();
+    let text: Vec<String> = rows.iter().map(|r| r.search_text()).collect();
+    sqlx::query(
+        "INSERT INTO rm_search_cars (car_id, make, model, year, class, seats, transmission, fuel, \
+           features, daily_rate_minor, currency, branch_code, retired, rented_booking, \
+           odometer_km, rating_sum, review_count, search_vector, registered_at, updated_at) \
+         SELECT car_id, make, model, year, class, seats, transmission, fuel, \
+           ARRAY(SELECT jsonb_array_elements_text(features::jsonb)), daily_rate_minor, currency, \
+           branch_code, retired, rented_booking, odometer_km, rating_sum, review_count, \
+           to_tsvector('simple', search_text), registered_at, updated_at \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::int[], \
+           $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[], \
+           $13::bool[], $14::uuid[], $15::float8[], $16::bigint[], $17::int[], $18::text[], \
+           $19::timestamptz[], $20::timestamptz[]) \
+           AS u(car_id, make, model, year, class, seats, transmission, fuel, features, \
+             daily_rate_minor, currency, branch_code, retired, rented_booking, odometer_km, \
+             rating_sum, review_count, search_text, registered_at, updated_at) \
+         ON CONFLICT (car_id) DO UPDATE SET make = EXCLUDED.make, model = EXCLUDED.model, \
+           year = EXCLUDED.year, class = EXCLUDED.class, seats = EXCLUDED.seats, \
+           transmission = EXCLUDED.transmission, fuel = EXCLUDED.fuel, \
+           features = EXCLUDED.features, daily_rate_minor = EXCLUDED.daily_rate_minor, \
+           currency = EXCLUDED.currency, branch_code = EXCLUDED.branch_code, \
+           retired = EXCLUDED.retired, rented_booking = EXCLUDED.rented_booking, \
+           odometer_km = EXCLUDED.odometer_km, rating_sum = EXCLUDED.rating_sum, \
+           review_count = EXCLUDED.review_count, search_vector = EXCLUDED.search_vector, \
+           updated_at = EXCLUDED.updated_at",
+    )
+    .bind(column!(car_id))
+    .bind(column!(make))
+    .bind(column!(model))
+    .bind(column!(year))
+    .bind(column!(class))
+    .bind(column!(seats))
+    .bind(column!(transmission))
+    .bind(column!(fuel))
+    .bind(features)
+    .bind(column!(daily_rate_minor))
+    .bind(column!(currency))
+    .bind(column!(branch_code))
+    .bind(column!(retired))
+    .bind(column!(rented_booking))
+    .bind(column!(odometer_km))
+    .bind(column!(rating_sum))
+    .bind(column!(review_count))
+    .bind(text)
+    .bind(column!(registered_at))
+    .bind(column!(updated_at))
+    .execute(conn)
+    .await?;
     Ok(())
 }

@@ -47,7 +47,7 @@ pub struct ProjectionStatus {
     pub transaction_id: u64,
     /// Global position of the last event applied.
     pub position: i64,
-    /// Committed events after the checkpoint.
+    /// Committed events after the checkpoint (at most [`LAG_COUNT_CAP`]).
     pub lag_events: i64,
     /// Age of the oldest unapplied event in milliseconds (0 when caught up).
     pub lag_ms: f64,
@@ -121,15 +121,19 @@ pub(crate) async fn set_failed(
     Ok(())
 }
 
+/// `lag_events` is counted exactly up to this many, and saturates there: counting a backlog
+/// of millions on every status call would cost more than it tells.
+pub const LAG_COUNT_CAP: i64 = 100_000;
+
 /// Every projection that has a checkpoint, with its lag, ordered by name.
 pub async fn list(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT c.name, c.transaction_id::text, c.global_position, \
            coalesce(s.state, 'stopped') AS state, s.owner, s.error, s.failed_position, \
            greatest(c.updated_at, coalesce(s.updated_at, c.updated_at)) AS updated_at, \
-           (SELECT count(*) FROM events e \
-             WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.global_position)) \
-             AS lag_events, \
+           (SELECT count(*) FROM (SELECT 1 FROM events e \
+             WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.global_position) \
+             LIMIT $1) behind) AS lag_events, \
            coalesce((SELECT extract(epoch FROM (clock_timestamp() - e.recorded_at)) * 1000 \
              FROM events e \
              WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.global_position) \
@@ -137,6 +141,7 @@ pub async fn list(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
          FROM projection_checkpoints c LEFT JOIN projection_status s USING (name) \
          ORDER BY c.name",
     )
+    .bind(LAG_COUNT_CAP)
     .fetch_all(pool)
     .await?;
     rows.into_iter()

@@ -1,4 +1,9 @@
 //! The telemetry read model: every accepted reading per car, and the latest one.
+//!
+//! A batch inserts all its readings with one statement and moves each car's latest reading
+//! with one upsert.
+
+use std::collections::BTreeMap;
 
 use domain::telemetry::{Reading, TelemetryEvent};
 use eventstore::RecordedEvent;
@@ -27,74 +32,78 @@ impl Projection for TelemetryProjection {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        event: &RecordedEvent,
+        events: &[&RecordedEvent],
     ) -> Result<(), ApplyError> {
-        let TelemetryEvent::ReadingsRecorded {
-            car_id, readings, ..
-        } = decode(event)?
-        else {
-            return Ok(());
-        };
-        if readings.is_empty() {
+        let mut all: Vec<(Uuid, Reading)> = Vec::new();
+        let mut latest: BTreeMap<Uuid, Reading> = BTreeMap::new();
+        for event in events {
+            let TelemetryEvent::ReadingsRecorded {
+                car_id, readings, ..
+            } = decode(event)?
+            else {
+                continue;
+            };
+            for reading in readings {
+                let newer = latest
+                    .get(&car_id)
+                    .is_none_or(|l| l.recorded_at < reading.recorded_at);
+                if newer {
+                    latest.insert(car_id, reading);
+                }
+                all.push((car_id, reading));
+            }
+        }
+        if all.is_empty() {
             return Ok(());
         }
-        insert_readings(conn, car_id, &readings).await?;
-        let latest = readings
-            .iter()
-            .max_by_key(|r| r.recorded_at)
-            .copied()
-            .ok_or_else(|| ApplyError::Invalid("no readings".to_owned()))?;
-        sqlx::query(
+        insert(
+            conn,
+            "INSERT INTO rm_telemetry_readings (car_id, recorded_at, latitude, longitude, \
+               speed_kph, fuel_percent, battery_percent, odometer_km, engine_temp_c) \
+             SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::float8[], $4::float8[], \
+               $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[]) \
+             ON CONFLICT (car_id, recorded_at) DO NOTHING",
+            &all,
+        )
+        .await?;
+        let latest: Vec<(Uuid, Reading)> = latest.into_iter().collect();
+        insert(
+            conn,
             "INSERT INTO rm_telemetry_latest AS l (car_id, recorded_at, latitude, longitude, \
                speed_kph, fuel_percent, battery_percent, odometer_km, engine_temp_c) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::float8[], $4::float8[], \
+               $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[]) \
              ON CONFLICT (car_id) DO UPDATE SET recorded_at = EXCLUDED.recorded_at, \
                latitude = EXCLUDED.latitude, longitude = EXCLUDED.longitude, \
                speed_kph = EXCLUDED.speed_kph, fuel_percent = EXCLUDED.fuel_percent, \
                battery_percent = EXCLUDED.battery_percent, odometer_km = EXCLUDED.odometer_km, \
                engine_temp_c = EXCLUDED.engine_temp_c \
              WHERE l.recorded_at < EXCLUDED.recorded_at",
+            &latest,
         )
-        .bind(car_id)
-        .bind(latest.recorded_at)
-        .bind(latest.position.latitude)
-        .bind(latest.position.longitude)
-        .bind(latest.speed_kph)
-        .bind(latest.fuel_percent)
-        .bind(latest.battery_percent)
-        .bind(latest.odometer_km)
-        .bind(latest.engine_temp_c)
-        .execute(conn)
-        .await?;
-        Ok(())
+        .await
     }
 }
 
-/// One statement for the whole batch of readings.
-async fn insert_readings(
+/// Run `sql` with the readings as nine column arrays.
+async fn insert(
     conn: &mut PgConnection,
-    car: Uuid,
-    readings: &[Reading],
-) -> Result<(), sqlx::Error> {
-    let column = |f: fn(&Reading) -> Option<f64>| readings.iter().map(f).collect::<Vec<_>>();
-    let times: Vec<_> = readings.iter().map(|r| r.recorded_at).collect();
-    sqlx::query(
-        "INSERT INTO rm_telemetry_readings (car_id, recorded_at, latitude, longitude, speed_kph, \
-           fuel_percent, battery_percent, odometer_km, engine_temp_c) \
-         SELECT $1, * FROM unnest($2::timestamptz[], $3::float8[], $4::float8[], $5::float8[], \
-           $6::float8[], $7::float8[], $8::float8[], $9::float8[]) \
-         ON CONFLICT (car_id, recorded_at) DO NOTHING",
-    )
-    .bind(car)
-    .bind(times)
-    .bind(column(|r| Some(r.position.latitude)))
-    .bind(column(|r| Some(r.position.longitude)))
-    .bind(column(|r| r.speed_kph))
-    .bind(column(|r| r.fuel_percent))
-    .bind(column(|r| r.battery_percent))
-    .bind(column(|r| Some(r.odometer_km)))
-    .bind(column(|r| r.engine_temp_c))
-    .execute(conn)
-    .await?;
+    sql: &str,
+    rows: &[(Uuid, Reading)],
+) -> Result<(), ApplyError> {
+    let column =
+        |f: fn(&Reading) -> Option<f64>| rows.iter().map(|(_, r)| f(r)).collect::<Vec<_>>();
+    sqlx::query(sql)
+        .bind(rows.iter().map(|(car, _)| *car).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.recorded_at).collect::<Vec<_>>())
+        .bind(column(|r| Some(r.position.latitude)))
+        .bind(column(|r| Some(r.position.longitude)))
+        .bind(column(|r| r.speed_kph))
+        .bind(column(|r| r.fuel_percent))
+        .bind(column(|r| r.battery_percent))
+        .bind(column(|r| Some(r.odometer_km)))
+        .bind(column(|r| r.engine_temp_c))
+        .execute(conn)
+        .await?;
     Ok(())
 }

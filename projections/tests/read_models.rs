@@ -242,7 +242,7 @@ async fn analytics_counts_each_day_once() {
     assert_eq!(refunds, 6_000);
 
     let cars: Vec<(NaiveDate, Uuid, i64, i64, f64)> = sqlx::query_as(
-        "SELECT day, car_id, rented_seconds, revenue_minor, distance_km FROM rm_car_daily \
+        "SELECT day, car_id, rented_seconds, revenue_minor, distance_km::float8 FROM rm_car_daily \
          ORDER BY day, car_id",
     )
     .fetch_all(&db.pool)

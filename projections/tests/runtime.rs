@@ -383,3 +383,76 @@ async fn one_instance_is_active_and_a_standby_takes_over() {
     task_b.await.unwrap().unwrap();
     assert_eq!(status_of(&db, "search").await.state, "stopped");
 }
+
+#[tokio::test]
+async fn batching_does_not_change_the_result() {
+    let db = TestDatabase::create().await;
+    let store = db.store();
+    scripted_history(&store).await;
+    let mut one_by_one = options();
+    one_by_one.batch_size = 1;
+    for p in projections::all() {
+        Projector::postgres(store.clone(), p, one_by_one.clone())
+            .catch_up()
+            .await
+            .unwrap();
+    }
+    let whole = RebuildOptions {
+        verify: true,
+        swap: false,
+        batch_size: 10_000,
+    };
+    for p in projections::all() {
+        let report = rebuild(&store, p.as_ref(), &whole, &|_, _| {})
+            .await
+            .unwrap();
+        assert!(
+            report.differences.is_empty(),
+            "{}: {:?}",
+            p.name(),
+            report.differences
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_overlap_the_aggregate_would_refuse_stops_availability_at_that_event() {
+    let db = TestDatabase::create().await;
+    let store = db.store();
+    let car = Uuid::now_v7();
+    let reserve = |booking| CarEvent::CarReserved {
+        booking_id: booking,
+        window: window(t(10, 10), t(12, 10)),
+        at: t(1, 10),
+    };
+    append(
+        &store,
+        "car",
+        car,
+        vec![registered(car, "Twice"), reserve(Uuid::now_v7())],
+    )
+    .await;
+    // Written past the aggregate, as only a bug or a hand-made event could.
+    let overlapping = append(&store, "car", car, vec![reserve(Uuid::now_v7())]).await;
+    let availability = projections::by_name("availability").unwrap();
+    let err = Projector::postgres(store.clone(), availability, options())
+        .catch_up()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RuntimeError::Poisoned { position, .. } if *position == overlapping[0].global_position),
+        "{err}"
+    );
+    let status = status_of(&db, "availability").await;
+    assert_eq!(status.state, "failed");
+    assert!(
+        status.error.as_deref().unwrap_or("").contains("no_overlap"),
+        "{:?}",
+        status.error
+    );
+    let blocks: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_availability_blocks")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(blocks, 1, "the first reservation was kept");
+}
