@@ -331,6 +331,28 @@ async fn malformed_oversized_and_deep_requests_are_refused_with_a_graphql_body()
         "{body:#}"
     );
 
+    // Within the depth limit, but 100 cars times 100 events each: refused before it runs.
+    let (status, body) = app
+        .post(
+            Some(&app.admin_token),
+            "query($f: CarSearchInput!) { searchCars(filter: $f, first: 100) { edges { node { \
+             history(first: 100) { edges { node { position eventType payload metadata hash } } } } } } }",
+            json!({ "f": { "pickupAt": "2030-01-01T00:00:00Z", "returnAt": "2030-01-02T00:00:00Z" } }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body:#}"
+    );
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too complex"),
+        "{body:#}"
+    );
+
     let res = app.http.get(app.url("/graphql?query=mutation%7Bregister(input%3A%7Bemail%3A%22a%40b.cd%22%2Cpassword%3A%22x%22%2Cname%3A%22n%22%7D)%7Btoken%7D%7D")).send().await.unwrap();
     assert_eq!(res.status(), 405);
 

@@ -79,6 +79,15 @@ pub(crate) fn page_size(ctx: &Context<'_>, first: Option<i32>, default: i32) -> 
     Ok(i64::from(first))
 }
 
+/// The complexity of a list field: its page size times the cost of one item, so a request
+/// for many items of a deep selection is refused before it runs. An oversized `first` counts
+/// as 1000: the resolver refuses it anyway, naming the argument.
+pub(crate) fn weighted(first: Option<i32>, default: i32, child_complexity: usize) -> usize {
+    usize::try_from(first.unwrap_or(default).clamp(1, 1_000))
+        .unwrap_or(1)
+        .saturating_mul(child_complexity)
+}
+
 /// An offset cursor (`"o:<n>"`): where the next page starts.
 pub(crate) fn offset_from(after: Option<&str>) -> ApiResult<i64> {
     match after {

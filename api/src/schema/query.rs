@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::rows::{self, BOOKING_COLUMNS, BookingRow, CAR_COLUMNS, CarRow, TELEMETRY_COLUMNS};
 use super::types::*;
-use super::{offset_cursor, offset_from, page_size, services, text_arg};
+use super::{offset_cursor, offset_from, page_size, services, text_arg, weighted};
 use crate::auth::{self, caller};
 use crate::error::{ApiResult, AppError};
 
@@ -229,6 +229,7 @@ impl Query {
         Ok(list.into_iter().map(Branch::from).collect())
     }
 
+    #[graphql(complexity = "weighted(first, 20, child_complexity)")]
     async fn search_cars(
         &self,
         ctx: &Context<'_>,
@@ -441,6 +442,7 @@ impl Query {
     }
 
     /// The caller's own bookings, newest first: the rental history.
+    #[graphql(complexity = "weighted(first, 20, child_complexity)")]
     async fn my_bookings(
         &self,
         ctx: &Context<'_>,
@@ -453,6 +455,7 @@ impl Query {
     }
 
     /// All bookings (ADMIN).
+    #[graphql(complexity = "weighted(first, 20, child_complexity)")]
     async fn bookings(
         &self,
         ctx: &Context<'_>,
@@ -477,6 +480,7 @@ impl Query {
     }
 
     /// The global log, in commit order, from a position.
+    #[graphql(complexity = "weighted(first, 100, child_complexity)")]
     async fn events(
         &self,
         ctx: &Context<'_>,
@@ -673,6 +677,7 @@ impl Query {
     }
 
     /// Cars ranked by utilization over the period, highest first.
+    #[graphql(complexity = "weighted(first, 20, child_complexity)")]
     async fn car_utilization(
         &self,
         ctx: &Context<'_>,
@@ -753,6 +758,7 @@ impl Query {
         })
     }
 
+    #[graphql(complexity = "weighted(first, 500, child_complexity)")]
     async fn telemetry(
         &self,
         ctx: &Context<'_>,

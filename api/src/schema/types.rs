@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::rows::{self, BookingRow, BranchRow, CarRow, PaymentRow, TelemetryRow};
 use super::scalars::Decimal;
-use super::{offset_cursor, offset_from, page_size, services};
+use super::{offset_cursor, offset_from, page_size, services, weighted};
 use crate::auth::{self, caller};
 use crate::error::{ApiResult, AppError};
 
@@ -279,6 +279,7 @@ impl Car {
             .collect())
     }
     /// The car's own event stream (ADMIN, AUDITOR).
+    #[graphql(complexity = "weighted(first, 50, child_complexity)")]
     async fn history(
         &self,
         ctx: &Context<'_>,
