@@ -173,6 +173,40 @@ async fn a_customer_books_pays_rents_returns_and_rates_a_car() {
         r["lines"].as_array().unwrap().len() > quote["quote"]["lines"].as_array().unwrap().len()
     );
 
+    // Staff refund part of the rental; the payment shows it at once.
+    let payment_id = paid["payBooking"]["id"].as_str().unwrap().to_owned();
+    let refunded = app
+        .ok(
+            Some(&admin),
+            "mutation($p: UUID!) { refundPayment(paymentId: $p, amount: \"10.00\") { status refunded { amount } } }",
+            json!({ "p": payment_id }),
+        )
+        .await;
+    assert_eq!(
+        refunded["refundPayment"],
+        json!({ "status": "PARTIALLY_REFUNDED", "refunded": { "amount": "10.00" } })
+    );
+    let seen = app
+        .ok(
+            Some(&token),
+            "query($p: UUID!) { payment(id: $p) { status } }",
+            json!({ "p": payment_id }),
+        )
+        .await;
+    assert_eq!(seen["payment"]["status"], "PARTIALLY_REFUNDED");
+
+    let profile = app
+        .ok(
+            Some(&token),
+            "mutation { updateProfile(input: { name: \"Ana Silva\", phone: \"+351 912 345 678\" }) { name phone } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        profile["updateProfile"],
+        json!({ "name": "Ana Silva", "phone": "+351 912 345 678" })
+    );
+
     let feedback = app
         .ok(
             Some(&token),
@@ -216,6 +250,26 @@ async fn a_customer_books_pays_rents_returns_and_rates_a_car() {
         found["searchCars"]["totalCount"], 1,
         "only the returned car is free"
     );
+    // Moved to a later, longer window: re-priced, and the first window is offered again.
+    let moved = app
+        .ok(
+            Some(&token),
+            "mutation($b: UUID!, $p: DateTime!, $r: DateTime!) { modifyBooking(id: $b, pickupAt: $p, returnAt: $r) \
+             { status total { amount } } }",
+            json!({ "b": second_id, "p": at(10, 0), "r": at(14, 0) }),
+        )
+        .await;
+    assert_eq!(moved["modifyBooking"]["status"], "HELD");
+    assert_eq!(
+        moved["modifyBooking"]["total"]["amount"], "320.00",
+        "4 days at 80.00"
+    );
+    let found = app.ok(Some(&token), SEARCH, json!({ "f": filter })).await;
+    assert_eq!(found["searchCars"]["totalCount"], 2);
+    let later = json!({ "pickupAt": at(11, 0), "returnAt": at(12, 0),
+                        "near": { "latitude": 38.72, "longitude": -9.14 } });
+    let found = app.ok(Some(&token), SEARCH, json!({ "f": later })).await;
+    assert_eq!(found["searchCars"]["totalCount"], 1);
     let cancelled = app
         .ok(
             Some(&token),
@@ -224,7 +278,7 @@ async fn a_customer_books_pays_rents_returns_and_rates_a_car() {
         )
         .await;
     assert_eq!(cancelled["cancelBooking"]["status"], "CANCELLED");
-    let found = app.ok(Some(&token), SEARCH, json!({ "f": filter })).await;
+    let found = app.ok(Some(&token), SEARCH, json!({ "f": later })).await;
     assert_eq!(found["searchCars"]["totalCount"], 2);
 
     app.shutdown().await;
