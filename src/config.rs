@@ -1,4 +1,5 @@
-//! Typed configuration from the environment (`FLEETLEDGER_*`, `DATABASE_URL`, `RUST_LOG`).
+//! Typed configuration from the environment (`FLEETLEDGER_*`, `DATABASE_URL`, `REDIS_URL`,
+//! `KAFKA_BROKERS`, `RUST_LOG`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ pub(crate) struct Config {
     /// `FLEETLEDGER_SERVE_PROJECTORS` (default true): whether `serve` runs the projectors
     /// in-process. Turn off when `fleetledger project` processes run them.
     pub(crate) serve_projectors: bool,
+    /// `KAFKA_BROKERS` and the `FLEETLEDGER_KAFKA_*` settings; `None` = the relay is off.
+    pub(crate) kafka: Option<relay::RelayConfig>,
     /// `FLEETLEDGER_CORS_ORIGINS`: comma-separated origins browsers may call the API from
     /// (`*` for any); unset = no cross-origin access.
     pub(crate) cors_origins: Vec<String>,
@@ -117,6 +120,7 @@ impl Config {
             projector_batch_size: positive("FLEETLEDGER_PROJECTOR_BATCH", 500)?,
             projector_poll_ms: positive("FLEETLEDGER_PROJECTOR_POLL_MS", 500)?,
             serve_projectors: env_or("FLEETLEDGER_SERVE_PROJECTORS", true)?,
+            kafka: kafka_from_env()?,
             cors_origins: non_empty("FLEETLEDGER_CORS_ORIGINS")
                 .map(|v| {
                     v.split(',')
@@ -140,6 +144,25 @@ impl Config {
     pub(crate) fn embedded_dir(&self) -> PathBuf {
         self.data_dir.join("postgres")
     }
+}
+
+/// The relay's settings when `KAFKA_BROKERS` is set.
+fn kafka_from_env() -> Result<Option<relay::RelayConfig>> {
+    let Some(brokers) = non_empty("KAFKA_BROKERS") else {
+        return Ok(None);
+    };
+    let mut kafka = relay::RelayConfig::new(brokers.trim());
+    kafka.topic_prefix = env_or("FLEETLEDGER_KAFKA_TOPIC_PREFIX", kafka.topic_prefix)?;
+    kafka.partitions = env_or("FLEETLEDGER_KAFKA_PARTITIONS", kafka.partitions)?;
+    kafka.replication = env_or("FLEETLEDGER_KAFKA_REPLICATION", kafka.replication)?;
+    kafka.source = env_or("FLEETLEDGER_CLOUDEVENTS_SOURCE", kafka.source)?;
+    kafka.batch_size = env_or("FLEETLEDGER_KAFKA_BATCH", kafka.batch_size)?;
+    kafka.delivery_timeout = Duration::from_millis(env_or(
+        "FLEETLEDGER_KAFKA_DELIVERY_TIMEOUT_MS",
+        u64::try_from(kafka.delivery_timeout.as_millis()).unwrap_or(30_000),
+    )?);
+    kafka.validate().context("Kafka relay settings")?;
+    Ok(Some(kafka))
 }
 
 fn positive<T>(name: &str, default: T) -> Result<T>

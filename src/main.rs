@@ -1,13 +1,15 @@
-//! The `fleetledger` binary: one command per role (serve, migrate, verify, bench, db).
+//! The `fleetledger` binary: one command per role (serve, worker, relay, migrate, verify, bench, db).
 #![expect(clippy::print_stdout, reason = "a CLI: results go to stdout")]
 
 mod app;
 mod audit;
 mod bench;
 mod bench_projections;
+mod bench_relay;
 mod config;
 mod db;
 mod projectors;
+mod relay;
 mod seed;
 mod telemetry;
 
@@ -49,6 +51,8 @@ enum Command {
         #[command(subcommand)]
         command: projectors::ProjectionsCommand,
     },
+    /// Relay every event to Kafka as CloudEvents (needs KAFKA_BROKERS).
+    Relay,
     /// Recompute hash chains and the log sequence (every stream, or --stream TYPE/ID).
     Verify(audit::VerifyArgs),
     /// Store and print a digest over every stream head, for auditors to keep elsewhere.
@@ -77,6 +81,8 @@ enum BenchCommand {
     Append(bench::AppendOptions),
     /// Projection rebuild rate vs the raw read rate; commit-to-visible lag under load.
     Projections(bench_projections::ProjectionBenchOptions),
+    /// Relay throughput end to end vs a bare producer's rate for the same messages (KAFKA_BROKERS).
+    Relay(bench_relay::RelayBenchOptions),
 }
 
 #[derive(Subcommand, Debug)]
@@ -138,6 +144,7 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Projections { command } => projectors::projections(config, command).await,
+        Command::Relay => relay::run(config, shutdown_signal()).await,
         Command::Migrate => {
             db::connect_and_migrate(&config, "fleetledger-migrate").await?;
             eprintln!("migrations applied");
@@ -161,6 +168,13 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
             let server = db::connect_options(&config).await?;
             let url = config.database_url.as_ref().map(|u| u.expose().to_owned());
             bench_projections::run(server, url, options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            which: BenchCommand::Relay(options),
+        } => {
+            let server = db::connect_options(&config).await?;
+            bench_relay::run(server, config.kafka.clone(), options).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Db { action } => embedded_db(config, action).await,

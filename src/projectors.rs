@@ -108,14 +108,18 @@ pub(crate) async fn project(config: Config, args: ProjectArgs) -> Result<ExitCod
     let token = CancellationToken::new();
     let mut tasks = spawn(&store, &args.only, &run_options(&config), &token)?;
     tracing::info!(projections = ?args.only, "projectors running");
-    tokio::select! {
-        () = shutdown => {}
-        _ = tasks.join_next() => tracing::error!("a projector task ended early"),
-    }
+    let code = tokio::select! {
+        () = shutdown => ExitCode::SUCCESS,
+        _ = tasks.join_next() => {
+            // A projector gives up only on what retrying cannot fix; let the supervisor see it.
+            tracing::error!("a projector stopped for good; shutting down the others");
+            ExitCode::FAILURE
+        }
+    };
     token.cancel();
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// `fleetledger projections ...`.

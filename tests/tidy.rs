@@ -30,6 +30,7 @@ fn every_module_starts_with_a_doc_line() {
         "commands",
         "projections",
         "api",
+        "relay",
         "tests",
     ] {
         rust_files(&root.join(dir), &mut files);
