@@ -52,7 +52,13 @@ pub fn router(state: AppState) -> Router {
                     .unwrap_or("-");
                 // The path only: query strings may carry personal data.
                 tracing::info_span!("http", method = %req.method(), path = req.uri().path(), request_id = id)
-            }),
+            })
+            // One line per request at INFO: status and latency (never bodies or queries).
+            .on_response(
+                tower_http::trace::DefaultOnResponse::new()
+                    .level(tracing::Level::INFO)
+                    .latency_unit(tower_http::LatencyUnit::Millis),
+            ),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
     if let Some(cors) = cors {

@@ -229,3 +229,45 @@ async fn the_events_subscription_replays_then_streams_live_without_a_gap() {
 
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_older_graphql_ws_protocol_is_served_too() {
+    let app = TestApp::start().await;
+    let auditor = app.user_with_role("audit@example.com", "AUDITOR").await;
+    app.add_branch("LIS", 38.7223, -9.1393).await;
+    let car = app.add_car("LIS", "Fiat", "50.00").await;
+    let mut request = format!("ws://{}/graphql", app.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "graphql-ws".parse().unwrap());
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "graphql-ws");
+    ws.send(Message::text(
+        json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {auditor}") } })
+            .to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_message(&mut ws).await["type"], "connection_ack");
+    ws.send(Message::text(
+        json!({ "id": "1", "type": "start", "payload": {
+            "query": "subscription { events(filter: { aggregateTypes: [\"car\"] }) { eventType aggregateId } }" } })
+        .to_string(),
+    ))
+    .await
+    .unwrap();
+    let msg = loop {
+        let msg = next_message(&mut ws).await;
+        if msg["type"] != "ka" {
+            break msg;
+        }
+    };
+    assert_eq!(msg["type"], "data", "{msg:#}");
+    assert_eq!(
+        msg["payload"]["data"]["events"],
+        json!({ "eventType": "CarRegistered", "aggregateId": car.to_string() })
+    );
+    app.shutdown().await;
+}
