@@ -1,6 +1,7 @@
 //! The GraphQL schema: the contract's types, queries, mutations and subscriptions, apart from
 //! any transport (the axum wiring is in `http`).
 
+mod loaders;
 mod mutation;
 mod query;
 mod rows;
@@ -44,7 +45,8 @@ impl Default for QueryLimits {
 
 /// The schema with its services and limits.
 pub fn build(services: Services, limits: QueryLimits) -> AppSchema {
-    Schema::build(Query, Mutation, Subscription)
+    let builder = Schema::build(Query, Mutation, Subscription);
+    loaders::register(builder, services.store.pool())
         .data(services)
         .data(limits)
         .limit_depth(limits.max_depth)

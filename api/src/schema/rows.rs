@@ -53,17 +53,6 @@ pub(crate) struct BranchRow {
     pub(crate) longitude: f64,
 }
 
-pub(crate) async fn branch(pool: &PgPool, code: &str) -> ApiResult<Option<BranchRow>> {
-    Ok(
-        sqlx::query_as(
-            "SELECT code, name, city, latitude, longitude FROM branches WHERE code = $1",
-        )
-        .bind(code)
-        .fetch_optional(pool)
-        .await?,
-    )
-}
-
 /// `rm_bookings`.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub(crate) struct BookingRow {

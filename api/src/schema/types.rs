@@ -1,11 +1,13 @@
 //! The contract's object, enum and input types, and how each is resolved.
 
+use async_graphql::dataloader::DataLoader;
 use async_graphql::{ComplexObject, Context, Enum, InputObject, Json, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use commands::accounts;
 use eventstore::RecordedEvent;
 use uuid::Uuid;
 
+use super::loaders::{BranchLoader, CarLoader};
 use super::rows::{self, BookingRow, BranchRow, CarRow, PaymentRow, TelemetryRow};
 use super::scalars::Decimal;
 use super::{offset_cursor, offset_from, page_size, services, weighted};
@@ -134,8 +136,11 @@ impl From<commands::branches::Branch> for Branch {
 }
 
 pub(crate) async fn branch_by_code(ctx: &Context<'_>, code: &str) -> ApiResult<Branch> {
-    let pool = services(ctx)?.store.pool();
-    rows::branch(pool, code)
+    let loader = ctx
+        .data::<DataLoader<BranchLoader>>()
+        .map_err(|e| AppError::internal(e.message))?;
+    loader
+        .load_one(code.to_owned())
         .await?
         .map(Branch::from)
         .ok_or_else(|| AppError::internal(format!("branch {code:?} is referenced but missing")))
@@ -354,8 +359,11 @@ impl Booking {
             .ok_or_else(|| AppError::not_found("customer"))
     }
     async fn car(&self, ctx: &Context<'_>) -> ApiResult<Car> {
-        let pool = services(ctx)?.store.pool();
-        rows::car(pool, self.0.car_id)
+        let loader = ctx
+            .data::<DataLoader<CarLoader>>()
+            .map_err(|e| AppError::internal(e.message))?;
+        loader
+            .load_one(self.0.car_id)
             .await?
             .map(Car)
             .ok_or_else(|| AppError::internal("booking's car missing from the search model"))
