@@ -203,6 +203,15 @@ async fn serve(config: Config) -> Result<ExitCode> {
     } else {
         tokio::task::JoinSet::new()
     };
+    // With KAFKA_BROKERS set, the relay runs here too (one instance delivers, by lease).
+    if let Some(relay) = relay::projector(services.store.clone(), &config)? {
+        let token = projector_token.clone();
+        projector_tasks.spawn(async move {
+            if let Err(e) = relay.run_until_cancelled(token).await {
+                tracing::error!(error = %e, "the Kafka relay stopped");
+            }
+        });
+    }
     let worker = services.worker.clone();
     let worker_task = tokio::spawn(async move {
         worker

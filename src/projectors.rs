@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use eventstore::EventStore;
 use indicatif::{ProgressBar, ProgressStyle};
-use projections::rebuild::{RebuildOptions, rebuild};
+use projections::rebuild::{RebuildOptions, rebuild_many};
 use projections::{Projector, RunOptions};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -25,14 +25,19 @@ pub(crate) struct ProjectArgs {
 pub(crate) enum ProjectionsCommand {
     /// Print every projection's state, position and lag.
     Status,
-    /// Rebuild a projection from position zero into fresh tables, then swap them in.
+    /// Rebuild projections from position zero into fresh tables, then swap them in (several
+    /// at once share one read of the log).
     Rebuild(RebuildArgs),
 }
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct RebuildArgs {
-    /// The projection to rebuild (see `projections status`).
-    name: String,
+    /// The projections to rebuild (see `projections status`).
+    #[arg(required_unless_present = "all")]
+    names: Vec<String>,
+    /// Rebuild every projection.
+    #[arg(long, conflicts_with = "names")]
+    all: bool,
     /// Compare the rebuilt tables with the live ones and print every difference (exit code 3
     /// when there is one).
     #[arg(long)]
@@ -150,16 +155,15 @@ pub(crate) async fn projections(config: Config, command: ProjectionsCommand) -> 
 }
 
 async fn rebuild_command(store: EventStore, args: RebuildArgs) -> Result<ExitCode> {
-    let Some(projection) = projections::by_name(&args.name) else {
-        bail!(
-            "no projection called {:?}; there are: {}",
-            args.name,
-            projections::names().join(", ")
-        );
+    let chosen = if args.all {
+        projections::all()
+    } else {
+        select(&args.names)?
     };
     if args.batch_size < 1 {
         bail!("--batch-size must be at least 1");
     }
+    let names: Vec<&str> = chosen.iter().map(|p| p.name()).collect();
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(0);
         bar.set_style(
@@ -169,7 +173,7 @@ async fn rebuild_command(store: EventStore, args: RebuildArgs) -> Result<ExitCod
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
-        bar.set_message(format!("rebuilding {}", args.name));
+        bar.set_message(format!("rebuilding {}", names.join(", ")));
         Some(bar)
     } else {
         None
@@ -186,42 +190,53 @@ async fn rebuild_command(store: EventStore, args: RebuildArgs) -> Result<ExitCod
         swap: !args.dry_run,
     };
     let started = std::time::Instant::now();
-    let report = rebuild(&store, projection.as_ref(), &options, &progress).await?;
+    let refs: Vec<&dyn projections::Projection> = chosen.iter().map(|p| p.as_ref()).collect();
+    let reports = rebuild_many(&store, &refs, &options, &progress).await?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     let secs = started.elapsed().as_secs_f64();
-    println!(
-        "{}: {} events applied up to {} in {:.1}s ({:.0} events/s); {}",
-        report.projection,
-        report.events,
-        report.checkpoint,
-        secs,
-        report.events as f64 / secs.max(1e-9),
-        if report.swapped {
-            "swapped in"
-        } else {
-            "live tables kept (dry run)"
-        }
-    );
-    if !report.verified {
-        return Ok(ExitCode::SUCCESS);
-    }
-    if report.differences.is_empty() {
-        println!("verify: no difference between the rebuilt and the live tables");
-        return Ok(ExitCode::SUCCESS);
-    }
-    for diff in &report.differences {
+    let mut differ = false;
+    for report in &reports {
         println!(
-            "verify: DIFFERENCE in {}: {} row(s) only in the rebuild, {} only in the live table",
-            diff.table, diff.only_rebuilt, diff.only_live
+            "{}: {} events applied up to {} in {:.1}s ({:.0} events/s); {}",
+            report.projection,
+            report.events,
+            report.checkpoint,
+            secs,
+            report.events as f64 / secs.max(1e-9),
+            if report.swapped {
+                "swapped in"
+            } else {
+                "live tables kept (dry run)"
+            }
         );
-        for row in &diff.only_rebuilt_sample {
-            println!("  + rebuilt {row}");
+        if !report.verified {
+            continue;
         }
-        for row in &diff.only_live_sample {
-            println!("  - live    {row}");
+        if report.differences.is_empty() {
+            println!(
+                "verify {}: no difference between the rebuilt and the live tables",
+                report.projection
+            );
+        }
+        for diff in &report.differences {
+            differ = true;
+            println!(
+                "verify {}: DIFFERENCE in {}: {} row(s) only in the rebuild, {} only in the live table",
+                report.projection, diff.table, diff.only_rebuilt, diff.only_live
+            );
+            for row in &diff.only_rebuilt_sample {
+                println!("  + rebuilt {row}");
+            }
+            for row in &diff.only_live_sample {
+                println!("  - live    {row}");
+            }
         }
     }
-    Ok(ExitCode::from(3))
+    Ok(if differ {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -79,91 +79,157 @@ pub struct RebuildReport {
 
 const SAMPLE: i64 = 10;
 
-/// Rebuild `projection`; `progress(applied, total)` is called after every batch.
+/// Rebuild `projection`; `progress(read, total)` is called after every batch.
 pub async fn rebuild(
     store: &EventStore,
     projection: &dyn Projection,
     options: &RebuildOptions,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<RebuildReport, RebuildError> {
+    let mut reports = rebuild_many(store, &[projection], options, progress).await?;
+    reports
+        .pop()
+        .ok_or_else(|| RebuildError::Busy(projection.name().to_owned()))
+}
+
+/// Rebuild several projections from one read of the log: each batch is read once (the next
+/// one is fetched while the current one is applied) and applied to every projection's fresh
+/// tables concurrently, each on its own connection; then each is swapped in on its own.
+pub async fn rebuild_many(
+    store: &EventStore,
+    projections: &[&dyn Projection],
+    options: &RebuildOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<Vec<RebuildReport>, RebuildError> {
     let pool = store.pool();
-    let name = projection.name();
-    let schema = format!("rebuild_{name}");
     // One rebuild per projection at a time, held for the whole run on a connection of its own.
     let mut guard = PgConnection::connect_with(pool.connect_options().as_ref()).await?;
-    let free: bool = sqlx::query_scalar(
-        "SELECT pg_try_advisory_lock(hashtextextended('fleetledger.rebuild:' || $1, 0))",
-    )
-    .bind(name)
-    .fetch_one(&mut guard)
-    .await?;
-    if !free {
-        return Err(RebuildError::Busy(name.to_owned()));
+    for projection in projections {
+        let free: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtextextended('fleetledger.rebuild:' || $1, 0))",
+        )
+        .bind(projection.name())
+        .fetch_one(&mut guard)
+        .await?;
+        if !free {
+            let _ = guard.close().await;
+            return Err(RebuildError::Busy(projection.name().to_owned()));
+        }
     }
-    let result = rebuild_locked(store, projection, options, progress, &schema).await;
+    let schemas: Vec<String> = projections
+        .iter()
+        .map(|p| format!("rebuild_{}", p.name()))
+        .collect();
+    let result = rebuild_locked(store, projections, &schemas, options, progress).await;
     // Leave nothing behind, whatever happened.
-    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .execute(pool)
-        .await;
+    for schema in &schemas {
+        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(pool)
+            .await;
+    }
     let _ = guard.close().await;
     result
 }
 
 async fn rebuild_locked(
     store: &EventStore,
-    projection: &dyn Projection,
+    projections: &[&dyn Projection],
+    schemas: &[String],
     options: &RebuildOptions,
     progress: &(dyn Fn(u64, u64) + Sync),
-    schema: &str,
-) -> Result<RebuildReport, RebuildError> {
+) -> Result<Vec<RebuildReport>, RebuildError> {
     let pool = store.pool();
-    let name = projection.name();
-    let mut setup = pool.begin().await?;
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .execute(&mut *setup)
-        .await?;
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut *setup)
-        .await?;
-    for table in projection.tables() {
-        sqlx::query(&format!(
-            "CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)"
-        ))
-        .execute(&mut *setup)
-        .await?;
+    for (projection, schema) in projections.iter().zip(schemas) {
+        let mut setup = pool.begin().await?;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&mut *setup)
+            .await?;
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut *setup)
+            .await?;
+        for table in projection.tables() {
+            sqlx::query(&format!(
+                "CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)"
+            ))
+            .execute(&mut *setup)
+            .await?;
+        }
+        setup.commit().await?;
     }
-    setup.commit().await?;
-
-    let live = load_checkpoint(pool, name).await?;
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
         .await?;
     let total = u64::try_from(total).unwrap_or(0);
+    // With verify, never read past the slowest live projection: each is then caught up to its
+    // own live position in its swap.
+    let bound = async || -> Result<Option<Checkpoint>, RebuildError> {
+        if !options.verify {
+            return Ok(None);
+        }
+        let mut lowest: Option<Checkpoint> = None;
+        for projection in projections {
+            let live = load_checkpoint(pool, projection.name()).await?;
+            lowest = Some(lowest.map_or(live, |l| l.min(live)));
+        }
+        Ok(lowest)
+    };
+    let fetch = async |after: Checkpoint, upto: Option<Checkpoint>| match upto {
+        Some(upto) => store.read_until(after, upto, options.batch_size).await,
+        None => store.read_all(after, options.batch_size).await,
+    };
     let mut checkpoint = Checkpoint::START;
     let mut events = 0u64;
     progress(0, total);
-    loop {
-        let batch = if options.verify {
-            let live = load_checkpoint(pool, name).await?.max(live);
-            store
-                .read_until(checkpoint, live, options.batch_size)
-                .await?
-        } else {
-            store.read_all(checkpoint, options.batch_size).await?
-        };
-        let Some(last) = batch.last().map(RecordedEvent::checkpoint) else {
-            break;
-        };
-        let mut tx = pool.begin().await?;
-        redirect(&mut tx, schema).await?;
-        apply_or_report(pool, &mut tx, schema, projection, &batch).await?;
-        tx.commit().await?;
+    let mut batch = fetch(checkpoint, bound().await?).await?;
+    while let Some(last) = batch.last().map(RecordedEvent::checkpoint) {
+        let upto = bound().await?;
+        let apply_all = futures::future::try_join_all(
+            projections
+                .iter()
+                .zip(schemas)
+                .map(|(projection, schema)| apply_rebuilt(pool, schema, *projection, &batch)),
+        );
+        let (next, applied) = tokio::join!(fetch(last, upto), apply_all);
+        applied?;
         checkpoint = last;
         events += batch.len() as u64;
         progress(events, total.max(events));
+        batch = next?;
     }
+    let mut reports = Vec::with_capacity(projections.len());
+    for (projection, schema) in projections.iter().zip(schemas) {
+        reports.push(swap(store, *projection, schema, options, checkpoint, events).await?);
+    }
+    Ok(reports)
+}
 
-    // The swap: lock the live checkpoint, catch up to it, compare, swap.
+/// Apply one batch to a projection's fresh tables, in a transaction of its own.
+async fn apply_rebuilt(
+    pool: &sqlx::PgPool,
+    schema: &str,
+    projection: &dyn Projection,
+    batch: &[RecordedEvent],
+) -> Result<(), RebuildError> {
+    let mut tx = pool.begin().await?;
+    redirect(&mut tx, schema).await?;
+    apply_or_report(pool, &mut tx, schema, projection, batch).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Bring the fresh tables to the live checkpoint under its row lock, compare, and swap.
+async fn swap(
+    store: &EventStore,
+    projection: &dyn Projection,
+    schema: &str,
+    options: &RebuildOptions,
+    mut checkpoint: Checkpoint,
+    mut events: u64,
+) -> Result<RebuildReport, RebuildError> {
+    let pool = store.pool();
+    let name = projection.name();
+    // Lock the live checkpoint, catch up to it, compare, swap.
+    load_checkpoint(pool, name).await?;
     let mut tx = pool.begin().await?;
     let row = sqlx::query(
         "SELECT transaction_id::text, global_position FROM projection_checkpoints \
@@ -185,7 +251,6 @@ async fn rebuild_locked(
         checkpoint = last;
         events += batch.len() as u64;
     }
-    progress(events, total.max(events));
     sqlx::query("SET LOCAL search_path TO public")
         .execute(&mut *tx)
         .await?;
