@@ -3,12 +3,10 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use commands::Executor;
 use commands::accounts::{Accounts, Bootstrap, JwtKeys, Secret};
-use commands::booking::{BookingConfig, BookingService};
-use commands::checkout::Checkout;
+use commands::booking::BookingConfig;
 use commands::locks::HotCarLock;
-use commands::payments::{DEFAULT_ATTEMPT_TIMEOUT, PaymentService, SandboxGateways};
+use commands::payments::{DEFAULT_ATTEMPT_TIMEOUT, SandboxGateways};
 use commands::worker::Worker;
 use eventstore::EventStore;
 use rand::Rng;
@@ -22,31 +20,16 @@ pub(crate) struct App {
     pub(crate) store: EventStore,
     pub(crate) accounts: Accounts,
     pub(crate) worker: Worker,
+    pub(crate) services: api::Services,
 }
 
 impl App {
     pub(crate) fn build(config: &Config, pool: PgPool) -> Result<Self> {
-        let store = EventStore::new(pool.clone());
         let lock = match &config.redis_url {
             Some(url) => HotCarLock::new(url.expose(), "fleetledger:")
                 .context("REDIS_URL is not a valid Redis URL")?,
             None => HotCarLock::disabled(),
         };
-        let bookings = BookingService::new(
-            store.clone(),
-            Executor::new(store.clone(), (), config.executor.clone()),
-            Executor::new(store.clone(), (), config.executor.clone()),
-            lock,
-            BookingConfig {
-                hold_ttl: chrono::Duration::seconds(config.hold_ttl_seconds),
-                ..BookingConfig::default()
-            },
-        );
-        let payments = PaymentService::new(
-            Executor::new(store.clone(), (), config.executor.clone()),
-            SandboxGateways::new().router(DEFAULT_ATTEMPT_TIMEOUT),
-        );
-        let worker = Worker::new(bookings.clone()).with_checkout(Checkout::new(bookings, payments));
         let secret = match &config.jwt_secret {
             Some(secret) => secret.expose().to_owned(),
             None => {
@@ -62,11 +45,50 @@ impl App {
             Duration::from_secs(config.jwt_ttl_seconds),
         )
         .context("FLEETLEDGER_JWT_SECRET / FLEETLEDGER_JWT_TTL")?;
+        let services = api::Services::build(
+            pool,
+            api::services::ServicesConfig {
+                executor: config.executor.clone(),
+                booking: BookingConfig {
+                    hold_ttl: chrono::Duration::seconds(config.hold_ttl_seconds),
+                    ..BookingConfig::default()
+                },
+                lock,
+                keys,
+                gateways: SandboxGateways::new().router(DEFAULT_ATTEMPT_TIMEOUT),
+                read_your_writes_timeout: Duration::from_millis(config.read_your_writes_ms),
+            },
+        );
+        let worker =
+            Worker::new(services.bookings.clone()).with_checkout(services.checkout.clone());
         Ok(Self {
-            store,
-            accounts: Accounts::new(pool, keys),
+            store: services.store.clone(),
+            accounts: services.accounts.clone(),
             worker,
+            services,
         })
+    }
+
+    /// The HTTP application's state: the API over these services.
+    pub(crate) fn api_state(&self, config: &Config) -> Result<api::AppState> {
+        let api_config = api::ApiConfig {
+            cors_origins: config.cors_origins.clone(),
+            body_limit_bytes: config.body_limit_bytes,
+            limits: api::QueryLimits {
+                max_depth: config.graphql_max_depth,
+                max_complexity: config.graphql_max_complexity,
+                max_page_size: config.graphql_max_page_size,
+            },
+            rate_limit: api::RateLimitConfig {
+                requests: config.rate_limit_requests,
+                window: Duration::from_secs(config.rate_limit_window_seconds),
+                redis_url: config.redis_url.as_ref().map(|u| u.expose().to_owned()),
+                key_prefix: "fleetledger:".into(),
+            },
+            graphiql: config.graphiql,
+        };
+        api::AppState::new(self.services.clone(), api_config)
+            .context("REDIS_URL is not a valid Redis URL")
     }
 
     /// Create the first admin from FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL/_PASSWORD if none exists.

@@ -58,6 +58,25 @@ pub(crate) struct Config {
     pub(crate) serve_projectors: bool,
     /// `KAFKA_BROKERS` and the `FLEETLEDGER_KAFKA_*` settings; `None` = the relay is off.
     pub(crate) kafka: Option<relay::RelayConfig>,
+    /// `FLEETLEDGER_CORS_ORIGINS`: comma-separated origins browsers may call the API from
+    /// (`*` for any); unset = no cross-origin access.
+    pub(crate) cors_origins: Vec<String>,
+    /// `FLEETLEDGER_BODY_LIMIT`: largest request body in bytes (default 262144).
+    pub(crate) body_limit_bytes: usize,
+    /// `FLEETLEDGER_GRAPHQL_MAX_DEPTH` (default 12), `_MAX_COMPLEXITY` (default 5000),
+    /// `_MAX_PAGE_SIZE` (default 100).
+    pub(crate) graphql_max_depth: usize,
+    pub(crate) graphql_max_complexity: usize,
+    pub(crate) graphql_max_page_size: i32,
+    /// `FLEETLEDGER_RATE_LIMIT`: requests per user (or IP) and window, 0 = off (default 600);
+    /// `FLEETLEDGER_RATE_LIMIT_WINDOW` seconds (default 60).
+    pub(crate) rate_limit_requests: u64,
+    pub(crate) rate_limit_window_seconds: u64,
+    /// `FLEETLEDGER_READ_YOUR_WRITES_MS`: how long a mutation waits for the read models to
+    /// reflect it before answering UNAVAILABLE (default 5000).
+    pub(crate) read_your_writes_ms: u64,
+    /// `FLEETLEDGER_GRAPHIQL` (default true): serve GraphiQL to browsers on GET /graphql.
+    pub(crate) graphiql: bool,
 }
 
 impl Config {
@@ -102,6 +121,22 @@ impl Config {
             projector_poll_ms: positive("FLEETLEDGER_PROJECTOR_POLL_MS", 500)?,
             serve_projectors: env_or("FLEETLEDGER_SERVE_PROJECTORS", true)?,
             kafka: kafka_from_env()?,
+            cors_origins: non_empty("FLEETLEDGER_CORS_ORIGINS")
+                .map(|v| {
+                    v.split(',')
+                        .map(|o| o.trim().to_owned())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            body_limit_bytes: positive("FLEETLEDGER_BODY_LIMIT", 256 * 1024)?,
+            graphql_max_depth: positive("FLEETLEDGER_GRAPHQL_MAX_DEPTH", 12)?,
+            graphql_max_complexity: positive("FLEETLEDGER_GRAPHQL_MAX_COMPLEXITY", 5_000)?,
+            graphql_max_page_size: positive("FLEETLEDGER_GRAPHQL_MAX_PAGE_SIZE", 100)?,
+            rate_limit_requests: env_or("FLEETLEDGER_RATE_LIMIT", 600)?,
+            rate_limit_window_seconds: positive("FLEETLEDGER_RATE_LIMIT_WINDOW", 60)?,
+            read_your_writes_ms: positive("FLEETLEDGER_READ_YOUR_WRITES_MS", 5_000)?,
+            graphiql: env_or("FLEETLEDGER_GRAPHIQL", true)?,
         })
     }
 

@@ -29,6 +29,8 @@ pub(crate) async fn connect_and_migrate(config: &Config, application: &str) -> R
     let options = connect_options(config).await?.application_name(application);
     let pool = PgPoolOptions::new()
         .max_connections(config.db_max_connections)
+        // While the database is down, a request fails (UNAVAILABLE) after this, not after 30 s.
+        .acquire_timeout(std::time::Duration::from_secs(5))
         .connect_with(options)
         .await
         .context("connecting to PostgreSQL")?;

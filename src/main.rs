@@ -36,6 +36,8 @@ struct Cli {
 enum Command {
     /// Run the server (embedded PostgreSQL when DATABASE_URL is unset).
     Serve,
+    /// Print the GraphQL schema (SDL); docs/schema.graphql is this output.
+    Schema,
     /// Apply the database migrations and exit.
     Migrate,
     /// Run the worker alone: hold expiry, payment confirmation, refunds.
@@ -122,6 +124,10 @@ fn main() -> ExitCode {
 async fn run(command: Command, config: Config) -> Result<ExitCode> {
     match command {
         Command::Serve => serve(config).await,
+        Command::Schema => {
+            print!("{}", api::sdl());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Worker => worker(config).await,
         Command::Project(args) => projectors::project(config, args).await,
         Command::Seed(options) => {
@@ -177,6 +183,11 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
 
 async fn serve(config: Config) -> Result<ExitCode> {
     let shutdown = shutdown_signal();
+    // One recorder per process, before anything records: the projectors' gauges and the
+    // API's request metrics are all served on /metrics.
+    if api::prometheus().is_none() {
+        tracing::warn!("metrics recorder not installed; /metrics will be empty");
+    }
     let pool = db::connect_and_migrate(&config, "fleetledger-serve").await?;
     let services = app::App::build(&config, pool)?;
     services.bootstrap_admin(&config).await?;
@@ -209,17 +220,18 @@ async fn serve(config: Config) -> Result<ExitCode> {
             })
             .await;
     });
-    let app = api::router(api::AppState {
-        store: services.store.clone(),
-    });
+    let app = api::router(services.api_state(&config)?);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding {}", config.http_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("HTTP server")?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("HTTP server")?;
     let _ = stop_worker.send(());
     let _ = worker_task.await;
     projector_token.cancel();

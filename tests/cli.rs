@@ -143,8 +143,35 @@ async fn serve_runs_on_the_embedded_cluster_and_reuses_it() {
                 break rest.split_whitespace().next().unwrap().to_owned();
             }
         };
-        let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
-        assert_eq!(ready.status(), 200, "run {run}");
+        // Ready once the database answers and the in-process projectors run.
+        let ready_by = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+            if ready.status() == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < ready_by,
+                "run {run}: never ready: {}",
+                ready.text().await.unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The GraphQL API answers on the same server.
+        let branches: serde_json::Value = reqwest::Client::new()
+            .post(format!("http://{addr}/graphql"))
+            .json(&serde_json::json!({ "query": "{ branches { code } }" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            branches["data"]["branches"],
+            serde_json::json!([]),
+            "run {run}"
+        );
         assert!(data.join("postgres").join("PG_VERSION").exists());
 
         let pid = server.0.id().to_string();
@@ -206,5 +233,19 @@ async fn the_worker_bootstraps_the_first_admin_and_stops_on_sigterm() {
     assert_eq!(
         admins,
         vec![("admin@example.com".to_owned(), "ADMIN".to_owned())]
+    );
+}
+
+/// `fleetledger schema` prints the SDL committed as docs/schema.graphql.
+#[test]
+fn schema_prints_the_committed_sdl() {
+    let out = fleetledger().arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let committed =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema.graphql"))
+            .unwrap();
+    assert!(
+        String::from_utf8(out.stdout).unwrap() == committed,
+        "docs/schema.graphql differs from `fleetledger schema`"
     );
 }

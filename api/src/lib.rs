@@ -1,49 +1,82 @@
-//! Fleetledger's HTTP surface. For now: `/healthz` and `/readyz`; the GraphQL API joins here.
+//! Fleetledger's HTTP surface: the GraphQL API (queries, mutations, subscriptions) over the
+//! command services and read models, with health, readiness and Prometheus metrics.
 
-use std::time::Duration;
+pub mod auth;
+pub mod error;
+pub mod http;
+pub mod ratelimit;
+pub mod schema;
+pub mod services;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use eventstore::EventStore;
-use serde_json::json;
+use std::sync::{Arc, OnceLock};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub use error::AppError;
+pub use http::router;
+pub use ratelimit::{RateLimitConfig, RateLimiter};
+pub use schema::{AppSchema, QueryLimits, sdl};
+pub use services::Services;
+
+/// Settings of the HTTP surface.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// `FLEETLEDGER_CORS_ORIGINS`: origins browsers may call from (`*` for any; empty: none).
+    pub cors_origins: Vec<String>,
+    /// `FLEETLEDGER_BODY_LIMIT`: largest request body in bytes.
+    pub body_limit_bytes: usize,
+    pub limits: QueryLimits,
+    pub rate_limit: RateLimitConfig,
+    /// Serve GraphiQL on `GET /graphql` to browsers.
+    pub graphiql: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            cors_origins: Vec::new(),
+            body_limit_bytes: 256 * 1024,
+            limits: QueryLimits::default(),
+            rate_limit: RateLimitConfig::default(),
+            graphiql: true,
+        }
+    }
+}
 
 /// What the HTTP handlers share.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AppState {
-    pub store: EventStore,
+    pub services: Services,
+    pub schema: AppSchema,
+    pub limiter: RateLimiter,
+    pub config: Arc<ApiConfig>,
+    pub metrics: Option<PrometheusHandle>,
 }
 
-/// The application's routes.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(state)
-}
-
-/// The process is up.
-async fn healthz() -> impl IntoResponse {
-    axum::Json(json!({ "status": "ok" }))
-}
-
-/// The process can serve: the database answers within a second.
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(state.store.pool());
-    match tokio::time::timeout(Duration::from_secs(1), ping).await {
-        Ok(Ok(_)) => (StatusCode::OK, axum::Json(json!({ "status": "ready" }))),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness: database error");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({ "status": "unavailable", "database": "error" })),
-            )
-        }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "unavailable", "database": "timeout" })),
-        ),
+impl AppState {
+    pub fn new(services: Services, config: ApiConfig) -> Result<Self, redis::RedisError> {
+        Ok(Self {
+            schema: schema::build(services.clone(), config.limits),
+            limiter: RateLimiter::new(config.rate_limit.clone())?,
+            services,
+            config: Arc::new(config),
+            metrics: prometheus(),
+        })
     }
+}
+
+/// The process's Prometheus recorder, installed on first call (the `metrics` crate has one
+/// global recorder: the projectors' gauges and the API's counters all land in it). `None`
+/// when another recorder was installed first.
+pub fn prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install the Prometheus recorder");
+                None
+            }
+        })
+        .clone()
 }

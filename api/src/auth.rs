@@ -1,0 +1,106 @@
+//! Who is calling: the bearer token's claims, and the role checks resolvers make.
+//!
+//! The HTTP handler (and the WebSocket `connection_init`) turns the `Authorization` value into
+//! a [`Caller`] and puts it in the request's data; resolvers ask it for what they need. A bad
+//! or expired token is remembered as such, so an operation that needs a user answers
+//! UNAUTHENTICATED with the reason, while anonymous operations (register, login, search) work.
+
+use async_graphql::Context;
+use commands::accounts::{Accounts, Role};
+use uuid::Uuid;
+
+use crate::error::{ApiResult, AppError};
+
+/// The caller of one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Anonymous,
+    /// A token was sent but it is invalid or expired.
+    BadToken(&'static str),
+    User {
+        id: Uuid,
+        role: Role,
+    },
+}
+
+impl Caller {
+    /// From an `Authorization` header value (`Bearer <jwt>`), or its absence.
+    pub fn from_authorization(accounts: &Accounts, value: Option<&str>) -> Self {
+        let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+            return Self::Anonymous;
+        };
+        let token = match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => return Self::BadToken("the Authorization header must be `Bearer <token>`"),
+        };
+        match accounts.verify_token(token) {
+            Ok(claims) => Self::User {
+                id: claims.sub,
+                role: claims.role,
+            },
+            Err(commands::accounts::AccountError::TokenExpired) => {
+                Self::BadToken("the token has expired; log in again")
+            }
+            Err(_) => Self::BadToken("the token is invalid"),
+        }
+    }
+
+    /// The key rate limits count under: the user, or `None` for anonymous callers.
+    pub fn user_id(&self) -> Option<Uuid> {
+        match self {
+            Self::User { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// The caller as a user, or UNAUTHENTICATED.
+    pub fn user(&self) -> ApiResult<(Uuid, Role)> {
+        match self {
+            Self::User { id, role } => Ok((*id, *role)),
+            Self::BadToken(reason) => Err(AppError::InvalidToken(reason)),
+            Self::Anonymous => Err(AppError::Unauthenticated),
+        }
+    }
+
+    /// The caller, who must hold one of `roles` (else FORBIDDEN).
+    pub fn require(&self, roles: &[Role]) -> ApiResult<(Uuid, Role)> {
+        let (id, role) = self.user()?;
+        if roles.contains(&role) {
+            Ok((id, role))
+        } else {
+            Err(AppError::Forbidden)
+        }
+    }
+
+    /// The caller may act on something owned by `owner`: its owner, or one of `staff`.
+    pub fn require_owner_or(&self, owner: Uuid, staff: &[Role]) -> ApiResult<(Uuid, Role)> {
+        let (id, role) = self.user()?;
+        if id == owner || staff.contains(&role) {
+            Ok((id, role))
+        } else {
+            Err(AppError::Forbidden)
+        }
+    }
+
+    /// The actor written into events' metadata: the user id, never personal data.
+    pub fn actor(&self) -> String {
+        match self {
+            Self::User { id, .. } => format!("user:{id}"),
+            _ => "anonymous".into(),
+        }
+    }
+}
+
+/// The caller of the operation `ctx` belongs to.
+pub fn caller<'a>(ctx: &'a Context<'_>) -> ApiResult<&'a Caller> {
+    ctx.data::<Caller>()
+        .map_err(|e| AppError::internal(format!("no caller in the request data: {}", e.message)))
+}
+
+pub const ADMIN: &[Role] = &[Role::Admin];
+pub const AUDIT: &[Role] = &[Role::Admin, Role::Auditor];
+pub const ANALYTICS: &[Role] = &[Role::Admin, Role::Analyst];
+pub const TELEMETRY_WRITE: &[Role] = &[Role::Admin, Role::Integrator];
+pub const EVENT_READERS: &[Role] = &[Role::Admin, Role::Auditor, Role::Integrator];
+/// Who may read any booking: staff and auditors.
+pub const BOOKING_READERS: &[Role] = &[Role::Admin, Role::Auditor];

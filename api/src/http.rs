@@ -1,0 +1,531 @@
+//! The axum wiring: `/graphql` (POST, GET, GraphiQL, WebSocket), `/healthz`, `/readyz`,
+//! `/metrics`, CORS, body limit, request ids, rate limits and panic safety.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql::{BatchRequest, BatchResponse, Data};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{AppError, Code};
+use crate::ratelimit::Decision;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The application's routes over `state`.
+pub fn router(state: AppState) -> Router {
+    let cors = cors(&state.config.cors_origins);
+    let body_limit = state.config.body_limit_bytes;
+    let mut router = Router::new()
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<Body>| {
+                let id = req
+                    .headers()
+                    .get(REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                // The path only: query strings may carry personal data.
+                tracing::info_span!("http", method = %req.method(), path = req.uri().path(), request_id = id)
+            })
+            // One line per request at INFO: status and latency (never bodies or queries).
+            .on_response(
+                tower_http::trace::DefaultOnResponse::new()
+                    .level(tracing::Level::INFO)
+                    .latency_unit(tower_http::LatencyUnit::Millis),
+            ),
+        )
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
+    if let Some(cors) = cors {
+        router = router.layer(cors);
+    }
+    router
+}
+
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::from(Any)
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim()).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([REQUEST_ID, header::RETRY_AFTER])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// A GraphQL-shaped error response (for failures before or outside execution).
+fn error_response(status: StatusCode, code: Code, message: &str) -> Response {
+    (
+        status,
+        axum::Json(
+            json!({ "errors": [{ "message": message, "extensions": { "code": code.as_str() } }] }),
+        ),
+    )
+        .into_response()
+}
+
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Code::Internal,
+        "internal error",
+    )
+}
+
+async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        Code::NotFound,
+        "no such route; the API is at /graphql",
+    )
+}
+
+/// The client's address (for anonymous rate limits), when the server was started with
+/// connect info.
+pub struct ClientIp(Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
+fn caller_from(state: &AppState, headers: &HeaderMap) -> Caller {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    Caller::from_authorization(&state.services.accounts, value)
+}
+
+/// Count the request against the caller's limit; `Some(response)` when over it.
+async fn rate_limited(state: &AppState, caller: &Caller, ip: &ClientIp) -> Option<Response> {
+    let key = match (caller.user_id(), ip.0) {
+        (Some(id), _) => format!("user:{id}"),
+        (None, Some(addr)) => format!("ip:{}", addr.ip()),
+        (None, None) => "ip:unknown".to_owned(),
+    };
+    match state.limiter.check(&key).await {
+        Decision::Allowed => None,
+        Decision::Limited { retry_after_secs } => {
+            metrics::counter!("fleetledger_rate_limited_total").increment(1);
+            let error = AppError::RateLimited { retry_after_secs }.to_graphql();
+            let body = json!({ "errors": [{
+                "message": error.message,
+                "extensions": { "code": Code::RateLimited.as_str(), "retryAfter": retry_after_secs },
+            }] });
+            Some(
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, retry_after_secs.to_string())],
+                    axum::Json(body),
+                )
+                    .into_response(),
+            )
+        }
+    }
+}
+
+/// The root fields of each operation type, from the schema (bounded label values).
+fn root_fields() -> &'static std::collections::HashSet<String> {
+    use async_graphql::parser::types::{TypeKind, TypeSystemDefinition};
+    static FIELDS: std::sync::OnceLock<std::collections::HashSet<String>> =
+        std::sync::OnceLock::new();
+    FIELDS.get_or_init(|| {
+        let mut out = std::collections::HashSet::new();
+        if let Ok(doc) = async_graphql::parser::parse_schema(crate::schema::sdl()) {
+            for def in doc.definitions {
+                if let TypeSystemDefinition::Type(t) = def
+                    && let TypeKind::Object(o) = &t.node.kind
+                {
+                    let ty = t.node.name.node.to_lowercase();
+                    if ["query", "mutation", "subscription"].contains(&ty.as_str()) {
+                        for f in &o.fields {
+                            out.insert(format!("{ty}:{}", f.node.name.node));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    })
+}
+
+/// A label for metrics: the operation type and root fields (`query:searchCars`), which the
+/// schema bounds; client-chosen operation names are not used, so labels cannot explode.
+fn operation_label(batch: &BatchRequest) -> String {
+    use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
+    let BatchRequest::Single(request) = batch else {
+        return "batch".to_owned();
+    };
+    let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
+        return "invalid".to_owned();
+    };
+    let op = match (&doc.operations, &request.operation_name) {
+        (DocumentOperations::Single(op), _) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name.as_str()),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        (DocumentOperations::Multiple(_), None) => None,
+    };
+    let Some(op) = op else {
+        return "invalid".to_owned();
+    };
+    let ty = match op.node.ty {
+        OperationType::Query => "query",
+        OperationType::Mutation => "mutation",
+        OperationType::Subscription => "subscription",
+    };
+    let mut fields: Vec<String> = op
+        .node
+        .selection_set
+        .node
+        .items
+        .iter()
+        .filter_map(|item| match &item.node {
+            Selection::Field(f) => Some(format!("{ty}:{}", f.node.name.node)),
+            _ => None,
+        })
+        .collect();
+    fields.sort();
+    fields.dedup();
+    if fields.is_empty()
+        || fields.len() > 4
+        || !fields.iter().all(|f| {
+            root_fields().contains(f) || f.ends_with(":__typename") || f.ends_with(":__schema")
+        })
+    {
+        return format!("{ty}:other");
+    }
+    fields.join("+")
+}
+
+/// Give every error without a code one: errors from parsing, validation, limits and argument
+/// coercion (the only ones that do not come through `AppError`) are the client's input.
+fn with_codes(mut response: BatchResponse) -> BatchResponse {
+    let fix = |r: &mut async_graphql::Response| {
+        for e in &mut r.errors {
+            let has_code = e
+                .extensions
+                .as_ref()
+                .is_some_and(|x| x.get("code").is_some());
+            if !has_code {
+                e.extensions
+                    .get_or_insert_with(Default::default)
+                    .set("code", Code::BadUserInput.as_str());
+            }
+        }
+    };
+    match &mut response {
+        BatchResponse::Single(r) => fix(r),
+        BatchResponse::Batch(rs) => rs.iter_mut().for_each(fix),
+    }
+    response
+}
+
+fn outcome(response: &BatchResponse) -> &'static str {
+    let failed = match response {
+        BatchResponse::Single(r) => !r.errors.is_empty(),
+        BatchResponse::Batch(rs) => rs.iter().any(|r| !r.errors.is_empty()),
+    };
+    if failed { "error" } else { "ok" }
+}
+
+async fn execute(state: &AppState, caller: Caller, batch: BatchRequest) -> Response {
+    let operation = operation_label(&batch);
+    let started = Instant::now();
+    let response = with_codes(state.schema.execute_batch(batch.data(caller)).await);
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::counter!("fleetledger_graphql_requests_total",
+        "operation" => operation.clone(), "outcome" => outcome(&response))
+    .increment(1);
+    metrics::histogram!("fleetledger_graphql_request_duration_seconds", "operation" => operation)
+        .record(elapsed);
+    let mut http = axum::Json(&response).into_response();
+    if let Some(value) = response.cache_control().value()
+        && let Ok(value) = HeaderValue::from_str(&value)
+    {
+        http.headers_mut().insert(header::CACHE_CONTROL, value);
+    }
+    http
+}
+
+async fn graphql_post(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let caller = caller_from(&state, &headers);
+    if let Some(limited) = rate_limited(&state, &caller, &ip).await {
+        return limited;
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Code::BadUserInput,
+                &format!(
+                    "the request body is larger than {} bytes",
+                    state.config.body_limit_bytes
+                ),
+            );
+        }
+        Err(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                Code::BadUserInput,
+                "the request body could not be read",
+            );
+        }
+    };
+    let batch: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(batch) => batch,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                Code::BadUserInput,
+                &format!("the body is not a GraphQL request in JSON: {e}"),
+            );
+        }
+    };
+    execute(&state, caller, batch).await
+}
+
+async fn graphql_get(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    protocol: Result<GraphQLProtocol, StatusCode>,
+) -> Response {
+    if let Ok(ws) = ws {
+        let Ok(protocol) = protocol else {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                Code::BadUserInput,
+                "unsupported WebSocket subprotocol: use graphql-transport-ws or graphql-ws",
+            );
+        };
+        return websocket(state, ws, protocol, &ip).await;
+    }
+    let query = uri.query().unwrap_or("");
+    if query.is_empty() {
+        let wants_html = headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/html"));
+        if wants_html && state.config.graphiql {
+            return Html(
+                GraphiQLSource::build()
+                    .endpoint("/graphql")
+                    .subscription_endpoint("/graphql")
+                    .finish(),
+            )
+            .into_response();
+        }
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            Code::BadUserInput,
+            "GET /graphql needs a `query` parameter",
+        );
+    }
+    let caller = caller_from(&state, &headers);
+    if let Some(limited) = rate_limited(&state, &caller, &ip).await {
+        return limited;
+    }
+    let request = match async_graphql::http::parse_query_string(query) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                Code::BadUserInput,
+                &format!("malformed query string: {e}"),
+            );
+        }
+    };
+    if is_mutation(&request) {
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Code::BadUserInput,
+            "mutations must be sent with POST",
+        );
+    }
+    execute(&state, caller, BatchRequest::Single(request)).await
+}
+
+/// Whether the operation the request would run is a mutation (or a subscription, which GET
+/// cannot serve either). Unparseable queries are left to the executor to report.
+fn is_mutation(request: &async_graphql::Request) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, OperationType};
+    let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
+        return false;
+    };
+    let not_query = |t: OperationType| t != OperationType::Query;
+    match &doc.operations {
+        DocumentOperations::Single(op) => not_query(op.node.ty),
+        DocumentOperations::Multiple(ops) => match &request.operation_name {
+            Some(name) => ops
+                .get(name.as_str())
+                .is_some_and(|op| not_query(op.node.ty)),
+            None => ops.values().any(|op| not_query(op.node.ty)),
+        },
+    }
+}
+
+async fn websocket(
+    state: AppState,
+    ws: WebSocketUpgrade,
+    protocol: GraphQLProtocol,
+    ip: &ClientIp,
+) -> Response {
+    if let Some(limited) = rate_limited(&state, &Caller::Anonymous, ip).await {
+        return limited;
+    }
+    let schema = state.schema.clone();
+    let accounts = state.services.accounts.clone();
+    ws.protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            metrics::gauge!("fleetledger_websocket_connections").increment(1.0);
+            GraphQLWebSocket::new(socket, schema, protocol)
+                .on_connection_init(move |payload: serde_json::Value| async move {
+                    let value = ["Authorization", "authorization"]
+                        .iter()
+                        .find_map(|k| payload.get(*k).and_then(|v| v.as_str()).map(str::to_owned))
+                        .or_else(|| {
+                            payload
+                                .get("token")
+                                .and_then(|v| v.as_str())
+                                .map(|t| format!("Bearer {t}"))
+                        });
+                    let caller = Caller::from_authorization(&accounts, value.as_deref());
+                    if let Caller::BadToken(reason) = caller {
+                        return Err(AppError::InvalidToken(reason).to_graphql());
+                    }
+                    let mut data = Data::default();
+                    data.insert(caller);
+                    Ok(data)
+                })
+                .serve()
+                .await;
+            metrics::gauge!("fleetledger_websocket_connections").decrement(1.0);
+        })
+}
+
+/// The process is up.
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({ "status": "ok" }))
+}
+
+/// The process can serve: the database answers within a second, and every read-model
+/// projection is running (not failed, stopped or catching up).
+async fn readyz(State(state): State<AppState>) -> Response {
+    let pool = state.services.store.pool();
+    let names: Vec<String> = projections::names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let check = sqlx::query_as::<_, (String, Option<String>)>(
+        "SELECT n.name, s.state FROM unnest($1::text[]) AS n(name) \
+         LEFT JOIN projection_status s ON s.name = n.name ORDER BY n.name",
+    )
+    .bind(&names)
+    .fetch_all(pool);
+    match tokio::time::timeout(Duration::from_secs(1), check).await {
+        Ok(Ok(rows)) => {
+            let states: serde_json::Map<String, serde_json::Value> = rows
+                .iter()
+                .map(|(name, s)| (name.clone(), json!(s.as_deref().unwrap_or("absent"))))
+                .collect();
+            let ready = rows.iter().all(|(_, s)| s.as_deref() == Some("running"));
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (
+                status,
+                axum::Json(json!({
+                    "status": if ready { "ready" } else { "unavailable" },
+                    "database": "ok",
+                    "projections": states,
+                })),
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: database error");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({ "status": "unavailable", "database": "error" })),
+            )
+                .into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "unavailable", "database": "timeout" })),
+        )
+            .into_response(),
+    }
+}
+
+/// Prometheus text exposition of every metric this process records.
+async fn metrics(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            Code::NotFound,
+            "metrics are not enabled",
+        ),
+    }
+}

@@ -1,0 +1,53 @@
+//! Batched lookups (DataLoader) for fields that every item of a list resolves: a page of cars
+//! asks for its branches in one query, a page of bookings for its cars in one query.
+
+use std::collections::HashMap;
+
+use async_graphql::dataloader::{DataLoader, Loader};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::rows::{BranchRow, CAR_COLUMNS, CarRow};
+use crate::error::AppError;
+
+/// Branches by code.
+pub(crate) struct BranchLoader(pub(crate) PgPool);
+
+impl Loader<String> for BranchLoader {
+    type Value = BranchRow;
+    type Error = AppError;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, BranchRow>, AppError> {
+        let rows: Vec<BranchRow> = sqlx::query_as(
+            "SELECT code, name, city, latitude, longitude FROM branches WHERE code = ANY($1)",
+        )
+        .bind(keys)
+        .fetch_all(&self.0)
+        .await?;
+        Ok(rows.into_iter().map(|b| (b.code.clone(), b)).collect())
+    }
+}
+
+/// Cars (search read model) by id.
+pub(crate) struct CarLoader(pub(crate) PgPool);
+
+impl Loader<Uuid> for CarLoader {
+    type Value = CarRow;
+    type Error = AppError;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, CarRow>, AppError> {
+        let sql = format!("SELECT {CAR_COLUMNS} FROM rm_search_cars c WHERE c.car_id = ANY($1)");
+        let rows: Vec<CarRow> = sqlx::query_as(&sql).bind(keys).fetch_all(&self.0).await?;
+        Ok(rows.into_iter().map(|c| (c.car_id, c)).collect())
+    }
+}
+
+/// The loaders, uncached (every request sees fresh rows), batching concurrent lookups.
+pub(crate) fn register(
+    builder: async_graphql::SchemaBuilder<super::Query, super::Mutation, super::Subscription>,
+    pool: &PgPool,
+) -> async_graphql::SchemaBuilder<super::Query, super::Mutation, super::Subscription> {
+    builder
+        .data(DataLoader::new(BranchLoader(pool.clone()), tokio::spawn))
+        .data(DataLoader::new(CarLoader(pool.clone()), tokio::spawn))
+}

@@ -1,0 +1,683 @@
+//! Mutations: each runs one command service, then answers from the read models once the
+//! projections that back the answer have applied the command (read-your-writes).
+
+use async_graphql::{Context, Object};
+use chrono::{DateTime, Utc};
+use commands::CommandContext;
+use commands::accounts::{ProfileUpdate, RegisterInput as AccountsRegister, Role as AccountRole};
+use commands::booking::BookingRequest;
+use commands::branches::BranchInput as NewBranch;
+use domain::booking::CancelledBy;
+use domain::car::{CarCommand, CarDetails, CarDetailsPatch};
+use domain::telemetry::{GeoPoint as DomainPoint, Reading, TelemetryCommand, TelemetryEvent};
+use domain::{Currency, Money as DomainMoney, TimeWindow};
+use eventstore::{Checkpoint, RecordedEvent};
+use uuid::Uuid;
+
+use super::rows;
+use super::scalars::Decimal;
+use super::types::*;
+use super::{services, text_arg};
+use crate::auth::{self, caller};
+use crate::error::{ApiResult, AppError};
+use crate::services::{Services, last_checkpoint, projections as p};
+
+fn context(ctx: &Context<'_>) -> ApiResult<CommandContext> {
+    Ok(CommandContext::new(caller(ctx)?.actor()))
+}
+
+/// The position to wait for: the command's last event, or (when it wrote nothing, e.g. an
+/// idempotent retry) everything committed so far.
+async fn target(s: &Services, events: &[RecordedEvent]) -> ApiResult<Option<Checkpoint>> {
+    match last_checkpoint(events) {
+        Some(c) => Ok(Some(c)),
+        None => Ok(Some(s.store.committed_head().await?)),
+    }
+}
+
+async fn car_after(s: &Services, id: Uuid, events: &[RecordedEvent]) -> ApiResult<Car> {
+    s.wait_for_projections(p::CARS, target(s, events).await?)
+        .await?;
+    rows::car(s.store.pool(), id)
+        .await?
+        .map(Car)
+        .ok_or_else(|| AppError::not_found("car"))
+}
+
+async fn booking_after(s: &Services, id: Uuid, events: &[RecordedEvent]) -> ApiResult<Booking> {
+    s.wait_for_projections(p::BOOKINGS, target(s, events).await?)
+        .await?;
+    rows::booking(s.store.pool(), id)
+        .await?
+        .map(Booking)
+        .ok_or_else(|| AppError::not_found("booking"))
+}
+
+async fn payment_after(s: &Services, id: Uuid) -> ApiResult<Payment> {
+    let head = s.store.committed_head().await?;
+    s.wait_for_projections(p::PAYMENTS, Some(head)).await?;
+    rows::payment(s.store.pool(), id)
+        .await?
+        .map(Payment)
+        .ok_or_else(|| AppError::not_found("payment"))
+}
+
+async fn require_branch(s: &Services, field: &str, code: &str) -> ApiResult<()> {
+    match s.branches.get(code).await? {
+        Some(_) => Ok(()),
+        None => Err(AppError::bad_input(field, format!("no branch {code:?}"))),
+    }
+}
+
+fn seats(field: &str, n: i32) -> ApiResult<u8> {
+    u8::try_from(n).map_err(|_| AppError::bad_input(field, "must be between 1 and 60"))
+}
+
+fn finite(field: &str, v: f64, min: f64, max: f64) -> ApiResult<f64> {
+    if v.is_finite() && (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(AppError::bad_input(
+            field,
+            format!("must be between {min} and {max}"),
+        ))
+    }
+}
+
+fn window(
+    start_field: &str,
+    start: DateTime<Utc>,
+    end_field: &str,
+    end: DateTime<Utc>,
+) -> ApiResult<TimeWindow> {
+    TimeWindow::new(start, end)
+        .map_err(|_| AppError::bad_input(end_field, format!("must be after {start_field}")))
+}
+
+/// The caller, who must own the booking (or be ADMIN); the booking from the log, so a booking
+/// made a moment ago is found even before the read models have it.
+async fn own_booking(ctx: &Context<'_>, id: Uuid) -> ApiResult<(Uuid, AccountRole, Uuid)> {
+    let who = caller(ctx)?;
+    who.user()?;
+    let view = services(ctx)?.bookings.get(id).await?;
+    let owner = view
+        .state
+        .customer_id
+        .ok_or_else(|| AppError::not_found("booking"))?;
+    let (me, role) = who.require_owner_or(owner, auth::ADMIN)?;
+    Ok((me, role, owner))
+}
+
+fn check_key(key: Option<String>) -> ApiResult<Option<String>> {
+    match key {
+        Some(k) if k.is_empty() || k.len() > 200 => Err(AppError::bad_input(
+            "idempotencyKey",
+            "must be 1 to 200 characters",
+        )),
+        other => Ok(other),
+    }
+}
+
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> ApiResult<AuthPayload> {
+        let payload = services(ctx)?
+            .accounts
+            .register(AccountsRegister {
+                email: input.email,
+                password: input.password,
+                name: input.name,
+                phone: input.phone,
+            })
+            .await?;
+        Ok(payload.into())
+    }
+
+    async fn login(
+        &self,
+        ctx: &Context<'_>,
+        email: String,
+        password: String,
+    ) -> ApiResult<AuthPayload> {
+        if email.len() > 254 || password.len() > 1_024 {
+            return Err(AppError::InvalidToken("invalid email or password"));
+        }
+        Ok(services(ctx)?
+            .accounts
+            .login(&email, &password)
+            .await?
+            .into())
+    }
+
+    async fn update_profile(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateProfileInput,
+    ) -> ApiResult<User> {
+        let (me, _) = caller(ctx)?.user()?;
+        let user = services(ctx)?
+            .accounts
+            .update_profile(
+                me,
+                ProfileUpdate {
+                    name: input.name,
+                    phone: input.phone,
+                },
+            )
+            .await?;
+        Ok(user.into())
+    }
+
+    /// ADMIN only.
+    async fn grant_role(&self, ctx: &Context<'_>, user_id: Uuid, role: Role) -> ApiResult<User> {
+        caller(ctx)?.require(auth::ADMIN)?;
+        Ok(services(ctx)?
+            .accounts
+            .grant_role(user_id, role.into())
+            .await?
+            .into())
+    }
+
+    async fn add_branch(&self, ctx: &Context<'_>, input: BranchInput) -> ApiResult<Branch> {
+        caller(ctx)?.require(auth::ADMIN)?;
+        input.position.check("position")?;
+        let branch = services(ctx)?
+            .branches
+            .add(NewBranch {
+                code: input.code,
+                name: input.name,
+                city: input.city,
+                latitude: input.position.latitude,
+                longitude: input.position.longitude,
+            })
+            .await?;
+        Ok(branch.into())
+    }
+
+    async fn add_car(&self, ctx: &Context<'_>, input: CarInput) -> ApiResult<Car> {
+        caller(ctx)?.require(auth::ADMIN)?;
+        let s = services(ctx)?;
+        let currency_code = input.currency.unwrap_or_else(|| "USD".into());
+        let currency = Currency::parse(&currency_code)
+            .map_err(|e| AppError::bad_input("currency", e.to_string()))?;
+        if input.daily_rate.minor() <= 0 {
+            return Err(AppError::bad_input("dailyRate", "must be positive"));
+        }
+        require_branch(s, "branchCode", &input.branch_code).await?;
+        let id = Uuid::now_v7();
+        let details = CarDetails {
+            make: input.make,
+            model: input.model,
+            year: input.year,
+            class: input.class.to_domain()?,
+            seats: seats("seats", input.seats)?,
+            transmission: input.transmission.to_domain()?,
+            fuel: input.fuel.to_domain()?,
+            features: input.features.unwrap_or_default(),
+        };
+        let done = s
+            .cars
+            .execute(
+                &id.to_string(),
+                CarCommand::Register {
+                    id,
+                    details,
+                    daily_rate: DomainMoney::new(input.daily_rate.minor(), currency),
+                    branch: input.branch_code,
+                },
+                &context(ctx)?,
+            )
+            .await?;
+        car_after(s, id, &done.events).await
+    }
+
+    async fn update_car(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        input: CarUpdateInput,
+    ) -> ApiResult<Car> {
+        caller(ctx)?.require(auth::ADMIN)?;
+        let s = services(ctx)?;
+        let patch = CarDetailsPatch {
+            make: input.make,
+            model: input.model,
+            year: input.year,
+            class: input.class.map(CarClass::to_domain).transpose()?,
+            seats: input.seats.map(|n| seats("seats", n)).transpose()?,
+            transmission: input
+                .transmission
+                .map(Transmission::to_domain)
+                .transpose()?,
+            fuel: input.fuel.map(FuelType::to_domain).transpose()?,
+            features: input.features,
+        };
+        let done = s
+            .cars
+            .execute(
+                &id.to_string(),
+                CarCommand::UpdateDetails { patch },
+                &context(ctx)?,
+            )
+            .await?;
+        car_after(s, id, &done.events).await
+    }
+
+    async fn change_daily_rate(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        daily_rate: Decimal,
+    ) -> ApiResult<Car> {
+        caller(ctx)?.require(auth::ADMIN)?;
+        let s = services(ctx)?;
+        if daily_rate.minor() <= 0 {
+            return Err(AppError::bad_input("dailyRate", "must be positive"));
+        }
+        let car = s.cars.load(&id.to_string()).await?;
+        let currency = car
+            .state
+            .daily_rate
+            .map(|m| m.currency)
+            .ok_or_else(|| AppError::not_found("car"))?;
+        let done = s
+            .cars
+            .execute(
+                &id.to_string(),
+                CarCommand::ChangeDailyRate {
+                    daily_rate: DomainMoney::new(daily_rate.minor(), currency),
+                },
+                &context(ctx)?,
+            )
+            .await?;
+        car_after(s, id, &done.events).await
+    }
+
+    async fn relocate_car(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        branch_code: String,
+    ) -> ApiResult<Car> {
+        caller(ctx)?.require(auth::ADMIN)?;
+        let s = services(ctx)?;
+        require_branch(s, "branchCode", &branch_code).await?;
+        let done = s
+            .cars
+            .execute(
+                &id.to_string(),
+                CarCommand::Relocate {
+                    branch: branch_code,
+                },
+                &context(ctx)?,
+            )
+            .await?;
+        car_after(s, id, &done.events).await
+    }
+
+    async fn schedule_maintenance(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        reason: String,
+    ) -> ApiResult<Car> {
+        caller(ctx)?.require(auth::ADMIN)?;
+        let s = services(ctx)?;
+        let window = window("start", start, "end", end)?;
+        let reason = text_arg("reason", &reason, 500)?;
+        if reason.is_empty() {
+            return Err(AppError::bad_input("reason", "must not be empty"));
+        }
+        let done = s
+            .cars
+            .execute(
+                &id.to_string(),
+                CarCommand::ScheduleMaintenance {
+                    maintenance_id: Uuid::now_v7(),
+                    window,
+                    reason,
+                    buffer_minutes: s.bookings.config().turnaround_minutes,
+                    now: Utc::now(),
+                },
+                &context(ctx)?,
+            )
+            .await?;
+        car_after(s, id, &done.events).await
+    }
+
+    async fn complete_maintenance(&self, ctx: &Context<'_>, id: Uuid) -> ApiResult<Car> {
+        caller(ctx)?.require(auth::ADMIN)?;
+        let s = services(ctx)?;
+        let events = s
+            .fleet
+            .complete_maintenance(&context(ctx)?, id, Utc::now())
+            .await?;
+        car_after(s, id, &events).await
+    }
+
+    async fn retire_car(&self, ctx: &Context<'_>, id: Uuid, reason: String) -> ApiResult<Car> {
+        caller(ctx)?.require(auth::ADMIN)?;
+        let s = services(ctx)?;
+        let reason = text_arg("reason", &reason, 500)?;
+        if reason.is_empty() {
+            return Err(AppError::bad_input("reason", "must not be empty"));
+        }
+        let done = s
+            .cars
+            .execute(
+                &id.to_string(),
+                CarCommand::Retire {
+                    reason,
+                    now: Utc::now(),
+                },
+                &context(ctx)?,
+            )
+            .await?;
+        car_after(s, id, &done.events).await
+    }
+
+    /// Reserves the car at once and returns a HELD booking with heldUntil; never overbooks.
+    /// The same idempotencyKey from the same user returns the same booking.
+    async fn request_booking(
+        &self,
+        ctx: &Context<'_>,
+        input: BookingRequestInput,
+        idempotency_key: Option<String>,
+    ) -> ApiResult<Booking> {
+        let (me, _) = caller(ctx)?.require(&[AccountRole::Customer, AccountRole::Admin])?;
+        let s = services(ctx)?;
+        let key = check_key(idempotency_key)?;
+        let window = window("pickupAt", input.pickup_at, "returnAt", input.return_at)?;
+        if window.duration() > chrono::Duration::days(90) {
+            return Err(AppError::bad_input(
+                "returnAt",
+                "a rental lasts at most 90 days",
+            ));
+        }
+        let view = s
+            .bookings
+            .request_booking(
+                &context(ctx)?,
+                me,
+                BookingRequest {
+                    car_id: input.car_id,
+                    window,
+                    pickup_branch: input.pickup_branch_code,
+                    return_branch: input.return_branch_code,
+                },
+                key.as_deref(),
+                Utc::now(),
+            )
+            .await?;
+        booking_after(s, view.id, &view.events).await
+    }
+
+    /// Pays a HELD booking; on success it becomes CONFIRMED, on decline it stays HELD until heldUntil.
+    async fn pay_booking(
+        &self,
+        ctx: &Context<'_>,
+        booking_id: Uuid,
+        method: PaymentMethodInput,
+        idempotency_key: Option<String>,
+    ) -> ApiResult<Payment> {
+        own_booking(ctx, booking_id).await?;
+        let s = services(ctx)?;
+        let key = check_key(idempotency_key)?;
+        let token = method.token.trim();
+        if token.is_empty() || token.len() > 200 {
+            return Err(AppError::bad_input(
+                "method.token",
+                "must be 1 to 200 characters",
+            ));
+        }
+        let paid = s
+            .checkout
+            .pay_booking(
+                &context(ctx)?,
+                booking_id,
+                method.kind.to_domain()?,
+                token.to_owned(),
+                key.as_deref(),
+                Utc::now(),
+            )
+            .await?;
+        s.wait_for_projections(p::BOOKINGS, target(s, &paid.booking.events).await?)
+            .await?;
+        payment_after(s, paid.payment.id).await
+    }
+
+    async fn modify_booking(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        pickup_at: DateTime<Utc>,
+        return_at: DateTime<Utc>,
+    ) -> ApiResult<Booking> {
+        own_booking(ctx, id).await?;
+        let s = services(ctx)?;
+        let window = window("pickupAt", pickup_at, "returnAt", return_at)?;
+        let view = s
+            .bookings
+            .modify(&context(ctx)?, id, window, Utc::now())
+            .await?;
+        booking_after(s, id, &view.events).await
+    }
+
+    async fn cancel_booking(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        reason: Option<String>,
+    ) -> ApiResult<Booking> {
+        let (me, _, owner) = own_booking(ctx, id).await?;
+        let s = services(ctx)?;
+        let reason = reason.map(|r| text_arg("reason", &r, 500)).transpose()?;
+        let by = if me == owner {
+            CancelledBy::Customer
+        } else {
+            CancelledBy::Staff
+        };
+        let view = s
+            .bookings
+            .cancel(&context(ctx)?, id, by, reason, Utc::now())
+            .await?;
+        booking_after(s, id, &view.events).await
+    }
+
+    /// Staff hands the car over (ADMIN).
+    async fn pick_up_car(
+        &self,
+        ctx: &Context<'_>,
+        booking_id: Uuid,
+        odometer_km: f64,
+        fuel_percent: f64,
+    ) -> ApiResult<Booking> {
+        caller(ctx)?.require(auth::ADMIN)?;
+        let s = services(ctx)?;
+        let odometer = finite(
+            "odometerKm",
+            odometer_km,
+            0.0,
+            domain::telemetry::MAX_ODOMETER_KM,
+        )?;
+        let fuel = finite("fuelPercent", fuel_percent, 0.0, 100.0)?;
+        let view = s
+            .bookings
+            .pick_up(&context(ctx)?, booking_id, odometer, fuel, Utc::now())
+            .await?;
+        booking_after(s, booking_id, &view.events).await
+    }
+
+    /// Staff takes the car back (ADMIN); late return and fuel fees are charged.
+    async fn return_car(
+        &self,
+        ctx: &Context<'_>,
+        booking_id: Uuid,
+        odometer_km: f64,
+        fuel_percent: f64,
+        branch_code: String,
+    ) -> ApiResult<Booking> {
+        caller(ctx)?.require(auth::ADMIN)?;
+        let s = services(ctx)?;
+        let odometer = finite(
+            "odometerKm",
+            odometer_km,
+            0.0,
+            domain::telemetry::MAX_ODOMETER_KM,
+        )?;
+        let fuel = finite("fuelPercent", fuel_percent, 0.0, 100.0)?;
+        require_branch(s, "branchCode", &branch_code).await?;
+        let view = s
+            .bookings
+            .return_car(
+                &context(ctx)?,
+                booking_id,
+                odometer,
+                fuel,
+                branch_code,
+                Utc::now(),
+            )
+            .await?;
+        booking_after(s, booking_id, &view.events).await
+    }
+
+    async fn refund_payment(
+        &self,
+        ctx: &Context<'_>,
+        payment_id: Uuid,
+        amount: Option<Decimal>,
+    ) -> ApiResult<Payment> {
+        caller(ctx)?.require(auth::ADMIN)?;
+        let s = services(ctx)?;
+        let payments = s.checkout.payments();
+        let current = payments
+            .get(payment_id)
+            .await?
+            .ok_or_else(|| AppError::not_found("payment"))?;
+        let amount = match amount {
+            Some(a) if a.minor() <= 0 => {
+                return Err(AppError::bad_input("amount", "must be positive"));
+            }
+            Some(a) => Some(DomainMoney::new(a.minor(), current.amount.currency)),
+            None => None,
+        };
+        payments
+            .refund(payment_id, amount, "refund by staff", &context(ctx)?)
+            .await?;
+        payment_after(s, payment_id).await
+    }
+
+    async fn submit_feedback(
+        &self,
+        ctx: &Context<'_>,
+        booking_id: Uuid,
+        rating: i32,
+        comment: Option<String>,
+    ) -> ApiResult<Feedback> {
+        let (me, _, owner) = own_booking(ctx, booking_id).await?;
+        if me != owner {
+            return Err(AppError::Forbidden);
+        }
+        if !(1..=5).contains(&rating) {
+            return Err(AppError::bad_input("rating", "must be 1 to 5"));
+        }
+        let comment = comment
+            .map(|c| text_arg("comment", &c, 2_000))
+            .transpose()?;
+        let s = services(ctx)?;
+        let view = s
+            .bookings
+            .submit_feedback(&context(ctx)?, booking_id, rating, comment, Utc::now())
+            .await?;
+        s.wait_for_projections(&[p::HISTORY, p::SEARCH], target(s, &view.events).await?)
+            .await?;
+        let row = rows::booking(s.store.pool(), booking_id)
+            .await?
+            .ok_or_else(|| AppError::not_found("booking"))?;
+        match (row.rating, row.feedback_at) {
+            (Some(rating), Some(submitted_at)) => Ok(Feedback {
+                booking_id,
+                rating,
+                comment: row.comment,
+                submitted_at,
+            }),
+            _ => Err(AppError::internal(
+                "feedback missing from the read model after its event",
+            )),
+        }
+    }
+
+    async fn record_telemetry(
+        &self,
+        ctx: &Context<'_>,
+        car_id: Uuid,
+        readings: Vec<TelemetryReadingInput>,
+    ) -> ApiResult<TelemetryAck> {
+        caller(ctx)?.require(auth::TELEMETRY_WRITE)?;
+        let s = services(ctx)?;
+        if readings.is_empty() {
+            return Err(AppError::bad_input("readings", "must not be empty"));
+        }
+        if readings.len() > s.telemetry_policy.max_batch {
+            return Err(AppError::bad_input(
+                "readings",
+                format!("at most {} readings per call", s.telemetry_policy.max_batch),
+            ));
+        }
+        if s.cars.load(&car_id.to_string()).await?.state.id.is_none() {
+            return Err(AppError::not_found("car"));
+        }
+        let readings: Vec<Reading> = readings
+            .into_iter()
+            .map(|r| Reading {
+                recorded_at: r.recorded_at,
+                position: DomainPoint {
+                    latitude: r.position.latitude,
+                    longitude: r.position.longitude,
+                },
+                speed_kph: r.speed_kph,
+                fuel_percent: r.fuel_percent,
+                battery_percent: r.battery_percent,
+                odometer_km: r.odometer_km,
+                engine_temp_c: r.engine_temp_c,
+            })
+            .collect();
+        let received_at = Utc::now();
+        let done = s
+            .telemetry
+            .execute(
+                &car_id.to_string(),
+                TelemetryCommand::RecordReadings {
+                    car_id,
+                    readings: readings.clone(),
+                    received_at,
+                },
+                &context(ctx)?,
+            )
+            .await?;
+        let recorded = done.events.iter().find_map(|e| {
+            commands::codec::decode::<domain::telemetry::Telemetry>(e)
+                .ok()
+                .and_then(|t: TelemetryEvent| t.batch_summary())
+        });
+        let summary = match recorded {
+            Some(summary) => summary,
+            None => s
+                .telemetry
+                .load(&car_id.to_string())
+                .await?
+                .state
+                .assess(&readings, received_at, &s.telemetry_policy)
+                .summary(),
+        };
+        Ok(TelemetryAck {
+            accepted: i32::try_from(summary.accepted).unwrap_or(i32::MAX),
+            duplicates: i32::try_from(summary.duplicates).unwrap_or(i32::MAX),
+            rejected: summary.rejected.iter().map(ToString::to_string).collect(),
+        })
+    }
+}

@@ -1,0 +1,843 @@
+//! The contract's object, enum and input types, and how each is resolved.
+
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{ComplexObject, Context, Enum, InputObject, Json, Object, SimpleObject};
+use chrono::{DateTime, Utc};
+use commands::accounts;
+use eventstore::RecordedEvent;
+use uuid::Uuid;
+
+use super::loaders::{BranchLoader, CarLoader};
+use super::rows::{self, BookingRow, BranchRow, CarRow, PaymentRow, TelemetryRow};
+use super::scalars::Decimal;
+use super::{offset_cursor, offset_from, page_size, services, weighted};
+use crate::auth::{self, caller};
+use crate::error::{ApiResult, AppError};
+
+macro_rules! wire_enum {
+    ($name:ident { $($variant:ident = $wire:literal),+ $(,)? }) => {
+        #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $wire),+ }
+            }
+            pub fn from_wire(s: &str) -> ApiResult<Self> {
+                match s {
+                    $($wire => Ok(Self::$variant),)+
+                    other => Err(AppError::internal(format!(
+                        "stored {} {other:?} is not in the contract", stringify!($name)))),
+                }
+            }
+            /// The domain's serde value (the same wire name).
+            pub fn to_domain<T: serde::de::DeserializeOwned>(self) -> ApiResult<T> {
+                serde_json::from_value(serde_json::Value::String(self.as_str().to_owned()))
+                    .map_err(AppError::internal)
+            }
+        }
+    };
+}
+
+wire_enum!(Role { Customer = "CUSTOMER", Admin = "ADMIN", Auditor = "AUDITOR", Analyst = "ANALYST", Integrator = "INTEGRATOR" });
+wire_enum!(CarClass { Economy = "ECONOMY", Compact = "COMPACT", Sedan = "SEDAN", Suv = "SUV", Truck = "TRUCK", Van = "VAN", Luxury = "LUXURY", Electric = "ELECTRIC" });
+wire_enum!(Transmission { Automatic = "AUTOMATIC", Manual = "MANUAL" });
+wire_enum!(FuelType { Petrol = "PETROL", Diesel = "DIESEL", Hybrid = "HYBRID", Electric = "ELECTRIC" });
+wire_enum!(CarStatus { Available = "AVAILABLE", Reserved = "RESERVED", Rented = "RENTED", Maintenance = "MAINTENANCE", Retired = "RETIRED" });
+wire_enum!(BookingStatus { Held = "HELD", Confirmed = "CONFIRMED", Active = "ACTIVE", Completed = "COMPLETED", Cancelled = "CANCELLED", Expired = "EXPIRED" });
+wire_enum!(PaymentMethodKind { Card = "CARD", Paypal = "PAYPAL", Wallet = "WALLET" });
+wire_enum!(PaymentStatus { Pending = "PENDING", Authorized = "AUTHORIZED", Captured = "CAPTURED", Failed = "FAILED", Refunded = "REFUNDED", PartiallyRefunded = "PARTIALLY_REFUNDED" });
+wire_enum!(CarSort { PriceAsc = "PRICE_ASC", PriceDesc = "PRICE_DESC", Distance = "DISTANCE", Rating = "RATING" });
+
+impl From<accounts::Role> for Role {
+    fn from(r: accounts::Role) -> Self {
+        match r {
+            accounts::Role::Customer => Self::Customer,
+            accounts::Role::Admin => Self::Admin,
+            accounts::Role::Auditor => Self::Auditor,
+            accounts::Role::Analyst => Self::Analyst,
+            accounts::Role::Integrator => Self::Integrator,
+        }
+    }
+}
+
+impl From<Role> for accounts::Role {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Customer => Self::Customer,
+            Role::Admin => Self::Admin,
+            Role::Auditor => Self::Auditor,
+            Role::Analyst => Self::Analyst,
+            Role::Integrator => Self::Integrator,
+        }
+    }
+}
+
+#[derive(SimpleObject, Clone, Debug)]
+pub struct Money {
+    pub amount: Decimal,
+    pub currency: String,
+}
+
+impl Money {
+    pub fn new(minor: i64, currency: impl Into<String>) -> Self {
+        Self {
+            amount: Decimal(minor),
+            currency: currency.into(),
+        }
+    }
+}
+
+impl From<domain::Money> for Money {
+    fn from(m: domain::Money) -> Self {
+        Self::new(m.minor, m.currency.as_str())
+    }
+}
+
+#[derive(SimpleObject, Clone, Copy, Debug)]
+pub struct GeoPoint {
+    pub latitude: f64,
+    pub longitude: f64,
+}
+
+#[derive(SimpleObject, Clone, Debug)]
+pub struct Branch {
+    pub code: String,
+    pub name: String,
+    pub city: String,
+    pub position: GeoPoint,
+}
+
+impl From<BranchRow> for Branch {
+    fn from(b: BranchRow) -> Self {
+        Self {
+            code: b.code,
+            name: b.name,
+            city: b.city,
+            position: GeoPoint {
+                latitude: b.latitude,
+                longitude: b.longitude,
+            },
+        }
+    }
+}
+
+impl From<commands::branches::Branch> for Branch {
+    fn from(b: commands::branches::Branch) -> Self {
+        Self {
+            code: b.code,
+            name: b.name,
+            city: b.city,
+            position: GeoPoint {
+                latitude: b.latitude,
+                longitude: b.longitude,
+            },
+        }
+    }
+}
+
+pub(crate) async fn branch_by_code(ctx: &Context<'_>, code: &str) -> ApiResult<Branch> {
+    let loader = ctx
+        .data::<DataLoader<BranchLoader>>()
+        .map_err(|e| AppError::internal(e.message))?;
+    loader
+        .load_one(code.to_owned())
+        .await?
+        .map(Branch::from)
+        .ok_or_else(|| AppError::internal(format!("branch {code:?} is referenced but missing")))
+}
+
+#[derive(SimpleObject, Clone, Copy, Debug)]
+pub struct TimeRange {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+#[derive(SimpleObject, Clone, Debug, Default)]
+pub struct PageInfo {
+    pub has_next_page: bool,
+    pub has_previous_page: bool,
+    pub start_cursor: Option<String>,
+    pub end_cursor: Option<String>,
+}
+
+#[derive(SimpleObject, Clone, Debug)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub phone: Option<String>,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<accounts::User> for User {
+    fn from(u: accounts::User) -> Self {
+        Self {
+            id: u.id,
+            email: u.email,
+            name: u.name,
+            phone: u.phone,
+            role: u.role.into(),
+            created_at: u.created_at,
+        }
+    }
+}
+
+#[derive(SimpleObject, Clone, Debug)]
+pub struct AuthPayload {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    pub user: User,
+}
+
+impl From<accounts::AuthPayload> for AuthPayload {
+    fn from(p: accounts::AuthPayload) -> Self {
+        Self {
+            token: p.token,
+            expires_at: p.expires_at,
+            user: p.user.into(),
+        }
+    }
+}
+
+/// A car, from the search read model.
+pub struct Car(pub(crate) CarRow);
+
+#[Object]
+impl Car {
+    async fn id(&self) -> Uuid {
+        self.0.car_id
+    }
+    async fn make(&self) -> &str {
+        &self.0.make
+    }
+    async fn model(&self) -> &str {
+        &self.0.model
+    }
+    async fn year(&self) -> i32 {
+        self.0.year
+    }
+    async fn class(&self) -> ApiResult<CarClass> {
+        CarClass::from_wire(&self.0.class)
+    }
+    async fn seats(&self) -> i32 {
+        self.0.seats
+    }
+    async fn transmission(&self) -> ApiResult<Transmission> {
+        Transmission::from_wire(&self.0.transmission)
+    }
+    async fn fuel(&self) -> ApiResult<FuelType> {
+        FuelType::from_wire(&self.0.fuel)
+    }
+    async fn features(&self) -> &[String] {
+        &self.0.features
+    }
+    async fn daily_rate(&self) -> Money {
+        Money::new(self.0.daily_rate_minor, &self.0.currency)
+    }
+    async fn branch(&self, ctx: &Context<'_>) -> ApiResult<Branch> {
+        branch_by_code(ctx, &self.0.branch_code).await
+    }
+    async fn status(&self) -> ApiResult<CarStatus> {
+        CarStatus::from_wire(&self.0.status)
+    }
+    async fn odometer_km(&self) -> Option<f64> {
+        self.0.odometer_km
+    }
+    async fn last_telemetry(&self, ctx: &Context<'_>) -> ApiResult<Option<TelemetryReading>> {
+        let pool = services(ctx)?.store.pool();
+        Ok(rows::latest_telemetry(pool, self.0.car_id)
+            .await?
+            .map(TelemetryReading::from))
+    }
+    async fn average_rating(&self) -> Option<f64> {
+        (self.0.review_count > 0).then(|| self.0.rating_sum as f64 / f64::from(self.0.review_count))
+    }
+    async fn review_count(&self) -> i32 {
+        self.0.review_count
+    }
+    /// Reserved windows, for staff; customers see only free windows via `availability`.
+    async fn reservations(
+        &self,
+        ctx: &Context<'_>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> ApiResult<Vec<TimeRange>> {
+        caller(ctx)?.require(auth::ADMIN)?;
+        if to <= from {
+            return Err(AppError::bad_input("to", "must be after from"));
+        }
+        let pool = services(ctx)?.store.pool();
+        let rows: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT lower(period), upper(period) FROM rm_availability_blocks \
+             WHERE car_id = $1 AND kind = 'RESERVATION' AND period && tstzrange($2, $3) \
+             ORDER BY lower(period)",
+        )
+        .bind(self.0.car_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(start, end)| TimeRange { start, end })
+            .collect())
+    }
+    /// The car's own event stream (ADMIN, AUDITOR).
+    #[graphql(complexity = "weighted(first, 50, child_complexity)")]
+    async fn history(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default_with = "Some(50)")] first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<EventConnection> {
+        caller(ctx)?.require(auth::AUDIT)?;
+        let limit = page_size(ctx, first, 50)?;
+        let offset = offset_from(after.as_deref())?;
+        let store = &services(ctx)?.store;
+        let stream = eventstore::StreamId::new("car", self.0.car_id.to_string());
+        let events = store
+            .read_stream(&stream, offset + 1, Some(offset + limit + 1))
+            .await?;
+        let has_next = events.len() as i64 > limit;
+        let edges: Vec<EventEdge> = events
+            .into_iter()
+            .take(limit as usize)
+            .map(|e| EventEdge {
+                cursor: offset_cursor(e.version - 1),
+                node: EventRecord(e),
+            })
+            .collect();
+        Ok(EventConnection::new(edges, has_next, offset > 0))
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct CarEdge {
+    pub cursor: String,
+    pub node: Car,
+    pub distance_km: Option<f64>,
+}
+
+#[derive(SimpleObject)]
+pub struct CarConnection {
+    pub edges: Vec<CarEdge>,
+    pub page_info: PageInfo,
+    pub total_count: i32,
+}
+
+#[derive(SimpleObject, Clone, Debug)]
+pub struct PriceLine {
+    pub label: String,
+    pub amount: Money,
+}
+
+#[derive(SimpleObject)]
+pub struct Quote {
+    pub car: Car,
+    pub pickup_at: DateTime<Utc>,
+    pub return_at: DateTime<Utc>,
+    pub days: i32,
+    pub total: Money,
+    pub lines: Vec<PriceLine>,
+}
+
+/// A booking, from the history read model.
+pub struct Booking(pub(crate) BookingRow);
+
+#[Object]
+impl Booking {
+    async fn id(&self) -> Uuid {
+        self.0.booking_id
+    }
+    async fn customer(&self, ctx: &Context<'_>) -> ApiResult<User> {
+        let s = services(ctx)?;
+        s.accounts
+            .get(self.0.customer_id)
+            .await?
+            .map(User::from)
+            .ok_or_else(|| AppError::not_found("customer"))
+    }
+    async fn car(&self, ctx: &Context<'_>) -> ApiResult<Car> {
+        let loader = ctx
+            .data::<DataLoader<CarLoader>>()
+            .map_err(|e| AppError::internal(e.message))?;
+        loader
+            .load_one(self.0.car_id)
+            .await?
+            .map(Car)
+            .ok_or_else(|| AppError::internal("booking's car missing from the search model"))
+    }
+    async fn pickup_at(&self) -> DateTime<Utc> {
+        self.0.pickup_at
+    }
+    async fn return_at(&self) -> DateTime<Utc> {
+        self.0.return_at
+    }
+    async fn pickup_branch(&self, ctx: &Context<'_>) -> ApiResult<Branch> {
+        branch_by_code(ctx, &self.0.pickup_branch).await
+    }
+    async fn return_branch(&self, ctx: &Context<'_>) -> ApiResult<Branch> {
+        branch_by_code(ctx, &self.0.return_branch).await
+    }
+    async fn status(&self) -> ApiResult<BookingStatus> {
+        BookingStatus::from_wire(&self.0.status)
+    }
+    /// Set while HELD: the hold is released automatically after this instant.
+    async fn held_until(&self) -> Option<DateTime<Utc>> {
+        self.0.held_until
+    }
+    async fn total(&self) -> Money {
+        Money::new(self.0.total_minor, &self.0.currency)
+    }
+    async fn lines(&self) -> ApiResult<Vec<PriceLine>> {
+        stored_lines(&self.0.lines, &self.0.currency)
+    }
+    async fn payment(&self, ctx: &Context<'_>) -> ApiResult<Option<Payment>> {
+        let Some(id) = self.0.payment_id else {
+            return Ok(None);
+        };
+        let pool = services(ctx)?.store.pool();
+        Ok(rows::payment(pool, id).await?.map(Payment))
+    }
+    async fn feedback(&self) -> Option<Feedback> {
+        Some(Feedback {
+            booking_id: self.0.booking_id,
+            rating: self.0.rating?,
+            comment: self.0.comment.clone(),
+            submitted_at: self.0.feedback_at?,
+        })
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    /// Every event that touched this booking, oldest first (owner, ADMIN, AUDITOR).
+    async fn timeline(&self, ctx: &Context<'_>) -> ApiResult<Vec<EventRecord>> {
+        caller(ctx)?.require_owner_or(self.0.customer_id, auth::BOOKING_READERS)?;
+        let pool = services(ctx)?.store.pool();
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM rm_booking_timeline t JOIN events e \
+               ON e.global_position = t.global_position \
+             WHERE t.booking_id = $1 ORDER BY t.transaction_id, t.global_position",
+            crate::schema::query::EVENT_COLUMNS
+        ))
+        .bind(self.0.booking_id)
+        .fetch_all(pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| crate::schema::query::decode_event(&r).map(EventRecord))
+            .collect()
+    }
+}
+
+/// `[{"label": .., "amount_minor": ..}]` as price lines.
+pub(crate) fn stored_lines(lines: &serde_json::Value, currency: &str) -> ApiResult<Vec<PriceLine>> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        label: String,
+        amount_minor: i64,
+    }
+    let lines: Vec<Line> = serde_json::from_value(lines.clone()).map_err(AppError::internal)?;
+    Ok(lines
+        .into_iter()
+        .map(|l| PriceLine {
+            label: l.label,
+            amount: Money::new(l.amount_minor, currency),
+        })
+        .collect())
+}
+
+#[derive(SimpleObject)]
+pub struct BookingEdge {
+    pub cursor: String,
+    pub node: Booking,
+}
+
+#[derive(SimpleObject)]
+pub struct BookingConnection {
+    pub edges: Vec<BookingEdge>,
+    pub page_info: PageInfo,
+    pub total_count: i32,
+}
+
+/// A payment, from the history read model.
+pub struct Payment(pub(crate) PaymentRow);
+
+#[Object]
+impl Payment {
+    async fn id(&self) -> Uuid {
+        self.0.payment_id
+    }
+    async fn booking(&self, ctx: &Context<'_>) -> ApiResult<Booking> {
+        let pool = services(ctx)?.store.pool();
+        rows::booking(pool, self.0.booking_id)
+            .await?
+            .map(Booking)
+            .ok_or_else(|| AppError::not_found("booking"))
+    }
+    async fn amount(&self) -> Money {
+        Money::new(self.0.amount_minor, &self.0.currency)
+    }
+    async fn refunded(&self) -> Money {
+        Money::new(self.0.refunded_minor, &self.0.currency)
+    }
+    async fn method(&self) -> ApiResult<PaymentMethodKind> {
+        PaymentMethodKind::from_wire(&self.0.method)
+    }
+    async fn status(&self) -> ApiResult<PaymentStatus> {
+        PaymentStatus::from_wire(&self.0.status)
+    }
+    /// Which gateway processed it; differs from the primary when fallback was used.
+    async fn gateway(&self) -> Option<&str> {
+        self.0.gateway.as_deref()
+    }
+    async fn failure_reason(&self) -> Option<&str> {
+        self.0.failure_reason.as_deref()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+}
+
+#[derive(SimpleObject, Clone, Debug)]
+#[graphql(complex)]
+pub struct Feedback {
+    #[graphql(skip)]
+    pub booking_id: Uuid,
+    pub rating: i32,
+    pub comment: Option<String>,
+    pub submitted_at: DateTime<Utc>,
+}
+
+#[ComplexObject]
+impl Feedback {
+    async fn booking(&self, ctx: &Context<'_>) -> ApiResult<Booking> {
+        let pool = services(ctx)?.store.pool();
+        rows::booking(pool, self.booking_id)
+            .await?
+            .map(Booking)
+            .ok_or_else(|| AppError::not_found("booking"))
+    }
+}
+
+#[derive(SimpleObject, Clone, Debug)]
+pub struct TelemetryReading {
+    pub car_id: Uuid,
+    pub recorded_at: DateTime<Utc>,
+    pub position: GeoPoint,
+    pub speed_kph: Option<f64>,
+    pub fuel_percent: Option<f64>,
+    pub battery_percent: Option<f64>,
+    pub odometer_km: f64,
+    pub engine_temp_c: Option<f64>,
+}
+
+impl From<TelemetryRow> for TelemetryReading {
+    fn from(r: TelemetryRow) -> Self {
+        Self {
+            car_id: r.car_id,
+            recorded_at: r.recorded_at,
+            position: GeoPoint {
+                latitude: r.latitude,
+                longitude: r.longitude,
+            },
+            speed_kph: r.speed_kph,
+            fuel_percent: r.fuel_percent,
+            battery_percent: r.battery_percent,
+            odometer_km: r.odometer_km,
+            engine_temp_c: r.engine_temp_c,
+        }
+    }
+}
+
+impl TelemetryReading {
+    pub fn from_domain(car_id: Uuid, r: &domain::telemetry::Reading) -> Self {
+        Self {
+            car_id,
+            recorded_at: r.recorded_at,
+            position: GeoPoint {
+                latitude: r.position.latitude,
+                longitude: r.position.longitude,
+            },
+            speed_kph: r.speed_kph,
+            fuel_percent: r.fuel_percent,
+            battery_percent: r.battery_percent,
+            odometer_km: r.odometer_km,
+            engine_temp_c: r.engine_temp_c,
+        }
+    }
+}
+
+#[derive(SimpleObject, Clone, Debug)]
+pub struct TelemetryAck {
+    pub accepted: i32,
+    pub duplicates: i32,
+    pub rejected: Vec<String>,
+}
+
+/// One stored event, exactly as the log holds it.
+pub struct EventRecord(pub(crate) RecordedEvent);
+
+#[Object]
+impl EventRecord {
+    /// Position in the global log; a decimal string because it can exceed 2^31.
+    async fn position(&self) -> String {
+        self.0.global_position.to_string()
+    }
+    async fn event_id(&self) -> Uuid {
+        self.0.event_id
+    }
+    async fn aggregate_type(&self) -> &str {
+        &self.0.aggregate_type
+    }
+    async fn aggregate_id(&self) -> &str {
+        &self.0.aggregate_id
+    }
+    async fn version(&self) -> i32 {
+        i32::try_from(self.0.version).unwrap_or(i32::MAX)
+    }
+    async fn event_type(&self) -> &str {
+        &self.0.event_type
+    }
+    async fn event_version(&self) -> i32 {
+        self.0.event_version
+    }
+    async fn payload(&self) -> Json<serde_json::Value> {
+        Json(self.0.payload.clone())
+    }
+    async fn metadata(&self) -> Json<serde_json::Value> {
+        Json(self.0.metadata.clone())
+    }
+    async fn recorded_at(&self) -> DateTime<Utc> {
+        self.0.recorded_at
+    }
+    /// Hex SHA-256 linking this event to the previous event of the same stream.
+    async fn hash(&self) -> String {
+        self.0.hash.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct EventEdge {
+    pub cursor: String,
+    pub node: EventRecord,
+}
+
+#[derive(SimpleObject)]
+pub struct EventConnection {
+    pub edges: Vec<EventEdge>,
+    pub page_info: PageInfo,
+}
+
+impl EventConnection {
+    pub fn new(edges: Vec<EventEdge>, has_next: bool, has_previous: bool) -> Self {
+        let page_info = PageInfo {
+            has_next_page: has_next,
+            has_previous_page: has_previous,
+            start_cursor: edges.first().map(|e| e.cursor.clone()),
+            end_cursor: edges.last().map(|e| e.cursor.clone()),
+        };
+        Self { edges, page_info }
+    }
+}
+
+#[derive(SimpleObject, Clone, Debug)]
+pub struct StreamVerification {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub events: i32,
+    pub valid: bool,
+    pub first_broken_version: Option<i32>,
+    pub detail: Option<String>,
+}
+
+#[derive(SimpleObject, Clone, Debug)]
+pub struct DailyMetrics {
+    pub date: chrono::NaiveDate,
+    pub branch_code: Option<String>,
+    pub bookings_created: i32,
+    pub bookings_cancelled: i32,
+    pub rentals_started: i32,
+    pub rentals_completed: i32,
+    pub revenue: Money,
+    pub refunds: Money,
+    /// Rented car-hours divided by available car-hours, 0..1.
+    pub utilization: f64,
+    pub average_rental_days: Option<f64>,
+}
+
+#[derive(SimpleObject)]
+pub struct CarUtilization {
+    pub car: Car,
+    pub rented_hours: f64,
+    pub utilization: f64,
+    pub revenue: Money,
+    pub distance_km: f64,
+}
+
+#[derive(SimpleObject, Clone, Debug)]
+pub struct FleetSummary {
+    pub cars: i32,
+    pub available: i32,
+    pub rented: i32,
+    pub in_maintenance: i32,
+    pub retired: i32,
+    pub active_bookings: i32,
+}
+
+#[derive(SimpleObject, Clone, Debug)]
+pub struct ProjectionStatus {
+    pub name: String,
+    /// Global position of the last event applied.
+    pub position: String,
+    /// Events in the log not yet applied.
+    pub lag_events: i32,
+    /// Age of the oldest unapplied event, in milliseconds (0 when caught up).
+    pub lag_ms: f64,
+    pub state: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(InputObject, Clone, Copy, Debug)]
+pub struct GeoPointInput {
+    pub latitude: f64,
+    pub longitude: f64,
+}
+
+impl GeoPointInput {
+    pub fn check(&self, field: &str) -> ApiResult<()> {
+        if !(-90.0..=90.0).contains(&self.latitude) {
+            return Err(AppError::bad_input(
+                format!("{field}.latitude"),
+                "must be between -90 and 90",
+            ));
+        }
+        if !(-180.0..=180.0).contains(&self.longitude) {
+            return Err(AppError::bad_input(
+                format!("{field}.longitude"),
+                "must be between -180 and 180",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(InputObject, Clone, Debug)]
+pub struct CarSearchInput {
+    pub pickup_at: DateTime<Utc>,
+    pub return_at: DateTime<Utc>,
+    pub branch_code: Option<String>,
+    pub near: Option<GeoPointInput>,
+    #[graphql(default_with = "Some(25.0)")]
+    pub radius_km: Option<f64>,
+    pub classes: Option<Vec<CarClass>>,
+    pub min_seats: Option<i32>,
+    pub max_daily_rate: Option<Decimal>,
+    pub transmission: Option<Transmission>,
+    pub fuel: Option<FuelType>,
+    /// Free text over make, model and features.
+    pub text: Option<String>,
+    #[graphql(default_with = "Some(CarSort::PriceAsc)")]
+    pub sort: Option<CarSort>,
+}
+
+#[derive(InputObject, Clone)]
+pub struct RegisterInput {
+    pub email: String,
+    pub password: String,
+    pub name: String,
+    pub phone: Option<String>,
+}
+
+#[derive(InputObject, Clone, Debug)]
+pub struct UpdateProfileInput {
+    pub name: Option<String>,
+    pub phone: Option<String>,
+}
+
+#[derive(InputObject, Clone, Debug)]
+pub struct CarInput {
+    pub make: String,
+    pub model: String,
+    pub year: i32,
+    pub class: CarClass,
+    pub seats: i32,
+    pub transmission: Transmission,
+    pub fuel: FuelType,
+    #[graphql(default_with = "Some(Vec::new())")]
+    pub features: Option<Vec<String>>,
+    pub daily_rate: Decimal,
+    #[graphql(default_with = "Some(\"USD\".to_owned())")]
+    pub currency: Option<String>,
+    pub branch_code: String,
+}
+
+#[derive(InputObject, Clone, Debug)]
+pub struct CarUpdateInput {
+    pub make: Option<String>,
+    pub model: Option<String>,
+    pub year: Option<i32>,
+    pub class: Option<CarClass>,
+    pub seats: Option<i32>,
+    pub transmission: Option<Transmission>,
+    pub fuel: Option<FuelType>,
+    pub features: Option<Vec<String>>,
+}
+
+#[derive(InputObject, Clone, Debug)]
+pub struct BranchInput {
+    pub code: String,
+    pub name: String,
+    pub city: String,
+    pub position: GeoPointInput,
+}
+
+#[derive(InputObject, Clone, Debug)]
+pub struct BookingRequestInput {
+    pub car_id: Uuid,
+    pub pickup_at: DateTime<Utc>,
+    pub return_at: DateTime<Utc>,
+    pub pickup_branch_code: Option<String>,
+    pub return_branch_code: Option<String>,
+}
+
+#[derive(InputObject, Clone)]
+pub struct PaymentMethodInput {
+    pub kind: PaymentMethodKind,
+    /// Opaque token from the client-side tokenizer (never a raw card number).
+    pub token: String,
+}
+
+#[derive(InputObject, Clone, Debug)]
+pub struct TelemetryReadingInput {
+    pub recorded_at: DateTime<Utc>,
+    pub position: GeoPointInput,
+    pub speed_kph: Option<f64>,
+    pub fuel_percent: Option<f64>,
+    pub battery_percent: Option<f64>,
+    pub odometer_km: f64,
+    pub engine_temp_c: Option<f64>,
+}
+
+#[derive(InputObject, Clone, Debug, Default)]
+pub struct EventFilter {
+    pub aggregate_types: Option<Vec<String>>,
+    pub event_types: Option<Vec<String>>,
+    pub aggregate_id: Option<String>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, e: &RecordedEvent) -> bool {
+        self.aggregate_types
+            .as_ref()
+            .is_none_or(|t| t.contains(&e.aggregate_type))
+            && self
+                .event_types
+                .as_ref()
+                .is_none_or(|t| t.contains(&e.event_type))
+            && self
+                .aggregate_id
+                .as_ref()
+                .is_none_or(|id| *id == e.aggregate_id)
+    }
+}

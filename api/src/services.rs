@@ -1,0 +1,134 @@
+//! The application services the API drives, built once by the binary (or a test) and shared.
+
+use std::time::Duration;
+
+use commands::Executor;
+use commands::accounts::Accounts;
+use commands::booking::BookingService;
+use commands::branches::Branches;
+use commands::checkout::Checkout;
+use commands::fleet::Fleet;
+use domain::car::Car;
+use domain::telemetry::{Telemetry, TelemetryPolicy};
+use eventstore::{Checkpoint, EventStore};
+
+use crate::error::{ApiResult, AppError};
+
+/// Everything a resolver may call. Cheap to clone.
+#[derive(Clone)]
+pub struct Services {
+    pub store: EventStore,
+    pub accounts: Accounts,
+    pub branches: Branches,
+    pub bookings: BookingService,
+    pub checkout: Checkout,
+    pub cars: Executor<Car>,
+    pub telemetry: Executor<Telemetry>,
+    pub telemetry_policy: TelemetryPolicy,
+    pub fleet: Fleet,
+    /// How long a mutation waits for the read models to reflect it.
+    pub read_your_writes_timeout: Duration,
+}
+
+/// What [`Services::build`] needs beyond the database.
+pub struct ServicesConfig {
+    pub executor: commands::ExecutorConfig,
+    pub booking: commands::booking::BookingConfig,
+    pub lock: commands::locks::HotCarLock,
+    pub keys: commands::accounts::JwtKeys,
+    pub gateways: commands::payments::GatewayRouter,
+    pub read_your_writes_timeout: Duration,
+}
+
+impl Services {
+    /// Wire every service over one pool, as `fleetledger serve` runs them.
+    pub fn build(pool: sqlx::PgPool, config: ServicesConfig) -> Self {
+        let store = EventStore::new(pool.clone());
+        let executor = || config.executor.clone();
+        let bookings = BookingService::new(
+            store.clone(),
+            Executor::new(store.clone(), (), executor()),
+            Executor::new(store.clone(), (), executor()),
+            config.lock,
+            config.booking,
+        );
+        let payments = commands::payments::PaymentService::new(
+            Executor::new(store.clone(), (), executor()),
+            config.gateways,
+        );
+        let telemetry_policy = TelemetryPolicy::default();
+        let cars = Executor::new(store.clone(), (), executor());
+        let telemetry = Executor::new(store.clone(), telemetry_policy.clone(), executor());
+        Self {
+            accounts: Accounts::new(pool.clone(), config.keys),
+            branches: Branches::new(pool),
+            checkout: Checkout::new(bookings.clone(), payments),
+            fleet: Fleet::new(cars.clone(), telemetry.clone()),
+            bookings,
+            cars,
+            telemetry,
+            telemetry_policy,
+            read_your_writes_timeout: config.read_your_writes_timeout,
+            store,
+        }
+    }
+
+    /// Wait until every projection in `names` has applied `target` (read-your-writes), polling
+    /// the checkpoints cheaply with a growing pause, up to the configured deadline. Past it the
+    /// command stands (it was committed) and the caller gets UNAVAILABLE: retry the read.
+    pub async fn wait_for_projections(
+        &self,
+        names: &[&str],
+        target: Option<Checkpoint>,
+    ) -> ApiResult<()> {
+        let Some(target) = target else {
+            return Ok(());
+        };
+        let deadline = tokio::time::Instant::now() + self.read_your_writes_timeout;
+        let mut pause = Duration::from_millis(2);
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        loop {
+            let behind: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM unnest($1::text[]) AS n(name) \
+                 LEFT JOIN projection_checkpoints c ON c.name = n.name \
+                 WHERE c.name IS NULL \
+                    OR (c.transaction_id, c.global_position) < ($2::text::xid8, $3)",
+            )
+            .bind(&names)
+            .bind(target.transaction_id.to_string())
+            .bind(target.global_position)
+            .fetch_one(self.store.pool())
+            .await?;
+            if behind == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                tracing::warn!(projections = ?names, target = %target,
+                    "read models did not reach the command's position in time");
+                return Err(AppError::Unavailable);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The projections that back each kind of answer.
+pub mod projections {
+    pub const SEARCH: &str = "search";
+    pub const AVAILABILITY: &str = "availability";
+    pub const HISTORY: &str = "history";
+    pub const ANALYTICS: &str = "analytics";
+    pub const TELEMETRY: &str = "telemetry";
+    pub const CARS: &[&str] = &[SEARCH, AVAILABILITY];
+    pub const BOOKINGS: &[&str] = &[SEARCH, AVAILABILITY, HISTORY];
+    pub const PAYMENTS: &[&str] = &[HISTORY];
+}
+
+/// The checkpoint of the last of `events` (the command's position), if it wrote any.
+pub fn last_checkpoint(events: &[eventstore::RecordedEvent]) -> Option<Checkpoint> {
+    events
+        .iter()
+        .map(eventstore::RecordedEvent::checkpoint)
+        .max()
+}

@@ -1,0 +1,164 @@
+//! The role and ownership matrix: each role can do what the contract's comments give it and
+//! nothing else; every denial is UNAUTHENTICATED or FORBIDDEN, carries no data and writes
+//! nothing.
+
+mod common;
+
+use common::{TestApp, at};
+use serde_json::{Value, json};
+
+/// Expect `code` for this operation, with the field's data null, and no event written.
+async fn denied(app: &TestApp, token: Option<&str>, query: &str, vars: Value, code: &str) {
+    let before = app.event_count().await;
+    let (status, body) = app.post(token, query, vars).await;
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], code,
+        "{query}: expected {code}, got {body:#}"
+    );
+    let data = &body["data"];
+    assert!(
+        data.is_null() || data.as_object().unwrap().values().all(Value::is_null),
+        "a denial returned data: {body:#}"
+    );
+    assert_eq!(
+        app.event_count().await,
+        before,
+        "a denied request wrote events"
+    );
+}
+
+#[tokio::test]
+async fn every_role_gets_exactly_its_own_operations() {
+    let app = TestApp::start().await;
+    let admin = app.admin_token.clone();
+    app.add_branch("LIS", 38.7223, -9.1393).await;
+    let car = app.add_car("LIS", "Fiat", "50.00").await;
+    let (alice, _) = app.register("alice@example.com").await;
+    let (bob, _) = app.register("bob@example.com").await;
+    let auditor = app.user_with_role("audit@example.com", "AUDITOR").await;
+    let analyst = app.user_with_role("analyst@example.com", "ANALYST").await;
+    let integrator = app.user_with_role("device@example.com", "INTEGRATOR").await;
+    let booked = app
+        .ok(
+            Some(&alice),
+            "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+            json!({ "i": { "carId": car, "pickupAt": at(3, 0), "returnAt": at(4, 0) } }),
+        )
+        .await;
+    let booking = booked["requestBooking"]["id"].as_str().unwrap().to_owned();
+
+    let add_car = "mutation { addCar(input: { make: \"X\", model: \"Y\", year: 2024, class: SUV, seats: 5, \
+        transmission: MANUAL, fuel: DIESEL, dailyRate: \"10.00\", branchCode: \"LIS\" }) { id } }";
+    let booking_q = "query($b: UUID!) { booking(id: $b) { id status } }";
+    let cancel = "mutation($b: UUID!) { cancelBooking(id: $b) { status } }";
+    let pay = "mutation($b: UUID!) { payBooking(bookingId: $b, method: { kind: CARD, token: \"tok_success\" }) { status } }";
+    let events = "{ events(first: 5) { edges { node { eventType } } } }";
+    let stream =
+        "query($id: String!) { stream(aggregateType: \"car\", aggregateId: $id) { version } }";
+    let metrics = "{ dailyMetrics(from: \"2026-01-01\", to: \"2026-01-31\") { date } }";
+    let summary = "{ fleetSummary { cars } }";
+    let telemetry = "mutation($c: UUID!, $t: DateTime!) { recordTelemetry(carId: $c, readings: [{ recordedAt: $t, \
+        position: { latitude: 38.7, longitude: -9.1 }, odometerKm: 10 }]) { accepted } }";
+    let all_bookings = "{ bookings { totalCount } }";
+    let projections = "{ projections { name } }";
+    let grant = "mutation($u: UUID!) { grantRole(userId: $u, role: ADMIN) { role } }";
+    let b = json!({ "b": booking });
+    let none = json!({});
+    let car_vars = json!({ "id": car.to_string() });
+    let now = chrono::Utc::now().to_rfc3339();
+    let tel = json!({ "c": car, "t": now });
+
+    // Anonymous: public reads work, `me` is null, the rest needs a token.
+    let me = app.ok(None, "{ me { id } }", none.clone()).await;
+    assert!(me["me"].is_null());
+    app.ok(None, "{ branches { code } }", none.clone()).await;
+    for (q, v) in [
+        (add_car, &none),
+        (booking_q, &b),
+        (cancel, &b),
+        (events, &none),
+        (metrics, &none),
+        ("{ myBookings { totalCount } }", &none),
+    ] {
+        denied(&app, None, q, v.clone(), "UNAUTHENTICATED").await;
+    }
+    denied(
+        &app,
+        Some("not-a-token"),
+        "{ me { id } }",
+        none.clone(),
+        "UNAUTHENTICATED",
+    )
+    .await;
+
+    // Another customer: not Alice's booking, nor staff operations.
+    for (q, v) in [
+        (booking_q, &b),
+        (cancel, &b),
+        (pay, &b),
+        (add_car, &none),
+        (events, &none),
+        (stream, &car_vars),
+        (metrics, &none),
+        (summary, &none),
+        (telemetry, &tel),
+        (all_bookings, &none),
+        (projections, &none),
+    ] {
+        denied(&app, Some(&bob), q, v.clone(), "FORBIDDEN").await;
+    }
+    let bob_id = app.ok(Some(&bob), "{ me { id } }", none.clone()).await["me"]["id"].clone();
+    denied(&app, Some(&bob), grant, json!({ "u": bob_id }), "FORBIDDEN").await;
+
+    // The owner reads her booking.
+    let mine = app.ok(Some(&alice), booking_q, b.clone()).await;
+    assert_eq!(mine["booking"]["status"], "HELD");
+
+    // Auditor: the log, streams and bookings, read-only.
+    app.ok(Some(&auditor), events, none.clone()).await;
+    app.ok(Some(&auditor), stream, car_vars.clone()).await;
+    app.ok(Some(&auditor), booking_q, b.clone()).await;
+    for (q, v) in [
+        (add_car, &none),
+        (cancel, &b),
+        (metrics, &none),
+        (telemetry, &tel),
+    ] {
+        denied(&app, Some(&auditor), q, v.clone(), "FORBIDDEN").await;
+    }
+
+    // Analyst: analytics only.
+    app.ok(Some(&analyst), metrics, none.clone()).await;
+    app.ok(Some(&analyst), summary, none.clone()).await;
+    for (q, v) in [
+        (add_car, &none),
+        (events, &none),
+        (booking_q, &b),
+        (telemetry, &tel),
+    ] {
+        denied(&app, Some(&analyst), q, v.clone(), "FORBIDDEN").await;
+    }
+
+    // Integrator: records telemetry; no fleet management, no bookings.
+    let ack = app.ok(Some(&integrator), telemetry, tel.clone()).await;
+    assert_eq!(ack["recordTelemetry"]["accepted"], 1);
+    for (q, v) in [
+        (add_car, &none),
+        (booking_q, &b),
+        (cancel, &b),
+        (metrics, &none),
+    ] {
+        denied(&app, Some(&integrator), q, v.clone(), "FORBIDDEN").await;
+    }
+
+    // Admin: everything, including another customer's booking.
+    app.ok(Some(&admin), all_bookings, none.clone()).await;
+    app.ok(Some(&admin), projections, none.clone()).await;
+    app.ok(Some(&admin), events, none.clone()).await;
+    app.ok(Some(&admin), metrics, none.clone()).await;
+    let cancelled = app.ok(Some(&admin), cancel, b.clone()).await;
+    assert_eq!(cancelled["cancelBooking"]["status"], "CANCELLED");
+
+    app.shutdown().await;
+}

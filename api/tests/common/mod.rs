@@ -1,0 +1,366 @@
+//! The end-to-end harness: a fresh database, the services and projectors as `serve` runs them,
+//! the API on port 0, and a real HTTP client.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test binary uses part of the harness"
+)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use api::services::ServicesConfig;
+use api::{ApiConfig, AppState, RateLimitConfig, Services};
+use commands::accounts::{JwtKeys, Secret};
+use commands::booking::BookingConfig;
+use commands::locks::HotCarLock;
+use commands::payments::SandboxGateways;
+use eventstore::testing::TestDatabase;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const ADMIN_EMAIL: &str = "admin@fleet.test";
+pub const ADMIN_PASSWORD: &str = "admin-password-123";
+
+pub fn redis_url() -> String {
+    std::env::var("FLEETLEDGER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Fail (never skip) when Redis is missing.
+pub async fn require_redis() {
+    let url = redis_url();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("Redis at {url} is required for this test: {e}"));
+    let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    assert_eq!(pong, "PONG");
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub services: Services,
+    pub admin_token: String,
+    pub pool: sqlx::PgPool,
+    _db: Option<TestDatabase>,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+#[derive(Clone)]
+pub struct Options {
+    pub rate_limit: u64,
+    pub redis_url: Option<String>,
+    pub body_limit: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            rate_limit: 10_000,
+            redis_url: Some(redis_url()),
+            body_limit: 64 * 1024,
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn start() -> Self {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn with(options: Options) -> Self {
+        let db = TestDatabase::create().await;
+        let pool = db.pool.clone();
+        Self::on(pool, Some(db), options).await
+    }
+
+    /// The app over `pool` (already migrated).
+    pub async fn on(pool: sqlx::PgPool, db: Option<TestDatabase>, options: Options) -> Self {
+        if options.redis_url.is_some() {
+            require_redis().await;
+        }
+        let prefix = format!("fltest:{}:", Uuid::new_v4().simple());
+        let lock = match &options.redis_url {
+            Some(url) => HotCarLock::new(url, &prefix).unwrap(),
+            None => HotCarLock::disabled(),
+        };
+        let services = Services::build(
+            pool.clone(),
+            ServicesConfig {
+                executor: commands::ExecutorConfig::default(),
+                booking: BookingConfig::default(),
+                lock,
+                keys: JwtKeys::new(
+                    &Secret::new("test-secret-of-at-least-thirty-two-bytes"),
+                    Duration::from_secs(3600),
+                )
+                .unwrap(),
+                gateways: SandboxGateways::new().router(Duration::from_secs(2)),
+                read_your_writes_timeout: Duration::from_secs(10),
+            },
+        );
+        services
+            .accounts
+            .bootstrap_admin(ADMIN_EMAIL, ADMIN_PASSWORD)
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let run = projections::RunOptions {
+            poll_interval: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
+            ..projections::RunOptions::default()
+        };
+        for projection in projections::all() {
+            let runner =
+                projections::Projector::postgres(services.store.clone(), projection, run.clone());
+            let token = stop.clone();
+            tasks.spawn(async move {
+                let _ = runner.run_until_cancelled(token).await;
+            });
+        }
+        let state = AppState::new(
+            services.clone(),
+            ApiConfig {
+                cors_origins: vec!["https://app.example".into()],
+                body_limit_bytes: options.body_limit,
+                rate_limit: RateLimitConfig {
+                    requests: options.rate_limit,
+                    window: Duration::from_secs(60),
+                    redis_url: options.redis_url.clone(),
+                    key_prefix: prefix,
+                },
+                ..ApiConfig::default()
+            },
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let token = stop.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+                .unwrap();
+        });
+        let mut app = Self {
+            addr,
+            http: reqwest::Client::new(),
+            services,
+            admin_token: String::new(),
+            pool,
+            _db: db,
+            stop,
+            tasks,
+        };
+        let login = app
+            .ok(
+                None,
+                "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }",
+                json!({ "e": ADMIN_EMAIL, "p": ADMIN_PASSWORD }),
+            )
+            .await;
+        app.admin_token = login["login"]["token"].as_str().unwrap().to_owned();
+        app
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// POST a GraphQL request; the whole response body and its status.
+    pub async fn post(&self, token: Option<&str>, query: &str, variables: Value) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(self.url("/graphql"))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap())
+    }
+
+    /// The data of a request that must succeed.
+    pub async fn ok(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+        let (status, body) = self.post(token, query, variables).await;
+        assert!(
+            status == 200 && body.get("errors").is_none(),
+            "expected success, got {status}: {body:#}"
+        );
+        body["data"].clone()
+    }
+
+    /// The `extensions.code` of the first error of a request that must fail.
+    pub async fn code(&self, token: Option<&str>, query: &str, variables: Value) -> String {
+        let (_, body) = self.post(token, query, variables).await;
+        let code = body["errors"][0]["extensions"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("expected an error with a code, got {body:#}"));
+        code.to_owned()
+    }
+
+    pub async fn register(&self, email: &str) -> (String, Uuid) {
+        let data = self
+            .ok(
+                None,
+                "mutation($i: RegisterInput!) { register(input: $i) { token user { id } } }",
+                json!({ "i": { "email": email, "password": "customer-password-1", "name": "Test Customer" } }),
+            )
+            .await;
+        (
+            data["register"]["token"].as_str().unwrap().to_owned(),
+            data["register"]["user"]["id"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        )
+    }
+
+    /// A user with `role` (registered, granted by the admin, logged in again for a token
+    /// carrying the role).
+    pub async fn user_with_role(&self, email: &str, role: &str) -> String {
+        let (_, id) = self.register(email).await;
+        self.ok(
+            Some(&self.admin_token),
+            "mutation($u: UUID!, $r: Role!) { grantRole(userId: $u, role: $r) { role } }",
+            json!({ "u": id, "r": role }),
+        )
+        .await;
+        let data = self
+            .ok(
+                None,
+                "mutation($e: String!) { login(email: $e, password: \"customer-password-1\") { token } }",
+                json!({ "e": email }),
+            )
+            .await;
+        data["login"]["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn add_branch(&self, code: &str, lat: f64, lon: f64) {
+        self.ok(
+            Some(&self.admin_token),
+            "mutation($i: BranchInput!) { addBranch(input: $i) { code } }",
+            json!({ "i": { "code": code, "name": format!("Branch {code}"), "city": "Lisbon",
+                           "position": { "latitude": lat, "longitude": lon } } }),
+        )
+        .await;
+    }
+
+    pub async fn add_car(&self, branch: &str, make: &str, rate: &str) -> Uuid {
+        let data = self
+            .ok(
+                Some(&self.admin_token),
+                "mutation($i: CarInput!) { addCar(input: $i) { id status } }",
+                json!({ "i": { "make": make, "model": "Model", "year": 2024, "class": "COMPACT",
+                               "seats": 5, "transmission": "AUTOMATIC", "fuel": "PETROL",
+                               "features": ["gps"], "dailyRate": rate, "branchCode": branch } }),
+            )
+            .await;
+        assert_eq!(data["addCar"]["status"], "AVAILABLE");
+        data["addCar"]["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// An instant `days` days and `hours` hours from now, as RFC 3339, on the hour.
+pub fn at(days: i64, hours: i64) -> String {
+    use chrono::{DurationRound, TimeDelta, Utc};
+    let base = Utc::now().duration_trunc(TimeDelta::hours(1)).unwrap();
+    (base + TimeDelta::days(days) + TimeDelta::hours(hours)).to_rfc3339()
+}
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A graphql-transport-ws connection, initialised with `token`, acknowledged.
+pub async fn ws_connect(app: &TestApp, token: &str) -> Ws {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{}/graphql", app.addr)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    ws.send(Message::text(
+        json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } })
+            .to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(ws_next(&mut ws).await["type"], "connection_ack");
+    ws
+}
+
+pub async fn ws_subscribe(ws: &mut Ws, id: &str, query: &str, variables: Value) {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text(
+        json!({ "id": id, "type": "subscribe", "payload": { "query": query, "variables": variables } })
+            .to_string(),
+    ))
+    .await
+    .unwrap();
+}
+
+/// The next JSON message, within 10 s.
+pub async fn ws_next(ws: &mut Ws) -> Value {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the socket stays open")
+            .expect("a valid frame");
+        match msg {
+            Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+            Message::Close(frame) => panic!("socket closed: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Poll `check` until it returns `Some`, failing after `secs` seconds (eventually consistent
+/// read models that no mutation waited for, such as analytics).
+pub async fn eventually<T, F, Fut>(secs: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,169 @@
+//! Operations: health, readiness (database and projections), Prometheus metrics, request ids,
+//! CORS, GraphiQL, and rate limits in Redis with the in-process fallback when Redis is down.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Options, TestApp};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn health_readiness_metrics_cors_and_graphiql() {
+    let app = TestApp::start().await;
+    let res = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().contains_key("x-request-id"));
+
+    // Ready once every projection runs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = app.http.get(app.url("/readyz")).send().await.unwrap();
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        if status == 200 {
+            assert_eq!(body["database"], "ok");
+            assert_eq!(body["projections"]["search"], "running");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {body:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    app.ok(None, "query Branches { branches { code } }", json!({}))
+        .await;
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "fleetledger_graphql_requests_total{operation=\"query:branches\",outcome=\"ok\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("fleetledger_graphql_request_duration_seconds"));
+
+    let preflight = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.url("/graphql"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let foreign = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.url("/graphql"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !foreign
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+
+    let page = app
+        .http
+        .get(app.url("/graphql"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .to_lowercase()
+            .contains("graphiql")
+    );
+
+    let get = app
+        .http
+        .get(app.url("/graphql?query=%7Bbranches%7Bcode%7D%7D"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    let body: Value = get.json().await.unwrap();
+    assert_eq!(body["data"]["branches"], json!([]));
+
+    app.shutdown().await;
+}
+
+async fn limited_after(app: &TestApp, allowed: usize) {
+    for _ in 0..allowed {
+        app.ok(None, "{ branches { code } }", json!({})).await;
+    }
+    let res = app
+        .http
+        .post(app.url("/graphql"))
+        .json(&json!({ "query": "{ branches { code } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["errors"][0]["extensions"]["code"], "RATE_LIMITED");
+    assert_eq!(body["errors"][0]["extensions"]["retryAfter"], retry);
+}
+
+#[tokio::test]
+async fn requests_over_the_limit_are_rate_limited_in_redis() {
+    // The harness itself logs the admin in: one request already counted for this IP.
+    let app = TestApp::with(Options {
+        rate_limit: 4,
+        ..Options::default()
+    })
+    .await;
+    limited_after(&app, 3).await;
+    // A signed-in user has a budget of their own.
+    let res = app
+        .http
+        .post(app.url("/graphql"))
+        .bearer_auth(&app.admin_token)
+        .json(&json!({ "query": "{ me { id } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_limit_holds_in_process_while_redis_is_down() {
+    let app = TestApp::with(Options {
+        rate_limit: 4,
+        redis_url: Some("redis://127.0.0.1:1".into()),
+        ..Options::default()
+    })
+    .await;
+    limited_after(&app, 3).await;
+    app.shutdown().await;
+}

@@ -1,0 +1,163 @@
+//! Staff: branches, cars, details and rate changes, relocation, maintenance that takes a car out
+//! of search results and availability, reservations visible to staff, retirement.
+
+mod common;
+
+use common::{TestApp, at};
+use serde_json::json;
+
+#[tokio::test]
+async fn staff_manage_the_fleet_and_search_follows() {
+    let app = TestApp::start().await;
+    let admin = app.admin_token.clone();
+    app.add_branch("LIS", 38.7223, -9.1393).await;
+    app.add_branch("OPO", 41.1579, -8.6291).await;
+    let branches = app
+        .ok(
+            None,
+            "{ branches { code city position { latitude } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(branches["branches"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        app.code(
+            Some(&admin),
+            "mutation { addBranch(input: { code: \"LIS\", name: \"Again\", city: \"Lisbon\", \
+             position: { latitude: 1, longitude: 1 } }) { code } }",
+            json!({})
+        )
+        .await,
+        "CONFLICT"
+    );
+
+    let car = app.add_car("LIS", "Fiat", "50.00").await;
+    let updated = app
+        .ok(
+            Some(&admin),
+            "mutation($c: UUID!) { updateCar(id: $c, input: { model: \"Panda\", seats: 4, features: [\"gps\", \"bluetooth\"] }) \
+             { model seats features } }",
+            json!({ "c": car }),
+        )
+        .await;
+    assert_eq!(
+        updated["updateCar"],
+        json!({ "model": "Panda", "seats": 4, "features": ["gps", "bluetooth"] })
+    );
+    let rate = app
+        .ok(
+            Some(&admin),
+            "mutation($c: UUID!) { changeDailyRate(id: $c, dailyRate: \"42.5\") { dailyRate { amount currency } } }",
+            json!({ "c": car }),
+        )
+        .await;
+    assert_eq!(
+        rate["changeDailyRate"]["dailyRate"],
+        json!({ "amount": "42.50", "currency": "USD" })
+    );
+
+    let search = "query($f: CarSearchInput!) { searchCars(filter: $f) { totalCount edges { node { id } } } }";
+    let window = |branch: &str, text: Option<&str>| json!({ "f": { "pickupAt": at(10, 0), "returnAt": at(12, 0), "branchCode": branch, "text": text } });
+    let found = app
+        .ok(None, search, window("LIS", Some("panda bluetooth")))
+        .await;
+    assert_eq!(found["searchCars"]["totalCount"], 1);
+    let found = app.ok(None, search, window("LIS", Some("tesla"))).await;
+    assert_eq!(found["searchCars"]["totalCount"], 0);
+
+    // Maintenance over the window takes the car out of the results and out of availability.
+    let maintained = app
+        .ok(
+            Some(&admin),
+            "mutation($c: UUID!, $s: DateTime!, $e: DateTime!) { scheduleMaintenance(id: $c, start: $s, end: $e, reason: \"tyres\") { id } }",
+            json!({ "c": car, "s": at(9, 0), "e": at(13, 0) }),
+        )
+        .await;
+    assert_eq!(maintained["scheduleMaintenance"]["id"], car.to_string());
+    let found = app.ok(None, search, window("LIS", None)).await;
+    assert_eq!(
+        found["searchCars"]["totalCount"], 0,
+        "a car in maintenance is not offered"
+    );
+    let free = app
+        .ok(
+            None,
+            "query($c: UUID!, $f: DateTime!, $t: DateTime!) { availability(carId: $c, from: $f, to: $t) { start end } }",
+            json!({ "c": car, "f": at(8, 0), "t": at(14, 0) }),
+        )
+        .await;
+    let free = free["availability"].as_array().unwrap();
+    assert_eq!(free.len(), 2, "{free:?}");
+    let instant =
+        |v: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    assert_eq!(instant(&free[0]["end"]), instant(&json!(at(9, 0))));
+    assert_eq!(instant(&free[1]["start"]), instant(&json!(at(13, 0))));
+    let booked = app
+        .code(
+            Some(&admin),
+            "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+            json!({ "i": { "carId": car, "pickupAt": at(10, 0), "returnAt": at(12, 0) } }),
+        )
+        .await;
+    assert_eq!(booked, "CONFLICT");
+
+    // Relocated, then booked elsewhere in time: staff see the reservation.
+    let moved = app
+        .ok(
+            Some(&admin),
+            "mutation($c: UUID!) { relocateCar(id: $c, branchCode: \"OPO\") { branch { code } } }",
+            json!({ "c": car }),
+        )
+        .await;
+    assert_eq!(moved["relocateCar"]["branch"]["code"], "OPO");
+    let (customer, _) = app.register("c@example.com").await;
+    app.ok(
+        Some(&customer),
+        "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+        json!({ "i": { "carId": car, "pickupAt": at(20, 0), "returnAt": at(21, 0) } }),
+    )
+    .await;
+    let reservations = "query($c: UUID!, $f: DateTime!, $t: DateTime!) { car(id: $c) { reservations(from: $f, to: $t) { start } } }";
+    let vars = json!({ "c": car, "f": at(19, 0), "t": at(22, 0) });
+    let seen = app.ok(Some(&admin), reservations, vars.clone()).await;
+    assert_eq!(seen["car"]["reservations"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.code(Some(&customer), reservations, vars).await,
+        "FORBIDDEN"
+    );
+
+    // A car with an upcoming booking cannot retire; another one can, and leaves search.
+    assert_eq!(
+        app.code(
+            Some(&admin),
+            "mutation($c: UUID!) { retireCar(id: $c, reason: \"old\") { id } }",
+            json!({ "c": car })
+        )
+        .await,
+        "CONFLICT"
+    );
+    let other = app.add_car("LIS", "Seat", "30.00").await;
+    let retired = app
+        .ok(
+            Some(&admin),
+            "mutation($c: UUID!) { retireCar(id: $c, reason: \"sold\") { status } }",
+            json!({ "c": other }),
+        )
+        .await;
+    assert_eq!(retired["retireCar"]["status"], "RETIRED");
+    let found = app.ok(None, search, window("LIS", None)).await;
+    assert_eq!(found["searchCars"]["totalCount"], 0);
+    let summary = app
+        .ok(
+            Some(&admin),
+            "{ fleetSummary { cars retired activeBookings } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        summary["fleetSummary"],
+        json!({ "cars": 2, "retired": 1, "activeBookings": 1 })
+    );
+
+    app.shutdown().await;
+}
