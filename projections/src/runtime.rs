@@ -141,10 +141,6 @@ impl Default for RunOptions {
     }
 }
 
-/// First and last pause between reads while committed events are not yet visible.
-const HELD_BACK_RECHECK_MIN: Duration = Duration::from_millis(5);
-const HELD_BACK_RECHECK_MAX: Duration = Duration::from_millis(160);
-
 /// `host:pid`, naming this process in the status table.
 pub fn default_owner() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
@@ -336,8 +332,6 @@ impl Projector {
         let mut state = State::CatchingUp;
         let mut failures = 0u32;
         let mut last_lease_check = tokio::time::Instant::now();
-        // Set when the log holds committed events this reader cannot see yet.
-        let mut held_back: Option<Duration> = None;
         loop {
             if token.is_cancelled() {
                 return Ok(());
@@ -375,13 +369,6 @@ impl Projector {
                     state = State::Running;
                     status::set_state(&pool, &name, state, Some(&self.options.owner)).await?;
                 }
-                if let Some(delay) = held_back {
-                    // Committed events are held back by a transaction still open elsewhere in
-                    // the cluster; its end sends no notification, so look again soon.
-                    sleep_or_cancel(delay, token).await;
-                    held_back = (delay < HELD_BACK_RECHECK_MAX).then(|| delay * 2);
-                    continue;
-                }
                 wait_for_events(
                     &mut listener,
                     &mut appended,
@@ -392,13 +379,8 @@ impl Projector {
                 if listener.is_none() {
                     listener = connect_listener(&pool).await;
                 }
-                held_back = match self.store.committed_head().await {
-                    Ok(head) if head > checkpoint => Some(HELD_BACK_RECHECK_MIN),
-                    _ => None,
-                };
                 continue;
             }
-            held_back = None;
             let outcome = match &self.target {
                 Target::Postgres(p) => {
                     apply_batch(&pool, p.as_ref(), &name, checkpoint, &batch).await
