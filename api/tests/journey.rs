@@ -163,8 +163,8 @@ async fn a_customer_books_pays_rents_returns_and_rates_a_car() {
     let r = &returned["returnCar"];
     assert_eq!(r["status"], "COMPLETED");
     assert_eq!(r["car"]["status"], "AVAILABLE");
-    let total: f64 = r["total"]["amount"].as_str().unwrap().parse().unwrap();
-    let quoted: f64 = quoted_total.parse().unwrap();
+    let total = minor_units(r["total"]["amount"].as_str().unwrap());
+    let quoted = minor_units(&quoted_total);
     assert!(
         total > quoted,
         "the refuelling fee is charged: {total} > {quoted}"
@@ -282,4 +282,12 @@ async fn a_customer_books_pays_rents_returns_and_rates_a_car() {
     assert_eq!(found["searchCars"]["totalCount"], 2);
 
     app.shutdown().await;
+}
+
+/// A decimal money string ("129.90") as integer minor units; money is never compared as a float.
+fn minor_units(amount: &str) -> i64 {
+    let (whole, fraction) = amount.split_once('.').unwrap_or((amount, ""));
+    let cents = format!("{fraction:0<2}");
+    assert!(cents.len() == 2, "more than two decimals in {amount:?}");
+    whole.parse::<i64>().unwrap() * 100 + cents.parse::<i64>().unwrap()
 }
