@@ -73,6 +73,19 @@ fn seats(field: &str, n: i32) -> ApiResult<u8> {
     u8::try_from(n).map_err(|_| AppError::bad_input(field, "must be between 1 and 60"))
 }
 
+/// The odometer and fuel level staff read at a hand-over or take-back, checked.
+fn handover_readings(odometer_km: f64, fuel_percent: f64) -> ApiResult<(f64, f64)> {
+    Ok((
+        finite(
+            "odometerKm",
+            odometer_km,
+            0.0,
+            domain::telemetry::MAX_ODOMETER_KM,
+        )?,
+        finite("fuelPercent", fuel_percent, 0.0, 100.0)?,
+    ))
+}
+
 fn finite(field: &str, v: f64, min: f64, max: f64) -> ApiResult<f64> {
     if v.is_finite() && (min..=max).contains(&v) {
         Ok(v)
@@ -498,13 +511,7 @@ impl Mutation {
     ) -> ApiResult<Booking> {
         caller(ctx)?.require(auth::ADMIN)?;
         let s = services(ctx)?;
-        let odometer = finite(
-            "odometerKm",
-            odometer_km,
-            0.0,
-            domain::telemetry::MAX_ODOMETER_KM,
-        )?;
-        let fuel = finite("fuelPercent", fuel_percent, 0.0, 100.0)?;
+        let (odometer, fuel) = handover_readings(odometer_km, fuel_percent)?;
         let view = s
             .bookings
             .pick_up(&context(ctx)?, booking_id, odometer, fuel, Utc::now())
@@ -523,13 +530,7 @@ impl Mutation {
     ) -> ApiResult<Booking> {
         caller(ctx)?.require(auth::ADMIN)?;
         let s = services(ctx)?;
-        let odometer = finite(
-            "odometerKm",
-            odometer_km,
-            0.0,
-            domain::telemetry::MAX_ODOMETER_KM,
-        )?;
-        let fuel = finite("fuelPercent", fuel_percent, 0.0, 100.0)?;
+        let (odometer, fuel) = handover_readings(odometer_km, fuel_percent)?;
         require_branch(s, "branchCode", &branch_code).await?;
         let view = s
             .bookings
