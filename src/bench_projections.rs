@@ -449,18 +449,17 @@ async fn measure_lag(
 
 async fn checkpoints(pool: &PgPool) -> Result<Vec<(String, Checkpoint)>> {
     let rows = sqlx::query(
-        "SELECT name, transaction_id::text, global_position FROM projection_checkpoints \
+        "SELECT name, transaction_id, global_position FROM projection_checkpoints \
          WHERE name IN ('search', 'availability')",
     )
     .fetch_all(pool)
     .await?;
     rows.into_iter()
         .map(|row| {
-            let txid: String = row.try_get(1)?;
             Ok((
                 row.try_get(0)?,
                 Checkpoint {
-                    transaction_id: txid.parse()?,
+                    transaction_id: row.try_get::<eventstore::Xid8, _>(1)?.0,
                     global_position: row.try_get(2)?,
                 },
             ))

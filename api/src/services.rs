@@ -92,10 +92,10 @@ impl Services {
                 "SELECT count(*) FROM unnest($1::text[]) AS n(name) \
                  LEFT JOIN projection_checkpoints c ON c.name = n.name \
                  WHERE c.name IS NULL \
-                    OR (c.transaction_id, c.global_position) < ($2::text::xid8, $3)",
+                    OR (c.transaction_id, c.global_position) < ($2, $3)",
             )
             .bind(&names)
-            .bind(target.transaction_id.to_string())
+            .bind(eventstore::Xid8(target.transaction_id))
             .bind(target.global_position)
             .fetch_one(self.store.pool())
             .await?;

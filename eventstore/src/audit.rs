@@ -12,14 +12,12 @@ use uuid::Uuid;
 use crate::error::EventStoreError;
 use crate::hash::StreamCheck;
 use crate::model::{Checkpoint, RecordedEvent, StreamHead, StreamId, StreamVerification};
-use crate::store::{EventStore, decode_event, parse_xid8};
+use crate::store::{COLUMNS, EventStore, decode_event};
+use crate::xid8::Xid8;
 
 type Result<T, E = EventStoreError> = std::result::Result<T, E>;
 
 const BATCH: i64 = 5_000;
-const COLUMNS: &str = "global_position, transaction_id::text AS transaction_id, event_id, \
-     aggregate_type, aggregate_id, version, event_type, event_version, payload, metadata, \
-     recorded_at, hash";
 
 /// The outcome of checking many streams.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -102,7 +100,7 @@ pub async fn verify_all(store: &EventStore, mut progress: impl FnMut(u64)) -> Re
             break;
         }
         for row in rows {
-            let event = decode_event(row)?;
+            let event = decode_event(&row)?;
             let same = current.as_ref().is_some_and(|c| {
                 c.stream().aggregate_type == event.aggregate_type
                     && c.stream().aggregate_id == event.aggregate_id
@@ -198,10 +196,10 @@ impl std::str::FromStr for AnchorRef {
 pub async fn heads_at(store: &EventStore, at: Checkpoint) -> Result<Vec<(StreamId, StreamHead)>> {
     let rows = sqlx::query(
         "SELECT DISTINCT ON (aggregate_type, aggregate_id) aggregate_type, aggregate_id, version, hash \
-         FROM events WHERE (transaction_id, global_position) <= ($1::text::xid8, $2) \
+         FROM events WHERE (transaction_id, global_position) <= ($1, $2) \
          ORDER BY aggregate_type, aggregate_id, version DESC",
     )
-    .bind(at.transaction_id.to_string())
+    .bind(Xid8(at.transaction_id))
     .bind(at.global_position)
     .fetch_all(store.pool())
     .await?;
@@ -254,11 +252,11 @@ pub async fn take_anchor(store: &EventStore, settle: std::time::Duration) -> Res
     let mut tx = store.pool().begin().await?;
     let row = sqlx::query(
         "INSERT INTO anchors (transaction_id, global_position, digest, streams, events) \
-         VALUES ($1::text::xid8, $2, $3, $4, $5) \
+         VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (digest) DO NOTHING \
          RETURNING id, created_at",
     )
-    .bind(at.transaction_id.to_string())
+    .bind(Xid8(at.transaction_id))
     .bind(at.global_position)
     .bind(digest.as_slice())
     .bind(i64::try_from(heads.len()).unwrap_or(i64::MAX))
@@ -309,7 +307,7 @@ pub async fn find_anchor(store: &EventStore, anchor: &AnchorRef) -> Result<Ancho
         AnchorRef::Position(p) => ("global_position = $2", None, Some(*p)),
     };
     let sql = format!(
-        "SELECT transaction_id::text, global_position, digest, streams, events, created_at \
+        "SELECT transaction_id, global_position, digest, streams, events, created_at \
          FROM anchors WHERE {filter} ORDER BY id DESC LIMIT 1"
     );
     let row = sqlx::query(&sql)
@@ -321,7 +319,7 @@ pub async fn find_anchor(store: &EventStore, anchor: &AnchorRef) -> Result<Ancho
     let digest: Vec<u8> = row.try_get(2)?;
     Ok(Anchor {
         checkpoint: Checkpoint {
-            transaction_id: parse_xid8(&row.try_get::<String, _>(0)?)?,
+            transaction_id: row.try_get::<Xid8, _>(0)?.0,
             global_position: row.try_get(1)?,
         },
         digest: digest
@@ -463,7 +461,7 @@ pub async fn export(
     let mut written = 0u64;
     let sql = format!(
         "SELECT {COLUMNS} FROM events \
-         WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+         WHERE (transaction_id, global_position) > ($1, $2) \
            AND global_position >= $3 AND global_position <= $4 \
            AND ($5::text IS NULL OR (aggregate_type = $5 AND aggregate_id = $6)) \
          ORDER BY transaction_id, global_position LIMIT $7"
@@ -474,7 +472,7 @@ pub async fn export(
         .await?;
     loop {
         let rows = sqlx::query(&sql)
-            .bind(after.transaction_id.to_string())
+            .bind(Xid8(after.transaction_id))
             .bind(after.global_position)
             .bind(filter.from_position.unwrap_or(0))
             .bind(filter.to_position.unwrap_or(i64::MAX))
@@ -487,7 +485,7 @@ pub async fn export(
             break;
         }
         for row in rows {
-            let event = decode_event(row)?;
+            let event = decode_event(&row)?;
             after = event.checkpoint();
             serde_json::to_writer(&mut *out, &event)
                 .map_err(|e| EventStoreError::Corrupt(format!("cannot write the export: {e}")))?;

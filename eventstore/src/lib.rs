@@ -17,6 +17,7 @@ pub mod subscribe;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod upcast;
+pub mod xid8;
 
 pub use error::EventStoreError;
 pub use model::{
@@ -26,6 +27,7 @@ pub use model::{
 pub use store::{EventStore, NOTIFY_CHANNEL};
 pub use subscribe::{SubscribeOptions, Subscription};
 pub use upcast::UpcasterRegistry;
+pub use xid8::Xid8;
 
 /// The schema migrations (event log and read models), embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -18,6 +18,7 @@ use crate::model::{
 };
 use crate::subscribe::{SubscribeOptions, Subscription};
 use crate::upcast::UpcasterRegistry;
+use crate::xid8::Xid8;
 
 /// The LISTEN/NOTIFY channel that tells readers the log has grown.
 pub const NOTIFY_CHANNEL: &str = "fleetledger_events";
@@ -25,7 +26,7 @@ pub const NOTIFY_CHANNEL: &str = "fleetledger_events";
 /// Attempts for an append whose streams are all `ExpectedVersion::Any`.
 const ANY_VERSION_ATTEMPTS: u32 = 5;
 
-const COLUMNS: &str = "global_position, transaction_id::text AS transaction_id, event_id, \
+pub(crate) const COLUMNS: &str = "global_position, transaction_id, event_id, \
      aggregate_type, aggregate_id, version, event_type, event_version, payload, metadata, \
      recorded_at, hash";
 
@@ -230,7 +231,7 @@ impl EventStore {
                          $6::int[], $7::jsonb[], $10::bytea[]) \
                   AS e(event_id, aggregate_type, aggregate_id, version, event_type, \
                        event_version, payload, hash) \
-             RETURNING event_id, global_position, transaction_id::text",
+             RETURNING event_id, global_position, transaction_id",
         )
         .bind(&rows.event_ids)
         .bind(&rows.aggregate_types)
@@ -263,8 +264,8 @@ impl EventStore {
         for row in inserted {
             let event_id: Uuid = row.try_get(0)?;
             let position: i64 = row.try_get(1)?;
-            let txid: String = row.try_get(2)?;
-            positions.insert(event_id, (position, parse_xid8(&txid)?));
+            let txid: Xid8 = row.try_get(2)?;
+            positions.insert(event_id, (position, txid.0));
         }
         for event in &mut recorded {
             let (position, txid) = positions.get(&event.event_id).copied().ok_or_else(|| {
@@ -369,7 +370,7 @@ impl EventStore {
             .fetch_all(&self.inner.pool)
             .await?
             .into_iter()
-            .map(decode_event)
+            .map(|row| decode_event(&row))
             .collect()
     }
 
@@ -406,27 +407,27 @@ impl EventStore {
         let sql = format!(
             "SELECT {COLUMNS} FROM ( \
                (SELECT * FROM events \
-                 WHERE transaction_id = $1::text::xid8 AND global_position > $2 \
+                 WHERE transaction_id = $1 AND global_position > $2 \
                  ORDER BY global_position LIMIT $5) \
                UNION ALL \
                (SELECT * FROM events \
-                 WHERE transaction_id > $1::text::xid8 AND transaction_id <= $3::text::xid8 \
+                 WHERE transaction_id > $1 AND transaction_id <= $3 \
                  ORDER BY transaction_id, global_position LIMIT $5) \
              ) AS tail \
-             WHERE (transaction_id, global_position) <= ($3::text::xid8, $4) \
+             WHERE (transaction_id, global_position) <= ($3, $4) \
              ORDER BY transaction_id, global_position \
              LIMIT $5"
         );
         sqlx::query(&sql)
-            .bind(after.transaction_id.to_string())
+            .bind(Xid8(after.transaction_id))
             .bind(after.global_position)
-            .bind(upto.transaction_id.to_string())
+            .bind(Xid8(upto.transaction_id))
             .bind(upto.global_position)
             .bind(limit.max(0))
             .fetch_all(&self.inner.pool)
             .await?
             .into_iter()
-            .map(|row| decode_event(row).and_then(|e| self.inner.upcasters.upcast(e)))
+            .map(|row| decode_event(&row).and_then(|e| self.inner.upcasters.upcast(e)))
             .collect()
     }
 
@@ -448,7 +449,7 @@ impl EventStore {
     /// The checkpoint of the newest event that readers can see now.
     pub async fn visible_head(&self) -> Result<Checkpoint> {
         let row = sqlx::query(
-            "SELECT transaction_id::text, global_position FROM events \
+            "SELECT transaction_id, global_position FROM events \
              WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
              ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
         )
@@ -457,7 +458,7 @@ impl EventStore {
         match row {
             None => Ok(Checkpoint::START),
             Some(row) => Ok(Checkpoint {
-                transaction_id: parse_xid8(&row.try_get::<String, _>(0)?)?,
+                transaction_id: row.try_get::<Xid8, _>(0)?.0,
                 global_position: row.try_get(1)?,
             }),
         }
@@ -466,7 +467,7 @@ impl EventStore {
     /// The newest committed event in commit order, whether or not readers may see it yet.
     pub async fn committed_head(&self) -> Result<Checkpoint> {
         let row = sqlx::query(
-            "SELECT transaction_id::text, global_position FROM events \
+            "SELECT transaction_id, global_position FROM events \
              ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
         )
         .fetch_optional(&self.inner.pool)
@@ -474,7 +475,7 @@ impl EventStore {
         match row {
             None => Ok(Checkpoint::START),
             Some(row) => Ok(Checkpoint {
-                transaction_id: parse_xid8(&row.try_get::<String, _>(0)?)?,
+                transaction_id: row.try_get::<Xid8, _>(0)?.0,
                 global_position: row.try_get(1)?,
             }),
         }
@@ -584,12 +585,12 @@ where
     let sql = format!(
         "SELECT {COLUMNS} FROM ( \
            (SELECT * FROM events \
-             WHERE transaction_id = $1::text::xid8 AND global_position > $2 \
+             WHERE transaction_id = $1 AND global_position > $2 \
                AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
              ORDER BY global_position LIMIT $3) \
            UNION ALL \
            (SELECT * FROM events \
-             WHERE transaction_id > $1::text::xid8 \
+             WHERE transaction_id > $1 \
                AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
              ORDER BY transaction_id, global_position LIMIT $3) \
          ) AS tail \
@@ -597,13 +598,13 @@ where
          LIMIT $3"
     );
     sqlx::query(&sql)
-        .bind(after.transaction_id.to_string())
+        .bind(Xid8(after.transaction_id))
         .bind(after.global_position)
         .bind(limit.max(0))
         .fetch_all(executor)
         .await?
         .into_iter()
-        .map(decode_event)
+        .map(|row| decode_event(&row))
         .collect()
 }
 
@@ -764,15 +765,11 @@ fn now_micros() -> DateTime<Utc> {
     now.with_nanosecond(micros).unwrap_or(now)
 }
 
-pub(crate) fn parse_xid8(text: &str) -> Result<u64> {
-    text.parse()
-        .map_err(|_| EventStoreError::Corrupt(format!("transaction id {text:?} is not a xid8")))
-}
-
-pub(crate) fn decode_event(row: PgRow) -> Result<RecordedEvent> {
+/// One event from a row holding the columns of the `events` table under their own names.
+pub fn decode_event(row: &PgRow) -> Result<RecordedEvent> {
     Ok(RecordedEvent {
         global_position: row.try_get("global_position")?,
-        transaction_id: parse_xid8(&row.try_get::<String, _>("transaction_id")?)?,
+        transaction_id: row.try_get::<Xid8, _>("transaction_id")?.0,
         event_id: row.try_get("event_id")?,
         aggregate_type: row.try_get("aggregate_type")?,
         aggregate_id: row.try_get("aggregate_id")?,

@@ -561,13 +561,13 @@ async fn write_timeline(
     }
     sqlx::query(
         "INSERT INTO rm_booking_timeline (booking_id, transaction_id, global_position, event_type) \
-         SELECT b, t::xid8, p, e FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[]) \
+         SELECT * FROM unnest($1::uuid[], $2::xid8[], $3::bigint[], $4::text[]) \
            AS u(b, t, p, e)",
     )
     .bind(rows.iter().map(|(b, _)| *b).collect::<Vec<_>>())
     .bind(
         rows.iter()
-            .map(|(_, e)| e.transaction_id.to_string())
+            .map(|(_, e)| eventstore::Xid8(e.transaction_id))
             .collect::<Vec<_>>(),
     )
     .bind(

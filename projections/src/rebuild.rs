@@ -232,7 +232,7 @@ async fn swap(
     load_checkpoint(pool, name).await?;
     let mut tx = pool.begin().await?;
     let row = sqlx::query(
-        "SELECT transaction_id::text, global_position FROM projection_checkpoints \
+        "SELECT transaction_id, global_position FROM projection_checkpoints \
          WHERE name = $1 FOR UPDATE",
     )
     .bind(name)
@@ -276,6 +276,11 @@ async fn swap(
             // next batch sees the moved checkpoint and reloads it).
             store_checkpoint(&mut tx, name, checkpoint).await?;
         }
+        // Rebuilt from the start: whatever repair the migrations asked for is done.
+        sqlx::query("UPDATE projection_checkpoints SET repair_reason = NULL WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
     } else {
         tx.rollback().await?;

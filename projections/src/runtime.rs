@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventstore::{Checkpoint, EventStore, EventStoreError, NOTIFY_CHANNEL, RecordedEvent};
+use eventstore::{Checkpoint, EventStore, EventStoreError, NOTIFY_CHANNEL, RecordedEvent, Xid8};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::watch;
@@ -159,6 +159,8 @@ pub enum RuntimeError {
     Fenced(String),
     #[error("projection {0}: the lease connection was lost")]
     LeaseLost(String),
+    #[error("projection {0}: a rebuild of it is running elsewhere; waiting for it")]
+    Busy(String),
     #[error("projection {name} stopped at position {position}: {reason}")]
     Poisoned {
         name: String,
@@ -173,7 +175,7 @@ impl RuntimeError {
         match self {
             Self::Database(e) => eventstore::error::is_transient_sqlx(e),
             Self::Store(e) => e.is_transient(),
-            Self::Fenced(_) | Self::LeaseLost(_) => true,
+            Self::Fenced(_) | Self::LeaseLost(_) | Self::Busy(_) => true,
             Self::Poisoned { .. } => false,
         }
     }
@@ -322,6 +324,11 @@ impl Projector {
     ) -> Result<(), RuntimeError> {
         let name = self.name();
         let pool = self.store.pool().clone();
+        if let Some(reason) = repair_reason(&pool, &name).await? {
+            if let Some(outcome) = self.repair(&name, &reason, &mut lease, token).await? {
+                return Ok(outcome);
+            }
+        }
         let mut checkpoint = load_checkpoint(&pool, &name).await?;
         status::set_state(&pool, &name, State::CatchingUp, Some(&self.options.owner)).await?;
         if let Target::External(sink) = &self.target {
@@ -422,6 +429,68 @@ impl Projector {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Carry out the repair the migrations asked for (`projection_checkpoints.repair_reason`)
+    /// under the lease, before anything else is applied: a read model is rebuilt from the start
+    /// of the log and swapped in at its live checkpoint; an external sink gets the whole log
+    /// again (its consumers drop duplicates by event id). `Some(())` means the projection
+    /// stopped (the rebuild met an event it cannot apply) and was left failed, idle.
+    async fn repair(
+        &self,
+        name: &str,
+        reason: &str,
+        lease: &mut Lease,
+        token: &CancellationToken,
+    ) -> Result<Option<()>, RuntimeError> {
+        let pool = self.store.pool();
+        status::set_state(pool, name, State::Repairing, Some(&self.options.owner)).await?;
+        tracing::warn!(projection = %name, reason, "repairing the projection before it carries on");
+        match &self.target {
+            Target::External(_) => {
+                sqlx::query(
+                    "UPDATE projection_checkpoints SET transaction_id = $2, global_position = 0, \
+                       repair_reason = NULL, updated_at = now() WHERE name = $1",
+                )
+                .bind(name)
+                .bind(Xid8(0))
+                .execute(pool)
+                .await?;
+                tracing::warn!(projection = %name,
+                    "delivering the whole log again; consumers drop the duplicates by event id");
+            }
+            Target::Postgres(projection) => {
+                let options = crate::rebuild::RebuildOptions {
+                    batch_size: self.options.batch_size.max(1_000),
+                    verify: false,
+                    swap: true,
+                };
+                match crate::rebuild::rebuild(&self.store, projection.as_ref(), &options, &|_, _| {})
+                    .await
+                {
+                    Ok(report) => {
+                        tracing::info!(projection = %name, events = report.events,
+                            checkpoint = %report.checkpoint, "projection repaired");
+                    }
+                    Err(crate::rebuild::RebuildError::Apply {
+                        position, reason, ..
+                    }) => {
+                        let reason = format!("repair stopped at position {position}: {reason}");
+                        status::set_failed(pool, name, Checkpoint::START, None, &reason).await?;
+                        tracing::error!(projection = %name, error = %reason, "repair failed");
+                        idle_failed(lease, name, token, &self.options).await?;
+                        return Ok(Some(()));
+                    }
+                    Err(crate::rebuild::RebuildError::Busy(_)) => {
+                        // An operator's rebuild is running; it clears the mark when it swaps.
+                        return Err(RuntimeError::Busy(name.to_owned()));
+                    }
+                    Err(crate::rebuild::RebuildError::Database(e)) => return Err(e.into()),
+                    Err(crate::rebuild::RebuildError::Store(e)) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(None)
     }
 
     async fn prepare_sink(
@@ -632,7 +701,7 @@ async fn lock_checkpoint(
     expected: Checkpoint,
 ) -> Result<(), RuntimeError> {
     let row = sqlx::query(
-        "SELECT transaction_id::text, global_position FROM projection_checkpoints \
+        "SELECT transaction_id, global_position FROM projection_checkpoints \
          WHERE name = $1 FOR UPDATE",
     )
     .bind(name)
@@ -655,11 +724,11 @@ pub(crate) async fn store_checkpoint(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE projection_checkpoints \
-         SET transaction_id = $2::text::xid8, global_position = $3, updated_at = now() \
+         SET transaction_id = $2, global_position = $3, updated_at = now() \
          WHERE name = $1",
     )
     .bind(name)
-    .bind(to.transaction_id.to_string())
+    .bind(Xid8(to.transaction_id))
     .bind(to.global_position)
     .execute(conn)
     .await?;
@@ -679,6 +748,16 @@ async fn advance_external(
     Ok(())
 }
 
+/// Why the migrations asked for `name` to be repaired before it carries on, if they did.
+async fn repair_reason(pool: &PgPool, name: &str) -> Result<Option<String>, sqlx::Error> {
+    let reason: Option<Option<String>> =
+        sqlx::query_scalar("SELECT repair_reason FROM projection_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+    Ok(reason.flatten())
+}
+
 /// The stored checkpoint of `name`, creating the row at the start of the log if absent.
 pub async fn load_checkpoint(pool: &PgPool, name: &str) -> Result<Checkpoint, sqlx::Error> {
     sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
@@ -686,7 +765,7 @@ pub async fn load_checkpoint(pool: &PgPool, name: &str) -> Result<Checkpoint, sq
         .execute(pool)
         .await?;
     let row = sqlx::query(
-        "SELECT transaction_id::text, global_position FROM projection_checkpoints WHERE name = $1",
+        "SELECT transaction_id, global_position FROM projection_checkpoints WHERE name = $1",
     )
     .bind(name)
     .fetch_one(pool)
@@ -698,18 +777,14 @@ pub(crate) fn checkpoint_of(row: &sqlx::postgres::PgRow) -> Result<Checkpoint, s
     checkpoint_of_columns(row, 0, 1)
 }
 
-/// A checkpoint from a row's `transaction_id::text` and `global_position` columns.
+/// A checkpoint from a row's `transaction_id` (xid8) and `global_position` columns.
 pub(crate) fn checkpoint_of_columns(
     row: &sqlx::postgres::PgRow,
     transaction_column: usize,
     position_column: usize,
 ) -> Result<Checkpoint, sqlx::Error> {
-    let text: String = row.try_get(transaction_column)?;
-    let transaction_id = text
-        .parse()
-        .map_err(|_| sqlx::Error::Protocol(format!("checkpoint transaction id {text:?}")))?;
     Ok(Checkpoint {
-        transaction_id,
+        transaction_id: row.try_get::<Xid8, _>(transaction_column)?.0,
         global_position: row.try_get(position_column)?,
     })
 }

@@ -26,6 +26,9 @@ pub enum State {
     Failed,
     /// No instance holds the lease.
     Stopped,
+    /// Rebuilding its checkpoint's state once before carrying on (a repair the schema
+    /// migrations asked for; the old tables keep serving meanwhile).
+    Repairing,
 }
 
 impl State {
@@ -36,6 +39,7 @@ impl State {
             Self::Stalled => "stalled",
             Self::Failed => "failed",
             Self::Stopped => "stopped",
+            Self::Repairing => "repairing",
         }
     }
 }
@@ -106,12 +110,12 @@ pub(crate) async fn set_failed(
     sqlx::query(
         "INSERT INTO projection_status (name, state, failed_transaction_id, failed_position, \
            failed_event_id, error, updated_at) \
-         VALUES ($1, 'failed', $2::text::xid8, $3, $4, $5, now()) \
-         ON CONFLICT (name) DO UPDATE SET state = 'failed', failed_transaction_id = $2::text::xid8, \
+         VALUES ($1, 'failed', $2, $3, $4, $5, now()) \
+         ON CONFLICT (name) DO UPDATE SET state = 'failed', failed_transaction_id = $2, \
            failed_position = $3, failed_event_id = $4, error = $5, updated_at = now()",
     )
     .bind(name)
-    .bind(at.transaction_id.to_string())
+    .bind(eventstore::Xid8(at.transaction_id))
     .bind(at.global_position)
     .bind(event.map(|e| e.event_id))
     .bind(error)
@@ -143,7 +147,7 @@ async fn list_where(
     names: Option<&[String]>,
 ) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT c.name, c.transaction_id::text, c.global_position, \
+        "SELECT c.name, c.transaction_id, c.global_position, \
            coalesce(s.state, 'stopped') AS state, s.owner, s.error, s.failed_position, \
            greatest(c.updated_at, coalesce(s.updated_at, c.updated_at)) AS updated_at, \
            (SELECT count(*) FROM (SELECT 1 FROM events e \

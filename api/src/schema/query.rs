@@ -14,26 +14,12 @@ use crate::auth::{self, caller};
 use crate::error::{ApiResult, AppError};
 
 /// The columns [`decode_event`] reads, over `events e`.
-pub(crate) const EVENT_COLUMNS: &str = "e.global_position, e.transaction_id::text AS transaction_id, \
+pub(crate) const EVENT_COLUMNS: &str = "e.global_position, e.transaction_id, \
     e.event_id, e.aggregate_type, e.aggregate_id, e.version, e.event_type, e.event_version, \
     e.payload, e.metadata, e.recorded_at, e.hash";
 
 pub(crate) fn decode_event(row: &sqlx::postgres::PgRow) -> ApiResult<RecordedEvent> {
-    let txid: String = row.try_get("transaction_id")?;
-    Ok(RecordedEvent {
-        global_position: row.try_get("global_position")?,
-        transaction_id: txid.parse().map_err(AppError::internal)?,
-        event_id: row.try_get("event_id")?,
-        aggregate_type: row.try_get("aggregate_type")?,
-        aggregate_id: row.try_get("aggregate_id")?,
-        version: row.try_get("version")?,
-        event_type: row.try_get("event_type")?,
-        event_version: row.try_get("event_version")?,
-        payload: row.try_get("payload")?,
-        metadata: row.try_get("metadata")?,
-        recorded_at: row.try_get("recorded_at")?,
-        hash: row.try_get("hash")?,
-    })
+    Ok(eventstore::store::decode_event(row)?)
 }
 
 /// The longest period a time-range argument may span.
@@ -99,15 +85,15 @@ pub(crate) async fn checkpoint_after(
         return Ok(Checkpoint::START);
     }
     let pool = services(ctx)?.store.pool();
-    let txid: Option<String> =
-        sqlx::query_scalar("SELECT transaction_id::text FROM events WHERE global_position = $1")
+    let txid: Option<eventstore::Xid8> =
+        sqlx::query_scalar("SELECT transaction_id FROM events WHERE global_position = $1")
             .bind(position)
             .fetch_optional(pool)
             .await?;
     let txid =
         txid.ok_or_else(|| AppError::bad_input("afterPosition", "no event has this position"))?;
     Ok(Checkpoint {
-        transaction_id: txid.parse().map_err(AppError::internal)?,
+        transaction_id: txid.0,
         global_position: position,
     })
 }
@@ -495,7 +481,7 @@ impl Query {
         let store = &services(ctx)?.store;
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events e \
-             WHERE (e.transaction_id, e.global_position) > ($1::text::xid8, $2) \
+             WHERE (e.transaction_id, e.global_position) > ($1, $2) \
                AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
                AND ($3::text[] IS NULL OR e.aggregate_type = ANY($3)) \
                AND ($4::text[] IS NULL OR e.event_type = ANY($4)) \
@@ -503,7 +489,7 @@ impl Query {
              ORDER BY e.transaction_id, e.global_position LIMIT $6"
         );
         let found = sqlx::query(&sql)
-            .bind(after.transaction_id.to_string())
+            .bind(eventstore::Xid8(after.transaction_id))
             .bind(after.global_position)
             .bind(&filter.aggregate_types)
             .bind(&filter.event_types)
