@@ -120,3 +120,142 @@ impl Drop for TestDatabase {
         let _ = handle.join();
     }
 }
+
+/// Wait until `check` holds, checking every 20 ms, for at most `secs` seconds; then fail the
+/// test naming `what`. The one way tests wait for something to happen (never a bare sleep).
+///
+/// # Panics
+/// When the deadline passes first.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A PostgreSQL cluster of one test's own: the embedded cluster, created under a fresh
+/// temporary directory, migrated, and stopped and removed on drop.
+///
+/// For tests that need cluster-wide state to themselves, such as the transaction counter
+/// (`burn_transactions`): on the shared server other tests move it at the same time.
+pub struct TestCluster {
+    root: std::path::PathBuf,
+    pub server: crate::embedded::EmbeddedPostgres,
+    pub pool: PgPool,
+}
+
+impl TestCluster {
+    /// # Panics
+    /// When the PostgreSQL server binaries are missing or the cluster cannot start: the
+    /// message says what to install.
+    pub async fn start(tag: &str) -> Self {
+        let cluster = Self::start_unmigrated(tag).await;
+        crate::MIGRATOR
+            .run(&cluster.pool)
+            .await
+            .unwrap_or_else(|e| panic!("migrations failed on the test cluster: {e}"));
+        cluster
+    }
+
+    /// [`TestCluster::start`] without the migrations (for tests of the migrations).
+    ///
+    /// # Panics
+    /// As [`TestCluster::start`].
+    pub async fn start_unmigrated(tag: &str) -> Self {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let root = std::env::temp_dir().join(format!(
+            "fleetledger-cluster-{tag}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        // 0755: when the tests run as root the server runs as another OS user, which must be
+        // able to reach its data directory.
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&root)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", root.display()));
+        let server = crate::embedded::EmbeddedPostgres::start(&root.join("postgres"))
+            .await
+            .unwrap_or_else(|e| panic!("cannot start a test cluster: {e}"));
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .connect_with(
+                server
+                    .connect_options()
+                    .application_name("fleetledger-tests"),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the test cluster: {e}"));
+        Self { root, server, pool }
+    }
+
+    /// The cluster's URL, for child processes.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    pub fn store(&self) -> EventStore {
+        EventStore::new(self.pool.clone())
+    }
+
+    /// Use up transaction ids until the next one handed out is at least `next`: one
+    /// committed, empty transaction per id, on a connection of its own (other sessions keep
+    /// appending meanwhile).
+    pub async fn burn_transactions(&self, next: u64) {
+        burn_transactions(&self.pool, next).await;
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let data_dir = self.server.data_dir().to_path_buf();
+        let root = self.root.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                let _ = rt.block_on(crate::embedded::EmbeddedPostgres::stop(&data_dir));
+            }
+            let _ = std::fs::remove_dir_all(&root);
+        })
+        .join();
+    }
+}
+
+/// Use up transaction ids on `pool`'s cluster until the next one handed out is at least `next`.
+///
+/// # Panics
+/// On a database error.
+pub async fn burn_transactions(pool: &PgPool, next: u64) {
+    let mut conn = pool
+        .acquire()
+        .await
+        .unwrap_or_else(|e| panic!("burn_transactions: {e}"));
+    // A DO block sent alone as a simple query may commit; each COMMIT ends a transaction that
+    // was given an id by pg_current_xact_id(). Asynchronous commit: nothing here needs
+    // durability.
+    conn.execute("SET synchronous_commit TO off")
+        .await
+        .unwrap_or_else(|e| panic!("burn_transactions: {e}"));
+    let sql = format!(
+        "DO $$ BEGIN \
+           WHILE pg_current_xact_id() < '{}'::xid8 LOOP COMMIT; END LOOP; \
+         END $$",
+        next.saturating_sub(1)
+    );
+    conn.execute(sql.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("burn_transactions to {next}: {e}"));
+    conn.execute("RESET synchronous_commit")
+        .await
+        .unwrap_or_else(|e| panic!("burn_transactions: {e}"));
+}

@@ -324,10 +324,10 @@ impl Projector {
     ) -> Result<(), RuntimeError> {
         let name = self.name();
         let pool = self.store.pool().clone();
-        if let Some(reason) = repair_reason(&pool, &name).await? {
-            if let Some(outcome) = self.repair(&name, &reason, &mut lease, token).await? {
-                return Ok(outcome);
-            }
+        if let Some(reason) = repair_reason(&pool, &name).await?
+            && let Some(outcome) = self.repair(&name, &reason, &mut lease, token).await?
+        {
+            return Ok(outcome);
         }
         let mut checkpoint = load_checkpoint(&pool, &name).await?;
         status::set_state(&pool, &name, State::CatchingUp, Some(&self.options.owner)).await?;
@@ -465,8 +465,13 @@ impl Projector {
                     verify: false,
                     swap: true,
                 };
-                match crate::rebuild::rebuild(&self.store, projection.as_ref(), &options, &|_, _| {})
-                    .await
+                match crate::rebuild::rebuild(
+                    &self.store,
+                    projection.as_ref(),
+                    &options,
+                    &|_, _| {},
+                )
+                .await
                 {
                     Ok(report) => {
                         tracing::info!(projection = %name, events = report.events,
