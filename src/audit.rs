@@ -134,7 +134,9 @@ pub(crate) async fn verify(config: &Config, args: VerifyArgs) -> Result<ExitCode
     print_report(&report);
     let mut intact = report.is_intact();
     if let Some(anchor) = &args.against_anchor {
-        let check = audit::check_anchor(&store, anchor).await?;
+        let bar = progress(audit::count_events(&store).await?, "checking the anchor");
+        let check = audit::check_anchor(&store, anchor, |n| bar.set_position(n)).await?;
+        bar.finish_and_clear();
         if check.matches() {
             println!(
                 "anchor {} matches: nothing before it was changed, removed or inserted",
@@ -142,13 +144,30 @@ pub(crate) async fn verify(config: &Config, args: VerifyArgs) -> Result<ExitCode
             );
         } else {
             intact = false;
-            println!(
-                "BROKEN anchor: expected {}, recomputed {}",
-                hex::encode(check.expected),
-                hex::encode(check.recomputed)
-            );
+            if check.expected == check.recomputed {
+                println!(
+                    "BROKEN anchor: the digest {} matches the stored heads, but {} chain(s) \
+                     before it do not recompute from their events",
+                    hex::encode(check.expected),
+                    check.broken_chains.len()
+                );
+            } else {
+                println!(
+                    "BROKEN anchor: expected {}, recomputed {}",
+                    hex::encode(check.expected),
+                    hex::encode(check.recomputed)
+                );
+            }
             for stream in &check.changed_streams {
                 println!("BROKEN anchor: {stream}");
+            }
+            for chain in &check.broken_chains {
+                println!(
+                    "BROKEN anchor: {} does not recompute from version {}: {}",
+                    chain.stream,
+                    chain.first_broken_version.unwrap_or(0),
+                    chain.detail.as_deref().unwrap_or("")
+                );
             }
         }
     }

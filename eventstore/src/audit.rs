@@ -80,20 +80,38 @@ pub async fn verify_all(store: &EventStore, mut progress: impl FnMut(u64)) -> Re
                 .push(format!("{what} {value} appears more than once"));
         }
     }
+    walk_chains(store, None, &mut report, &mut progress).await?;
+    Ok(report)
+}
+
+/// Recompute the chain of every stream, in `(aggregate_type, aggregate_id, version)` order,
+/// over the events at or before `upto` (all when `None`), into `report`.
+async fn walk_chains(
+    store: &EventStore,
+    upto: Option<Checkpoint>,
+    report: &mut AuditReport,
+    progress: &mut impl FnMut(u64),
+) -> Result<()> {
+    let bounded = upto.is_some();
+    let upto = upto.unwrap_or_default();
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events \
+         WHERE (aggregate_type, aggregate_id, version) > ($1, $2, $3) \
+           AND (NOT $5 OR (transaction_id, global_position) <= ($6, $7)) \
+         ORDER BY aggregate_type, aggregate_id, version LIMIT $4"
+    );
     let mut current: Option<StreamCheck> = None;
     let mut after = (String::new(), String::new(), 0i64);
     let mut seen = 0u64;
     loop {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events \
-             WHERE (aggregate_type, aggregate_id, version) > ($1, $2, $3) \
-             ORDER BY aggregate_type, aggregate_id, version LIMIT $4"
-        );
         let rows = sqlx::query(&sql)
             .bind(&after.0)
             .bind(&after.1)
             .bind(after.2)
             .bind(BATCH)
+            .bind(bounded)
+            .bind(Xid8(upto.transaction_id))
+            .bind(upto.global_position)
             .fetch_all(store.pool())
             .await?;
         if rows.is_empty() {
@@ -122,7 +140,7 @@ pub async fn verify_all(store: &EventStore, mut progress: impl FnMut(u64)) -> Re
     if let Some(done) = current.take() {
         report.finish_stream(done);
     }
-    Ok(report)
+    Ok(())
 }
 
 /// A digest over every stream head at one point of the log.
@@ -339,16 +357,26 @@ pub struct AnchorCheck {
     /// Streams whose head at the anchor differs from the stored anchor heads (when the anchors
     /// table still agrees with the expected digest, so its heads can be trusted).
     pub changed_streams: Vec<String>,
+    /// Streams whose chain, recomputed from the first event up to the anchor, does not hold:
+    /// the stored head hashes the digest is made of are then not what the events hash to.
+    pub broken_chains: Vec<StreamVerification>,
 }
 
 impl AnchorCheck {
+    /// The digest matches and every chain it covers recomputes from its events.
     pub fn matches(&self) -> bool {
-        self.expected == self.recomputed
+        self.expected == self.recomputed && self.broken_chains.is_empty()
     }
 }
 
 /// Recompute the heads digest at the anchor's point and compare it with the expected digest.
-pub async fn check_anchor(store: &EventStore, anchor: &AnchorRef) -> Result<AnchorCheck> {
+///
+/// `progress` is called with the number of events whose chain has been recomputed so far.
+pub async fn check_anchor(
+    store: &EventStore,
+    anchor: &AnchorRef,
+    mut progress: impl FnMut(u64),
+) -> Result<AnchorCheck> {
     let (at, expected) = match anchor {
         AnchorRef::Token { checkpoint, digest } => (*checkpoint, *digest),
         other => {
@@ -362,10 +390,16 @@ pub async fn check_anchor(store: &EventStore, anchor: &AnchorRef) -> Result<Anch
     if recomputed != expected {
         changed_streams = changed_since_anchor(store, expected, &heads).await?;
     }
+    // The digest is over stored head hashes; recompute every chain up to the anchor so that an
+    // event altered together with its stored hash, or a hash that no longer recomputes, fails
+    // this check exactly as it fails `verify`.
+    let mut chains = AuditReport::default();
+    walk_chains(store, Some(at), &mut chains, &mut progress).await?;
     Ok(AnchorCheck {
         expected,
         recomputed,
         changed_streams,
+        broken_chains: chains.broken,
     })
 }
 

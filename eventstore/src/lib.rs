@@ -11,6 +11,7 @@ pub mod audit;
 pub mod embedded;
 pub mod error;
 pub mod hash;
+pub mod json;
 pub mod model;
 pub mod store;
 pub mod subscribe;

@@ -156,8 +156,14 @@ impl EventStore {
             fetch_heads(&mut *conn, &to_look_up).await?
         };
 
-        let metadata = serde_json::to_value(metadata)
+        let mut metadata = serde_json::to_value(metadata)
             .map_err(|e| EventStoreError::InvalidAppend(format!("metadata: {e}")))?;
+        crate::json::normalize(&mut metadata);
+        if let Some(path) = crate::json::find_unstorable(&metadata) {
+            return Err(EventStoreError::InvalidAppend(format!(
+                "metadata: the string at {path} contains a NUL character, which the log cannot store"
+            )));
+        }
         let recorded_at = now_micros();
 
         let total: usize = appends.iter().map(|a| a.events.len()).sum();
@@ -186,6 +192,8 @@ impl EventStore {
             };
             for event in &append.events {
                 let version = head.version + 1;
+                let mut payload = event.payload.clone();
+                crate::json::normalize(&mut payload);
                 let fields = HashedFields {
                     event_id: event.event_id,
                     aggregate_type: &append.stream.aggregate_type,
@@ -193,13 +201,13 @@ impl EventStore {
                     version,
                     event_type: &event.event_type,
                     event_version: event.event_version,
-                    payload: &event.payload,
+                    payload: &payload,
                     metadata: &metadata,
                     recorded_at,
                 };
                 let hash = fields.chain_hash(&head.hash);
                 head = StreamHead { version, hash };
-                rows.push(&append.stream, version, event, hash);
+                rows.push(&append.stream, version, event, payload.clone(), hash);
                 recorded.push(RecordedEvent {
                     global_position: 0,
                     transaction_id: 0,
@@ -209,7 +217,7 @@ impl EventStore {
                     version,
                     event_type: event.event_type.clone(),
                     event_version: event.event_version,
-                    payload: event.payload.clone(),
+                    payload,
                     metadata: metadata.clone(),
                     recorded_at,
                     hash: hash.to_vec(),
@@ -667,6 +675,13 @@ fn validate(appends: &[StreamAppend]) -> Result<()> {
                     e.event_id
                 ));
             }
+            if let Some(path) = crate::json::find_unstorable(&e.payload) {
+                return invalid(format!(
+                    "event {} ({}): the string at {path} contains a NUL character, which the \
+                     log cannot store",
+                    e.event_id, e.event_type
+                ));
+            }
         }
     }
     Ok(())
@@ -745,14 +760,21 @@ impl Rows {
         }
     }
 
-    fn push(&mut self, stream: &StreamId, version: i64, event: &crate::NewEvent, hash: [u8; 32]) {
+    fn push(
+        &mut self,
+        stream: &StreamId,
+        version: i64,
+        event: &crate::NewEvent,
+        payload: Value,
+        hash: [u8; 32],
+    ) {
         self.event_ids.push(event.event_id);
         self.aggregate_types.push(stream.aggregate_type.clone());
         self.aggregate_ids.push(stream.aggregate_id.clone());
         self.versions.push(version);
         self.event_types.push(event.event_type.clone());
         self.event_versions.push(event.event_version);
-        self.payloads.push(event.payload.clone());
+        self.payloads.push(payload);
         self.hashes.push(hash.to_vec());
     }
 }
