@@ -76,6 +76,7 @@ impl App {
             body_limit_bytes: config.body_limit_bytes,
             limits: api::QueryLimits {
                 max_depth: config.graphql_max_depth,
+                max_fields: config.graphql_max_fields,
                 max_complexity: config.graphql_max_complexity,
                 max_page_size: config.graphql_max_page_size,
             },

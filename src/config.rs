@@ -66,6 +66,9 @@ pub(crate) struct Config {
     /// `FLEETLEDGER_GRAPHQL_MAX_DEPTH` (default 12), `_MAX_COMPLEXITY` (default 5000),
     /// `_MAX_PAGE_SIZE` (default 100).
     pub(crate) graphql_max_depth: usize,
+    /// `FLEETLEDGER_GRAPHQL_MAX_FIELDS`: fields a document may select once its fragments are
+    /// expanded (default 2000).
+    pub(crate) graphql_max_fields: usize,
     pub(crate) graphql_max_complexity: usize,
     pub(crate) graphql_max_page_size: i32,
     /// `FLEETLEDGER_RATE_LIMIT`: requests per user (or IP) and window, 0 = off (default 600);
@@ -131,6 +134,7 @@ impl Config {
                 .unwrap_or_default(),
             body_limit_bytes: positive("FLEETLEDGER_BODY_LIMIT", 256 * 1024)?,
             graphql_max_depth: positive("FLEETLEDGER_GRAPHQL_MAX_DEPTH", 12)?,
+            graphql_max_fields: positive("FLEETLEDGER_GRAPHQL_MAX_FIELDS", 2_000)?,
             graphql_max_complexity: positive("FLEETLEDGER_GRAPHQL_MAX_COMPLEXITY", 5_000)?,
             graphql_max_page_size: positive("FLEETLEDGER_GRAPHQL_MAX_PAGE_SIZE", 100)?,
             rate_limit_requests: env_or("FLEETLEDGER_RATE_LIMIT", 600)?,

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::{BatchRequest, BatchResponse, Data};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::Router;
@@ -15,7 +15,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -34,6 +34,10 @@ pub fn router(state: AppState) -> Router {
     let cors = cors(&state.config.cors_origins);
     let body_limit = state.config.body_limit_bytes;
     let mut router = Router::new()
+        .route("/", get(crate::pages::landing))
+        .route("/assets/{name}", get(crate::pages::asset))
+        .route("/docs/api.md", get(crate::pages::api_guide))
+        .route("/schema.graphql", get(crate::pages::schema))
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -361,13 +365,7 @@ async fn graphql_get(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("text/html"));
         if wants_html && state.config.graphiql {
-            return Html(
-                GraphiQLSource::build()
-                    .endpoint("/graphql")
-                    .subscription_endpoint("/graphql")
-                    .finish(),
-            )
-            .into_response();
+            return crate::pages::explorer();
         }
         return error_response(
             StatusCode::BAD_REQUEST,

@@ -3,7 +3,9 @@
 
 pub mod auth;
 pub mod error;
+pub mod guard;
 pub mod http;
+pub mod pages;
 pub mod ratelimit;
 pub mod schema;
 pub mod services;

@@ -306,7 +306,7 @@ async fn malformed_oversized_and_deep_requests_are_refused_with_a_graphql_body()
     assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
 
     let mut deep = String::from("id");
-    // 17 levels: past the schema's depth limit (12), well inside the parser's own (32).
+    // 18 levels of fields: past the depth limit (12), well inside the parser's own (32).
     for _ in 0..8 {
         deep = format!("booking {{ payment {{ {deep} }} }}");
     }
@@ -323,13 +323,41 @@ async fn malformed_oversized_and_deep_requests_are_refused_with_a_graphql_body()
         body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
         "{body:#}"
     );
-    assert!(
-        body["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("nested too deep"),
+    assert_eq!(
+        body["errors"][0]["message"], "the query nests 18 levels deep; at most 12 are allowed",
         "{body:#}"
     );
+    assert_eq!(body["errors"][0]["extensions"]["limit"], "depth");
+
+    // 25 fragments, each spreading the next twice (about 900 bytes, 2^25 fields expanded):
+    // refused right after parsing, before validation would expand it, and the server stays
+    // responsive.
+    let mut bomb = String::from("{...F0}");
+    for i in 0..25 {
+        bomb.push_str(&format!(
+            " fragment F{i} on Query{{...F{n} ...F{n}}}",
+            n = i + 1
+        ));
+    }
+    bomb.push_str(" fragment F25 on Query{__typename}");
+    assert!(bomb.len() < 1_000);
+    let (status, body) = app.post(None, &bomb, json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body:#}"
+    );
+    assert_eq!(
+        body["errors"][0]["extensions"]["limit"], "fields",
+        "{body:#}"
+    );
+    assert_eq!(
+        body["errors"][0]["message"],
+        "the query selects 33554432 fields once its fragments are expanded; at most 2000 are allowed"
+    );
+    assert!(body.get("data").is_none_or(Value::is_null), "{body:#}");
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
 
     // Within the depth limit, but 100 cars times 100 events each: refused before it runs.
     let (status, body) = app

@@ -90,13 +90,51 @@ async fn health_readiness_metrics_cors_and_graphiql() {
         .await
         .unwrap();
     assert_eq!(page.status(), 200);
-    assert!(
-        page.text()
-            .await
-            .unwrap()
-            .to_lowercase()
-            .contains("graphiql")
-    );
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    let page = page.text().await.unwrap();
+    assert!(page.contains("/assets/graphiql.min.js"), "{page}");
+    // Everything the explorer loads comes from this server, and each file is there.
+    let mut loaded = 0;
+    for part in page.split(['"', '\'']) {
+        if part.starts_with("/assets/") {
+            let asset = app.http.get(app.url(part)).send().await.unwrap();
+            assert_eq!(asset.status(), 200, "{part}");
+            assert!(!asset.bytes().await.unwrap().is_empty(), "{part}");
+            loaded += 1;
+        }
+        assert!(
+            !part.starts_with("http://")
+                && !part.starts_with("https://")
+                && !part.starts_with("//"),
+            "external URL in the explorer page: {part}"
+        );
+    }
+    assert_eq!(loaded, 7, "{page}");
+    let landing = app.http.get(app.url("/")).send().await.unwrap();
+    assert_eq!(landing.status(), 200);
+    let landing = landing.text().await.unwrap();
+    for link in [
+        "/graphql",
+        "/docs/api.md",
+        "/schema.graphql",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(
+            landing.contains(&format!("href=\"{link}\"")),
+            "{link} missing from {landing}"
+        );
+    }
+    let guide = app.http.get(app.url("/docs/api.md")).send().await.unwrap();
+    assert_eq!(guide.status(), 200);
+    let sdl = app
+        .http
+        .get(app.url("/schema.graphql"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sdl.text().await.unwrap(), api::sdl());
 
     let get = app
         .http

@@ -2,6 +2,8 @@
 //! every type, field, argument and enum value of the public contract (docs/contract.graphql)
 //! exists in it with a compatible type.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -186,4 +188,84 @@ fn an_incompatible_type_is_caught() {
     assert!(!output_compatible(&t("String!"), &t("Int!")));
     assert!(input_compatible(&t("Int"), &t("Int!")));
     assert!(!input_compatible(&t("Int!"), &t("Int")));
+}
+
+/// What GraphQL tools see: graphql-js's standard introspection query succeeds at the default
+/// limits, the schema it builds is docs/schema.graphql, and nothing breaks a committed
+/// baseline (docs/schema.graphql, docs/contract.graphql) unless it was deprecated first with
+/// a removal date that has passed.
+#[tokio::test]
+async fn graphql_tools_introspect_the_committed_schema_and_nothing_breaks_it() {
+    let app = common::TestApp::start().await;
+    let out = common::node(
+        "schema.mjs",
+        vec![
+            app.url("/graphql"),
+            docs("schema.graphql").display().to_string(),
+            docs("contract.graphql").display().to_string(),
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["introspection"], "ok", "{report:#}");
+    assert_eq!(report["sameAsCommitted"], true, "{report:#}");
+    let refused: Vec<&serde_json::Value> = report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["allowed"] == false)
+        .collect();
+    assert!(refused.is_empty(), "breaking changes: {refused:#?}");
+    app.shutdown().await;
+}
+
+/// The classification can fail: a field the served schema lacks is a breaking change, allowed
+/// only once deprecated with a removal date that has passed.
+#[tokio::test]
+async fn a_removed_field_is_breaking_unless_deprecated_with_a_past_removal_date() {
+    let app = common::TestApp::start().await;
+    let committed = std::fs::read_to_string(docs("schema.graphql")).unwrap();
+    let dir = std::env::temp_dir().join(format!("fl-schema-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut outcomes = Vec::new();
+    for extra in [
+        "oldField: Int",
+        "oldField: Int @deprecated(reason: \"Use newField. Removal after 2099-01-01.\")",
+        "oldField: Int @deprecated(reason: \"Use newField. Removal after 2020-01-01.\")",
+    ] {
+        let baseline = dir.join("baseline.graphql");
+        std::fs::write(
+            &baseline,
+            format!("{committed}\nextend type Query {{ {extra} }}\n"),
+        )
+        .unwrap();
+        let out = common::node(
+            "schema.mjs",
+            vec![
+                app.url("/graphql"),
+                docs("schema.graphql").display().to_string(),
+                baseline.display().to_string(),
+            ],
+        )
+        .await;
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let change = report["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["baseline"] == "docs/contract.graphql")
+            .cloned()
+            .unwrap_or_else(|| panic!("no change found: {report:#}"));
+        assert_eq!(change["level"], "BREAKING");
+        assert_eq!(change["description"], "Query.oldField was removed.");
+        outcomes.push(change["allowed"].as_bool().unwrap());
+    }
+    assert_eq!(outcomes, [false, false, true]);
+    let _ = std::fs::remove_dir_all(&dir);
+    app.shutdown().await;
 }

@@ -25,8 +25,10 @@ pub type AppSchema = Schema<Query, Mutation, Subscription>;
 /// Limits on what one request may ask for.
 #[derive(Clone, Copy, Debug)]
 pub struct QueryLimits {
-    /// Deepest nesting of selections.
+    /// Deepest nesting of selections once fragments are expanded (introspection excluded).
     pub max_depth: usize,
+    /// Most fields a document may select once its fragments are expanded.
+    pub max_fields: usize,
     /// Highest complexity (one per field, list fields weighted by their page size).
     pub max_complexity: usize,
     /// Largest page any connection or list argument may ask for.
@@ -37,6 +39,7 @@ impl Default for QueryLimits {
     fn default() -> Self {
         Self {
             max_depth: 12,
+            max_fields: 2_000,
             max_complexity: 5_000,
             max_page_size: 100,
         }
@@ -49,7 +52,12 @@ pub fn build(services: Services, limits: QueryLimits) -> AppSchema {
     loaders::register(builder, services.store.pool())
         .data(services)
         .data(limits)
-        .limit_depth(limits.max_depth)
+        // Shape first (right after parsing, before validation expands fragments), then the
+        // weighted complexity during validation.
+        .extension(crate::guard::ShapeGuard(crate::guard::ShapeLimits {
+            max_fields: limits.max_fields,
+            max_depth: limits.max_depth,
+        }))
         .limit_complexity(limits.max_complexity)
         .finish()
 }

@@ -364,3 +364,28 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Run `script` from tests/js with node (graphql-js, playwright-core, which scripts/test
+/// installs with npm), off the async runtime so that the in-process server keeps serving.
+/// Missing tools fail the test, saying how to get them.
+pub async fn node(script: &str, args: Vec<String>) -> std::process::Output {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/js");
+    assert!(
+        dir.join("node_modules/graphql").is_dir()
+            && dir.join("node_modules/playwright-core").is_dir(),
+        "the JS test tools are not installed in {}: run scripts/test (the README's test command), \
+         or `npm ci` there",
+        dir.display()
+    );
+    let script = script.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .current_dir(&dir)
+            .arg(&script)
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run node {script}: {e}"))
+    })
+    .await
+    .unwrap()
+}
