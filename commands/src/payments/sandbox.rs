@@ -1,13 +1,17 @@
 //! The built-in sandbox gateways: they behave like real providers, with no network.
 //!
 //! # Test tokens
-//! | token                            | authorization outcome                               |
-//! |----------------------------------|-----------------------------------------------------|
-//! | `tok_success`                    | authorized                                          |
-//! | `tok_decline_insufficient_funds` | declined, reason `insufficient funds`               |
-//! | `tok_decline_expired`            | declined, reason `card expired`                     |
-//! | `tok_timeout`                    | never answers (the router's timeout cuts it off)    |
-//! | anything else                    | declined, reason `unknown token`                    |
+//! The names client developers know from Stripe's test mode, and this project's older names
+//! (kept as aliases):
+//!
+//! | token                                  | alias                            | authorization outcome                   |
+//! |----------------------------------------|----------------------------------|-----------------------------------------|
+//! | `tok_visa`, `tok_mastercard`, `tok_amex` | `tok_success`                  | authorized                              |
+//! | `tok_chargeDeclined`                   |                                  | declined, reason `card declined`        |
+//! | `tok_chargeDeclinedInsufficientFunds`  | `tok_decline_insufficient_funds` | declined, reason `insufficient funds`   |
+//! | `tok_chargeDeclinedExpiredCard`        | `tok_decline_expired`            | declined, reason `card expired`         |
+//! | `tok_timeout`                          |                                  | never answers (the router's timeout cuts it off) |
+//! | anything else                          |                                  | declined, naming the accepted tokens    |
 //!
 //! The tokens work for every method (card, PayPal, wallet).
 //!
@@ -39,8 +43,10 @@ use super::gateway::{
 };
 use super::router::GatewayRouter;
 
-/// Authorizes.
+/// Authorizes (alias of `tok_visa`).
 pub const TOKEN_SUCCESS: &str = "tok_success";
+/// Authorizes.
+pub const TOKEN_VISA: &str = "tok_visa";
 /// Declines with [`DECLINE_INSUFFICIENT_FUNDS`].
 pub const TOKEN_DECLINE_INSUFFICIENT_FUNDS: &str = "tok_decline_insufficient_funds";
 /// Declines with [`DECLINE_EXPIRED`].
@@ -48,9 +54,60 @@ pub const TOKEN_DECLINE_EXPIRED: &str = "tok_decline_expired";
 /// Never answers.
 pub const TOKEN_TIMEOUT: &str = "tok_timeout";
 
+pub const DECLINE_GENERIC: &str = "card declined";
 pub const DECLINE_INSUFFICIENT_FUNDS: &str = "insufficient funds";
 pub const DECLINE_EXPIRED: &str = "card expired";
-pub const DECLINE_UNKNOWN_TOKEN: &str = "unknown token";
+pub const DECLINE_UNKNOWN_TOKEN: &str = "unknown test token";
+
+/// What the sandbox does with a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Behaviour {
+    Authorize,
+    Decline(&'static str),
+    Hang,
+}
+
+/// Every accepted test token, in the order an error lists them.
+const TEST_TOKENS: &[(&str, Behaviour)] = &[
+    ("tok_visa", Behaviour::Authorize),
+    ("tok_mastercard", Behaviour::Authorize),
+    ("tok_amex", Behaviour::Authorize),
+    ("tok_chargeDeclined", Behaviour::Decline(DECLINE_GENERIC)),
+    (
+        "tok_chargeDeclinedInsufficientFunds",
+        Behaviour::Decline(DECLINE_INSUFFICIENT_FUNDS),
+    ),
+    (
+        "tok_chargeDeclinedExpiredCard",
+        Behaviour::Decline(DECLINE_EXPIRED),
+    ),
+    (TOKEN_TIMEOUT, Behaviour::Hang),
+    (TOKEN_SUCCESS, Behaviour::Authorize),
+    (
+        TOKEN_DECLINE_INSUFFICIENT_FUNDS,
+        Behaviour::Decline(DECLINE_INSUFFICIENT_FUNDS),
+    ),
+    (TOKEN_DECLINE_EXPIRED, Behaviour::Decline(DECLINE_EXPIRED)),
+];
+
+fn behaviour(token: &str) -> Option<Behaviour> {
+    TEST_TOKENS
+        .iter()
+        .find(|(name, _)| *name == token)
+        .map(|(_, b)| *b)
+}
+
+/// The accepted test tokens, for error messages and docs.
+pub fn test_tokens() -> Vec<&'static str> {
+    TEST_TOKENS.iter().map(|(name, _)| *name).collect()
+}
+
+fn unknown_token() -> GatewayError {
+    GatewayError::Declined(format!(
+        "{DECLINE_UNKNOWN_TOKEN}; the sandbox accepts {}",
+        test_tokens().join(", ")
+    ))
+}
 
 /// One charge the sandbox made.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,15 +217,13 @@ impl SandboxGateway {
             }
             return outcome.clone();
         }
-        let outcome = match request.token.expose() {
-            TOKEN_SUCCESS => Ok(Authorization {
+        let outcome = match behaviour(request.token.expose()) {
+            Some(Behaviour::Authorize) => Ok(Authorization {
                 reference: format!("ch_{}", Uuid::new_v4().simple()),
             }),
-            TOKEN_DECLINE_INSUFFICIENT_FUNDS => {
-                Err(GatewayError::Declined(DECLINE_INSUFFICIENT_FUNDS.into()))
-            }
-            TOKEN_DECLINE_EXPIRED => Err(GatewayError::Declined(DECLINE_EXPIRED.into())),
-            _ => Err(GatewayError::Declined(DECLINE_UNKNOWN_TOKEN.into())),
+            Some(Behaviour::Decline(reason)) => Err(GatewayError::Declined(reason.into())),
+            // A hanging token that got this far was cut off already; treat as unknown.
+            Some(Behaviour::Hang) | None => Err(unknown_token()),
         };
         if let Ok(authorization) = &outcome {
             ledger.charges.push(SandboxCharge {
@@ -268,7 +323,7 @@ impl PaymentGateway for SandboxGateway {
                     request.method
                 )));
             }
-            if request.token.expose() == TOKEN_TIMEOUT {
+            if behaviour(request.token.expose()) == Some(Behaviour::Hang) {
                 std::future::pending::<()>().await;
             }
             self.decide_authorization(request)
@@ -369,16 +424,26 @@ mod tests {
     #[tokio::test]
     async fn documented_tokens_behave_as_documented() {
         let gateway = card();
-        assert!(
-            gateway
-                .authorize(&charge(TOKEN_SUCCESS, "k1", 500))
-                .await
-                .is_ok()
-        );
+        for token in ["tok_visa", "tok_mastercard", "tok_amex", TOKEN_SUCCESS] {
+            assert!(
+                gateway.authorize(&charge(token, token, 500)).await.is_ok(),
+                "{token}"
+            );
+        }
+        let unknown = "unknown test token; the sandbox accepts tok_visa, tok_mastercard, tok_amex, \
+             tok_chargeDeclined, tok_chargeDeclinedInsufficientFunds, \
+             tok_chargeDeclinedExpiredCard, tok_timeout, tok_success, \
+             tok_decline_insufficient_funds, tok_decline_expired";
         for (token, reason) in [
+            ("tok_chargeDeclined", DECLINE_GENERIC),
+            (
+                "tok_chargeDeclinedInsufficientFunds",
+                DECLINE_INSUFFICIENT_FUNDS,
+            ),
+            ("tok_chargeDeclinedExpiredCard", DECLINE_EXPIRED),
             (TOKEN_DECLINE_INSUFFICIENT_FUNDS, DECLINE_INSUFFICIENT_FUNDS),
             (TOKEN_DECLINE_EXPIRED, DECLINE_EXPIRED),
-            ("4242424242424242", DECLINE_UNKNOWN_TOKEN),
+            ("4242424242424242", unknown),
         ] {
             assert_eq!(
                 gateway.authorize(&charge(token, token, 500)).await,
@@ -391,7 +456,11 @@ mod tests {
         )
         .await;
         assert!(hung.is_err(), "tok_timeout never answers");
-        assert_eq!(gateway.charge_count(), 1);
+        assert_eq!(
+            gateway.charge_count(),
+            4,
+            "one charge per authorizing token"
+        );
         assert_eq!(gateway.charges()[0].amount, usd(500));
     }
 
