@@ -35,7 +35,7 @@ pub fn tansu_bin() -> Result<PathBuf, String> {
     }
     candidates.into_iter().find(|c| c.is_file()).ok_or_else(|| {
         "the Kafka-protocol broker `tansu` is not installed: run \
-         `cargo install tansu --locked --features dynostore` (or .ci/run), or set \
+         `scripts/test` (the README's test command builds it once), or set \
          FLEETLEDGER_TANSU_BIN"
             .to_owned()
     })
