@@ -32,13 +32,7 @@ impl App {
         };
         let secret = match &config.jwt_secret {
             Some(secret) => secret.expose().to_owned(),
-            None => {
-                tracing::warn!(
-                    "FLEETLEDGER_JWT_SECRET is unset: tokens are signed with a random key and die with this process"
-                );
-                let bytes: [u8; 32] = rand::rng().random();
-                hex::encode(bytes)
-            }
+            None => stored_signing_key(&config.data_dir.join("jwt-secret"))?,
         };
         let keys = JwtKeys::new(
             &Secret::new(secret),
@@ -112,5 +106,62 @@ impl App {
             Bootstrap::AdminExists => tracing::debug!("an admin exists; bootstrap skipped"),
         }
         Ok(())
+    }
+}
+
+/// The token signing key kept in the data directory (mode 0600), made on first use, so that
+/// tokens outlive a restart when FLEETLEDGER_JWT_SECRET is unset. Processes on other machines
+/// do not share the file: give them FLEETLEDGER_JWT_SECRET instead.
+pub(crate) fn stored_signing_key(path: &std::path::Path) -> Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let read = |path: &std::path::Path| -> Result<String> {
+        let key = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the signing key {}", path.display()))?;
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"),
+                "the signing key is readable by others: chmod 600 it");
+        }
+        let key = key.trim().to_owned();
+        anyhow::ensure!(
+            key.len() >= 32,
+            "the signing key {} is shorter than 32 characters",
+            path.display()
+        );
+        Ok(key)
+    };
+    if path.exists() {
+        return read(path);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let bytes: [u8; 32] = rand::rng().random();
+    let key = hex::encode(bytes);
+    // Written whole under a private name, then linked into place: a process starting at the
+    // same moment either sees no key or the complete one, and exactly one key wins.
+    let staged = path.with_extension(format!("new.{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&staged)
+        .with_context(|| format!("creating {}", staged.display()))?;
+    file.write_all(key.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", staged.display()))?;
+    let linked = std::fs::hard_link(&staged, path);
+    let _ = std::fs::remove_file(&staged);
+    match linked {
+        Ok(()) => {
+            tracing::info!(path = %path.display(),
+                "FLEETLEDGER_JWT_SECRET is unset: made a token signing key and kept it here");
+            Ok(key)
+        }
+        // Another process made it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(path),
+        Err(e) => Err(e).with_context(|| format!("creating the signing key {}", path.display())),
     }
 }

@@ -141,6 +141,14 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
                 report.events,
                 started.elapsed().as_secs_f64()
             );
+            println!("demo accounts (password {:?}):", seed::DEMO_PASSWORD);
+            for (email, role) in seed::DEMO_STAFF {
+                println!("  {role:<10} {email}");
+            }
+            println!(
+                "  CUSTOMER   customer1@seed.fleetledger.test … customer{}@seed.fleetledger.test",
+                options.customers.max(1)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Projections { command } => projectors::projections(config, command).await,

@@ -131,7 +131,9 @@ const FEATURES: [&str; 6] = [
 /// Branches and customers (idempotent), then the event history.
 pub(crate) async fn seed(pool: &PgPool, options: &SeedOptions) -> Result<SeedReport> {
     insert_branches(pool).await?;
-    let customers = insert_customers(pool, options.customers.max(1)).await?;
+    let hash = demo_password_hash().await?;
+    insert_staff(pool, &hash).await?;
+    let customers = insert_customers(pool, options.customers.max(1), &hash).await?;
     let store = EventStore::new(pool.clone());
     let bar = progress_bar(options);
     let report = write_history(&store, options, &customers, Utc::now(), &|n| {
@@ -179,12 +181,44 @@ async fn insert_branches(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
-async fn insert_customers(pool: &PgPool, n: u32) -> Result<Vec<Uuid>> {
-    let hash =
-        tokio::task::spawn_blocking(|| commands::accounts::hash_password("fleetledger-demo"))
-            .await
-            .context("hashing the demo password")?
-            .context("hashing the demo password")?;
+/// The password of every demo account `seed` makes.
+pub(crate) const DEMO_PASSWORD: &str = "fleetledger-demo";
+
+/// One demo account per staff role (email, role), next to the customers.
+pub(crate) const DEMO_STAFF: [(&str, &str); 4] = [
+    ("admin@seed.fleetledger.test", "ADMIN"),
+    ("auditor@seed.fleetledger.test", "AUDITOR"),
+    ("analyst@seed.fleetledger.test", "ANALYST"),
+    ("integrator@seed.fleetledger.test", "INTEGRATOR"),
+];
+
+async fn demo_password_hash() -> Result<String> {
+    tokio::task::spawn_blocking(|| commands::accounts::hash_password(DEMO_PASSWORD))
+        .await
+        .context("hashing the demo password")?
+        .context("hashing the demo password")
+}
+
+/// The demo staff accounts (idempotent: an existing account keeps its role and password).
+async fn insert_staff(pool: &PgPool, hash: &str) -> Result<()> {
+    for (email, role) in DEMO_STAFF {
+        sqlx::query(
+            "INSERT INTO users (id, email, name, role, password_hash) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (lower(email)) DO NOTHING",
+        )
+        .bind(Uuid::now_v7())
+        .bind(email)
+        .bind(format!("Demo {}", role.to_lowercase()))
+        .bind(role)
+        .bind(hash)
+        .execute(pool)
+        .await
+        .context("inserting the demo staff accounts")?;
+    }
+    Ok(())
+}
+
+async fn insert_customers(pool: &PgPool, n: u32, hash: &str) -> Result<Vec<Uuid>> {
     let mut ids = Vec::with_capacity(n as usize);
     for i in 1..=n {
         let email = format!("customer{i}@seed.fleetledger.test");
@@ -196,7 +230,7 @@ async fn insert_customers(pool: &PgPool, n: u32) -> Result<Vec<Uuid>> {
         .bind(Uuid::now_v7())
         .bind(&email)
         .bind(format!("Seed Customer {i}"))
-        .bind(&hash)
+        .bind(hash)
         .fetch_one(pool)
         .await
         .context("inserting customers")?;

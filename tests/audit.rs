@@ -432,6 +432,41 @@ async fn seed_then_verify_all_and_the_anchor_are_ok() {
         ],
     );
     assert_eq!(seeded.code, Some(0), "{}", seeded.stderr);
+    // One demo account per role, printed with their password.
+    for login in [
+        "ADMIN      admin@seed.fleetledger.test",
+        "AUDITOR    auditor@seed.fleetledger.test",
+        "ANALYST    analyst@seed.fleetledger.test",
+        "INTEGRATOR integrator@seed.fleetledger.test",
+        "CUSTOMER   customer1@seed.fleetledger.test … customer6@seed.fleetledger.test",
+    ] {
+        assert!(
+            seeded.stdout.contains(login),
+            "{login} not in {}",
+            seeded.stdout
+        );
+    }
+    assert!(
+        seeded.stdout.contains("password \"fleetledger-demo\""),
+        "{}",
+        seeded.stdout
+    );
+    let roles: Vec<(String, i64)> =
+        sqlx::query_as("SELECT role, count(*) FROM users GROUP BY role ORDER BY role")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let roles: Vec<(&str, i64)> = roles.iter().map(|(r, n)| (r.as_str(), *n)).collect();
+    assert_eq!(
+        roles,
+        [
+            ("ADMIN", 1),
+            ("ANALYST", 1),
+            ("AUDITOR", 1),
+            ("CUSTOMER", 6),
+            ("INTEGRATOR", 1)
+        ]
+    );
     let telemetry: i64 =
         sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'telemetry'")
             .fetch_one(&db.pool)

@@ -111,10 +111,12 @@ async fn serve_runs_on_the_embedded_cluster_and_reuses_it() {
         .status()
         .unwrap();
 
+    let mut token = String::new();
     for run in 0..2 {
         let mut child = fleetledger()
             .arg("serve")
             .env("FLEETLEDGER_DATA_DIR", &data)
+            .env_remove("FLEETLEDGER_JWT_SECRET")
             .env("FLEETLEDGER_HTTP_ADDR", "127.0.0.1:0")
             .env("NO_COLOR", "1")
             .stderr(Stdio::piped())
@@ -173,6 +175,46 @@ async fn serve_runs_on_the_embedded_cluster_and_reuses_it() {
             "run {run}"
         );
         assert!(data.join("postgres").join("PG_VERSION").exists());
+        // Tokens survive a restart: the signing key made on the first run is kept (0600).
+        let gql = |query: serde_json::Value, token: Option<String>| {
+            let mut request = reqwest::Client::new()
+                .post(format!("http://{addr}/graphql"))
+                .json(&query);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            request.send()
+        };
+        if run == 0 {
+            let registered: serde_json::Value = gql(
+                serde_json::json!({ "query": "mutation { register(input: { email: \"kim@example.com\", \
+                    password: \"a long enough password\", name: \"Kim\" }) { token } }" }),
+                None,
+            )
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+            token = registered["data"]["register"]["token"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        } else {
+            let me: serde_json::Value = gql(
+                serde_json::json!({ "query": "{ me { email } }" }),
+                Some(token.clone()),
+            )
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+            assert_eq!(me["data"]["me"]["email"], "kim@example.com", "{me}");
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        let key = std::fs::metadata(data.join("jwt-secret")).unwrap();
+        assert_eq!(key.permissions().mode() & 0o777, 0o600);
 
         let pid = server.0.id().to_string();
         assert!(

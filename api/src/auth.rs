@@ -15,8 +15,10 @@ use crate::error::{ApiResult, AppError};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
     Anonymous,
-    /// A token was sent but it is invalid or expired.
+    /// A token was sent but it is invalid or expired, or its session has ended.
     BadToken(&'static str),
+    /// A valid token whose session could not be checked (the database did not answer).
+    Unchecked,
     User {
         id: Uuid,
         role: Role,
@@ -25,7 +27,11 @@ pub enum Caller {
 
 impl Caller {
     /// From an `Authorization` header value (`Bearer <jwt>`), or its absence.
-    pub fn from_authorization(accounts: &Accounts, value: Option<&str>) -> Self {
+    ///
+    /// A valid signature is not enough: the account must still be at the session epoch the
+    /// token was issued at, and the caller acts with the role the account holds now, so a
+    /// demoted or signed-out user loses its rights at once (one primary-key lookup).
+    pub async fn from_authorization(accounts: &Accounts, value: Option<&str>) -> Self {
         let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
             return Self::Anonymous;
         };
@@ -33,15 +39,25 @@ impl Caller {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
             _ => return Self::BadToken("the Authorization header must be `Bearer <token>`"),
         };
-        match accounts.verify_token(token) {
-            Ok(claims) => Self::User {
-                id: claims.sub,
-                role: claims.role,
-            },
+        let claims = match accounts.verify_token(token) {
+            Ok(claims) => claims,
             Err(commands::accounts::AccountError::TokenExpired) => {
-                Self::BadToken("the token has expired; log in again")
+                return Self::BadToken("the token has expired; log in again");
             }
-            Err(_) => Self::BadToken("the token is invalid"),
+            Err(_) => return Self::BadToken("the token is invalid"),
+        };
+        match accounts.session_role(&claims).await {
+            Ok(role) => Self::User {
+                id: claims.sub,
+                role,
+            },
+            Err(commands::accounts::AccountError::SessionEnded) => {
+                Self::BadToken("the session has ended; log in again")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check a session");
+                Self::Unchecked
+            }
         }
     }
 
@@ -58,6 +74,7 @@ impl Caller {
         match self {
             Self::User { id, role } => Ok((*id, *role)),
             Self::BadToken(reason) => Err(AppError::InvalidToken(reason)),
+            Self::Unchecked => Err(AppError::Unavailable),
             Self::Anonymous => Err(AppError::Unauthenticated),
         }
     }

@@ -179,6 +179,7 @@ impl From<AccountError> for AppError {
             AccountError::InvalidCredentials => Self::InvalidToken("invalid email or password"),
             AccountError::TokenExpired => Self::InvalidToken("the token has expired"),
             AccountError::InvalidToken => Self::InvalidToken("the token is invalid"),
+            AccountError::SessionEnded => Self::InvalidToken("the session has ended; log in again"),
             AccountError::NotFound => Self::not_found("user"),
             AccountError::LastAdmin => Self::Conflict("the last ADMIN cannot lose the role".into()),
             AccountError::Database(db) => Self::database(&db),

@@ -139,11 +139,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
-fn caller_from(state: &AppState, headers: &HeaderMap) -> Caller {
+async fn caller_from(state: &AppState, headers: &HeaderMap) -> Caller {
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    Caller::from_authorization(&state.services.accounts, value)
+    Caller::from_authorization(&state.services.accounts, value).await
 }
 
 /// Count the request against the caller's limit; `Some(response)` when over it.
@@ -303,7 +303,7 @@ async fn graphql_post(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let caller = caller_from(&state, &headers);
+    let caller = caller_from(&state, &headers).await;
     if let Some(limited) = rate_limited(&state, &caller, &ip).await {
         return limited;
     }
@@ -373,7 +373,7 @@ async fn graphql_get(
             "GET /graphql needs a `query` parameter",
         );
     }
-    let caller = caller_from(&state, &headers);
+    let caller = caller_from(&state, &headers).await;
     if let Some(limited) = rate_limited(&state, &caller, &ip).await {
         return limited;
     }
@@ -441,9 +441,13 @@ async fn websocket(
                                 .and_then(|v| v.as_str())
                                 .map(|t| format!("Bearer {t}"))
                         });
-                    let caller = Caller::from_authorization(&accounts, value.as_deref());
-                    if let Caller::BadToken(reason) = caller {
-                        return Err(AppError::InvalidToken(reason).to_graphql());
+                    let caller = Caller::from_authorization(&accounts, value.as_deref()).await;
+                    match caller {
+                        Caller::BadToken(reason) => {
+                            return Err(AppError::InvalidToken(reason).to_graphql());
+                        }
+                        Caller::Unchecked => return Err(AppError::Unavailable.to_graphql()),
+                        _ => {}
                     }
                     let mut data = Data::default();
                     data.insert(caller);

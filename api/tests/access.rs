@@ -162,3 +162,81 @@ async fn every_role_gets_exactly_its_own_operations() {
 
     app.shutdown().await;
 }
+
+/// A demoted admin loses its rights with the next request (it cannot re-grant itself), and
+/// ending sessions makes every earlier token stop working; logging in again works.
+#[tokio::test]
+async fn a_role_change_or_ended_sessions_revoke_tokens_at_once() {
+    let app = TestApp::start().await;
+    let second_admin = app.user_with_role("second-admin@fleet.test", "ADMIN").await;
+    let me: Value = app
+        .ok(Some(&second_admin), "{ me { id role } }", json!({}))
+        .await;
+    let id = me["me"]["id"].clone();
+    assert_eq!(me["me"]["role"], "ADMIN");
+
+    // Demoted by the first admin: the token it holds stops working at once.
+    app.ok(
+        Some(&app.admin_token),
+        "mutation($u: UUID!) { grantRole(userId: $u, role: CUSTOMER) { role } }",
+        json!({ "u": id }),
+    )
+    .await;
+    let regrant = "mutation($u: UUID!) { grantRole(userId: $u, role: ADMIN) { role } }";
+    let (_, body) = app
+        .post(Some(&second_admin), regrant, json!({ "u": id }))
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{body:#}"
+    );
+    assert_eq!(
+        body["errors"][0]["message"],
+        "the session has ended; log in again"
+    );
+    // Logged in again, it is a customer, and cannot grant itself anything.
+    let login = app
+        .ok(
+            None,
+            "mutation { login(email: \"second-admin@fleet.test\", password: \"customer-password-1\") { token } }",
+            json!({}),
+        )
+        .await;
+    let customer = login["login"]["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.code(Some(&customer), regrant, json!({ "u": id })).await,
+        "FORBIDDEN"
+    );
+    let role: String =
+        sqlx::query_scalar("SELECT role FROM users WHERE email = 'second-admin@fleet.test'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(role, "CUSTOMER");
+
+    // Ending one's own sessions: the token used stops working, a new login works.
+    app.ok(Some(&customer), "mutation { endSessions }", json!({}))
+        .await;
+    assert_eq!(
+        app.code(Some(&customer), "{ me { id } }", json!({})).await,
+        "UNAUTHENTICATED"
+    );
+    // A customer may not end someone else's sessions.
+    let (other, _) = app.register("other@fleet.test").await;
+    let admin_id = app
+        .ok(Some(&app.admin_token), "{ me { id } }", json!({}))
+        .await["me"]["id"]
+        .clone();
+    assert_eq!(
+        app.code(
+            Some(&other),
+            "mutation($u: UUID) { endSessions(userId: $u) }",
+            json!({ "u": admin_id })
+        )
+        .await,
+        "FORBIDDEN"
+    );
+    app.ok(Some(&app.admin_token), "{ me { id } }", json!({}))
+        .await;
+    app.shutdown().await;
+}

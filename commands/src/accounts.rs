@@ -255,7 +255,13 @@ impl fmt::Debug for Secret {
 pub struct Claims {
     /// The user id.
     pub sub: Uuid,
+    /// The role when the token was issued (informative: requests act with the role the
+    /// account holds now).
     pub role: Role,
+    /// The user's session epoch when the token was issued; the token works while the account
+    /// is still at that epoch (0 for tokens from before sessions could end).
+    #[serde(default)]
+    pub sep: i64,
     /// Issued at, seconds since the Unix epoch.
     pub iat: i64,
     /// Expires at, seconds since the Unix epoch.
@@ -310,11 +316,13 @@ impl JwtKeys {
         &self,
         user_id: Uuid,
         role: Role,
+        session_epoch: i64,
         now: DateTime<Utc>,
     ) -> Result<(String, DateTime<Utc>), AccountError> {
         let claims = Claims {
             sub: user_id,
             role,
+            sep: session_epoch,
             iat: now.timestamp(),
             exp: (now + self.ttl).timestamp(),
         };
@@ -415,6 +423,8 @@ pub enum AccountError {
     TokenExpired,
     #[error("the token is invalid")]
     InvalidToken,
+    #[error("the session has ended (the account's role changed or its sessions were ended)")]
+    SessionEnded,
     #[error("no such user")]
     NotFound,
     #[error("the last ADMIN cannot lose the role")]
@@ -443,6 +453,7 @@ struct UserRow {
     password_hash: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    session_epoch: i64,
 }
 
 impl UserRow {
@@ -463,7 +474,8 @@ impl UserRow {
     }
 }
 
-const COLUMNS: &str = "id, email, name, phone, role, password_hash, created_at, updated_at";
+const COLUMNS: &str =
+    "id, email, name, phone, role, password_hash, created_at, updated_at, session_epoch";
 
 fn email_taken(e: sqlx::Error) -> AccountError {
     match e.as_database_error().and_then(|d| d.constraint()) {
@@ -541,7 +553,7 @@ impl Accounts {
             .insert(&email, &password, &name, phone.as_ref(), Role::Customer)
             .await?;
         tracing::info!(user.id = %user.id, "user registered");
-        self.payload(user)
+        self.payload(user, 0)
     }
 
     /// Check an email and password and issue a token.
@@ -564,7 +576,39 @@ impl Accounts {
         if !blocking(move || verify_blocking(&password, &hash)).await? {
             return Err(AccountError::InvalidCredentials);
         }
-        self.payload(row.into_user()?)
+        let epoch = row.session_epoch;
+        self.payload(row.into_user()?, epoch)
+    }
+
+    /// The role the holder of `claims` acts with now, if its session is still open: the
+    /// account exists and its session epoch is the one the token was issued at.
+    pub async fn session_role(&self, claims: &Claims) -> Result<Role, AccountError> {
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT role, session_epoch FROM users WHERE id = $1")
+                .bind(claims.sub)
+                .fetch_optional(&self.pool)
+                .await?;
+        match row {
+            Some((role, epoch)) if epoch == claims.sep => Role::from_str(&role)
+                .map_err(|_| AccountError::Corrupt(format!("unknown role {role:?}"))),
+            _ => Err(AccountError::SessionEnded),
+        }
+    }
+
+    /// End every session of `user_id`: each token issued before stops working.
+    #[tracing::instrument(skip_all, fields(user.id = %user_id), err(level = "debug"))]
+    pub async fn end_sessions(&self, user_id: Uuid) -> Result<(), AccountError> {
+        let ended = sqlx::query(
+            "UPDATE users SET session_epoch = session_epoch + 1, updated_at = now() WHERE id = $1",
+        )
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        if ended.rows_affected() == 0 {
+            return Err(AccountError::NotFound);
+        }
+        tracing::info!("sessions ended");
+        Ok(())
     }
 
     /// The claims of a valid, unexpired token.
@@ -633,7 +677,9 @@ impl Accounts {
             }
         }
         let sql = format!(
-            "UPDATE users SET role = $2, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+            "UPDATE users SET role = $2, updated_at = now(), \
+               session_epoch = session_epoch + CASE WHEN role = $2 THEN 0 ELSE 1 END \
+             WHERE id = $1 RETURNING {COLUMNS}"
         );
         let row = sqlx::query_as::<_, UserRow>(&sql)
             .bind(user_id)
@@ -730,8 +776,10 @@ impl Accounts {
             .await?)
     }
 
-    fn payload(&self, user: User) -> Result<AuthPayload, AccountError> {
-        let (token, expires_at) = self.keys.issue(user.id, user.role, Utc::now())?;
+    fn payload(&self, user: User, session_epoch: i64) -> Result<AuthPayload, AccountError> {
+        let (token, expires_at) = self
+            .keys
+            .issue(user.id, user.role, session_epoch, Utc::now())?;
         Ok(AuthPayload {
             token,
             expires_at,

@@ -160,6 +160,7 @@ async fn expired_tampered_and_foreign_tokens_are_refused() {
         .issue(
             payload.user.id,
             Role::Customer,
+            0,
             Utc::now() - TimeDelta::hours(2),
         )
         .unwrap();
@@ -170,7 +171,7 @@ async fn expired_tampered_and_foreign_tokens_are_refused() {
 
     // The payload of an ADMIN token under the customer token's signature.
     let (admin, _) = keys
-        .issue(payload.user.id, Role::Admin, Utc::now())
+        .issue(payload.user.id, Role::Admin, 0, Utc::now())
         .unwrap();
     let customer: Vec<&str> = payload.token.split('.').collect();
     let admin: Vec<&str> = admin.split('.').collect();
@@ -187,7 +188,7 @@ async fn expired_tampered_and_foreign_tokens_are_refused() {
     )
     .unwrap();
     let (forged, _) = foreign
-        .issue(payload.user.id, Role::Admin, Utc::now())
+        .issue(payload.user.id, Role::Admin, 0, Utc::now())
         .unwrap();
     assert!(matches!(
         accounts.verify_token(&forged),

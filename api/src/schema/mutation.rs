@@ -183,7 +183,7 @@ impl Mutation {
         Ok(user.into())
     }
 
-    /// ADMIN only.
+    /// ADMIN only. A change of role ends the user's sessions: it logs in again with the new one.
     async fn grant_role(&self, ctx: &Context<'_>, user_id: Uuid, role: Role) -> ApiResult<User> {
         caller(ctx)?.require(auth::ADMIN)?;
         Ok(services(ctx)?
@@ -191,6 +191,18 @@ impl Mutation {
             .grant_role(user_id, role.into())
             .await?
             .into())
+    }
+
+    /// Ends every session of a user: each token issued before stops working at once (the
+    /// user logs in again). Without `userId`, the caller's own sessions; ADMIN may end anyone's.
+    async fn end_sessions(&self, ctx: &Context<'_>, user_id: Option<Uuid>) -> ApiResult<bool> {
+        let (me, role) = caller(ctx)?.user()?;
+        let target = user_id.unwrap_or(me);
+        if target != me && role != AccountRole::Admin {
+            return Err(AppError::Forbidden);
+        }
+        services(ctx)?.accounts.end_sessions(target).await?;
+        Ok(true)
     }
 
     async fn add_branch(&self, ctx: &Context<'_>, input: BranchInput) -> ApiResult<Branch> {
