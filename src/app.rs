@@ -71,6 +71,7 @@ impl App {
             limits: api::QueryLimits {
                 max_depth: config.graphql_max_depth,
                 max_fields: config.graphql_max_fields,
+                max_root_fields: config.graphql_max_root_fields,
                 max_complexity: config.graphql_max_complexity,
                 max_page_size: config.graphql_max_page_size,
             },
@@ -81,6 +82,7 @@ impl App {
                 key_prefix: "fleetledger:".into(),
             },
             graphiql: config.graphiql,
+            max_batch: config.graphql_max_batch,
         };
         api::AppState::new(self.services.clone(), api_config)
             .context("REDIS_URL is not a valid Redis URL")

@@ -69,6 +69,11 @@ pub(crate) struct Config {
     /// `FLEETLEDGER_GRAPHQL_MAX_FIELDS`: fields a document may select once its fragments are
     /// expanded (default 2000).
     pub(crate) graphql_max_fields: usize,
+    /// `FLEETLEDGER_GRAPHQL_MAX_ROOT_FIELDS`: root fields per operation, aliases included
+    /// (default 20).
+    pub(crate) graphql_max_root_fields: usize,
+    /// `FLEETLEDGER_GRAPHQL_MAX_BATCH`: operations per batched HTTP request (default 10).
+    pub(crate) graphql_max_batch: usize,
     pub(crate) graphql_max_complexity: usize,
     pub(crate) graphql_max_page_size: i32,
     /// `FLEETLEDGER_RATE_LIMIT`: requests per user (or IP) and window, 0 = off (default 600);
@@ -135,6 +140,8 @@ impl Config {
             body_limit_bytes: positive("FLEETLEDGER_BODY_LIMIT", 256 * 1024)?,
             graphql_max_depth: positive("FLEETLEDGER_GRAPHQL_MAX_DEPTH", 12)?,
             graphql_max_fields: positive("FLEETLEDGER_GRAPHQL_MAX_FIELDS", 2_000)?,
+            graphql_max_root_fields: positive("FLEETLEDGER_GRAPHQL_MAX_ROOT_FIELDS", 20)?,
+            graphql_max_batch: positive("FLEETLEDGER_GRAPHQL_MAX_BATCH", 10)?,
             graphql_max_complexity: positive("FLEETLEDGER_GRAPHQL_MAX_COMPLEXITY", 5_000)?,
             graphql_max_page_size: positive("FLEETLEDGER_GRAPHQL_MAX_PAGE_SIZE", 100)?,
             rate_limit_requests: env_or("FLEETLEDGER_RATE_LIMIT", 600)?,

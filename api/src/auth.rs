@@ -118,6 +118,8 @@ pub const ADMIN: &[Role] = &[Role::Admin];
 pub const AUDIT: &[Role] = &[Role::Admin, Role::Auditor];
 pub const ANALYTICS: &[Role] = &[Role::Admin, Role::Analyst];
 pub const TELEMETRY_WRITE: &[Role] = &[Role::Admin, Role::Integrator];
+/// Who may see where a car is and how it moves (personal data while someone rents it).
+pub const TELEMETRY_READERS: &[Role] = &[Role::Admin, Role::Analyst, Role::Integrator];
 pub const EVENT_READERS: &[Role] = &[Role::Admin, Role::Auditor, Role::Integrator];
 /// Who may read any booking: staff and auditors.
 pub const BOOKING_READERS: &[Role] = &[Role::Admin, Role::Auditor];

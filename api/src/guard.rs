@@ -31,13 +31,21 @@ pub struct ShapeLimits {
     pub max_fields: usize,
     /// Deepest nesting of fields after expansion, introspection excluded.
     pub max_depth: usize,
+    /// Root fields of one operation, aliases included (each may be a whole request's work).
+    pub max_root_fields: usize,
 }
+
+/// Root fields that check a password: one per document, so aliases cannot multiply guesses.
+const CREDENTIAL_FIELDS: [&str; 2] = ["login", "register"];
 
 /// The measured shape of a document.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Shape {
     pub fields: usize,
     pub depth: usize,
+    /// Fields directly in the selection set (fragments on it expanded): for an operation,
+    /// its root fields.
+    pub width: usize,
 }
 
 /// Why a document was refused.
@@ -45,6 +53,9 @@ pub struct Shape {
 pub enum Refusal {
     TooManyFields { fields: usize, max: usize },
     TooDeep { depth: usize, max: usize },
+    TooWide { fields: usize, max: usize },
+    CredentialsTwice,
+    NulCharacter,
     FragmentCycle(String),
     UnknownFragment(String),
 }
@@ -54,6 +65,9 @@ impl Refusal {
         match self {
             Self::TooManyFields { .. } => "fields",
             Self::TooDeep { .. } => "depth",
+            Self::TooWide { .. } => "rootFields",
+            Self::CredentialsTwice => "credentials",
+            Self::NulCharacter => "characters",
             Self::FragmentCycle(_) | Self::UnknownFragment(_) => "fragments",
         }
     }
@@ -67,6 +81,14 @@ impl Refusal {
             Self::TooDeep { depth, max } => {
                 format!("the query nests {depth} levels deep; at most {max} are allowed")
             }
+            Self::TooWide { fields, max } => format!(
+                "an operation asks for {fields} root fields (aliases included); at most {max} \
+                 are allowed"
+            ),
+            Self::CredentialsTwice => {
+                "a request may log in or register once: send one login or register field".into()
+            }
+            Self::NulCharacter => "text may not contain the NUL character (U+0000)".into(),
             Self::FragmentCycle(name) => format!("fragment {name} spreads itself"),
             Self::UnknownFragment(name) => format!("unknown fragment {name}"),
         }
@@ -85,6 +107,7 @@ pub fn measure(doc: &ExecutableDocument) -> Result<Shape, Refusal> {
         let shape = memo.selection_set(&op.node.selection_set)?;
         total.fields = total.fields.saturating_add(shape.fields);
         total.depth = total.depth.max(shape.depth);
+        total.width = total.width.max(shape.width);
     }
     Ok(total)
 }
@@ -104,7 +127,71 @@ pub fn check(doc: &ExecutableDocument, limits: &ShapeLimits) -> Result<Shape, Re
             max: limits.max_depth,
         });
     }
+    if shape.width > limits.max_root_fields {
+        return Err(Refusal::TooWide {
+            fields: shape.width,
+            max: limits.max_root_fields,
+        });
+    }
+    // Bounded by the checks above: the root selections are walked with fragments expanded.
+    let credentials: usize = doc
+        .operations
+        .iter()
+        .map(|(_, op)| root_fields_named(doc, &op.node.selection_set, &CREDENTIAL_FIELDS, 0))
+        .sum();
+    if credentials > 1 {
+        return Err(Refusal::CredentialsTwice);
+    }
     Ok(shape)
+}
+
+/// How many fields directly in `set` (fragments expanded) have one of `names`.
+fn root_fields_named(
+    doc: &ExecutableDocument,
+    set: &Positioned<SelectionSet>,
+    names: &[&str],
+    nesting: usize,
+) -> usize {
+    if nesting > 64 {
+        return 0;
+    }
+    set.node
+        .items
+        .iter()
+        .map(|item| match &item.node {
+            Selection::Field(f) => usize::from(names.contains(&f.node.name.node.as_str())),
+            Selection::InlineFragment(i) => {
+                root_fields_named(doc, &i.node.selection_set, names, nesting + 1)
+            }
+            Selection::FragmentSpread(spread) => doc
+                .fragments
+                .get(&spread.node.fragment_name.node)
+                .map_or(0, |f| {
+                    root_fields_named(doc, &f.node.selection_set, names, nesting + 1)
+                }),
+        })
+        .sum()
+}
+
+/// Whether the request's text or variables hold a NUL character, which no stored text can:
+/// refused as input rather than failing in the database.
+fn has_nul(request: &Request) -> bool {
+    fn value(v: &async_graphql::Value) -> bool {
+        match v {
+            async_graphql::Value::String(s) => s.contains('\0'),
+            async_graphql::Value::List(items) => items.iter().any(value),
+            async_graphql::Value::Object(map) => map
+                .iter()
+                .any(|(k, v)| k.as_str().contains('\0') || value(v)),
+            _ => false,
+        }
+    }
+    // In the document a NUL can only be written as an escape inside a string.
+    let text = request.query.to_ascii_lowercase();
+    text.contains('\0')
+        || text.contains("\\u0000")
+        || text.contains("\\u{0}")
+        || request.variables.iter().any(|(_, v)| value(v))
 }
 
 struct Memo<'a> {
@@ -130,6 +217,7 @@ impl<'a> Memo<'a> {
                     Shape {
                         fields: below.fields.saturating_add(1),
                         depth,
+                        width: 1,
                     }
                 }
                 Selection::InlineFragment(inline) => {
@@ -141,6 +229,7 @@ impl<'a> Memo<'a> {
             };
             shape.fields = shape.fields.saturating_add(inner.fields);
             shape.depth = shape.depth.max(inner.depth);
+            shape.width = shape.width.saturating_add(inner.width);
         }
         Ok(shape)
     }
@@ -186,7 +275,12 @@ impl Extension for ShapeGuardExtension {
     ) -> ServerResult<Request> {
         // A document that does not parse is left to async-graphql, for its usual message.
         if let Ok(doc) = async_graphql::parser::parse_query(&request.query) {
-            if let Err(refusal) = check(&doc, &self.0) {
+            let checked = if has_nul(&request) {
+                Err(Refusal::NulCharacter)
+            } else {
+                check(&doc, &self.0).map(|_| ())
+            };
+            if let Err(refusal) = checked {
                 metrics::counter!("fleetledger_graphql_refused_total", "limit" => refusal.limit())
                     .increment(1);
                 let mut extensions = ErrorExtensionValues::default();
@@ -234,6 +328,7 @@ mod tests {
         let limits = ShapeLimits {
             max_fields: 2_000,
             max_depth: 12,
+            max_root_fields: 20,
         };
         let refused = check(
             &async_graphql::parser::parse_query(doubling(25)).unwrap(),
@@ -254,7 +349,8 @@ mod tests {
             shape("{ a { b { c } } d }").unwrap(),
             Shape {
                 fields: 4,
-                depth: 3
+                depth: 3,
+                width: 2
             }
         );
         let introspection = shape(

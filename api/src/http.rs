@@ -20,12 +20,13 @@ use axum::routing::get;
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{AppError, Code};
-use crate::ratelimit::Decision;
+use crate::ratelimit::{ConnectionQuota, Decision};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -64,7 +65,12 @@ pub fn router(state: AppState) -> Router {
                     .latency_unit(tower_http::LatencyUnit::Millis),
             ),
         )
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        // Browsers must not guess content types (a JSON answer is never run as a script).
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ));
     if let Some(cors) = cors {
         router = router.layer(cors);
     }
@@ -147,12 +153,16 @@ async fn caller_from(state: &AppState, headers: &HeaderMap) -> Caller {
 }
 
 /// Count the request against the caller's limit; `Some(response)` when over it.
-async fn rate_limited(state: &AppState, caller: &Caller, ip: &ClientIp) -> Option<Response> {
-    let key = match (caller.user_id(), ip.0) {
+fn rate_key(caller: &Caller, ip: &Option<SocketAddr>) -> String {
+    match (caller.user_id(), ip) {
         (Some(id), _) => format!("user:{id}"),
         (None, Some(addr)) => format!("ip:{}", addr.ip()),
         (None, None) => "ip:unknown".to_owned(),
-    };
+    }
+}
+
+async fn rate_limited(state: &AppState, caller: &Caller, ip: &ClientIp) -> Option<Response> {
+    let key = rate_key(caller, &ip.0);
     match state.limiter.check(&key).await {
         Decision::Allowed => None,
         Decision::Limited { retry_after_secs } => {
@@ -279,6 +289,7 @@ fn outcome(response: &BatchResponse) -> &'static str {
 }
 
 async fn execute(state: &AppState, caller: Caller, batch: BatchRequest) -> Response {
+    let personal = !matches!(caller, Caller::Anonymous);
     let operation = operation_label(&batch);
     let started = Instant::now();
     let response = with_codes(state.schema.execute_batch(batch.data(caller)).await);
@@ -289,7 +300,11 @@ async fn execute(state: &AppState, caller: Caller, batch: BatchRequest) -> Respo
     metrics::histogram!("fleetledger_graphql_request_duration_seconds", "operation" => operation)
         .record(elapsed);
     let mut http = axum::Json(&response).into_response();
-    if let Some(value) = response.cache_control().value()
+    if personal {
+        // An answer to a signed-in caller is theirs alone: no cache keeps it.
+        http.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    } else if let Some(value) = response.cache_control().value()
         && let Ok(value) = HeaderValue::from_str(&value)
     {
         http.headers_mut().insert(header::CACHE_CONTROL, value);
@@ -329,14 +344,34 @@ async fn graphql_post(
     };
     let batch: BatchRequest = match serde_json::from_slice(&body) {
         Ok(batch) => batch,
-        Err(e) => {
+        Err(_) => {
             return error_response(
                 StatusCode::BAD_REQUEST,
                 Code::BadUserInput,
-                &format!("the body is not a GraphQL request in JSON: {e}"),
+                "the body is not a GraphQL request in JSON: an object with a `query` string \
+                 (and optional `variables` and `operationName`), or a list of such objects",
             );
         }
     };
+    // A batch is as many requests as it holds operations: bounded, and each one counted.
+    if let BatchRequest::Batch(operations) = &batch {
+        if operations.len() > state.config.max_batch {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                Code::BadUserInput,
+                &format!(
+                    "a batch may hold at most {} operations; this one holds {}",
+                    state.config.max_batch,
+                    operations.len()
+                ),
+            );
+        }
+        for _ in 1..operations.len() {
+            if let Some(limited) = rate_limited(&state, &caller, &ip).await {
+                return limited;
+            }
+        }
+    }
     execute(&state, caller, batch).await
 }
 
@@ -427,6 +462,8 @@ async fn websocket(
     }
     let schema = state.schema.clone();
     let accounts = state.services.accounts.clone();
+    let limiter = state.limiter.clone();
+    let ip = ip.0;
     ws.protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| async move {
             metrics::gauge!("fleetledger_websocket_connections").increment(1.0);
@@ -450,6 +487,11 @@ async fn websocket(
                         _ => {}
                     }
                     let mut data = Data::default();
+                    // Every operation on this connection counts against the caller's limit.
+                    data.insert(ConnectionQuota {
+                        limiter: limiter.clone(),
+                        key: rate_key(&caller, &ip),
+                    });
                     data.insert(caller);
                     Ok(data)
                 })

@@ -31,6 +31,9 @@ pub struct ApiConfig {
     pub rate_limit: RateLimitConfig,
     /// Serve GraphiQL on `GET /graphql` to browsers.
     pub graphiql: bool,
+    /// `FLEETLEDGER_GRAPHQL_MAX_BATCH`: operations one HTTP request may batch (each counts
+    /// against the rate limit).
+    pub max_batch: usize,
 }
 
 impl Default for ApiConfig {
@@ -41,6 +44,7 @@ impl Default for ApiConfig {
             limits: QueryLimits::default(),
             rate_limit: RateLimitConfig::default(),
             graphiql: true,
+            max_batch: 10,
         }
     }
 }

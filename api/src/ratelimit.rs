@@ -42,6 +42,51 @@ pub enum Decision {
     Limited { retry_after_secs: u64 },
 }
 
+/// A connection's share of the limiter: WebSocket operations count one each, like HTTP
+/// requests (put in the connection's data; [`OperationQuota`] checks it).
+#[derive(Clone)]
+pub struct ConnectionQuota {
+    pub limiter: RateLimiter,
+    pub key: String,
+}
+
+/// Counts every operation that arrives over a WebSocket against the connection's quota.
+pub struct OperationQuota;
+
+impl async_graphql::extensions::ExtensionFactory for OperationQuota {
+    fn create(&self) -> Arc<dyn async_graphql::extensions::Extension> {
+        Arc::new(OperationQuotaExtension)
+    }
+}
+
+struct OperationQuotaExtension;
+
+#[async_trait::async_trait]
+impl async_graphql::extensions::Extension for OperationQuotaExtension {
+    async fn prepare_request(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        request: async_graphql::Request,
+        next: async_graphql::extensions::NextPrepareRequest<'_>,
+    ) -> async_graphql::ServerResult<async_graphql::Request> {
+        if let Some(quota) = ctx.data_opt::<ConnectionQuota>()
+            && let Decision::Limited { retry_after_secs } = quota.limiter.check(&quota.key).await
+        {
+            metrics::counter!("fleetledger_rate_limited_total").increment(1);
+            let mut extensions = async_graphql::ErrorExtensionValues::default();
+            extensions.set("code", crate::error::Code::RateLimited.as_str());
+            extensions.set("retryAfter", retry_after_secs);
+            let mut error = async_graphql::ServerError::new(
+                format!("too many requests; retry in {retry_after_secs} s"),
+                None,
+            );
+            error.extensions = Some(extensions);
+            return Err(error);
+        }
+        next.run(ctx, request).await
+    }
+}
+
 #[derive(Clone)]
 pub struct RateLimiter {
     inner: Arc<Inner>,

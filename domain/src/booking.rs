@@ -26,6 +26,26 @@ pub enum BookingStatus {
     Expired,
 }
 
+impl BookingStatus {
+    /// The name clients see (the API's enum value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "HELD",
+            Self::Confirmed => "CONFIRMED",
+            Self::Active => "ACTIVE",
+            Self::Completed => "COMPLETED",
+            Self::Cancelled => "CANCELLED",
+            Self::Expired => "EXPIRED",
+        }
+    }
+}
+
+impl std::fmt::Display for BookingStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Who cancelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -181,7 +201,7 @@ pub enum BookingError {
     AlreadyExists,
     #[error("booking not found")]
     NotFound,
-    #[error("a {status:?} booking cannot be {action}")]
+    #[error("the booking is {status}: it cannot be {action}")]
     InvalidTransition {
         status: BookingStatus,
         action: &'static str,

@@ -29,6 +29,8 @@ pub struct QueryLimits {
     pub max_depth: usize,
     /// Most fields a document may select once its fragments are expanded.
     pub max_fields: usize,
+    /// Most root fields one operation may ask for, aliases included.
+    pub max_root_fields: usize,
     /// Highest complexity (one per field, list fields weighted by their page size).
     pub max_complexity: usize,
     /// Largest page any connection or list argument may ask for.
@@ -40,6 +42,7 @@ impl Default for QueryLimits {
         Self {
             max_depth: 12,
             max_fields: 2_000,
+            max_root_fields: 20,
             max_complexity: 5_000,
             max_page_size: 100,
         }
@@ -57,7 +60,9 @@ pub fn build(services: Services, limits: QueryLimits) -> AppSchema {
         .extension(crate::guard::ShapeGuard(crate::guard::ShapeLimits {
             max_fields: limits.max_fields,
             max_depth: limits.max_depth,
+            max_root_fields: limits.max_root_fields,
         }))
+        .extension(crate::ratelimit::OperationQuota)
         .limit_complexity(limits.max_complexity)
         .finish()
 }

@@ -753,11 +753,7 @@ impl Query {
         to: DateTime<Utc>,
         #[graphql(default_with = "Some(500)")] first: Option<i32>,
     ) -> ApiResult<Vec<TelemetryReading>> {
-        caller(ctx)?.require(&[
-            commands::accounts::Role::Admin,
-            commands::accounts::Role::Analyst,
-            commands::accounts::Role::Integrator,
-        ])?;
+        caller(ctx)?.require(auth::TELEMETRY_READERS)?;
         check_window("from", from, "to", to)?;
         let first = first.unwrap_or(500);
         if !(1..=5_000).contains(&first) {

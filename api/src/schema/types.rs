@@ -244,7 +244,10 @@ impl Car {
     async fn odometer_km(&self) -> Option<f64> {
         self.0.odometer_km
     }
+    /// The car's latest reading (ADMIN, ANALYST, INTEGRATOR): where a rented car is tells
+    /// where its renter is, so customers and anonymous callers do not see it.
     async fn last_telemetry(&self, ctx: &Context<'_>) -> ApiResult<Option<TelemetryReading>> {
+        caller(ctx)?.require(auth::TELEMETRY_READERS)?;
         let pool = services(ctx)?.store.pool();
         Ok(rows::latest_telemetry(pool, self.0.car_id)
             .await?
@@ -412,8 +415,13 @@ impl Booking {
         self.0.created_at
     }
     /// Every event that touched this booking, oldest first (owner, ADMIN, AUDITOR).
+    /// What happened to the booking, in order. Staff and auditors get the events as logged;
+    /// the booking's customer gets each event's type, time and position with an empty
+    /// `payload` and `metadata` (they hold internal references, amounts in minor units,
+    /// idempotency keys and trace ids).
     async fn timeline(&self, ctx: &Context<'_>) -> ApiResult<Vec<EventRecord>> {
-        caller(ctx)?.require_owner_or(self.0.customer_id, auth::BOOKING_READERS)?;
+        let (_, role) = caller(ctx)?.require_owner_or(self.0.customer_id, auth::BOOKING_READERS)?;
+        let redact = !auth::BOOKING_READERS.contains(&role);
         let pool = services(ctx)?.store.pool();
         let rows = sqlx::query(&format!(
             "SELECT {} FROM rm_booking_timeline t JOIN events e \
@@ -425,7 +433,14 @@ impl Booking {
         .fetch_all(pool)
         .await?;
         rows.into_iter()
-            .map(|r| crate::schema::query::decode_event(&r).map(EventRecord))
+            .map(|r| {
+                let mut event = crate::schema::query::decode_event(&r)?;
+                if redact {
+                    event.payload = serde_json::json!({});
+                    event.metadata = serde_json::json!({});
+                }
+                Ok(EventRecord(event))
+            })
             .collect()
     }
 }

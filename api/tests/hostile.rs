@@ -1,0 +1,265 @@
+//! The API against hostile clients: every request's cost bounded before it is paid, limits that
+//! cannot be side-stepped (batches, aliases, WebSocket), no personal data to the wrong people,
+//! bad text refused as input, and headers that keep browsers and caches from leaking answers.
+
+mod common;
+
+use common::{Options, TestApp, at, ws_connect, ws_next, ws_subscribe};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn a_cars_live_position_is_shown_to_staff_analysts_and_integrators_only() {
+    let app = TestApp::start().await;
+    app.add_branch("BER", 52.52, 13.40).await;
+    let car = app.add_car("BER", "Skoda", "40.00").await;
+    app.ok(
+        Some(&app.admin_token),
+        "mutation($c: UUID!, $r: [TelemetryReadingInput!]!) { recordTelemetry(carId: $c, readings: $r) { accepted } }",
+        json!({ "c": car, "r": [{ "recordedAt": at(0, -1), "position": { "latitude": 52.5, "longitude": 13.4 },
+                                  "speedKph": 48.0, "odometerKm": 1200.0 }] }),
+    )
+    .await;
+    let query =
+        "query($c: UUID!) { car(id: $c) { id lastTelemetry { position { latitude } speedKph } } }";
+    let (customer, _) = app.register("renter@fleet.test").await;
+    for token in [None, Some(customer.as_str())] {
+        let (status, body) = app.post(token, query, json!({ "c": car })).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            body["data"]["car"]["lastTelemetry"],
+            Value::Null,
+            "{body:#}"
+        );
+        let code = &body["errors"][0]["extensions"]["code"];
+        assert!(code == "FORBIDDEN" || code == "UNAUTHENTICATED", "{body:#}");
+    }
+    let integrator = app.user_with_role("feed@fleet.test", "INTEGRATOR").await;
+    let analyst = app.user_with_role("numbers@fleet.test", "ANALYST").await;
+    for token in [&app.admin_token, &integrator, &analyst] {
+        // The telemetry read model follows the log: wait for the reading to show.
+        let speed = common::eventually(20, || async {
+            let data = app.ok(Some(token), query, json!({ "c": car })).await;
+            data["car"]["lastTelemetry"]["speedKph"].as_f64()
+        })
+        .await;
+        assert_eq!(speed, 48.0);
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn batches_aliases_and_websocket_operations_all_count() {
+    let app = TestApp::with(Options {
+        rate_limit: 6,
+        ..Options::default()
+    })
+    .await;
+    let url = app.url("/graphql");
+    let one = json!({ "query": "{ branches { code } }" });
+
+    // More operations in one batch than allowed: refused whole, before any runs.
+    let big: Vec<Value> = (0..11).map(|_| one.clone()).collect();
+    let res = app.http.post(&url).json(&big).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "a batch may hold at most 10 operations; this one holds 11"
+    );
+
+    // Password guesses multiplied by aliases: one login per document.
+    let guesses: String = (0..5)
+        .map(|i| format!("g{i}: login(email: \"admin@fleet.test\", password: \"guess-{i}-xxxxxxx\") {{ token }} "))
+        .collect();
+    let (_, body) = app
+        .post(None, &format!("mutation {{ {guesses} }}"), json!({}))
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["limit"], "credentials",
+        "{body:#}"
+    );
+    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+
+    // Many aliases of one field: bounded per operation.
+    let wide: String = (0..400)
+        .map(|i| format!("a{i}: branches {{ code }} "))
+        .collect();
+    let (_, body) = app.post(None, &format!("{{ {wide} }}"), json!({})).await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["limit"], "rootFields",
+        "{body:#}"
+    );
+    assert_eq!(
+        body["errors"][0]["message"],
+        "an operation asks for 400 root fields (aliases included); at most 20 are allowed"
+    );
+    app.shutdown().await;
+
+    // A batch of three counts as three requests. The limit is per user: a fresh user has 6.
+    let app = TestApp::with(Options {
+        rate_limit: 6,
+        ..Options::default()
+    })
+    .await;
+    let (token, _) = app.register("counted@fleet.test").await;
+    let three: Vec<Value> = (0..3).map(|_| one.clone()).collect();
+    let first = app
+        .http
+        .post(app.url("/graphql"))
+        .bearer_auth(&token)
+        .json(&three)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let second = app
+        .http
+        .post(app.url("/graphql"))
+        .bearer_auth(&token)
+        .json(&three)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 200, "3 + 3 = 6 requests, the limit");
+    let third = app
+        .http
+        .post(app.url("/graphql"))
+        .bearer_auth(&token)
+        .json(&one)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 429);
+
+    // Over a WebSocket every operation counts too: a fresh user, 6 operations allowed.
+    let (token, _) = app.register("socket@fleet.test").await;
+    let mut ws = ws_connect(&app, &token).await;
+    let mut outcomes = Vec::new();
+    for i in 0..7 {
+        ws_subscribe(&mut ws, &i.to_string(), "{ branches { code } }", json!({})).await;
+        let first = ws_next(&mut ws).await;
+        let errors = match first["type"].as_str() {
+            Some("next") => first["payload"]["errors"].clone(),
+            _ => first["payload"].clone(),
+        };
+        outcomes.push(match errors[0]["extensions"]["code"].as_str() {
+            Some(code) => code.to_owned(),
+            None => "ok".to_owned(),
+        });
+        if first["type"] == "next" {
+            assert_eq!(ws_next(&mut ws).await["type"], "complete");
+        }
+    }
+    assert_eq!(
+        outcomes,
+        ["ok", "ok", "ok", "ok", "ok", "ok", "RATE_LIMITED"]
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_nul_character_in_any_text_is_bad_input_and_writes_nothing() {
+    let app = TestApp::start().await;
+    app.add_branch("BER", 52.52, 13.40).await;
+    let before = app.event_count().await;
+    let car = json!({ "make": "VW\u{0}", "model": "Golf", "year": 2024, "class": "COMPACT", "seats": 5,
+                      "transmission": "MANUAL", "fuel": "PETROL", "dailyRate": "40.00", "branchCode": "BER" });
+    let (_, body) = app
+        .post(
+            Some(&app.admin_token),
+            "mutation($i: CarInput!) { addCar(input: $i) { id } }",
+            json!({ "i": car }),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body:#}"
+    );
+    assert_eq!(body["errors"][0]["extensions"]["limit"], "characters");
+    // Written into the document as an escape, in a read: the same.
+    let (_, body) = app
+        .post(
+            None,
+            "{ fleetSummary(branchCode: \"BE\\u0000R\") { cars } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body:#}"
+    );
+    assert_eq!(app.event_count().await, before);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_customer_sees_what_happened_to_a_booking_without_internal_fields() {
+    let app = TestApp::start().await;
+    app.add_branch("BER", 52.52, 13.40).await;
+    let car = app.add_car("BER", "Skoda", "40.00").await;
+    let (customer, _) = app.register("timeline@fleet.test").await;
+    let booked = app
+        .ok(
+            Some(&customer),
+            "mutation($i: BookingRequestInput!) { requestBooking(input: $i, idempotencyKey: \"secret-key-1\") { id } }",
+            json!({ "i": { "carId": car, "pickupAt": at(3, 0), "returnAt": at(5, 0) } }),
+        )
+        .await;
+    let id = booked["requestBooking"]["id"].clone();
+    let query = "query($b: UUID!) { booking(id: $b) { timeline { eventType recordedAt payload metadata } } }";
+    let mine = app.ok(Some(&customer), query, json!({ "b": id })).await;
+    let entries = mine["booking"]["timeline"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    for entry in entries {
+        assert_eq!(entry["payload"], json!({}), "{entry:#}");
+        assert_eq!(entry["metadata"], json!({}), "{entry:#}");
+        assert!(entry["eventType"].as_str().is_some() && entry["recordedAt"].as_str().is_some());
+    }
+    assert!(!mine.to_string().contains("secret-key-1"));
+    let staff = app
+        .ok(Some(&app.admin_token), query, json!({ "b": id }))
+        .await;
+    assert_ne!(
+        staff["booking"]["timeline"][0]["payload"],
+        json!({}),
+        "staff see the event as logged"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn answers_carry_headers_that_keep_them_private() {
+    let app = TestApp::start().await;
+    let authed = app
+        .http
+        .post(app.url("/graphql"))
+        .bearer_auth(&app.admin_token)
+        .json(&json!({ "query": "{ me { id } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(authed.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(authed.headers()["cache-control"], "no-store");
+    let anonymous = app
+        .http
+        .post(app.url("/graphql"))
+        .json(&json!({ "query": "{ branches { code } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.headers()["x-content-type-options"], "nosniff");
+    // A malformed body names no internal type.
+    let bad = app
+        .http
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .body("[1, 2]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let text = bad.text().await.unwrap();
+    assert!(!text.contains("BatchRequest"), "{text}");
+    app.shutdown().await;
+}
