@@ -45,6 +45,7 @@ impl App {
                 executor: config.executor.clone(),
                 booking: BookingConfig {
                     hold_ttl: chrono::Duration::seconds(config.hold_ttl_seconds),
+                    early_pickup_minutes: config.early_pickup_minutes,
                     ..BookingConfig::default()
                 },
                 lock,

@@ -44,6 +44,9 @@ pub(crate) struct Config {
     pub(crate) hold_ttl_seconds: i64,
     /// `FLEETLEDGER_JWT_SECRET` (at least 32 bytes); unset = a random key per process.
     pub(crate) jwt_secret: Option<Secret>,
+    /// `FLEETLEDGER_EARLY_PICKUP_MINUTES`: how long before pick-up time a car may be handed
+    /// over with no questions (default 60); earlier only if it is free until then.
+    pub(crate) early_pickup_minutes: i64,
     /// `FLEETLEDGER_JWT_TTL` seconds a token lives (default 3600).
     pub(crate) jwt_ttl_seconds: u64,
     /// `FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL` / `_PASSWORD`: the first admin, created if none exists.
@@ -123,6 +126,7 @@ impl Config {
             hold_ttl_seconds: env_or("FLEETLEDGER_HOLD_TTL", 300)?,
             jwt_secret: non_empty("FLEETLEDGER_JWT_SECRET").map(Secret),
             jwt_ttl_seconds: env_or("FLEETLEDGER_JWT_TTL", 3600)?,
+            early_pickup_minutes: env_or("FLEETLEDGER_EARLY_PICKUP_MINUTES", 60)?,
             bootstrap_admin_email: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL"),
             bootstrap_admin_password: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_PASSWORD").map(Secret),
             projector_batch_size: positive("FLEETLEDGER_PROJECTOR_BATCH", 500)?,

@@ -161,3 +161,82 @@ async fn staff_manage_the_fleet_and_search_follows() {
 
     app.shutdown().await;
 }
+
+/// A car handed over long before its booking starts is out from then on: nobody else can book
+/// the days in between, and availability says so. Over another booking it is refused, saying
+/// when the car can go.
+#[tokio::test]
+async fn an_early_pick_up_keeps_the_car_from_being_booked_twice() {
+    let app = TestApp::start().await;
+    app.add_branch("BER", 52.52, 13.40).await;
+    let car = app.add_car("BER", "Skoda", "40.00").await;
+    let book = "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }";
+    let pay = "mutation($b: UUID!) { payBooking(bookingId: $b, method: { kind: CARD, token: \"tok_visa\" }) { status } }";
+    let pick_up = "mutation($b: UUID!) { pickUpCar(bookingId: $b, odometerKm: 1200, fuelPercent: 90) { status } }";
+    let (first, _) = app.register("early@fleet.test").await;
+    let booking = app
+        .ok(
+            Some(&first),
+            book,
+            json!({ "i": { "carId": car, "pickupAt": at(13, 0), "returnAt": at(21, 0) } }),
+        )
+        .await["requestBooking"]["id"]
+        .clone();
+    app.ok(Some(&first), pay, json!({ "b": booking })).await;
+
+    // Another customer holds days 3 to 5: handing over now for day 13 would overlap it.
+    let (second, _) = app.register("between@fleet.test").await;
+    let between = app
+        .ok(
+            Some(&second),
+            book,
+            json!({ "i": { "carId": car, "pickupAt": at(3, 0), "returnAt": at(5, 0) } }),
+        )
+        .await["requestBooking"]["id"]
+        .clone();
+    let (_, body) = app
+        .post(Some(&app.admin_token), pick_up, json!({ "b": booking }))
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{body:#}"
+    );
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.starts_with("too early to pick up"), "{message}");
+
+    // Once that booking is cancelled, the early hand-over goes ahead and holds the car.
+    app.ok(
+        Some(&second),
+        "mutation($b: UUID!) { cancelBooking(id: $b) { status } }",
+        json!({ "b": between }),
+    )
+    .await;
+    let picked = app
+        .ok(Some(&app.admin_token), pick_up, json!({ "b": booking }))
+        .await;
+    assert_eq!(picked["pickUpCar"]["status"], "ACTIVE");
+    let (_, body) = app
+        .post(
+            Some(&second),
+            book,
+            json!({ "i": { "carId": car, "pickupAt": at(3, 0), "returnAt": at(5, 0) } }),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{body:#}"
+    );
+    let free = app
+        .ok(
+            None,
+            "query($c: UUID!, $f: DateTime!, $t: DateTime!) { availability(carId: $c, from: $f, to: $t) { start end } }",
+            json!({ "c": car, "f": at(1, 0), "t": at(20, 0) }),
+        )
+        .await;
+    assert_eq!(
+        free["availability"],
+        json!([]),
+        "the car is out until day 21"
+    );
+    app.shutdown().await;
+}

@@ -35,6 +35,10 @@ pub struct BookingConfig {
     pub hold_ttl: Duration,
     /// Minutes that must separate two uses of a car.
     pub turnaround_minutes: i64,
+    /// How long before a booking's pick-up time the car may be handed over with no questions
+    /// (`FLEETLEDGER_EARLY_PICKUP_MINUTES`, default 60); earlier, only if the car is free
+    /// until then, and the booking then holds it from the hand-over.
+    pub early_pickup_minutes: i64,
     pub pricing: PricingPolicy,
     pub retry: RetryPolicy,
     /// How long the per-car Redis lock lives if its holder dies.
@@ -48,6 +52,7 @@ impl Default for BookingConfig {
         Self {
             hold_ttl: Duration::seconds(300),
             turnaround_minutes: 60,
+            early_pickup_minutes: 60,
             pricing: PricingPolicy::default(),
             retry: RetryPolicy {
                 max_attempts: 20,
@@ -551,6 +556,8 @@ impl BookingService {
                 Some(CarCommand::HandOver {
                     booking_id,
                     odometer_km,
+                    early_minutes: self.config.early_pickup_minutes,
+                    buffer_minutes: self.config.turnaround_minutes,
                     now,
                 })
             },

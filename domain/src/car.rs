@@ -174,9 +174,15 @@ pub enum CarCommand {
         booking_id: Uuid,
         now: DateTime<Utc>,
     },
+    /// Hands the car over for a booking. Up to `early_minutes` before the booking's window
+    /// that is a plain hand-over; earlier, the car must be free (turnaround of
+    /// `buffer_minutes` included) from `now` to the window, and the reservation then starts
+    /// at `now`, so nobody else can book a car that is already out.
     HandOver {
         booking_id: Uuid,
         odometer_km: f64,
+        early_minutes: i64,
+        buffer_minutes: i64,
         now: DateTime<Utc>,
     },
     TakeBack {
@@ -325,6 +331,14 @@ pub enum CarError {
     NoReservation(Uuid),
     #[error("the car is out on a rental")]
     Rented,
+    #[error(
+        "too early to pick up: the car is reserved before this booking ({taken_by}); pick-up \
+         is possible from {possible_from}"
+    )]
+    TooEarly {
+        possible_from: DateTime<Utc>,
+        taken_by: String,
+    },
     #[error("the car is not out on rental {0}")]
     NotRentedBy(Uuid),
     #[error("the odometer cannot go back from {last} km to {given} km")]
@@ -674,6 +688,8 @@ impl Aggregate for Car {
             CarCommand::HandOver {
                 booking_id,
                 odometer_km,
+                early_minutes,
+                buffer_minutes,
                 now,
             } => {
                 if self.id.is_none() {
@@ -685,9 +701,43 @@ impl Aggregate for Car {
                 if self.rented_by.is_some() {
                     return Err(CarError::Rented);
                 }
-                self.reservation_of(booking_id)
-                    .ok_or(CarError::NoReservation(booking_id))?;
+                let window = self
+                    .reservation_of(booking_id)
+                    .ok_or(CarError::NoReservation(booking_id))?
+                    .window;
                 self.check_odometer(odometer_km)?;
+                if now < window.start - Duration::minutes(early_minutes.max(0)) {
+                    // Out before its time: the extra time must be free, and becomes reserved.
+                    let early = TimeWindow {
+                        start: now,
+                        end: window.end,
+                    };
+                    let buffer = Duration::minutes(buffer_minutes.max(0));
+                    // The last block in the way decides when the car can go.
+                    let in_the_way = self
+                        .blocks
+                        .iter()
+                        .filter(|b| b.booking() != Some(booking_id))
+                        .filter(|b| b.window.overlaps(&early, buffer))
+                        .max_by_key(|b| b.window.end);
+                    if let Some(block) = in_the_way {
+                        return Err(CarError::TooEarly {
+                            possible_from: (block.window.end + buffer)
+                                .min(window.start - Duration::minutes(early_minutes.max(0))),
+                            taken_by: block.describe(),
+                        });
+                    }
+                    sink.write(
+                        CarEvent::ReservationChanged {
+                            booking_id,
+                            from: window,
+                            to: early,
+                            at: now,
+                        },
+                        self,
+                    )
+                    .await;
+                }
                 CarEvent::CarPickedUp {
                     booking_id,
                     odometer_km,
@@ -1283,6 +1333,8 @@ mod tests {
             .when(CarCommand::HandOver {
                 booking_id: b(1),
                 odometer_km: 1_000.0,
+                early_minutes: 60,
+                buffer_minutes: 60,
                 now: day(3, 10),
             })
             .then_expect_events(vec![picked.clone()]);
@@ -1291,6 +1343,8 @@ mod tests {
             .when(CarCommand::HandOver {
                 booking_id: b(2),
                 odometer_km: 1_000.0,
+                early_minutes: 60,
+                buffer_minutes: 60,
                 now: day(3, 10),
             })
             .then_expect_error(CarError::NoReservation(b(2)));
@@ -1344,5 +1398,90 @@ mod tests {
         assert_eq!(left, [b(2), b(3)]);
         assert_eq!(car.status_at(day(8, 12)), CarStatus::Reserved);
         assert_eq!(car.status_at(day(10, 12)), CarStatus::Available);
+    }
+
+    fn hand_over(booking: u128, at: DateTime<Utc>) -> CarCommand {
+        CarCommand::HandOver {
+            booking_id: b(booking),
+            odometer_km: 1_000.0,
+            early_minutes: 60,
+            buffer_minutes: 60,
+            now: at,
+        }
+    }
+
+    #[test]
+    fn a_pick_up_within_the_early_allowance_leaves_the_reservation_alone() {
+        let w = window((20, 10), (28, 10));
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, w)])
+            .when(hand_over(1, day(20, 9)))
+            .then_expect_events(vec![CarEvent::CarPickedUp {
+                booking_id: b(1),
+                odometer_km: 1_000.0,
+                at: day(20, 9),
+            }]);
+    }
+
+    #[test]
+    fn an_early_pick_up_reserves_the_extra_time_so_nobody_else_can_book_it() {
+        let w = window((20, 10), (28, 10));
+        // Picked up on the 7th for a rental from the 20th: the car is out from the 7th.
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, w)])
+            .when(hand_over(1, day(7, 10)))
+            .then_expect_events(vec![
+                CarEvent::ReservationChanged {
+                    booking_id: b(1),
+                    from: w,
+                    to: window((7, 10), (28, 10)),
+                    at: day(7, 10),
+                },
+                CarEvent::CarPickedUp {
+                    booking_id: b(1),
+                    odometer_km: 1_000.0,
+                    at: day(7, 10),
+                },
+            ]);
+        // Once out, another booking of the 10th-12th does not fit.
+        CarTest::with(())
+            .given(vec![
+                registered(),
+                reserved(1, w),
+                CarEvent::ReservationChanged {
+                    booking_id: b(1),
+                    from: w,
+                    to: window((7, 10), (28, 10)),
+                    at: day(7, 10),
+                },
+                CarEvent::CarPickedUp {
+                    booking_id: b(1),
+                    odometer_km: 1_000.0,
+                    at: day(7, 10),
+                },
+            ])
+            .when(CarCommand::Reserve {
+                booking_id: b(2),
+                window: window((10, 10), (12, 10)),
+                buffer_minutes: 60,
+                now: day(7, 11),
+            })
+            .then_expect_error(CarError::NotAvailable {
+                window: window((10, 10), (12, 10)),
+                taken_by: "another booking".into(),
+            });
+    }
+
+    #[test]
+    fn an_early_pick_up_over_another_booking_is_refused_naming_when_it_can_be() {
+        let w = window((20, 10), (28, 10));
+        let other = window((10, 10), (12, 10));
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, w), reserved(2, other)])
+            .when(hand_over(1, day(7, 10)))
+            .then_expect_error(CarError::TooEarly {
+                possible_from: day(12, 11),
+                taken_by: "another booking".into(),
+            });
     }
 }
