@@ -1,15 +1,20 @@
 //! The worker: runs due follow-up steps of the booking path until each is done.
 //!
-//! Steps are claimed with a short lease in an autocommit statement (never a long open
-//! transaction, which would hold back the log's readers), run through the normal commands, and
-//! marked done. Every step is idempotent: running one twice (after a crash between its effect
-//! and its mark) changes nothing the second time.
+//! A step is claimed by a session advisory lock on the worker's own connection, one step at a
+//! time, and run through the normal commands, then marked done. No transaction stays open
+//! while a step runs (which would hold back the log's readers), and no lease can lapse under
+//! a live worker however slow a gateway is: the claim lasts exactly as long as the worker's
+//! session. A worker that dies (SIGKILL, lost connection) loses its session and with it its
+//! claim at once, so another worker takes the step over at its next pass, seconds later,
+//! rather than after a lease runs out. Each step reads the clock when it runs. Every step is
+//! idempotent: running one again (after a crash between its effect and its mark) changes
+//! nothing the second time.
 
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 use domain::booking::BookingError;
-use sqlx::Row;
+use sqlx::{Connection, PgConnection, Row};
 use uuid::Uuid;
 
 use crate::booking::{BookingFlowError, BookingService};
@@ -27,8 +32,9 @@ pub struct Pass {
 pub struct Worker {
     bookings: BookingService,
     checkout: Option<Checkout>,
-    lease: Duration,
     batch: i64,
+    /// The session whose advisory locks are this worker's claims.
+    claims: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
 }
 
 enum Outcome {
@@ -36,13 +42,16 @@ enum Outcome {
     Retry(String),
 }
 
+/// The advisory lock key of a step: its claim.
+const CLAIM_KEY: &str = "hashtextextended('fleetledger.step:' || $1::text, 0)";
+
 impl Worker {
     pub fn new(bookings: BookingService) -> Self {
         Self {
             bookings,
             checkout: None,
-            lease: Duration::seconds(60),
             batch: 50,
+            claims: std::sync::Arc::new(tokio::sync::Mutex::new(None)),
         }
     }
 
@@ -52,57 +61,109 @@ impl Worker {
         self
     }
 
-    /// Run every step due at `now` once.
+    /// Run every step due at `now` that no other worker holds, once. Each step runs at the
+    /// later of `now` and the clock when it starts.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Pass, sqlx::Error> {
         let pool = self.bookings.store().pool().clone();
-        let rows = sqlx::query(
-            "UPDATE workflow_steps SET lease_until = $1 + $2 * interval '1 second', attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM workflow_steps \
-                          WHERE done_at IS NULL AND due_at <= $1 AND (lease_until IS NULL OR lease_until < $1) \
-                          ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, kind, booking_id, payload, attempts",
+        let due: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM workflow_steps WHERE done_at IS NULL AND due_at <= $1 \
+             ORDER BY due_at LIMIT $2",
         )
         .bind(now)
-        .bind(self.lease.num_seconds() as f64)
         .bind(self.batch)
         .fetch_all(&pool)
         .await?;
         let mut pass = Pass::default();
-        for row in rows {
-            let id: Uuid = row.try_get("id")?;
-            let kind: String = row.try_get("kind")?;
-            let booking_id: Uuid = row.try_get("booking_id")?;
-            let attempts: i32 = row.try_get("attempts")?;
-            let ctx = CommandContext::new("system:worker").caused_by(id);
-            let payload: serde_json::Value = row.try_get("payload")?;
-            let outcome = self.run_step(&kind, booking_id, &payload, &ctx, now).await;
-            match outcome {
-                Outcome::Done => {
-                    sqlx::query(
-                        "UPDATE workflow_steps SET done_at = $2, lease_until = NULL WHERE id = $1",
-                    )
+        if due.is_empty() {
+            return Ok(pass);
+        }
+        // One claim session per worker, kept between passes; a broken one is replaced.
+        let mut guard = self.claims.lock().await;
+        let mut conn = match guard.take() {
+            Some(conn) => conn,
+            None => PgConnection::connect_with(pool.connect_options().as_ref()).await?,
+        };
+        for id in due {
+            let claimed: bool =
+                sqlx::query_scalar(&format!("SELECT pg_try_advisory_lock({CLAIM_KEY})"))
                     .bind(id)
-                    .bind(now)
-                    .execute(&pool)
+                    .fetch_one(&mut conn)
                     .await?;
-                    pass.done += 1;
-                }
-                Outcome::Retry(error) => {
-                    tracing::warn!(step.id = %id, step.kind = %kind, attempts, error = %error, "step failed; will retry");
-                    let backoff = Duration::seconds(
-                        2i64.saturating_pow(attempts.clamp(1, 10) as u32).min(600),
-                    );
-                    sqlx::query("UPDATE workflow_steps SET last_error = $2, lease_until = NULL, due_at = $3 WHERE id = $1")
-                        .bind(id)
-                        .bind(&error)
-                        .bind(now + backoff)
-                        .execute(&pool)
-                        .await?;
-                    pass.failed += 1;
-                }
+            if !claimed {
+                continue; // Another worker runs it.
+            }
+            let result = self.run_claimed(&pool, id, now, &mut pass).await;
+            sqlx::query(&format!("SELECT pg_advisory_unlock({CLAIM_KEY})"))
+                .bind(id)
+                .execute(&mut conn)
+                .await?;
+            result?;
+        }
+        *guard = Some(conn);
+        Ok(pass)
+    }
+
+    /// Run one step this worker holds the claim of.
+    async fn run_claimed(
+        &self,
+        pool: &sqlx::PgPool,
+        id: Uuid,
+        now: DateTime<Utc>,
+        pass: &mut Pass,
+    ) -> Result<(), sqlx::Error> {
+        // Under the claim, see whether it is still to do (another worker may have finished
+        // it between the listing and the claim) and count the attempt.
+        let row = sqlx::query(
+            "UPDATE workflow_steps SET attempts = attempts + 1 \
+             WHERE id = $1 AND done_at IS NULL AND due_at <= $2 \
+             RETURNING kind, booking_id, payload, attempts",
+        )
+        .bind(id)
+        .bind(now)
+        .fetch_optional(pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(());
+        };
+        let kind: String = row.try_get("kind")?;
+        let booking_id: Uuid = row.try_get("booking_id")?;
+        let attempts: i32 = row.try_get("attempts")?;
+        let payload: serde_json::Value = row.try_get("payload")?;
+        let ctx = CommandContext::new("system:worker").caused_by(id);
+        let started = now.max(Utc::now());
+        let outcome = self
+            .run_step(&kind, booking_id, &payload, &ctx, started)
+            .await;
+        let finished = now.max(Utc::now());
+        match outcome {
+            Outcome::Done => {
+                sqlx::query(
+                    "UPDATE workflow_steps SET done_at = $2, lease_until = NULL, last_error = NULL \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(finished)
+                .execute(pool)
+                .await?;
+                pass.done += 1;
+            }
+            Outcome::Retry(error) => {
+                tracing::warn!(step.id = %id, step.kind = %kind, attempts, error = %error, "step failed; will retry");
+                let backoff =
+                    Duration::seconds(2i64.saturating_pow(attempts.clamp(1, 10) as u32).min(600));
+                sqlx::query(
+                    "UPDATE workflow_steps SET last_error = $2, lease_until = NULL, due_at = $3 \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(&error)
+                .bind(finished + backoff)
+                .execute(pool)
+                .await?;
+                pass.failed += 1;
             }
         }
-        Ok(pass)
+        Ok(())
     }
 
     async fn run_step(

@@ -28,6 +28,11 @@ struct Shop {
 }
 
 async fn shop() -> Shop {
+    shop_with(StdDuration::from_millis(300)).await
+}
+
+/// A shop whose gateways are given up on after `attempt_timeout`.
+async fn shop_with(attempt_timeout: StdDuration) -> Shop {
     let db = TestDatabase::create().await;
     let store = db.store();
     let cars: Executor<Car> = Executor::new(store.clone(), (), ExecutorConfig::default());
@@ -60,7 +65,7 @@ async fn shop() -> Shop {
     let gateways = SandboxGateways::new();
     let payments = PaymentService::new(
         Executor::new(store.clone(), (), ExecutorConfig::default()),
-        gateways.router(StdDuration::from_millis(300)),
+        gateways.router(attempt_timeout),
     );
     Shop {
         _db: db,
@@ -244,4 +249,89 @@ async fn cancelling_a_paid_booking_early_refunds_it_in_full() {
         .await
         .unwrap();
     assert_eq!(shop.gateways.paypal.refund_count(), 1);
+}
+
+/// Two workers at once, and a gateway that takes 2 s to answer: the refund step is run by one
+/// of them only, the gateway is asked once, and the step is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_never_run_one_step_twice_however_slow_the_gateway() {
+    let shop = shop_with(StdDuration::from_secs(10)).await;
+    let customer = Uuid::now_v7();
+    let ctx = CommandContext::new(customer.to_string());
+    let booking = hold(&shop, customer).await;
+    shop.checkout
+        .pay_booking(
+            &ctx,
+            booking,
+            PaymentMethodKind::Paypal,
+            TOKEN_SUCCESS.into(),
+            Some("slow"),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    shop.bookings
+        .cancel(&ctx, booking, CancelledBy::Customer, None, Utc::now())
+        .await
+        .unwrap();
+    shop.gateways
+        .paypal
+        .set_response_delay(StdDuration::from_secs(2));
+    let a = Worker::new(shop.bookings.clone()).with_checkout(shop.checkout.clone());
+    let b = Worker::new(shop.bookings.clone()).with_checkout(shop.checkout.clone());
+    let at = Utc::now() + Duration::seconds(1);
+    let (pa, pb) = tokio::join!(a.run_once(at), b.run_once(at));
+    let (pa, pb) = (pa.unwrap(), pb.unwrap());
+    assert_eq!((pa.failed, pb.failed), (0, 0));
+    assert_eq!(shop.gateways.paypal.refund_calls(), 1, "{pa:?} {pb:?}");
+    assert_eq!(shop.gateways.paypal.refund_count(), 1);
+    let refund_done: Vec<bool> =
+        sqlx::query_scalar("SELECT done_at IS NOT NULL FROM workflow_steps WHERE kind = 'refund'")
+            .fetch_all(shop.bookings.store().pool())
+            .await
+            .unwrap();
+    assert_eq!(refund_done, [true]);
+    assert_eq!(pa.done + pb.done, 1, "{pa:?} {pb:?}");
+}
+
+/// A worker's claim is its database session: when the worker dies (its connection gone),
+/// another worker runs the step at once, with no lease to wait out.
+#[tokio::test]
+async fn a_dead_workers_claim_is_taken_over_at_once() {
+    let shop = shop().await;
+    let booking = hold(&shop, Uuid::now_v7()).await;
+    let pool = shop.bookings.store().pool().clone();
+    let step: Uuid = sqlx::query_scalar(
+        "SELECT id FROM workflow_steps WHERE booking_id = $1 AND kind = 'expire_hold'",
+    )
+    .bind(booking)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    // A worker that claimed the step, then died (its session ends with it).
+    let mut dead = pool.acquire().await.unwrap().detach();
+    let claimed: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock(hashtextextended('fleetledger.step:' || $1::text, 0))",
+    )
+    .bind(step)
+    .fetch_one(&mut dead)
+    .await
+    .unwrap();
+    assert!(claimed);
+    let worker = Worker::new(shop.bookings.clone());
+    let after_hold = Utc::now() + Duration::minutes(6);
+    assert_eq!(
+        worker.run_once(after_hold).await.unwrap().done,
+        0,
+        "claimed elsewhere"
+    );
+    drop(dead);
+    eventstore::testing::eventually(10, "the claim is released with its session", || async {
+        worker.run_once(after_hold).await.unwrap().done == 1
+    })
+    .await;
+    assert_eq!(
+        shop.bookings.get(booking).await.unwrap().status(),
+        Some(BookingStatus::Expired)
+    );
 }

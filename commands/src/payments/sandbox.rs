@@ -135,6 +135,7 @@ pub struct SandboxGateway {
     available: AtomicBool,
     delay_ms: AtomicU64,
     authorize_calls: AtomicUsize,
+    refund_calls: AtomicUsize,
     ledger: Mutex<Ledger>,
 }
 
@@ -146,6 +147,7 @@ impl SandboxGateway {
             available: AtomicBool::new(true),
             delay_ms: AtomicU64::new(0),
             authorize_calls: AtomicUsize::new(0),
+            refund_calls: AtomicUsize::new(0),
             ledger: Mutex::new(Ledger::default()),
         }
     }
@@ -179,6 +181,12 @@ impl SandboxGateway {
     /// outage switch, or abandoned by the caller during the response delay, not.
     pub fn authorize_calls(&self) -> usize {
         self.authorize_calls.load(Ordering::SeqCst)
+    }
+
+    /// How many refund requests the gateway took in (replays included; refused by the outage
+    /// switch or abandoned during the response delay, not).
+    pub fn refund_calls(&self) -> usize {
+        self.refund_calls.load(Ordering::SeqCst)
     }
 
     /// How many refunds were paid out (replays not counted).
@@ -340,6 +348,7 @@ impl PaymentGateway for SandboxGateway {
     fn refund<'a>(&'a self, request: &'a RefundRequest) -> GatewayFuture<'a, RefundReceipt> {
         Box::pin(async move {
             self.answer().await?;
+            self.refund_calls.fetch_add(1, Ordering::SeqCst);
             self.decide_refund(request)
         })
     }
