@@ -263,6 +263,10 @@ impl From<BookingFlowError> for AppError {
         match e {
             BookingFlowError::CarNotFound => Self::not_found("car"),
             BookingFlowError::BookingNotFound => Self::not_found("booking"),
+            // The car's window is the booking's: name the booking's argument.
+            BookingFlowError::Car(CarError::WindowInPast) => {
+                Self::bad_input("pickupAt", "the pick-up time is in the past")
+            }
             BookingFlowError::Car(c) => car_error(c),
             BookingFlowError::Booking(b) => match b {
                 B::NotFound => Self::not_found("booking"),

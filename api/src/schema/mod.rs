@@ -120,6 +120,12 @@ pub(crate) fn offset_cursor(offset: i64) -> String {
     format!("o:{offset}")
 }
 
+/// A branch code as stored: codes are case-insensitive on input ("ber", " Ber ") and kept in
+/// upper case.
+pub(crate) fn branch_code(value: &str) -> String {
+    value.trim().to_uppercase()
+}
+
 /// A bounded free-text argument.
 pub(crate) fn text_arg(field: &str, value: &str, max_chars: usize) -> ApiResult<String> {
     let value = value.trim();

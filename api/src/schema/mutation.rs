@@ -211,7 +211,7 @@ impl Mutation {
         let branch = services(ctx)?
             .branches
             .add(NewBranch {
-                code: input.code,
+                code: super::branch_code(&input.code),
                 name: input.name,
                 city: input.city,
                 latitude: input.position.latitude,
@@ -230,7 +230,8 @@ impl Mutation {
         if input.daily_rate.minor() <= 0 {
             return Err(AppError::bad_input("dailyRate", "must be positive"));
         }
-        require_branch(s, "branchCode", &input.branch_code).await?;
+        let branch = super::branch_code(&input.branch_code);
+        require_branch(s, "branchCode", &branch).await?;
         let id = Uuid::now_v7();
         let details = CarDetails {
             make: input.make,
@@ -250,7 +251,7 @@ impl Mutation {
                     id,
                     details,
                     daily_rate: DomainMoney::new(input.daily_rate.minor(), currency),
-                    branch: input.branch_code,
+                    branch,
                 },
                 &context(ctx)?,
             )
@@ -328,6 +329,7 @@ impl Mutation {
     ) -> ApiResult<Car> {
         caller(ctx)?.require(auth::ADMIN)?;
         let s = services(ctx)?;
+        let branch_code = super::branch_code(&branch_code);
         require_branch(s, "branchCode", &branch_code).await?;
         let done = s
             .cars
@@ -431,8 +433,8 @@ impl Mutation {
                 BookingRequest {
                     car_id: input.car_id,
                     window,
-                    pickup_branch: input.pickup_branch_code,
-                    return_branch: input.return_branch_code,
+                    pickup_branch: input.pickup_branch_code.as_deref().map(super::branch_code),
+                    return_branch: input.return_branch_code.as_deref().map(super::branch_code),
                 },
                 key.as_deref(),
                 Utc::now(),
@@ -543,6 +545,7 @@ impl Mutation {
         caller(ctx)?.require(auth::ADMIN)?;
         let s = services(ctx)?;
         let (odometer, fuel) = handover_readings(odometer_km, fuel_percent)?;
+        let branch_code = super::branch_code(&branch_code);
         require_branch(s, "branchCode", &branch_code).await?;
         let view = s
             .bookings

@@ -269,7 +269,8 @@ impl Query {
             .push_bind(filter.return_at + chrono::Duration::minutes(buffer))
             .push("))");
         if let Some(code) = &filter.branch_code {
-            q.push(" AND c.branch_code = ").push_bind(code.clone());
+            q.push(" AND c.branch_code = ")
+                .push_bind(super::branch_code(code));
         }
         if let Some(near) = filter.near {
             q.push(" AND ");
@@ -296,9 +297,13 @@ impl Query {
             q.push(" AND c.fuel = ").push_bind(f.as_str());
         }
         if let Some(text) = text {
-            q.push(" AND c.search_vector @@ plainto_tsquery('simple', ")
-                .push_bind(text)
-                .push(")");
+            // Make, model and features, and the branch the car stands at (name and city).
+            q.push(
+                " AND (c.search_vector || to_tsvector('simple', br.name || ' ' || br.city)) \
+                 @@ plainto_tsquery('simple', ",
+            )
+            .push_bind(text)
+            .push(")");
         }
         q.push(match sort {
             CarSort::PriceAsc => " ORDER BY c.daily_rate_minor, c.car_id",
@@ -607,6 +612,7 @@ impl Query {
         branch_code: Option<String>,
     ) -> ApiResult<Vec<DailyMetrics>> {
         caller(ctx)?.require(auth::ANALYTICS)?;
+        let branch_code = branch_code.as_deref().map(super::branch_code);
         check_dates(from, to)?;
         let found = sqlx::query(
             "WITH m AS ( \
@@ -673,6 +679,7 @@ impl Query {
         #[graphql(default_with = "Some(20)")] first: Option<i32>,
     ) -> ApiResult<Vec<CarUtilization>> {
         caller(ctx)?.require(auth::ANALYTICS)?;
+        let branch_code = branch_code.as_deref().map(super::branch_code);
         check_dates(from, to)?;
         let limit = page_size(ctx, first, 20)?;
         let period_secs = ((to - from).num_days() + 1) as f64 * 86_400.0;
@@ -714,6 +721,7 @@ impl Query {
         branch_code: Option<String>,
     ) -> ApiResult<FleetSummary> {
         caller(ctx)?.require(auth::ANALYTICS)?;
+        let branch_code = branch_code.as_deref().map(super::branch_code);
         let pool = services(ctx)?.store.pool();
         let row = sqlx::query(&format!(
             "SELECT count(*) AS cars, count(*) FILTER (WHERE status = 'AVAILABLE') AS available, \
