@@ -141,6 +141,16 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
                 report.events,
                 started.elapsed().as_secs_f64()
             );
+            if report.bookings < u64::from(options.bookings) {
+                println!(
+                    "made {} of the {} bookings asked for: {} car(s) over {} days of history and \
+                     30 days ahead hold no more without overlapping (ask for more --cars or --days)",
+                    report.bookings,
+                    options.bookings,
+                    options.cars.max(1),
+                    options.days.max(1)
+                );
+            }
             println!("demo accounts (password {:?}):", seed::DEMO_PASSWORD);
             for (email, role) in seed::DEMO_STAFF {
                 println!("  {role:<10} {email}");

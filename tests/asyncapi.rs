@@ -1,7 +1,7 @@
 //! docs/asyncapi.yaml describes every event type the domain emits, on its aggregate's channel,
 //! and the fields real stored payloads (a seeded history) and CloudEvents envelopes carry.
 //!
-//! Event types are read from the domain's exhaustive `event_type()` matches, as in
+//! Event types come from the domain's event enums (`domain::event_types()`), as in
 //! tests/catalog.rs. The YAML is checked as text, by its block structure (two-space indents).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,25 +12,10 @@ use eventstore::testing::TestDatabase;
 
 /// `(aggregate type, event type)` for every event the domain can emit.
 fn emitted_event_types() -> Vec<(String, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("domain/src");
-    let mut types = Vec::new();
-    for aggregate in relay::AGGREGATE_TYPES {
-        let text = std::fs::read_to_string(dir.join(format!("{aggregate}.rs"))).unwrap();
-        let start = text
-            .find("fn event_type(&self) -> String {")
-            .unwrap_or_else(|| panic!("no event_type() in {aggregate}.rs"));
-        let body = &text[start..];
-        let end = body.find(".to_owned()").unwrap_or(body.len());
-        for line in body[..end].lines() {
-            if let Some((_, literal)) = line.split_once("=> \"") {
-                types.push((
-                    aggregate.to_owned(),
-                    literal.trim_end_matches([',', '"']).to_owned(),
-                ));
-            }
-        }
-    }
-    types
+    domain::event_types()
+        .into_iter()
+        .map(|(a, t)| (a.to_owned(), t.to_owned()))
+        .collect()
 }
 
 fn asyncapi() -> String {

@@ -491,3 +491,37 @@ async fn seed_then_verify_all_and_the_anchor_are_ok() {
     );
     assert!(against.stdout.contains("matches"), "{}", against.stdout);
 }
+
+/// Asked for more bookings than the cars' calendars hold, `seed` says how many it made and why.
+#[tokio::test]
+async fn seed_says_when_it_made_fewer_bookings_than_asked() {
+    let db = TestDatabase::create().await;
+    let seeded = fleetledger(
+        &db,
+        &[
+            "seed",
+            "--cars",
+            "1",
+            "--customers",
+            "1",
+            "--bookings",
+            "500",
+            "--days",
+            "10",
+            "--seed",
+            "3",
+        ],
+    );
+    assert_eq!(seeded.code, Some(0), "{}", seeded.stderr);
+    let made: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'BookingHeld'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(made > 0 && made < 500, "{made}");
+    let line = format!(
+        "made {made} of the 500 bookings asked for: 1 car(s) over 10 days of history and 30 days \
+         ahead hold no more without overlapping (ask for more --cars or --days)"
+    );
+    assert!(seeded.stdout.contains(&line), "{}", seeded.stdout);
+}

@@ -111,7 +111,9 @@ pub enum BookingCommand {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantNames,
+)]
 pub enum BookingEvent {
     BookingHeld {
         booking_id: Uuid,
@@ -165,17 +167,8 @@ pub enum BookingEvent {
 
 impl DomainEvent for BookingEvent {
     fn event_type(&self) -> String {
-        match self {
-            Self::BookingHeld { .. } => "BookingHeld",
-            Self::BookingConfirmed { .. } => "BookingConfirmed",
-            Self::BookingModified { .. } => "BookingModified",
-            Self::BookingCancelled { .. } => "BookingCancelled",
-            Self::BookingExpired { .. } => "BookingExpired",
-            Self::RentalStarted { .. } => "RentalStarted",
-            Self::RentalCompleted { .. } => "RentalCompleted",
-            Self::FeedbackSubmitted { .. } => "FeedbackSubmitted",
-        }
-        .to_owned()
+        // The variant's name: one per variant, listed in `EVENT_TYPES`.
+        <&'static str>::from(self).to_owned()
     }
 
     fn event_version(&self) -> String {
@@ -183,17 +176,8 @@ impl DomainEvent for BookingEvent {
     }
 }
 
-/// Every event type a booking emits, for the event catalog.
-pub const EVENT_TYPES: &[&str] = &[
-    "BookingHeld",
-    "BookingConfirmed",
-    "BookingModified",
-    "BookingCancelled",
-    "BookingExpired",
-    "RentalStarted",
-    "RentalCompleted",
-    "FeedbackSubmitted",
-];
+/// Every event type a booking emits, for the event catalog and the relay's topics.
+pub const EVENT_TYPES: &[&str] = <BookingEvent as strum::VariantNames>::VARIANTS;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BookingError {

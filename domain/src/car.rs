@@ -193,7 +193,9 @@ pub enum CarCommand {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantNames,
+)]
 pub enum CarEvent {
     CarRegistered {
         id: Uuid,
@@ -256,21 +258,8 @@ pub enum CarEvent {
 
 impl DomainEvent for CarEvent {
     fn event_type(&self) -> String {
-        match self {
-            Self::CarRegistered { .. } => "CarRegistered",
-            Self::CarDetailsUpdated { .. } => "CarDetailsUpdated",
-            Self::DailyRateChanged { .. } => "DailyRateChanged",
-            Self::CarRelocated { .. } => "CarRelocated",
-            Self::CarRetired { .. } => "CarRetired",
-            Self::MaintenanceScheduled { .. } => "MaintenanceScheduled",
-            Self::MaintenanceCompleted { .. } => "MaintenanceCompleted",
-            Self::CarReserved { .. } => "CarReserved",
-            Self::ReservationChanged { .. } => "ReservationChanged",
-            Self::ReservationReleased { .. } => "ReservationReleased",
-            Self::CarPickedUp { .. } => "CarPickedUp",
-            Self::CarReturned { .. } => "CarReturned",
-        }
-        .to_owned()
+        // The variant's name: one per variant, listed in `EVENT_TYPES`.
+        <&'static str>::from(self).to_owned()
     }
 
     fn event_version(&self) -> String {
@@ -278,21 +267,8 @@ impl DomainEvent for CarEvent {
     }
 }
 
-/// Every event type a car emits, for the event catalog.
-pub const EVENT_TYPES: &[&str] = &[
-    "CarRegistered",
-    "CarDetailsUpdated",
-    "DailyRateChanged",
-    "CarRelocated",
-    "CarRetired",
-    "MaintenanceScheduled",
-    "MaintenanceCompleted",
-    "CarReserved",
-    "ReservationChanged",
-    "ReservationReleased",
-    "CarPickedUp",
-    "CarReturned",
-];
+/// Every event type a car emits, for the event catalog and the relay's topics.
+pub const EVENT_TYPES: &[&str] = <CarEvent as strum::VariantNames>::VARIANTS;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CarError {

@@ -186,7 +186,9 @@ pub enum PaymentCommand {
     RecordRefundFailure { refund_id: Uuid, reason: String },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantNames,
+)]
 pub enum PaymentEvent {
     /// The payment was opened; its first attempt is under way.
     PaymentRequested {
@@ -238,18 +240,8 @@ pub enum PaymentEvent {
 
 impl DomainEvent for PaymentEvent {
     fn event_type(&self) -> String {
-        match self {
-            Self::PaymentRequested { .. } => "PaymentRequested",
-            Self::PaymentAuthorized { .. } => "PaymentAuthorized",
-            Self::PaymentFailed { .. } => "PaymentFailed",
-            Self::PaymentAttemptFailed { .. } => "PaymentAttemptFailed",
-            Self::PaymentRetried { .. } => "PaymentRetried",
-            Self::PaymentCaptured { .. } => "PaymentCaptured",
-            Self::RefundRequested { .. } => "RefundRequested",
-            Self::PaymentRefunded { .. } => "PaymentRefunded",
-            Self::RefundFailed { .. } => "RefundFailed",
-        }
-        .to_owned()
+        // The variant's name: one per variant, listed in `EVENT_TYPES`.
+        <&'static str>::from(self).to_owned()
     }
 
     fn event_version(&self) -> String {
@@ -651,6 +643,9 @@ impl Aggregate for Payment {
         }
     }
 }
+
+/// Every event type a payment emits, for the event catalog and the relay's topics.
+pub const EVENT_TYPES: &[&str] = <PaymentEvent as strum::VariantNames>::VARIANTS;
 
 #[cfg(test)]
 mod tests {

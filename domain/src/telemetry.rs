@@ -248,7 +248,9 @@ pub enum TelemetryCommand {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantNames,
+)]
 pub enum TelemetryEvent {
     /// Accepted readings in time order, with what the same batch refused.
     ReadingsRecorded {
@@ -298,13 +300,8 @@ impl TelemetryEvent {
 
 impl DomainEvent for TelemetryEvent {
     fn event_type(&self) -> String {
-        match self {
-            Self::ReadingsRecorded { .. } => "ReadingsRecorded",
-            Self::FuelLow { .. } => "FuelLow",
-            Self::MaintenanceDue { .. } => "MaintenanceDue",
-            Self::ServiceCompleted { .. } => "ServiceCompleted",
-        }
-        .to_owned()
+        // The variant's name: one per variant, listed in `EVENT_TYPES`.
+        <&'static str>::from(self).to_owned()
     }
 
     fn event_version(&self) -> String {
@@ -605,6 +602,9 @@ impl Aggregate for Telemetry {
         }
     }
 }
+
+/// Every event type the telemetry of a car emits, for the event catalog and the relay's topics.
+pub const EVENT_TYPES: &[&str] = <TelemetryEvent as strum::VariantNames>::VARIANTS;
 
 #[cfg(test)]
 mod tests {
