@@ -89,13 +89,14 @@ impl App {
             .context("REDIS_URL is not a valid Redis URL")
     }
 
-    /// Create the first admin from FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL/_PASSWORD if none exists.
-    pub(crate) async fn bootstrap_admin(&self, config: &Config) -> Result<()> {
+    /// Create the first admin from FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL/_PASSWORD if none exists;
+    /// its email when it was created now.
+    pub(crate) async fn bootstrap_admin(&self, config: &Config) -> Result<Option<String>> {
         let (Some(email), Some(password)) = (
             &config.bootstrap_admin_email,
             &config.bootstrap_admin_password,
         ) else {
-            return Ok(());
+            return Ok(None);
         };
         match self
             .accounts
@@ -104,11 +105,14 @@ impl App {
             .context("creating the bootstrap admin")?
         {
             Bootstrap::Created(user) => {
-                tracing::info!(user.id = %user.id, "bootstrap admin created")
+                tracing::info!(user.id = %user.id, email = %user.email, "bootstrap admin created");
+                Ok(Some(user.email))
             }
-            Bootstrap::AdminExists => tracing::debug!("an admin exists; bootstrap skipped"),
+            Bootstrap::AdminExists => {
+                tracing::debug!("an admin exists; bootstrap skipped");
+                Ok(None)
+            }
         }
-        Ok(())
     }
 }
 

@@ -1,16 +1,16 @@
 //! Auditors' commands: verify, anchor, export, verify-export, replay.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, IsTerminal};
+use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::progress::Progress;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use commands::history::{AsOf, state_at};
 use eventstore::audit::{self, AnchorRef, AuditReport, ExportFilter};
 use eventstore::{EventStore, StreamId};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Config;
 use crate::db;
@@ -66,17 +66,8 @@ async fn open_store(config: &Config, role: &str) -> Result<EventStore> {
     ))
 }
 
-fn progress(len: u64, what: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} events ({per_sec}, {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message(what.to_owned());
-    bar
+fn progress(len: u64, what: &str) -> Progress {
+    Progress::new(what, "events", len)
 }
 
 fn print_report(report: &AuditReport) {
@@ -127,7 +118,7 @@ pub(crate) async fn verify(config: &Config, args: VerifyArgs) -> Result<ExitCode
         None => {
             let bar = progress(audit::count_events(&store).await?, "verifying");
             let report = audit::verify_all(&store, |n| bar.set_position(n)).await?;
-            bar.finish_and_clear();
+            bar.finish();
             report
         }
     };
@@ -136,7 +127,7 @@ pub(crate) async fn verify(config: &Config, args: VerifyArgs) -> Result<ExitCode
     if let Some(anchor) = &args.against_anchor {
         let bar = progress(audit::count_events(&store).await?, "checking the anchor");
         let check = audit::check_anchor(&store, anchor, |n| bar.set_position(n)).await?;
-        bar.finish_and_clear();
+        bar.finish();
         if check.matches() {
             println!(
                 "anchor {} matches: nothing before it was changed, removed or inserted",
@@ -201,7 +192,7 @@ pub(crate) async fn export(config: &Config, args: ExportArgs) -> Result<ExitCode
     let mut out = BufWriter::new(file);
     let bar = progress(audit::count_events(&store).await?, "exporting");
     let written = audit::export(&store, &filter, &mut out, |n| bar.set_position(n)).await?;
-    bar.finish_and_clear();
+    bar.finish();
     eprintln!("{written} events written to {}", args.output.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ mod bench_projections;
 mod bench_relay;
 mod config;
 mod db;
+mod progress;
 mod projectors;
 mod relay;
 mod seed;
@@ -32,43 +33,132 @@ struct Cli {
     command: Command,
 }
 
+/// Environment every command that uses the database reads.
+macro_rules! db_env {
+    () => {
+        "Environment:
+  DATABASE_URL                    PostgreSQL URL (unset: the embedded cluster under FLEETLEDGER_DATA_DIR)
+  FLEETLEDGER_DATA_DIR            where the embedded cluster and the signing key live [default: ./data]
+  FLEETLEDGER_DB_MAX_CONNECTIONS  connections per process [default: 20]
+  RUST_LOG                        log filter [default: info,sqlx=warn]
+  FLEETLEDGER_LOG_FORMAT          `json` for JSON lines [default: text]
+  (.env.example lists every variable with its default)"
+    };
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the server (embedded PostgreSQL when DATABASE_URL is unset).
+    /// Run the server: the GraphQL API, the projectors, the worker (and the relay with
+    /// KAFKA_BROKERS), on the embedded PostgreSQL when DATABASE_URL is unset.
+    #[command(after_help = "Examples:
+  fleetledger serve
+  FLEETLEDGER_HTTP_ADDR=0.0.0.0:8080 DATABASE_URL=postgres://app@db/fleet fleetledger serve
+  FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL=you@example.com FLEETLEDGER_BOOTSTRAP_ADMIN_PASSWORD='a long password' fleetledger serve
+
+Open http://127.0.0.1:8080/ for the explorer, the API guide and the schema.
+
+Environment (besides the database's, below):
+  FLEETLEDGER_HTTP_ADDR            listen address [default: 127.0.0.1:8080]
+  FLEETLEDGER_JWT_SECRET           token signing key, 32+ bytes [default: made once, kept in the data dir]
+  FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL, FLEETLEDGER_BOOTSTRAP_ADMIN_PASSWORD  the first admin
+  REDIS_URL                        rate limits and the hot-car lock [default: in-process]
+  KAFKA_BROKERS                    also run the relay [default: off]
+  FLEETLEDGER_SERVE_PROJECTORS     run the projectors here [default: true]
+
+Environment:
+  DATABASE_URL, FLEETLEDGER_DATA_DIR, FLEETLEDGER_DB_MAX_CONNECTIONS, RUST_LOG, FLEETLEDGER_LOG_FORMAT
+  (.env.example lists every variable with its default)")]
     Serve,
     /// Print the GraphQL schema (SDL); docs/schema.graphql is this output.
+    #[command(after_help = "Example:\n  fleetledger schema > docs/schema.graphql")]
     Schema,
     /// Apply the database migrations and exit.
+    #[command(after_help = concat!("Example:\n  DATABASE_URL=postgres://app@db/fleet fleetledger migrate\n\n", db_env!()))]
     Migrate,
-    /// Run the worker alone: hold expiry, payment confirmation, refunds.
+    /// Run the worker alone: hold expiry, payment confirmation, refunds (serve runs one too;
+    /// several may run, each step is run by one of them).
+    #[command(after_help = concat!("Example:\n  DATABASE_URL=postgres://app@db/fleet fleetledger worker\n\n", db_env!()))]
     Worker,
     /// Run projectors as a process of their own (one active instance per projection).
+    #[command(after_help = concat!("Examples:\n  fleetledger project\n  fleetledger project --only search --only availability\n\n", db_env!()))]
     Project(projectors::ProjectArgs),
-    /// Write a realistic demo history: branches, customers, cars, bookings, telemetry.
+    /// Write a realistic demo history (branches, customers, cars, bookings, telemetry) and one
+    /// demo account per role; prints the logins.
+    #[command(after_help = "Examples:
+  fleetledger seed
+  fleetledger seed --cars 200 --customers 100 --bookings 5000 --days 365 --seed 7")]
     Seed(seed::SeedOptions),
     /// Operate projections: status, rebuild [--verify].
+    #[command(after_help = "Examples:
+  fleetledger projections status
+  fleetledger projections rebuild --all --verify --dry-run")]
     Projections {
         #[command(subcommand)]
         command: projectors::ProjectionsCommand,
     },
-    /// Relay every event to Kafka as CloudEvents (needs KAFKA_BROKERS).
+    /// Relay every event to Kafka as CloudEvents, one topic per aggregate type, at least once
+    /// and in order per aggregate (needs KAFKA_BROKERS; without it the command says so and
+    /// exits).
+    #[command(after_help = "Example:
+  KAFKA_BROKERS=localhost:9092 fleetledger relay
+
+Environment (besides the database's):
+  KAFKA_BROKERS                          bootstrap servers (required)
+  FLEETLEDGER_KAFKA_TOPIC_PREFIX         topic name prefix [default: fleetledger]
+  FLEETLEDGER_KAFKA_PARTITIONS           partitions of topics it creates [default: 3]
+  FLEETLEDGER_KAFKA_REPLICATION          replication factor of topics it creates [default: 1]
+  FLEETLEDGER_KAFKA_BATCH                events per delivered batch [default: 2000]
+  FLEETLEDGER_KAFKA_DELIVERY_TIMEOUT_MS  give up a delivery after [default: 30000]
+  FLEETLEDGER_CLOUDEVENTS_SOURCE         the CloudEvents `source` [default: urn:fleetledger]
+See docs/integrators.md.")]
     Relay,
-    /// Recompute hash chains and the log sequence (every stream, or --stream TYPE/ID).
+    /// Recompute hash chains and the log sequence (every stream, or --stream TYPE/ID); exits
+    /// 1 when anything is broken.
+    #[command(after_help = "Examples:
+  fleetledger verify --all
+  fleetledger verify --stream car/0192f0c4-8a1e-7c3b-9b1a-2f5d7c1e9a10
+  fleetledger verify --all --against-anchor 104233:88121:5e0c…
+
+See docs/auditing.md.")]
     Verify(audit::VerifyArgs),
     /// Store and print a digest over every stream head, for auditors to keep elsewhere.
+    #[command(after_help = "Example:\n  fleetledger anchor >> anchors-kept-elsewhere.txt")]
     Anchor,
-    /// Write events with every stored field as JSON Lines.
+    /// Write events with every stored field as JSON Lines (all, a position range or one
+    /// stream), read in one snapshot.
+    #[command(after_help = "Examples:
+  fleetledger export -o log.jsonl
+  fleetledger export -o car.jsonl --stream car/0192f0c4-8a1e-7c3b-9b1a-2f5d7c1e9a10
+  fleetledger verify-export log.jsonl")]
     Export(audit::ExportArgs),
-    /// Check the hash chains in an export file, with no database.
-    VerifyExport { file: std::path::PathBuf },
-    /// Print an aggregate's state rebuilt from its events, as JSON.
+    /// Check the hash chains in an export file, with no database; exits 1 when anything is
+    /// broken.
+    #[command(after_help = "Example:\n  fleetledger verify-export log.jsonl")]
+    VerifyExport {
+        /// The JSON Lines file `fleetledger export` wrote.
+        file: std::path::PathBuf,
+    },
+    /// Print an aggregate's state rebuilt from its events, as JSON: the latest, at a version
+    /// or as of an instant.
+    #[command(after_help = "Examples:
+  fleetledger replay booking/0192f0c4-8a1e-7c3b-9b1a-2f5d7c1e9a10
+  fleetledger replay car/0192f0c4-8a1e-7c3b-9b1a-2f5d7c1e9a10 --at-version 3
+  fleetledger replay car/0192f0c4-8a1e-7c3b-9b1a-2f5d7c1e9a10 --as-of 2026-11-30T12:00:00Z")]
     Replay(audit::ReplayArgs),
     /// Benchmarks, reported as ratios against baselines run side by side.
+    #[command(after_help = "Examples:
+  fleetledger bench append --json
+  fleetledger bench projections
+See docs/benchmarks.md.")]
     Bench {
         #[command(subcommand)]
         which: BenchCommand,
     },
     /// The embedded PostgreSQL cluster under FLEETLEDGER_DATA_DIR.
+    #[command(after_help = "Examples:
+  fleetledger db status     # running or not, and the URL to connect with
+  fleetledger db start      # start it and print the URL
+  fleetledger db stop")]
     Db {
         #[command(subcommand)]
         action: DbCommand,
@@ -89,7 +179,7 @@ enum BenchCommand {
 enum DbCommand {
     /// Start the embedded cluster (if needed) and print its connection URL.
     Start,
-    /// Say whether the embedded cluster is running.
+    /// Say whether the embedded cluster is running, and the URL to connect with.
     Status,
     /// Stop the embedded cluster.
     Stop,
@@ -208,7 +298,7 @@ async fn serve(config: Config) -> Result<ExitCode> {
     }
     let pool = db::connect_and_migrate(&config, "fleetledger-serve").await?;
     let services = app::App::build(&config, pool)?;
-    services.bootstrap_admin(&config).await?;
+    let first_admin = services.bootstrap_admin(&config).await?;
     let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
     let projector_token = tokio_util::sync::CancellationToken::new();
     let mut projector_tasks = if config.serve_projectors {
@@ -242,7 +332,17 @@ async fn serve(config: Config) -> Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding {}", config.http_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        addr = %addr,
+        explorer = %format!("http://{addr}/"),
+        graphql = %format!("http://{addr}/graphql"),
+        metrics = %format!("http://{addr}/metrics"),
+        data_dir = %config.data_dir.display(),
+        database = if config.database_url.is_some() { "DATABASE_URL" } else { "embedded" },
+        first_admin = first_admin.as_deref().unwrap_or("-"),
+        "listening"
+    );
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -302,12 +402,17 @@ async fn embedded_db(config: Config, action: DbCommand) -> Result<ExitCode> {
             println!("{}", pg.url());
         }
         DbCommand::Status => {
-            let running = EmbeddedPostgres::is_running(&dir).await?;
-            println!(
-                "{}: {}",
-                dir.display(),
-                if running { "running" } else { "stopped" }
-            );
+            if EmbeddedPostgres::is_running(&dir).await? {
+                // Reuses the running server: nothing is started.
+                let pg = EmbeddedPostgres::start(&dir).await?;
+                println!("{}: running", dir.display());
+                println!("connect with: psql '{}'", pg.url());
+            } else {
+                println!(
+                    "{}: stopped (`fleetledger db start` starts it)",
+                    dir.display()
+                );
+            }
         }
         DbCommand::Stop => {
             EmbeddedPostgres::stop(&dir).await?;

@@ -1,12 +1,11 @@
 //! Running projectors (`project`, in-process in `serve`) and operating them (`projections`).
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::progress::Progress;
 use anyhow::{Context, Result, bail};
 use eventstore::EventStore;
-use indicatif::{ProgressBar, ProgressStyle};
 use projections::rebuild::{RebuildOptions, rebuild_many};
 use projections::{Projector, RunOptions};
 use tokio::task::JoinSet;
@@ -165,25 +164,10 @@ async fn rebuild_command(store: EventStore, args: RebuildArgs) -> Result<ExitCod
         bail!("--batch-size must be at least 1");
     }
     let names: Vec<&str> = chosen.iter().map(|p| p.name()).collect();
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_message(format!("rebuilding {}", names.join(", ")));
-        Some(bar)
-    } else {
-        None
-    };
+    let bar = Progress::new(format!("rebuilding {}", names.join(", ")), "events", 0);
     let progress = |done: u64, total: u64| {
-        if let Some(bar) = &bar {
-            bar.set_length(total);
-            bar.set_position(done);
-        }
+        bar.set_total(total);
+        bar.set_position(done);
     };
     let options = RebuildOptions {
         batch_size: args.batch_size,
@@ -193,9 +177,7 @@ async fn rebuild_command(store: EventStore, args: RebuildArgs) -> Result<ExitCod
     let started = std::time::Instant::now();
     let refs: Vec<&dyn projections::Projection> = chosen.iter().map(|p| p.as_ref()).collect();
     let reports = rebuild_many(&store, &refs, &options, &progress).await?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    bar.finish();
     let secs = started.elapsed().as_secs_f64();
     let mut differ = false;
     for report in &reports {

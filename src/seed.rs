@@ -8,8 +8,7 @@
 //! stream is written whole in one append (hash-chained like any other), many streams per
 //! statement. With `--seed` the same flags give the same history.
 
-use std::io::IsTerminal;
-
+use crate::progress::Progress;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Duration, Utc};
 use domain::booking::{BookingEvent, CancelledBy};
@@ -19,7 +18,6 @@ use domain::pricing::{PriceLine, Quote};
 use domain::telemetry::{GeoPoint, Reading, TelemetryEvent};
 use domain::{Currency, Money, TimeWindow};
 use eventstore::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamAppend, StreamId};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::PgPool;
@@ -137,30 +135,17 @@ pub(crate) async fn seed(pool: &PgPool, options: &SeedOptions) -> Result<SeedRep
     let store = EventStore::new(pool.clone());
     let bar = progress_bar(options);
     let report = write_history(&store, options, &customers, Utc::now(), &|n| {
-        if let Some(bar) = &bar {
-            bar.inc(n);
-        }
+        bar.inc(n);
     })
     .await?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    bar.finish();
     Ok(report)
 }
 
-fn progress_bar(options: &SeedOptions) -> Option<ProgressBar> {
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
+fn progress_bar(options: &SeedOptions) -> Progress {
     // Roughly ten events per booking plus the cars.
     let estimate = u64::from(options.bookings) * 10 + u64::from(options.cars) * 2;
-    let bar = ProgressBar::new(estimate);
-    bar.set_style(
-        ProgressStyle::with_template("seeding [{bar:40}] {pos}/~{len} events ({per_sec})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    Some(bar)
+    Progress::new("seeding", "events", estimate)
 }
 
 async fn insert_branches(pool: &PgPool) -> Result<()> {

@@ -228,8 +228,52 @@ async fn serve_runs_on_the_embedded_cluster_and_reuses_it() {
         let status = server.0.wait().unwrap();
         assert!(status.success(), "run {run}: serve exited with {status}");
     }
+    // The cluster outlives the server; `db status` says so and how to connect.
+    let status = fleetledger()
+        .args(["db", "status"])
+        .env("FLEETLEDGER_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(said.contains(": running"), "{said}");
+    assert!(
+        said.contains("connect with: psql 'postgres:///fleetledger?host="),
+        "{said}"
+    );
     stop_embedded(&data);
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Every command explains itself: a description and an example in its `--help`.
+#[test]
+fn every_command_has_a_description_and_an_example() {
+    for command in [
+        "serve",
+        "schema",
+        "migrate",
+        "worker",
+        "project",
+        "seed",
+        "projections",
+        "relay",
+        "verify",
+        "anchor",
+        "export",
+        "verify-export",
+        "replay",
+        "bench",
+        "db",
+    ] {
+        let out = fleetledger().args([command, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{command}");
+        let help = String::from_utf8(out.stdout).unwrap();
+        let description = help.lines().next().unwrap_or_default();
+        assert!(description.len() > 20, "{command}: {help}");
+        assert!(
+            help.contains("Example"),
+            "{command} --help has no example:\n{help}"
+        );
+    }
 }
 
 /// `fleetledger worker` creates the bootstrap admin once, runs, and stops on SIGTERM.

@@ -735,7 +735,6 @@ impl Accounts {
             .map_err(email_taken)?;
         tx.commit().await?;
         let user = row.into_user()?;
-        tracing::info!(user.id = %user.id, "bootstrap admin created");
         Ok(Bootstrap::Created(user))
     }
 
