@@ -142,29 +142,45 @@ pub async fn list_some(
     list_where(pool, Some(names)).await
 }
 
+/// Lag is counted with two ordered range scans of the commit-order index (the rest of the
+/// checkpoint's transaction, then the transactions after it), never with a row comparison,
+/// which the planner turns into a scan of the whole log: a caught-up projection costs two
+/// empty index probes however long the log is.
 async fn list_where(
     pool: &PgPool,
     names: Option<&[String]>,
 ) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
+    // The capped counts make the planner expect large scans and compile the query (JIT, about
+    // 100 ms) for what are two empty index probes when the projections are caught up.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
     let rows = sqlx::query(
         "SELECT c.name, c.transaction_id, c.global_position, \
            coalesce(s.state, 'stopped') AS state, s.owner, s.error, s.failed_position, \
            greatest(c.updated_at, coalesce(s.updated_at, c.updated_at)) AS updated_at, \
-           (SELECT count(*) FROM (SELECT 1 FROM events e \
-             WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.global_position) \
-             LIMIT $1) behind) AS lag_events, \
-           coalesce((SELECT extract(epoch FROM (clock_timestamp() - e.recorded_at)) * 1000 \
-             FROM events e \
-             WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.global_position) \
-             ORDER BY e.transaction_id, e.global_position LIMIT 1), 0)::float8 AS lag_ms \
+           least($1, (SELECT count(*) FROM ( \
+             (SELECT 1 FROM events e WHERE e.transaction_id = c.transaction_id \
+                AND e.global_position > c.global_position LIMIT $1) \
+             UNION ALL \
+             (SELECT 1 FROM events e WHERE e.transaction_id > c.transaction_id LIMIT $1) \
+           ) behind)) AS lag_events, \
+           coalesce((SELECT extract(epoch FROM (clock_timestamp() - min(next.recorded_at))) * 1000 \
+             FROM ( \
+               (SELECT e.recorded_at FROM events e WHERE e.transaction_id = c.transaction_id \
+                  AND e.global_position > c.global_position ORDER BY e.global_position LIMIT 1) \
+               UNION ALL \
+               (SELECT e.recorded_at FROM events e WHERE e.transaction_id > c.transaction_id \
+                  ORDER BY e.transaction_id, e.global_position LIMIT 1) \
+             ) next), 0)::float8 AS lag_ms \
          FROM projection_checkpoints c LEFT JOIN projection_status s USING (name) \
          WHERE $2::text[] IS NULL OR c.name = ANY($2) \
          ORDER BY c.name",
     )
     .bind(LAG_COUNT_CAP)
     .bind(names)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     rows.into_iter()
         .map(|row| {
             let checkpoint = crate::runtime::checkpoint_of_columns(&row, 1, 2)?;
