@@ -91,6 +91,13 @@ async fn health_readiness_metrics_cors_and_graphiql() {
         .unwrap();
     assert_eq!(page.status(), 200);
     assert_eq!(page.headers()["x-frame-options"], "DENY");
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
     let page = page.text().await.unwrap();
     assert!(page.contains("/assets/graphiql.min.js"), "{page}");
     // Everything the explorer loads comes from this server, and each file is there.
