@@ -716,6 +716,7 @@ impl Engine {
                     details: car_details(),
                     daily_rate: usd(REGISTER_RATE),
                     branch: "LIS".into(),
+                    in_service_from: None,
                 };
                 let encoded = commands::codec::encode(&event).map_err(|e| anyhow!(e))?;
                 let row = RawRow {

@@ -296,6 +296,7 @@ async fn measure_lag(
                 },
                 daily_rate: Money::new(5_000, Currency::EUR),
                 branch: "BER".into(),
+                in_service_from: None,
             };
             Ok(StreamAppend::new(
                 StreamId::new("car", car.to_string()),

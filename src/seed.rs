@@ -346,6 +346,8 @@ fn car_history(
         },
         daily_rate: eur(rate),
         branch: branch.clone(),
+        // In service before its first booking, so the history's utilization is real.
+        in_service_from: Some(start - Duration::days(1)),
     }];
     let mut telemetry = Vec::new();
     let mut odometer = f64::from(rng.random_range(1_000..60_000));

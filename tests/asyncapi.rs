@@ -68,12 +68,14 @@ fn every_event_type_is_described_on_its_channel() {
     let doc = asyncapi();
     assert!(doc.contains("\nasyncapi: 3.0.0\n"));
     // The block reader itself, on a known schema.
-    let fields: BTreeSet<String> = ["id", "details", "daily_rate", "branch"]
+    let required: BTreeSet<String> = ["id", "details", "daily_rate", "branch"]
         .map(String::from)
         .into();
+    let mut properties = required.clone();
+    properties.insert("in_service_from".to_owned());
     assert_eq!(
         schema_fields(&doc, "CarRegisteredData"),
-        Some((fields.clone(), fields))
+        Some((properties, required))
     );
     let mut problems = Vec::new();
     for (aggregate, event) in &types {

@@ -202,6 +202,10 @@ pub enum CarEvent {
         details: CarDetails,
         daily_rate: Money,
         branch: String,
+        /// When the car entered service, when that is earlier than the event (a fleet's
+        /// history imported, demo data); absent: from the event's time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        in_service_from: Option<DateTime<Utc>>,
     },
     CarDetailsUpdated {
         details: CarDetails,
@@ -501,6 +505,7 @@ impl Aggregate for Car {
                     details,
                     daily_rate,
                     branch,
+                    in_service_from: None,
                 }
             }
             CarCommand::UpdateDetails { patch } => {
@@ -750,6 +755,7 @@ impl Aggregate for Car {
                 details,
                 daily_rate,
                 branch,
+                ..
             } => {
                 self.id = Some(id);
                 self.details = Some(details);
@@ -902,6 +908,7 @@ mod tests {
             details: details(),
             daily_rate: usd(4_500),
             branch: "LIS".into(),
+            in_service_from: None,
         }
     }
 

@@ -277,7 +277,11 @@ fn apply_car(
     recorded_at: DateTime<Utc>,
 ) -> Result<bool, ApplyError> {
     match event {
-        CarEvent::CarRegistered { branch, .. } => {
+        CarEvent::CarRegistered {
+            branch,
+            in_service_from,
+            ..
+        } => {
             if cars.contains_key(&id) {
                 return Err(ApplyError::Invalid(format!("car {id} registered twice")));
             }
@@ -286,7 +290,9 @@ fn apply_car(
                 CarRow {
                     car_id: id,
                     branch_code: branch,
-                    registered_at: recorded_at,
+                    // In service from the event, or from the earlier date it names.
+                    registered_at: in_service_from
+                        .map_or(recorded_at, |from| from.min(recorded_at)),
                     retired_at: None,
                 },
             );

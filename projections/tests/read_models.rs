@@ -338,6 +338,7 @@ async fn every_projection_is_recorded_as_caught_up() {
             details: details("VW", "Golf", &[]),
             daily_rate: eur(4_000),
             branch: "BER".into(),
+            in_service_from: None,
         }],
     )
     .await;

@@ -19,6 +19,7 @@ fn registered(id: Uuid, make: &str) -> CarEvent {
         details: details(make, "X", &[]),
         daily_rate: eur(4_000),
         branch: "BER".into(),
+        in_service_from: None,
     }
 }
 

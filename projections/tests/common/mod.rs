@@ -172,6 +172,7 @@ pub async fn scripted_history(store: &EventStore) -> Script {
                 details: details("Toyota", "RAV4", &["towbar"]),
                 daily_rate: eur(5_000),
                 branch: "BER".into(),
+                in_service_from: None,
             },
             CarEvent::CarDetailsUpdated {
                 details: details("Toyota", "RAV4", &["towbar", "roof-box"]),
@@ -192,6 +193,7 @@ pub async fn scripted_history(store: &EventStore) -> Script {
             details: details("Fiat", "500", &[]),
             daily_rate: eur(3_000),
             branch: "BER".into(),
+            in_service_from: None,
         }],
     )
     .await;
