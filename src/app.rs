@@ -84,6 +84,8 @@ impl App {
             },
             graphiql: config.graphiql,
             max_batch: config.graphql_max_batch,
+            login_attempts: config.login_attempts,
+            login_window: Duration::from_secs(config.login_window_seconds),
         };
         api::AppState::new(self.services.clone(), api_config)
             .context("REDIS_URL is not a valid Redis URL")

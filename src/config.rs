@@ -77,6 +77,10 @@ pub(crate) struct Config {
     pub(crate) graphql_max_root_fields: usize,
     /// `FLEETLEDGER_GRAPHQL_MAX_BATCH`: operations per batched HTTP request (default 10).
     pub(crate) graphql_max_batch: usize,
+    /// `FLEETLEDGER_LOGIN_ATTEMPTS` per account per `FLEETLEDGER_LOGIN_WINDOW` seconds
+    /// (default 10 per 900; 0 = no limit).
+    pub(crate) login_attempts: u64,
+    pub(crate) login_window_seconds: u64,
     pub(crate) graphql_max_complexity: usize,
     pub(crate) graphql_max_page_size: i32,
     /// `FLEETLEDGER_RATE_LIMIT`: requests per user (or IP) and window, 0 = off (default 600);
@@ -146,6 +150,8 @@ impl Config {
             graphql_max_fields: positive("FLEETLEDGER_GRAPHQL_MAX_FIELDS", 2_000)?,
             graphql_max_root_fields: positive("FLEETLEDGER_GRAPHQL_MAX_ROOT_FIELDS", 20)?,
             graphql_max_batch: positive("FLEETLEDGER_GRAPHQL_MAX_BATCH", 10)?,
+            login_attempts: env_or("FLEETLEDGER_LOGIN_ATTEMPTS", 10)?,
+            login_window_seconds: positive("FLEETLEDGER_LOGIN_WINDOW", 900)?,
             graphql_max_complexity: positive("FLEETLEDGER_GRAPHQL_MAX_COMPLEXITY", 5_000)?,
             graphql_max_page_size: positive("FLEETLEDGER_GRAPHQL_MAX_PAGE_SIZE", 100)?,
             rate_limit_requests: env_or("FLEETLEDGER_RATE_LIMIT", 600)?,

@@ -34,6 +34,9 @@ pub struct ApiConfig {
     /// `FLEETLEDGER_GRAPHQL_MAX_BATCH`: operations one HTTP request may batch (each counts
     /// against the rate limit).
     pub max_batch: usize,
+    /// `FLEETLEDGER_LOGIN_ATTEMPTS` per account and `FLEETLEDGER_LOGIN_WINDOW` seconds.
+    pub login_attempts: u64,
+    pub login_window: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -45,6 +48,8 @@ impl Default for ApiConfig {
             rate_limit: RateLimitConfig::default(),
             graphiql: true,
             max_batch: 10,
+            login_attempts: 10,
+            login_window: std::time::Duration::from_secs(900),
         }
     }
 }
@@ -61,9 +66,15 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(services: Services, config: ApiConfig) -> Result<Self, redis::RedisError> {
+        let limiter = RateLimiter::new(config.rate_limit.clone())?;
+        let login = ratelimit::LoginGuard {
+            limiter: limiter.clone(),
+            attempts: config.login_attempts,
+            window: config.login_window,
+        };
         Ok(Self {
-            schema: schema::build(services.clone(), config.limits),
-            limiter: RateLimiter::new(config.rate_limit.clone())?,
+            schema: schema::build_with(services.clone(), config.limits, Some(login)),
+            limiter,
             services,
             config: Arc::new(config),
             metrics: prometheus(),

@@ -50,6 +50,16 @@ pub struct ConnectionQuota {
     pub key: String,
 }
 
+/// The limit on login attempts per account (schema data; the `login` resolver checks it), so
+/// that guessing a password is slow whatever the addresses it comes from.
+#[derive(Clone)]
+pub struct LoginGuard {
+    pub limiter: RateLimiter,
+    /// Attempts per account and window (0 = no limit).
+    pub attempts: u64,
+    pub window: Duration,
+}
+
 /// Counts every operation that arrives over a WebSocket against the connection's quota.
 pub struct OperationQuota;
 
@@ -125,12 +135,17 @@ impl RateLimiter {
     /// Count one request for `key` (`user:<id>` or `ip:<addr>`).
     pub async fn check(&self, key: &str) -> Decision {
         let config = &self.inner.config;
-        if config.requests == 0 {
+        self.check_against(key, config.requests, config.window)
+            .await
+    }
+
+    /// Count one attempt for `key` against a limit of its own: `requests` per `window`
+    /// (0 = no limit). Shares the counters' store (Redis, else in-process).
+    pub async fn check_against(&self, key: &str, requests: u64, window: Duration) -> Decision {
+        if requests == 0 {
             return Decision::Allowed;
         }
-        let window_ms = u64::try_from(config.window.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
         let now_ms = u64::try_from(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -143,7 +158,7 @@ impl RateLimiter {
             Some(n) => n,
             None => self.local_count(key, window),
         };
-        if count <= config.requests {
+        if count <= requests {
             Decision::Allowed
         } else {
             let left_ms = (window + 1) * window_ms - now_ms;

@@ -263,3 +263,48 @@ async fn answers_carry_headers_that_keep_them_private() {
     assert!(!text.contains("BatchRequest"), "{text}");
     app.shutdown().await;
 }
+
+/// Guessing one account's password is limited per account, whatever the address: after 10
+/// attempts in the window the 11th answers RATE_LIMITED with retryAfter, the right password
+/// included, and other accounts are not affected.
+#[tokio::test]
+async fn login_attempts_are_limited_per_account() {
+    let app = TestApp::start().await;
+    app.register("guessed@fleet.test").await;
+    app.register("bystander@fleet.test").await;
+    let login = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }";
+    for i in 0..10 {
+        let code = app
+            .code(
+                None,
+                login,
+                json!({ "e": "guessed@fleet.test", "p": format!("wrong-guess-{i:04}") }),
+            )
+            .await;
+        assert_eq!(code, "UNAUTHENTICATED", "attempt {i}");
+    }
+    let (_, body) = app
+        .post(
+            None,
+            login,
+            json!({ "e": "Guessed@Fleet.test", "p": "customer-password-1" }),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{body:#}"
+    );
+    assert!(
+        body["errors"][0]["extensions"]["retryAfter"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    app.ok(
+        None,
+        login,
+        json!({ "e": "bystander@fleet.test", "p": "customer-password-1" }),
+    )
+    .await;
+    app.shutdown().await;
+}

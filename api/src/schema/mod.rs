@@ -51,7 +51,19 @@ impl Default for QueryLimits {
 
 /// The schema with its services and limits.
 pub fn build(services: Services, limits: QueryLimits) -> AppSchema {
-    let builder = Schema::build(Query, Mutation, Subscription);
+    build_with(services, limits, None)
+}
+
+/// [`build`], with the per-account limit on login attempts.
+pub fn build_with(
+    services: Services,
+    limits: QueryLimits,
+    login: Option<crate::ratelimit::LoginGuard>,
+) -> AppSchema {
+    let mut builder = Schema::build(Query, Mutation, Subscription);
+    if let Some(login) = login {
+        builder = builder.data(login);
+    }
     loaders::register(builder, services.store.pool())
         .data(services)
         .data(limits)

@@ -157,6 +157,19 @@ impl Mutation {
         if email.len() > 254 || password.len() > 1_024 {
             return Err(AppError::InvalidToken("invalid email or password"));
         }
+        // Password guessing is limited per account, whatever the address it comes from.
+        if let Some(guard) = ctx.data_opt::<crate::ratelimit::LoginGuard>()
+            && let crate::ratelimit::Decision::Limited { retry_after_secs } = guard
+                .limiter
+                .check_against(
+                    &format!("login:{}", email.trim().to_lowercase()),
+                    guard.attempts,
+                    guard.window,
+                )
+                .await
+        {
+            return Err(AppError::RateLimited { retry_after_secs });
+        }
         Ok(services(ctx)?
             .accounts
             .login(&email, &password)
