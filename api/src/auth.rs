@@ -118,8 +118,11 @@ pub const ADMIN: &[Role] = &[Role::Admin];
 pub const AUDIT: &[Role] = &[Role::Admin, Role::Auditor];
 pub const ANALYTICS: &[Role] = &[Role::Admin, Role::Analyst];
 pub const TELEMETRY_WRITE: &[Role] = &[Role::Admin, Role::Integrator];
-/// Who may see where a car is and how it moves (personal data while someone rents it).
+/// Who may read a car's telemetry history (`telemetry`).
 pub const TELEMETRY_READERS: &[Role] = &[Role::Admin, Role::Analyst, Role::Integrator];
+/// Who may see where any car is right now (`Car.lastTelemetry`): personal data while someone
+/// rents it, so besides these only the customer renting that car sees it.
+pub const LIVE_POSITION_READERS: &[Role] = &[Role::Admin, Role::Integrator];
 pub const EVENT_READERS: &[Role] = &[Role::Admin, Role::Auditor, Role::Integrator];
 /// Who may read any booking: staff and auditors.
 pub const BOOKING_READERS: &[Role] = &[Role::Admin, Role::Auditor];

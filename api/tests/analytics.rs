@@ -193,8 +193,7 @@ async fn an_analyst_sees_the_day_and_integrators_stream_telemetry() {
             let data = app
                 .ok(
                     Some(&analyst),
-                    "query($c: UUID!, $f: DateTime!, $t: DateTime!) { telemetry(carId: $c, from: $f, to: $t) { odometerKm } \
-                     car(id: $c) { lastTelemetry { odometerKm speedKph } } }",
+                    "query($c: UUID!, $f: DateTime!, $t: DateTime!) { telemetry(carId: $c, from: $f, to: $t) { odometerKm } }",
                     json!({ "c": rented, "f": at(-1, 0), "t": at(1, 0) }),
                 )
                 .await;
@@ -202,8 +201,18 @@ async fn an_analyst_sees_the_day_and_integrators_stream_telemetry() {
         }
     })
     .await;
+    assert_eq!(last["telemetry"][2]["odometerKm"], 182.0);
+    // Where the car is now is for staff, integrators and its renter, not for analysts.
+    let live = "query($c: UUID!) { car(id: $c) { lastTelemetry { odometerKm speedKph } } }";
     assert_eq!(
-        last["car"]["lastTelemetry"],
+        app.code(Some(&analyst), live, json!({ "c": rented })).await,
+        "FORBIDDEN"
+    );
+    let now = app
+        .ok(Some(&app.admin_token), live, json!({ "c": rented }))
+        .await;
+    assert_eq!(
+        now["car"]["lastTelemetry"],
         json!({ "odometerKm": 182.0, "speedKph": 50.0 })
     );
 

@@ -35,7 +35,32 @@ async fn a_cars_live_position_is_shown_to_staff_analysts_and_integrators_only() 
     }
     let integrator = app.user_with_role("feed@fleet.test", "INTEGRATOR").await;
     let analyst = app.user_with_role("numbers@fleet.test", "ANALYST").await;
-    for token in [&app.admin_token, &integrator, &analyst] {
+    assert_eq!(
+        app.code(Some(&analyst), query, json!({ "c": car })).await,
+        "FORBIDDEN"
+    );
+    // The customer who has the car out right now sees where it is.
+    let booked = app
+        .ok(
+            Some(&customer),
+            "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+            json!({ "i": { "carId": car, "pickupAt": at(0, 2), "returnAt": at(2, 0) } }),
+        )
+        .await;
+    let booking = booked["requestBooking"]["id"].clone();
+    app.ok(
+        Some(&customer),
+        "mutation($b: UUID!) { payBooking(bookingId: $b, method: { kind: CARD, token: \"tok_visa\" }) { status } }",
+        json!({ "b": booking }),
+    )
+    .await;
+    app.ok(
+        Some(&app.admin_token),
+        "mutation($b: UUID!) { pickUpCar(bookingId: $b, odometerKm: 1300, fuelPercent: 80) { status } }",
+        json!({ "b": booking }),
+    )
+    .await;
+    for token in [&app.admin_token, &integrator, &customer] {
         // The telemetry read model follows the log: wait for the reading to show.
         let speed = common::eventually(20, || async {
             let data = app.ok(Some(token), query, json!({ "c": car })).await;

@@ -244,11 +244,24 @@ impl Car {
     async fn odometer_km(&self) -> Option<f64> {
         self.0.odometer_km
     }
-    /// The car's latest reading (ADMIN, ANALYST, INTEGRATOR): where a rented car is tells
-    /// where its renter is, so customers and anonymous callers do not see it.
+    /// The car's latest reading (ADMIN, INTEGRATOR, and the customer renting the car right
+    /// now): where a rented car is tells where its renter is, so nobody else sees it.
     async fn last_telemetry(&self, ctx: &Context<'_>) -> ApiResult<Option<TelemetryReading>> {
-        caller(ctx)?.require(auth::TELEMETRY_READERS)?;
+        let (me, role) = caller(ctx)?.user()?;
         let pool = services(ctx)?.store.pool();
+        if !auth::LIVE_POSITION_READERS.contains(&role) {
+            let renting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM rm_bookings \
+                   WHERE customer_id = $1 AND car_id = $2 AND status = 'ACTIVE')",
+            )
+            .bind(me)
+            .bind(self.0.car_id)
+            .fetch_one(pool)
+            .await?;
+            if !renting {
+                return Err(AppError::Forbidden);
+            }
+        }
         Ok(rows::latest_telemetry(pool, self.0.car_id)
             .await?
             .map(TelemetryReading::from))
