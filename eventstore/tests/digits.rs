@@ -50,11 +50,12 @@ fn spawn_writer(
 }
 
 async fn next_transaction_id(store: &EventStore) -> u64 {
-    let text: String = sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-    text.parse().unwrap()
+    let next: eventstore::Xid8 =
+        sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    next.0
 }
 
 /// Burn ids to just below `boundary`, then let the writers alone carry the counter across it,
