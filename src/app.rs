@@ -84,6 +84,7 @@ impl App {
             },
             graphiql: config.graphiql,
             max_batch: config.graphql_max_batch,
+            request_budget: Duration::from_millis(config.request_budget_ms),
             login_attempts: config.login_attempts,
             login_window: Duration::from_secs(config.login_window_seconds),
         };

@@ -80,6 +80,9 @@ pub(crate) struct Config {
     /// `FLEETLEDGER_LOGIN_ATTEMPTS` per account per `FLEETLEDGER_LOGIN_WINDOW` seconds
     /// (default 10 per 900; 0 = no limit).
     pub(crate) login_attempts: u64,
+    /// `FLEETLEDGER_REQUEST_BUDGET_MS`: the longest one HTTP GraphQL request may run (default
+    /// 30000).
+    pub(crate) request_budget_ms: u64,
     pub(crate) login_window_seconds: u64,
     pub(crate) graphql_max_complexity: usize,
     pub(crate) graphql_max_page_size: i32,
@@ -151,6 +154,7 @@ impl Config {
             graphql_max_root_fields: positive("FLEETLEDGER_GRAPHQL_MAX_ROOT_FIELDS", 20)?,
             graphql_max_batch: positive("FLEETLEDGER_GRAPHQL_MAX_BATCH", 10)?,
             login_attempts: env_or("FLEETLEDGER_LOGIN_ATTEMPTS", 10)?,
+            request_budget_ms: positive("FLEETLEDGER_REQUEST_BUDGET_MS", 30_000)?,
             login_window_seconds: positive("FLEETLEDGER_LOGIN_WINDOW", 900)?,
             graphql_max_complexity: positive("FLEETLEDGER_GRAPHQL_MAX_COMPLEXITY", 5_000)?,
             graphql_max_page_size: positive("FLEETLEDGER_GRAPHQL_MAX_PAGE_SIZE", 100)?,

@@ -292,7 +292,27 @@ async fn execute(state: &AppState, caller: Caller, batch: BatchRequest) -> Respo
     let personal = !matches!(caller, Caller::Anonymous);
     let operation = operation_label(&batch);
     let started = Instant::now();
-    let response = with_codes(state.schema.execute_batch(batch.data(caller)).await);
+    // Every request has a wall-clock budget: past it the work is dropped (at its next await)
+    // and the client is told to retry, so a slow request cannot hold a connection forever.
+    let budget = state.config.request_budget;
+    let response =
+        match tokio::time::timeout(budget, state.schema.execute_batch(batch.data(caller))).await {
+            Ok(response) => with_codes(response),
+            Err(_) => {
+                metrics::counter!("fleetledger_graphql_over_budget_total").increment(1);
+                tracing::warn!(operation = %operation, budget_ms = budget.as_millis() as u64,
+                "request over its time budget; dropped");
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Code::Unavailable,
+                    &format!(
+                        "the request took longer than its budget of {} ms and was stopped; retry \
+                     (a mutation may have taken effect: retry it with the same idempotency key)",
+                        budget.as_millis()
+                    ),
+                );
+            }
+        };
     let elapsed = started.elapsed().as_secs_f64();
     metrics::counter!("fleetledger_graphql_requests_total",
         "operation" => operation.clone(), "outcome" => outcome(&response))

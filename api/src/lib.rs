@@ -34,6 +34,8 @@ pub struct ApiConfig {
     /// `FLEETLEDGER_GRAPHQL_MAX_BATCH`: operations one HTTP request may batch (each counts
     /// against the rate limit).
     pub max_batch: usize,
+    /// `FLEETLEDGER_REQUEST_BUDGET_MS`: the longest an HTTP GraphQL request may run.
+    pub request_budget: std::time::Duration,
     /// `FLEETLEDGER_LOGIN_ATTEMPTS` per account and `FLEETLEDGER_LOGIN_WINDOW` seconds.
     pub login_attempts: u64,
     pub login_window: std::time::Duration,
@@ -48,6 +50,7 @@ impl Default for ApiConfig {
             rate_limit: RateLimitConfig::default(),
             graphiql: true,
             max_batch: 10,
+            request_budget: std::time::Duration::from_secs(30),
             login_attempts: 10,
             login_window: std::time::Duration::from_secs(900),
         }

@@ -333,3 +333,34 @@ async fn login_attempts_are_limited_per_account() {
     .await;
     app.shutdown().await;
 }
+
+/// A request past its wall-clock budget is stopped and answered UNAVAILABLE (HTTP 503); the
+/// server goes on serving.
+#[tokio::test]
+async fn a_request_over_its_time_budget_is_stopped() {
+    let app = TestApp::with(Options {
+        request_budget: std::time::Duration::from_millis(1),
+        ..Options::default()
+    })
+    .await;
+    // Hashing a password takes far longer than a millisecond.
+    let res = app
+        .http
+        .post(app.url("/graphql"))
+        .json(
+            &json!({ "query": "mutation { register(input: { email: \"slow@fleet.test\", \
+            password: \"a long enough password\", name: \"Slow\" }) { token } }" }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "UNAVAILABLE",
+        "{body:#}"
+    );
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    app.shutdown().await;
+}
