@@ -17,47 +17,51 @@ struct Asset {
     bytes: &'static [u8],
 }
 
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+const fn embedded(name: &'static str, content_type: &'static str, bytes: &'static [u8]) -> Asset {
+    Asset {
+        name,
+        content_type,
+        bytes,
+    }
+}
+
 const ASSETS: &[Asset] = &[
-    Asset {
-        name: "graphiql.min.js",
-        content_type: "text/javascript; charset=utf-8",
-        bytes: include_bytes!("../assets/graphiql.min.js"),
-    },
-    Asset {
-        name: "graphiql.min.css",
-        content_type: "text/css; charset=utf-8",
-        bytes: include_bytes!("../assets/graphiql.min.css"),
-    },
-    Asset {
-        name: "react.production.min.js",
-        content_type: "text/javascript; charset=utf-8",
-        bytes: include_bytes!("../assets/react.production.min.js"),
-    },
-    Asset {
-        name: "react-dom.production.min.js",
-        content_type: "text/javascript; charset=utf-8",
-        bytes: include_bytes!("../assets/react-dom.production.min.js"),
-    },
-    Asset {
-        name: "graphql-ws.min.js",
-        content_type: "text/javascript; charset=utf-8",
-        bytes: include_bytes!("../assets/graphql-ws.min.js"),
-    },
-    Asset {
-        name: "explorer.js",
-        content_type: "text/javascript; charset=utf-8",
-        bytes: include_bytes!("pages/explorer.js"),
-    },
-    Asset {
-        name: "site.css",
-        content_type: "text/css; charset=utf-8",
-        bytes: include_bytes!("pages/site.css"),
-    },
-    Asset {
-        name: "THIRD_PARTY_LICENSES.txt",
-        content_type: "text/plain; charset=utf-8",
-        bytes: include_bytes!("../assets/THIRD_PARTY_LICENSES.txt"),
-    },
+    embedded(
+        "graphiql.min.js",
+        JS,
+        include_bytes!("../assets/graphiql.min.js"),
+    ),
+    embedded(
+        "graphiql.min.css",
+        CSS,
+        include_bytes!("../assets/graphiql.min.css"),
+    ),
+    embedded(
+        "react.production.min.js",
+        JS,
+        include_bytes!("../assets/react.production.min.js"),
+    ),
+    embedded(
+        "react-dom.production.min.js",
+        JS,
+        include_bytes!("../assets/react-dom.production.min.js"),
+    ),
+    embedded(
+        "graphql-ws.min.js",
+        JS,
+        include_bytes!("../assets/graphql-ws.min.js"),
+    ),
+    embedded("explorer.js", JS, include_bytes!("pages/explorer.js")),
+    embedded("site.css", CSS, include_bytes!("pages/site.css")),
+    embedded(
+        "THIRD_PARTY_LICENSES.txt",
+        TEXT,
+        include_bytes!("../assets/THIRD_PARTY_LICENSES.txt"),
+    ),
 ];
 
 /// The client's guide, as committed in docs/api.md.
