@@ -25,6 +25,9 @@ pub(crate) struct App {
 
 impl App {
     pub(crate) fn build(config: &Config, pool: PgPool) -> Result<Self> {
+        // The sandbox's books live in the database: after a crash it still knows what it
+        // charged, and a payment interrupted there is finished by asking it.
+        let gateways = SandboxGateways::durable(&pool).router(DEFAULT_ATTEMPT_TIMEOUT);
         let lock = match &config.redis_url {
             Some(url) => HotCarLock::new(url.expose(), "fleetledger:")
                 .context("REDIS_URL is not a valid Redis URL")?,
@@ -50,7 +53,7 @@ impl App {
                 },
                 lock,
                 keys,
-                gateways: SandboxGateways::new().router(DEFAULT_ATTEMPT_TIMEOUT),
+                gateways,
                 read_your_writes_timeout: Duration::from_millis(config.read_your_writes_ms),
             },
         );

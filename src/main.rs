@@ -195,6 +195,7 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_json);
+    commands::crash::arm_from_env();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

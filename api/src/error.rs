@@ -324,6 +324,7 @@ impl From<CheckoutError> for AppError {
                     .unwrap_or_default()
             )),
             CheckoutError::InvalidKey(reason) => Self::bad_input("idempotencyKey", reason),
+            CheckoutError::InProgress => Self::Conflict(e.to_string()),
             CheckoutError::Database(db) => Self::database(&db),
         }
     }

@@ -1,9 +1,15 @@
 //! Paying for a booking: the payment and the booking's confirmation, finished even after a crash.
 //!
-//! Before any gateway is called, a `confirm_payment` step is stored for the booking. The normal
-//! path confirms the booking right after the capture; if the process dies in between, the worker
-//! runs the step later: a captured payment confirms a booking still on hold, and is refunded
-//! in full if the hold ended meanwhile. Both outcomes are idempotent.
+//! Before any gateway is called, the request claims the payment's `confirm_payment` step (its
+//! id is the payment id; see [`crate::claims`]) and stores it, due at once. While the request
+//! works the claim keeps the worker off it; the request marks the step done when the payment
+//! ended (captured and the booking confirmed, or declined). If the process dies anywhere in
+//! between, its claim dies with its database session, and the next worker pass, seconds later,
+//! runs the step: an interrupted attempt is settled from what the gateways have on record for
+//! its idempotency key (or abandoned when none has it: nothing was charged), an authorization
+//! is captured, a captured payment confirms a booking still on hold, and is refunded in full if
+//! the hold ended meanwhile. A payment no gateway could reach waits for a retry with the same
+//! key until the hold ends, and is then abandoned. Every outcome is idempotent.
 
 use chrono::{DateTime, Duration, Utc};
 use domain::Money;
@@ -13,13 +19,23 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::booking::{BookingFlowError, BookingService, BookingView};
+use crate::claims::Claims;
 use crate::context::CommandContext;
 use crate::payments::{
     PayRequest, PaymentService, PaymentServiceError, PaymentToken, PaymentView, payment_id,
 };
 
-/// How long the normal path has to confirm before the worker steps in.
-const CONFIRM_GRACE: Duration = Duration::seconds(60);
+/// How long after an unreachable-gateway attempt the worker looks again, at most.
+const UNREACHED_RECHECK: Duration = Duration::seconds(60);
+
+/// What the worker's `confirm_payment` step got done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finished {
+    /// The payment ended and the booking agrees with it.
+    Done,
+    /// The payment waits for its payer (a retry with the same key) until then.
+    WaitUntil(DateTime<Utc>),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
@@ -31,6 +47,8 @@ pub enum CheckoutError {
     NotPayable(BookingStatus),
     #[error("invalid idempotencyKey: {0}")]
     InvalidKey(String),
+    #[error("a payment with this idempotency key is being processed right now; retry shortly")]
+    InProgress,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -46,11 +64,22 @@ pub struct Paid {
 pub struct Checkout {
     bookings: BookingService,
     payments: PaymentService,
+    claims: Claims,
 }
 
 impl Checkout {
     pub fn new(bookings: BookingService, payments: PaymentService) -> Self {
-        Self { bookings, payments }
+        let claims = Claims::new(bookings.store().pool().clone());
+        Self {
+            bookings,
+            payments,
+            claims,
+        }
+    }
+
+    /// The claims this checkout takes (share them with the process's worker).
+    pub fn claims(&self) -> &Claims {
+        &self.claims
     }
 
     pub fn payments(&self) -> &PaymentService {
@@ -95,13 +124,40 @@ impl Checkout {
             }
             return Err(CheckoutError::NotPayable(status));
         }
-        sqlx::query("INSERT INTO workflow_steps (id, kind, booking_id, payload, due_at) VALUES ($1, 'confirm_payment', $2, $3, $4)")
-            .bind(Uuid::now_v7())
-            .bind(booking_id)
-            .bind(json!({ "payment_id": id }))
-            .bind(now + CONFIRM_GRACE)
-            .execute(self.bookings.store().pool())
-            .await?;
+        let Some(claim) = self.claims.try_claim(id).await? else {
+            return Err(CheckoutError::InProgress);
+        };
+        let paid = self
+            .pay_claimed(ctx, booking_id, id, method, token, key, total, now)
+            .await;
+        claim.release().await;
+        paid
+    }
+
+    /// Pay under the claim of the payment's step; the step is done when the payment ended.
+    #[allow(clippy::too_many_arguments)]
+    async fn pay_claimed(
+        &self,
+        ctx: &CommandContext,
+        booking_id: Uuid,
+        id: Uuid,
+        method: PaymentMethodKind,
+        token: String,
+        key: IdempotencyKey,
+        total: Money,
+        now: DateTime<Utc>,
+    ) -> Result<Paid, CheckoutError> {
+        let pool = self.bookings.store().pool();
+        sqlx::query(
+            "INSERT INTO workflow_steps (id, kind, booking_id, payload, due_at) \
+             VALUES ($1, 'confirm_payment', $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(booking_id)
+        .bind(json!({ "payment_id": id }))
+        .bind(now)
+        .execute(pool)
+        .await?;
         let request = PayRequest {
             booking_id,
             amount: total,
@@ -111,9 +167,24 @@ impl Checkout {
         };
         let payment = self.payments.pay(request, ctx).await?;
         let booking = match payment.status {
-            PaymentStatus::Captured => self.settle(ctx, booking_id, &payment, now).await?,
+            PaymentStatus::Captured => {
+                let booking = self.settle(ctx, booking_id, &payment, now).await?;
+                crate::crash_point!("payment.captured");
+                booking
+            }
             _ => self.bookings.get(booking_id).await?,
         };
+        if matches!(
+            payment.status,
+            PaymentStatus::Captured | PaymentStatus::Failed
+        ) {
+            sqlx::query(
+                "UPDATE workflow_steps SET done_at = now() WHERE id = $1 AND done_at IS NULL",
+            )
+            .bind(id)
+            .execute(pool)
+            .await?;
+        }
         Ok(Paid { payment, booking })
     }
 
@@ -151,21 +222,44 @@ impl Checkout {
         }
     }
 
-    /// The worker's `confirm_payment` step: finish what a crashed `pay_booking` left.
+    /// The worker's `confirm_payment` step: finish what a `pay_booking` left (see the module
+    /// documentation).
     pub async fn finish_payment(
         &self,
         ctx: &CommandContext,
         booking_id: Uuid,
         payment_id: Uuid,
         now: DateTime<Utc>,
-    ) -> Result<(), CheckoutError> {
-        let Some(payment) = self.payments.get(payment_id).await? else {
-            return Ok(()); // never requested: the crash came before the gateway was called
+    ) -> Result<Finished, CheckoutError> {
+        let Some(payment) = self.payments.finish(payment_id, ctx).await? else {
+            return Ok(Finished::Done); // never requested: no gateway was called
         };
-        if payment.status == PaymentStatus::Captured {
-            self.settle(ctx, booking_id, &payment, now).await?;
+        match payment.status {
+            PaymentStatus::Captured => {
+                self.settle(ctx, booking_id, &payment, now).await?;
+            }
+            PaymentStatus::Pending => {
+                // Every gateway was unreachable: the payer may retry with the same key while
+                // the booking waits for it.
+                let booking = self.bookings.get(booking_id).await?;
+                let waiting = booking.status() == Some(BookingStatus::Held)
+                    && booking.state.held_until.is_some_and(|until| until > now);
+                if waiting {
+                    let until = booking.state.held_until.unwrap_or(now);
+                    return Ok(Finished::WaitUntil(until.min(now + UNREACHED_RECHECK)));
+                }
+                self.payments
+                    .abandon(
+                        payment_id,
+                        "no gateway could be reached and the booking stopped waiting for it; \
+                         nothing was charged",
+                        ctx,
+                    )
+                    .await?;
+            }
+            _ => {}
         }
-        Ok(())
+        Ok(Finished::Done)
     }
 
     /// The worker's `refund` step after a cancellation; skipped once refunded that far.

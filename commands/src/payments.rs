@@ -33,10 +33,14 @@
 //! for the payment finishes that refund (same gateway, same key, so it is paid out once) instead
 //! of starting another.
 //!
-//! # Known gap
-//! A process that dies between a gateway's answer and the event recording it leaves the payment
-//! PENDING (or a refund reserved until the next `refund` call). Reconciling such a payment with
-//! the gateways by idempotency key is not built yet.
+//! # Finishing after a crash
+//! A process that dies between opening an attempt and recording its outcome leaves the payment
+//! PENDING with the attempt open. [`PaymentService::finish`] (the worker's step, once the
+//! payer's claim is gone) and a retried `pay` ask the method's gateways what they have on record
+//! for the payment's idempotency key ([`PaymentGateway::lookup`]) and record that: an
+//! authorization (then captured), or a decline. When no gateway has it, nothing was charged:
+//! `finish` abandons the payment (FAILED), a retried `pay`, which has the token again, makes the
+//! attempt. A refund left reserved is finished with the same refund key, so it is paid out once.
 
 pub mod gateway;
 pub mod router;
@@ -64,7 +68,7 @@ use crate::executor::{ExecuteError, Executor, replay};
 
 pub use gateway::{
     Authorization, CaptureRequest, ChargeRequest, GatewayError, GatewayFuture, PaymentGateway,
-    PaymentToken, RefundReceipt, RefundRequest,
+    PaymentToken, Recorded, RefundReceipt, RefundRequest,
 };
 pub use router::{DEFAULT_ATTEMPT_TIMEOUT, GatewayRouter, Routed};
 pub use sandbox::{SandboxGateway, SandboxGateways};
@@ -165,6 +169,10 @@ impl From<CodecError> for PaymentServiceError {
 
 type Result<T, E = PaymentServiceError> = std::result::Result<T, E>;
 
+/// Why a payment interrupted before any gateway processed it is FAILED.
+pub const INTERRUPTED: &str =
+    "interrupted before any gateway processed it; nothing was charged; pay again";
+
 const LOCK_STRIPES: usize = 64;
 
 /// Runs payments. Cheap to clone.
@@ -246,7 +254,120 @@ impl PaymentService {
                 self.capture(id, &gateway, reference, amount, ctx).await?;
                 Ok(false)
             }
+            // An attempt was interrupted: settle it from the gateways' records, or make it
+            // (same key, so a gateway that did charge answers that charge) when none has it.
+            (Stage::Attempting, ..) => Ok(!self.settle_from_records(id, ctx).await?),
             _ => Ok(false),
+        }
+    }
+
+    /// Finish a payment whose process died: settle an interrupted attempt from what the
+    /// gateways have on record (abandon it when none has it: nothing was charged), capture an
+    /// authorization, pay out a reserved refund. The payment as it is afterwards.
+    pub async fn finish(&self, id: Uuid, ctx: &CommandContext) -> Result<Option<PaymentView>> {
+        let key = id.to_string();
+        let queued = self.queue(&key).await;
+        let payment = self.payments.load(&key).await?.state;
+        let Some(request) = payment.request.clone() else {
+            return Ok(None);
+        };
+        match (payment.stage, payment.gateway, payment.reference) {
+            (Stage::Attempting, ..) => {
+                let settled = self.settle_from_records(id, ctx).await?;
+                if !settled {
+                    self.record(
+                        id,
+                        PaymentCommand::Abandon {
+                            reason: INTERRUPTED.to_owned(),
+                        },
+                        ctx,
+                    )
+                    .await?;
+                }
+            }
+            (Stage::Authorized, Some(gateway), Some(reference)) => {
+                self.capture(id, &gateway, reference, request.amount, ctx)
+                    .await?;
+            }
+            _ => {}
+        }
+        if payment.pending_refund.is_some() {
+            drop(queued);
+            let reason = payment.pending_refund.map(|p| p.reason).unwrap_or_default();
+            self.refund(id, None, &reason, ctx).await?;
+        }
+        self.get(id).await
+    }
+
+    /// Give up a payment no gateway processed (its attempts all unreached): FAILED.
+    pub async fn abandon(&self, id: Uuid, reason: &str, ctx: &CommandContext) -> Result<()> {
+        let _queued = self.queue(&id.to_string()).await;
+        let abandon = PaymentCommand::Abandon {
+            reason: reason.to_owned(),
+        };
+        self.record(id, abandon, ctx).await
+    }
+
+    /// Record what the method's gateways have on record for the open attempt; `false` when
+    /// none has anything (nothing was charged). A gateway that cannot answer makes this an
+    /// error: without its answer nobody can say whether it charged.
+    async fn settle_from_records(&self, id: Uuid, ctx: &CommandContext) -> Result<bool> {
+        let key = id.to_string();
+        let payment = self.payments.load(&key).await?.state;
+        let Some(request) = payment.request else {
+            return Ok(false);
+        };
+        for gateway in self.router.gateways(request.method) {
+            let recorded = self.router.call(gateway.lookup(&key)).await.map_err(|_| {
+                PaymentServiceError::GatewayUnavailable {
+                    gateway: gateway.name().to_owned(),
+                    payment_id: id,
+                }
+            })?;
+            let name = gateway.name().to_owned();
+            match recorded {
+                Recorded::Unknown => continue,
+                Recorded::Authorized(authorization) => {
+                    tracing::info!(payment.id = %id, gateway = %name, "interrupted attempt: the gateway had authorized it");
+                    self.record(
+                        id,
+                        PaymentCommand::RecordAuthorization {
+                            gateway: name.clone(),
+                            reference: authorization.reference.clone(),
+                        },
+                        ctx,
+                    )
+                    .await?;
+                    self.capture(id, &name, authorization.reference, request.amount, ctx)
+                        .await?;
+                }
+                Recorded::Declined(reason) => {
+                    tracing::info!(payment.id = %id, gateway = %name, "interrupted attempt: the gateway had declined it");
+                    self.record(
+                        id,
+                        PaymentCommand::RecordDecline {
+                            gateway: name,
+                            reason,
+                        },
+                        ctx,
+                    )
+                    .await?;
+                }
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Record a gateway's outcome of the open attempt (or its abandonment); another process
+    /// settling it first is not an error.
+    async fn record(&self, id: Uuid, command: PaymentCommand, ctx: &CommandContext) -> Result<()> {
+        match self.payments.execute(&id.to_string(), command, ctx).await {
+            Ok(_)
+            | Err(ExecuteError::Rejected(
+                PaymentError::InvalidTransition { .. } | PaymentError::NoAttemptInProgress,
+            )) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -260,7 +381,10 @@ impl PaymentService {
             token: request.token.clone(),
             idempotency_key: key.clone(),
         };
-        match self.router.authorize(&charge).await {
+        crate::crash_point!("payment.before_gateway");
+        let routed = self.router.authorize(&charge).await;
+        crate::crash_point!("payment.gateway_answered");
+        match routed {
             Routed::Authorized {
                 gateway,
                 authorization,
@@ -276,6 +400,7 @@ impl PaymentService {
                         ctx,
                     )
                     .await?;
+                crate::crash_point!("payment.authorized");
                 self.capture(id, &gateway, reference, request.amount, ctx)
                     .await
             }

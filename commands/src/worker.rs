@@ -1,7 +1,7 @@
 //! The worker: runs due follow-up steps of the booking path until each is done.
 //!
-//! A step is claimed by a session advisory lock on the worker's own connection, one step at a
-//! time, and run through the normal commands, then marked done. No transaction stays open
+//! A step is claimed ([`crate::claims`]: a session advisory lock on the process's claim
+//! session), one step at a time, and run through the normal commands, then marked done. No transaction stays open
 //! while a step runs (which would hold back the log's readers), and no lease can lapse under
 //! a live worker however slow a gateway is: the claim lasts exactly as long as the worker's
 //! session. A worker that dies (SIGKILL, lost connection) loses its session and with it its
@@ -14,11 +14,12 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 use domain::booking::BookingError;
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::Row;
 use uuid::Uuid;
 
 use crate::booking::{BookingFlowError, BookingService};
-use crate::checkout::Checkout;
+use crate::checkout::{Checkout, Finished};
+use crate::claims::Claims;
 use crate::context::CommandContext;
 
 /// What one pass did.
@@ -33,30 +34,31 @@ pub struct Worker {
     bookings: BookingService,
     checkout: Option<Checkout>,
     batch: i64,
-    /// The session whose advisory locks are this worker's claims.
-    claims: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
+    claims: Claims,
 }
 
 enum Outcome {
     Done,
     Retry(String),
+    /// Nothing to do before this time (not a failure).
+    Later(DateTime<Utc>),
 }
-
-/// The advisory lock key of a step: its claim.
-const CLAIM_KEY: &str = "hashtextextended('fleetledger.step:' || $1::text, 0)";
 
 impl Worker {
     pub fn new(bookings: BookingService) -> Self {
+        let claims = Claims::new(bookings.store().pool().clone());
         Self {
             bookings,
             checkout: None,
             batch: 50,
-            claims: std::sync::Arc::new(tokio::sync::Mutex::new(None)),
+            claims,
         }
     }
 
-    /// Also run the payment steps (confirm after capture, refund after cancellation).
+    /// Also run the payment steps (finish a payment, refund after cancellation), sharing the
+    /// checkout's claims so the worker never runs a step a request of this process is on.
     pub fn with_checkout(mut self, checkout: Checkout) -> Self {
+        self.claims = checkout.claims().clone();
         self.checkout = Some(checkout);
         self
     }
@@ -74,32 +76,14 @@ impl Worker {
         .fetch_all(&pool)
         .await?;
         let mut pass = Pass::default();
-        if due.is_empty() {
-            return Ok(pass);
-        }
-        // One claim session per worker, kept between passes; a broken one is replaced.
-        let mut guard = self.claims.lock().await;
-        let mut conn = match guard.take() {
-            Some(conn) => conn,
-            None => PgConnection::connect_with(pool.connect_options().as_ref()).await?,
-        };
         for id in due {
-            let claimed: bool =
-                sqlx::query_scalar(&format!("SELECT pg_try_advisory_lock({CLAIM_KEY})"))
-                    .bind(id)
-                    .fetch_one(&mut conn)
-                    .await?;
-            if !claimed {
-                continue; // Another worker runs it.
-            }
+            let Some(claim) = self.claims.try_claim(id).await? else {
+                continue; // Another worker, or a request, is on it.
+            };
             let result = self.run_claimed(&pool, id, now, &mut pass).await;
-            sqlx::query(&format!("SELECT pg_advisory_unlock({CLAIM_KEY})"))
-                .bind(id)
-                .execute(&mut conn)
-                .await?;
+            claim.release().await;
             result?;
         }
-        *guard = Some(conn);
         Ok(pass)
     }
 
@@ -147,6 +131,16 @@ impl Worker {
                 .await?;
                 pass.done += 1;
             }
+            Outcome::Later(at) => {
+                sqlx::query(
+                    "UPDATE workflow_steps SET last_error = NULL, lease_until = NULL, due_at = $2 \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(at.max(finished))
+                .execute(pool)
+                .await?;
+            }
             Outcome::Retry(error) => {
                 tracing::warn!(step.id = %id, step.kind = %kind, attempts, error = %error, "step failed; will retry");
                 let backoff =
@@ -184,7 +178,8 @@ impl Worker {
                     .finish_payment(ctx, booking_id, payment_id, now)
                     .await
                 {
-                    Ok(()) => Outcome::Done,
+                    Ok(Finished::Done) => Outcome::Done,
+                    Ok(Finished::WaitUntil(at)) => Outcome::Later(at),
                     Err(e) => Outcome::Retry(e.to_string()),
                 };
             }

@@ -155,7 +155,7 @@ async fn a_declined_then_accepted_payment_confirms_the_booking() {
         .await
         .unwrap();
     assert_eq!(again.payment.id, paid.payment.id);
-    assert_eq!(shop.gateways.card.charge_count(), 1);
+    assert_eq!(shop.gateways.card.charge_count().await, 1);
 }
 
 #[tokio::test]
@@ -248,7 +248,7 @@ async fn cancelling_a_paid_booking_early_refunds_it_in_full() {
         .run_once(Utc::now() + Duration::seconds(2))
         .await
         .unwrap();
-    assert_eq!(shop.gateways.paypal.refund_count(), 1);
+    assert_eq!(shop.gateways.paypal.refund_count().await, 1);
 }
 
 /// Two workers at once, and a gateway that takes 2 s to answer: the refund step is run by one
@@ -284,7 +284,7 @@ async fn two_workers_never_run_one_step_twice_however_slow_the_gateway() {
     let (pa, pb) = (pa.unwrap(), pb.unwrap());
     assert_eq!((pa.failed, pb.failed), (0, 0));
     assert_eq!(shop.gateways.paypal.refund_calls(), 1, "{pa:?} {pb:?}");
-    assert_eq!(shop.gateways.paypal.refund_count(), 1);
+    assert_eq!(shop.gateways.paypal.refund_count().await, 1);
     let refund_done: Vec<bool> =
         sqlx::query_scalar("SELECT done_at IS NOT NULL FROM workflow_steps WHERE kind = 'refund'")
             .fetch_all(shop.bookings.store().pool())

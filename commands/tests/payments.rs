@@ -7,8 +7,8 @@ use commands::payments::sandbox::{
     DECLINE_INSUFFICIENT_FUNDS, TOKEN_DECLINE_INSUFFICIENT_FUNDS, TOKEN_SUCCESS, TOKEN_TIMEOUT,
 };
 use commands::payments::{
-    ChargeRequest, PayRequest, PaymentGateway, PaymentService, PaymentServiceError, PaymentToken,
-    PaymentView, RefundRequest, SandboxGateways, payment_id,
+    ChargeRequest, INTERRUPTED, PayRequest, PaymentGateway, PaymentService, PaymentServiceError,
+    PaymentToken, PaymentView, RefundRequest, SandboxGateways, payment_id,
 };
 use commands::{CommandContext, Executor, ExecutorConfig};
 use domain::payment::{
@@ -104,7 +104,7 @@ async fn a_successful_payment_is_captured_and_names_its_gateway() {
         event_types(&db.store(), view.id).await,
         ["PaymentRequested", "PaymentAuthorized", "PaymentCaptured"]
     );
-    let charges = sandbox.card.charges();
+    let charges = sandbox.card.charges().await;
     assert_eq!(charges.len(), 1);
     assert_eq!(charges[0].amount, usd(12_345));
     assert!(charges[0].captured);
@@ -144,9 +144,9 @@ async fn paypal_and_wallet_use_their_own_gateways() {
             (PaymentStatus::Captured, method, Some(gateway))
         );
     }
-    assert_eq!(sandbox.paypal.charge_count(), 1);
-    assert_eq!(sandbox.wallet.charge_count(), 1);
-    assert_eq!(sandbox.card.charge_count(), 0);
+    assert_eq!(sandbox.paypal.charge_count().await, 1);
+    assert_eq!(sandbox.wallet.charge_count().await, 1);
+    assert_eq!(sandbox.card.charge_count().await, 0);
 }
 
 #[tokio::test]
@@ -191,7 +191,7 @@ async fn a_declined_payment_fails_and_a_new_attempt_with_another_key_succeeds() 
     assert_ne!(paid.id, declined.id);
     assert_eq!(paid.status, PaymentStatus::Captured);
     assert_eq!(paid.amount, usd(8_000));
-    assert_eq!(sandbox.card.charge_count(), 1);
+    assert_eq!(sandbox.card.charge_count().await, 1);
     assert_eq!(
         event_types(&db.store(), declined.id).await,
         ["PaymentRequested", "PaymentFailed"]
@@ -209,8 +209,8 @@ async fn the_backup_processes_the_payment_when_the_primary_is_down() {
     let view = captured(&payments, Uuid::now_v7(), 4_200).await;
 
     assert_eq!(view.gateway.as_deref(), Some("sandbox-card-backup"));
-    assert_eq!(sandbox.card.charge_count(), 0);
-    assert_eq!(sandbox.card_backup.charge_count(), 1);
+    assert_eq!(sandbox.card.charge_count().await, 0);
+    assert_eq!(sandbox.card_backup.charge_count().await, 1);
 
     // The refund goes to the gateway that holds the charge, whatever the primary's state.
     sandbox.card.set_available(true);
@@ -219,8 +219,8 @@ async fn the_backup_processes_the_payment_when_the_primary_is_down() {
         .await
         .unwrap();
     assert_eq!(refunded.refunded, usd(1_000));
-    assert_eq!(sandbox.card_backup.charges()[0].refunded, usd(1_000));
-    assert_eq!(sandbox.card.refund_count(), 0);
+    assert_eq!(sandbox.card_backup.charges().await[0].refunded, usd(1_000));
+    assert_eq!(sandbox.card.refund_count().await, 0);
 }
 
 #[tokio::test]
@@ -239,8 +239,8 @@ async fn the_backup_processes_the_payment_when_the_primary_times_out() {
         started.elapsed()
     );
     assert_eq!(view.gateway.as_deref(), Some("sandbox-card-backup"));
-    assert_eq!(sandbox.card.charge_count(), 0);
-    assert_eq!(sandbox.card_backup.charge_count(), 1);
+    assert_eq!(sandbox.card.charge_count().await, 0);
+    assert_eq!(sandbox.card_backup.charge_count().await, 1);
 }
 
 #[tokio::test]
@@ -272,7 +272,7 @@ async fn a_double_submit_with_one_key_charges_once() {
         .unwrap();
     assert_eq!(c, a);
 
-    assert_eq!(sandbox.card.charge_count(), 1);
+    assert_eq!(sandbox.card.charge_count().await, 1);
     assert_eq!(sandbox.card.authorize_calls(), 1);
     assert_eq!(payment_streams(&db).await, 1);
     assert_eq!(event_types(&db.store(), a.id).await.len(), 3);
@@ -289,7 +289,7 @@ async fn a_double_submit_with_one_key_charges_once() {
         ),
         "{err:?}"
     );
-    assert_eq!(sandbox.card.charge_count(), 1);
+    assert_eq!(sandbox.card.charge_count().await, 1);
 }
 
 /// Two services stand for two processes: separate executors and queues, one gateway.
@@ -323,7 +323,7 @@ async fn a_double_submit_across_two_processes_charges_once() {
         assert!(a.status == PaymentStatus::Captured || b.status == PaymentStatus::Captured);
         saw_pending +=
             usize::from(a.status == PaymentStatus::Pending || b.status == PaymentStatus::Pending);
-        assert_eq!(sandbox.card.charge_count(), round + 1);
+        assert_eq!(sandbox.card.charge_count().await, round + 1);
     }
     assert_eq!(payment_streams(&db).await, 10);
     eprintln!("rounds where the second process saw the payment in flight: {saw_pending}/10");
@@ -379,8 +379,8 @@ async fn refunds_partial_then_full_and_never_above_the_capture() {
         ),
         "{err:?}"
     );
-    assert_eq!(sandbox.card.refund_count(), 2);
-    assert_eq!(sandbox.card.charges()[0].refunded, usd(10_000));
+    assert_eq!(sandbox.card.refund_count().await, 2);
+    assert_eq!(sandbox.card.charges().await[0].refunded, usd(10_000));
     assert_eq!(
         event_types(&db.store(), paid.id).await,
         [
@@ -428,8 +428,8 @@ async fn a_refund_the_gateway_could_not_take_is_finished_by_the_next_call_once()
         (view.status, view.refunded),
         (PaymentStatus::PartiallyRefunded, usd(2_500))
     );
-    assert_eq!(sandbox.card.refund_count(), 1);
-    assert_eq!(sandbox.card.charges()[0].refunded, usd(2_500));
+    assert_eq!(sandbox.card.refund_count().await, 1);
+    assert_eq!(sandbox.card.charges().await[0].refunded, usd(2_500));
 }
 
 #[tokio::test]
@@ -518,7 +518,7 @@ async fn with_every_gateway_down_nothing_is_charged_and_the_same_key_retries() {
     );
     assert_eq!(pending.gateway, None);
     assert_eq!(
-        sandbox.card.charge_count() + sandbox.card_backup.charge_count(),
+        sandbox.card.charge_count().await + sandbox.card_backup.charge_count().await,
         0
     );
 
@@ -540,7 +540,7 @@ async fn with_every_gateway_down_nothing_is_charged_and_the_same_key_retries() {
     assert_eq!(paid.status, PaymentStatus::Captured);
     assert_eq!(paid.gateway.as_deref(), Some("sandbox-card-backup"));
     assert_eq!(paid.failure_reason, None);
-    assert_eq!(sandbox.card_backup.charge_count(), 1);
+    assert_eq!(sandbox.card_backup.charge_count().await, 1);
     assert_eq!(
         event_types(&db.store(), id).await,
         [
@@ -580,7 +580,7 @@ async fn a_token_that_never_answers_times_out_on_every_gateway() {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        sandbox.card.charge_count() + sandbox.card_backup.charge_count(),
+        sandbox.card.charge_count().await + sandbox.card_backup.charge_count().await,
         0
     );
 }
@@ -662,27 +662,112 @@ async fn a_payment_whose_capture_failed_is_captured_by_the_same_request() {
         .unwrap();
     assert_eq!(view.status, PaymentStatus::Captured);
     assert_eq!(sandbox.card.authorize_calls(), 1, "no second authorization");
-    assert!(sandbox.card.charges()[0].captured);
+    assert!(sandbox.card.charges().await[0].captured);
 }
 
 #[tokio::test]
-async fn a_payment_interrupted_before_its_outcome_stays_pending_and_is_never_charged_again() {
+async fn an_interrupted_payment_is_settled_from_the_gateways_record() {
     let db = TestDatabase::create().await;
     let sandbox = SandboxGateways::new();
     let payments = service(&db.store(), &sandbox);
+
+    // The gateway charged, the process died before recording it: a retry learns of the charge
+    // by the key and captures it, with no second authorization.
     let booking = Uuid::now_v7();
     let id = interrupted(&db.store(), booking, None).await;
-
+    let charged = sandbox
+        .card
+        .authorize(&ChargeRequest {
+            payment_id: id,
+            amount: usd(3_300),
+            method: PaymentMethodKind::Card,
+            token: PaymentToken::new(TOKEN_SUCCESS),
+            idempotency_key: id.to_string(),
+        })
+        .await
+        .unwrap();
     let view = payments
         .pay(pay_request(booking, 3_300, TOKEN_SUCCESS, "k"), &ctx())
         .await
         .unwrap();
-    assert_eq!((view.id, view.status), (id, PaymentStatus::Pending));
     assert_eq!(
-        sandbox.card.authorize_calls() + sandbox.card_backup.authorize_calls(),
-        0
+        (view.status, view.gateway.as_deref()),
+        (PaymentStatus::Captured, Some("sandbox-card"))
     );
-    assert_eq!(view.version, 1);
+    assert_eq!(sandbox.card.authorize_calls(), 1, "no second authorization");
+    assert_eq!(sandbox.card.charges().await[0].reference, charged.reference);
+    assert!(sandbox.card.charges().await[0].captured);
+
+    // The backup declined it: the decline is recorded, nothing is tried again.
+    let booking = Uuid::now_v7();
+    let id = interrupted(&db.store(), booking, None).await;
+    sandbox
+        .card_backup
+        .authorize(&ChargeRequest {
+            payment_id: id,
+            amount: usd(3_300),
+            method: PaymentMethodKind::Card,
+            token: PaymentToken::new("tok_chargeDeclined"),
+            idempotency_key: id.to_string(),
+        })
+        .await
+        .unwrap_err();
+    let view = payments.finish(id, &ctx()).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            view.status,
+            view.gateway.as_deref(),
+            view.failure_reason.as_deref()
+        ),
+        (
+            PaymentStatus::Failed,
+            Some("sandbox-card-backup"),
+            Some("card declined")
+        )
+    );
+
+    // No gateway has it: the worker abandons it (nothing was charged), a retry answers that.
+    let booking = Uuid::now_v7();
+    let id = interrupted(&db.store(), booking, None).await;
+    let view = payments.finish(id, &ctx()).await.unwrap().unwrap();
+    assert_eq!(
+        (view.status, view.failure_reason.as_deref(), view.gateway.as_deref()),
+        (PaymentStatus::Failed, Some(INTERRUPTED), None)
+    );
+    let again = payments
+        .pay(pay_request(booking, 3_300, TOKEN_SUCCESS, "k"), &ctx())
+        .await
+        .unwrap();
+    assert_eq!(again, view);
+    assert_eq!(
+        sandbox.card.charge_count().await,
+        1,
+        "only the first payment"
+    );
+
+    // No gateway has it, and the payer retries (it has the token): the attempt is made.
+    let booking = Uuid::now_v7();
+    interrupted(&db.store(), booking, None).await;
+    let view = payments
+        .pay(pay_request(booking, 3_300, TOKEN_SUCCESS, "k"), &ctx())
+        .await
+        .unwrap();
+    assert_eq!(view.status, PaymentStatus::Captured);
+    assert_eq!(sandbox.card.charge_count().await, 2);
+
+    // A gateway that cannot answer the lookup leaves it open: nobody can say what it did.
+    let booking = Uuid::now_v7();
+    let id = interrupted(&db.store(), booking, None).await;
+    sandbox.card.set_available(false);
+    let err = payments.finish(id, &ctx()).await.unwrap_err();
+    assert!(
+        matches!(&err, PaymentServiceError::GatewayUnavailable { gateway, .. } if gateway == "sandbox-card"),
+        "{err:?}"
+    );
+    assert_eq!(
+        payments.get(id).await.unwrap().unwrap().status,
+        PaymentStatus::Pending
+    );
 }
 
 #[tokio::test]
@@ -695,7 +780,7 @@ async fn a_refund_the_gateway_declines_is_released() {
     sandbox
         .card
         .refund(&RefundRequest {
-            reference: sandbox.card.charges()[0].reference.clone(),
+            reference: sandbox.card.charges().await[0].reference.clone(),
             amount: usd(8_000),
             idempotency_key: "dashboard".into(),
         })

@@ -27,6 +27,11 @@
 //!   never send more back than was captured. A refund is positive, in the payment's currency,
 //!   and the refunded total never exceeds the captured amount.
 //! - Capture is always of the full authorized amount.
+//! - **No payment stays PENDING for good.** A payment whose attempt was interrupted (the
+//!   process died before the gateway's answer was recorded) is settled from what the gateways
+//!   have on record for its key; when none has anything, nothing was charged and the payment is
+//!   abandoned ([`PaymentEvent::PaymentAbandoned`]: FAILED, no gateway). A payment no gateway
+//!   could reach is abandoned the same way once its booking no longer waits for it.
 
 use std::fmt;
 
@@ -172,6 +177,8 @@ pub enum PaymentCommand {
     RecordUnreached { tried: Vec<UnreachedGateway> },
     /// Open another attempt after one no gateway processed.
     Retry,
+    /// Give up a payment no gateway charged (the open or last attempt reached none): FAILED.
+    Abandon { reason: String },
     /// The authorized amount was captured.
     Capture,
     /// Reserve a refund; `None` means everything still refundable.
@@ -215,6 +222,12 @@ pub enum PaymentEvent {
     /// Attempt number `attempt` (2 or more) was opened.
     PaymentRetried {
         attempt: u32,
+    },
+    /// No gateway has this payment on record: nothing was charged, the payment is FAILED for
+    /// good (an attempt interrupted before any gateway processed it, or one no gateway could
+    /// reach whose booking stopped waiting).
+    PaymentAbandoned {
+        reason: String,
     },
     PaymentCaptured {
         amount: Money,
@@ -531,6 +544,13 @@ impl Aggregate for Payment {
                 Stage::Attempting => return Err(PaymentError::AttemptInProgress),
                 _ => return Err(self.invalid("retry")),
             },
+            PaymentCommand::Abandon { reason } => {
+                if !matches!(self.stage, Stage::Attempting | Stage::Unprocessed) {
+                    return Err(self.invalid("abandon"));
+                }
+                check_text("reason", &reason, MAX_REASON)?;
+                PaymentEvent::PaymentAbandoned { reason }
+            }
             PaymentCommand::Capture => {
                 let amount = self.requested()?.amount;
                 if self.stage != Stage::Authorized {
@@ -622,6 +642,10 @@ impl Aggregate for Payment {
                 self.stage = Stage::Attempting;
                 self.attempts = attempt;
                 self.failure_reason = None;
+            }
+            PaymentEvent::PaymentAbandoned { reason } => {
+                self.stage = Stage::Failed;
+                self.failure_reason = Some(reason);
             }
             PaymentEvent::PaymentCaptured { .. } => self.stage = Stage::Captured,
             PaymentEvent::RefundRequested {
@@ -906,6 +930,57 @@ mod tests {
                 action: "settle an attempt of",
                 status: PaymentStatus::Captured,
             });
+    }
+
+    #[test]
+    fn a_payment_no_gateway_charged_is_abandoned_for_good() {
+        let abandon = || PaymentCommand::Abandon {
+            reason: "interrupted before any gateway processed it".into(),
+        };
+        let abandoned = PaymentEvent::PaymentAbandoned {
+            reason: "interrupted before any gateway processed it".into(),
+        };
+        // An interrupted attempt, and an attempt no gateway could reach.
+        for given in [vec![requested()], vec![requested(), unreached()]] {
+            PaymentTest::with(())
+                .given(given)
+                .when(abandon())
+                .then_expect_events(vec![abandoned.clone()]);
+        }
+        let failed = state(vec![requested(), abandoned.clone()]);
+        assert_eq!(failed.status(), Some(PaymentStatus::Failed));
+        assert_eq!(
+            failed.failure_reason.as_deref(),
+            Some("interrupted before any gateway processed it")
+        );
+        assert_eq!(failed.gateway, None);
+        // Terminal: nothing settles, retries or abandons it again.
+        for command in [abandon(), PaymentCommand::Retry, PaymentCommand::Capture] {
+            assert!(
+                matches!(
+                    PaymentTest::with(())
+                        .given(vec![requested(), abandoned.clone()])
+                        .when(command)
+                        .inspect_result(),
+                    Err(PaymentError::InvalidTransition {
+                        status: PaymentStatus::Failed,
+                        ..
+                    })
+                ),
+                "an abandoned payment is final"
+            );
+        }
+        // A payment that was charged is never abandoned.
+        for given in [vec![requested(), authorized()], captured_payment()] {
+            let status = state(given.clone()).status().unwrap();
+            PaymentTest::with(())
+                .given(given)
+                .when(abandon())
+                .then_expect_error(PaymentError::InvalidTransition {
+                    action: "abandon",
+                    status,
+                });
+        }
     }
 
     #[test]

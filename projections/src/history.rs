@@ -412,6 +412,10 @@ fn apply_payment(
             row.gateway = Some(gateway);
             row.failure_reason = Some(reason);
         }
+        PaymentEvent::PaymentAbandoned { reason } => {
+            row.status = "FAILED".to_owned();
+            row.failure_reason = Some(reason);
+        }
         PaymentEvent::PaymentAttemptFailed { attempt, tried } => {
             row.status = "PENDING".to_owned();
             row.failure_reason = Some(format!(

@@ -87,6 +87,15 @@ pub struct RefundReceipt {
     pub reference: String,
 }
 
+/// What a gateway has on record for an authorization's idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// No request with this key reached the provider: nothing was charged.
+    Unknown,
+    Authorized(Authorization),
+    Declined(String),
+}
+
 /// A payment provider. One implementation per provider; the router holds them as
 /// `Arc<dyn PaymentGateway>` in per-method fallback order.
 ///
@@ -99,6 +108,11 @@ pub trait PaymentGateway: Send + Sync {
     fn supports(&self, method: PaymentMethodKind) -> bool;
 
     fn authorize<'a>(&'a self, request: &'a ChargeRequest) -> GatewayFuture<'a, Authorization>;
+
+    /// What became of the authorization request with this idempotency key: how a payment
+    /// interrupted by a crash learns whether it was charged. (Real providers answer this: a
+    /// search by the key or by metadata carrying it.)
+    fn lookup<'a>(&'a self, idempotency_key: &'a str) -> GatewayFuture<'a, Recorded>;
 
     fn capture<'a>(&'a self, request: &'a CaptureRequest) -> GatewayFuture<'a, ()>;
 

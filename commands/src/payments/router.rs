@@ -202,7 +202,7 @@ mod tests {
                 },
             ])
         );
-        assert_eq!(a.charge_count() + b.charge_count(), 1);
+        assert_eq!(a.charge_count().await + b.charge_count().await, 1);
     }
 
     #[tokio::test]

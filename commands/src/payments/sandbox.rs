@@ -26,20 +26,29 @@
 //! too) without charging or refunding again; the same key with another amount is declined.
 //! Captures need a known authorization for the full amount; refunds need a captured charge and
 //! never exceed it. [`SandboxGateway::charges`] and [`SandboxGateway::charge_count`] show what
-//! was charged, so tests can prove a payment was charged once.
+//! was charged, so tests can prove a payment was charged once. [`PaymentGateway::lookup`]
+//! answers what became of an authorization's idempotency key.
+//!
+//! # Books
+//! [`SandboxGateway::new`] keeps its books in memory; [`SandboxGateway::durable`] (what the
+//! binary runs) keeps them in PostgreSQL, so after a crash or restart the sandbox still knows
+//! its charges and its answers, like a real provider.
 
-use std::collections::HashMap;
+mod books;
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use domain::Money;
 use domain::payment::PaymentMethodKind;
+use sqlx::PgPool;
 use uuid::Uuid;
 
+use self::books::{Books, Outcome};
 use super::gateway::{
     Authorization, CaptureRequest, ChargeRequest, GatewayError, GatewayFuture, PaymentGateway,
-    RefundReceipt, RefundRequest,
+    Recorded, RefundReceipt, RefundRequest,
 };
 use super::router::GatewayRouter;
 
@@ -102,11 +111,11 @@ pub fn test_tokens() -> Vec<&'static str> {
     TEST_TOKENS.iter().map(|(name, _)| *name).collect()
 }
 
-fn unknown_token() -> GatewayError {
-    GatewayError::Declined(format!(
+fn unknown_token() -> String {
+    format!(
         "{DECLINE_UNKNOWN_TOKEN}; the sandbox accepts {}",
         test_tokens().join(", ")
-    ))
+    )
 }
 
 /// One charge the sandbox made.
@@ -119,15 +128,6 @@ pub struct SandboxCharge {
     pub refunded: Money,
 }
 
-#[derive(Default)]
-struct Ledger {
-    /// The first answer per authorization idempotency key, with the amount asked.
-    authorizations: HashMap<String, (Money, Result<Authorization, GatewayError>)>,
-    charges: Vec<SandboxCharge>,
-    /// The first answer per refund idempotency key.
-    refunds: HashMap<String, (Money, Result<RefundReceipt, GatewayError>)>,
-}
-
 /// A sandbox provider for some payment methods.
 pub struct SandboxGateway {
     name: String,
@@ -136,19 +136,32 @@ pub struct SandboxGateway {
     delay_ms: AtomicU64,
     authorize_calls: AtomicUsize,
     refund_calls: AtomicUsize,
-    ledger: Mutex<Ledger>,
+    books: Books,
 }
 
 impl SandboxGateway {
+    /// A sandbox whose books live in memory: gone with the process.
     pub fn new(name: impl Into<String>, methods: &[PaymentMethodKind]) -> Self {
+        Self::with_books(name.into(), methods, Books::memory())
+    }
+
+    /// A sandbox whose books live in the database (`sandbox_*` tables): it remembers its
+    /// charges and its answers per idempotency key across restarts, as a real provider does.
+    pub fn durable(name: impl Into<String>, methods: &[PaymentMethodKind], pool: PgPool) -> Self {
+        let name = name.into();
+        let books = Books::durable(pool, &name);
+        Self::with_books(name, methods, books)
+    }
+
+    fn with_books(name: String, methods: &[PaymentMethodKind], books: Books) -> Self {
         Self {
-            name: name.into(),
+            name,
             methods: methods.to_vec(),
             available: AtomicBool::new(true),
             delay_ms: AtomicU64::new(0),
             authorize_calls: AtomicUsize::new(0),
             refund_calls: AtomicUsize::new(0),
-            ledger: Mutex::new(Ledger::default()),
+            books,
         }
     }
 
@@ -167,14 +180,14 @@ impl SandboxGateway {
         self.delay_ms.store(ms, Ordering::SeqCst);
     }
 
-    /// Every charge made so far, in order.
-    pub fn charges(&self) -> Vec<SandboxCharge> {
-        self.ledger().charges.clone()
+    /// Every charge made so far, in order (empty if the books cannot be read).
+    pub async fn charges(&self) -> Vec<SandboxCharge> {
+        self.books.charges().await.unwrap_or_default()
     }
 
     /// How many charges were made (successful authorizations; replays not counted).
-    pub fn charge_count(&self) -> usize {
-        self.ledger().charges.len()
+    pub async fn charge_count(&self) -> usize {
+        self.charges().await.len()
     }
 
     /// How many authorization requests the gateway took in: replays included; refused by the
@@ -190,17 +203,8 @@ impl SandboxGateway {
     }
 
     /// How many refunds were paid out (replays not counted).
-    pub fn refund_count(&self) -> usize {
-        self.ledger()
-            .refunds
-            .values()
-            .filter(|(_, outcome)| outcome.is_ok())
-            .count()
-    }
-
-    fn ledger(&self) -> MutexGuard<'_, Ledger> {
-        // The ledger holds no invariant a panicking holder could break half-way.
-        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    pub async fn refund_count(&self) -> usize {
+        self.books.refund_count().await.unwrap_or_default()
     }
 
     /// The provider's front door: an outage refuses at once, a slow provider answers late.
@@ -213,102 +217,6 @@ impl SandboxGateway {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         Ok(())
-    }
-
-    fn decide_authorization(&self, request: &ChargeRequest) -> Result<Authorization, GatewayError> {
-        let mut ledger = self.ledger();
-        if let Some((amount, outcome)) = ledger.authorizations.get(&request.idempotency_key) {
-            if *amount != request.amount {
-                return Err(GatewayError::Declined(
-                    "idempotency key reused with another amount".into(),
-                ));
-            }
-            return outcome.clone();
-        }
-        let outcome = match behaviour(request.token.expose()) {
-            Some(Behaviour::Authorize) => Ok(Authorization {
-                reference: format!("ch_{}", Uuid::new_v4().simple()),
-            }),
-            Some(Behaviour::Decline(reason)) => Err(GatewayError::Declined(reason.into())),
-            // A hanging token that got this far was cut off already; treat as unknown.
-            Some(Behaviour::Hang) | None => Err(unknown_token()),
-        };
-        if let Ok(authorization) = &outcome {
-            ledger.charges.push(SandboxCharge {
-                reference: authorization.reference.clone(),
-                idempotency_key: request.idempotency_key.clone(),
-                amount: request.amount,
-                captured: false,
-                refunded: Money::zero(request.amount.currency),
-            });
-        }
-        ledger.authorizations.insert(
-            request.idempotency_key.clone(),
-            (request.amount, outcome.clone()),
-        );
-        outcome
-    }
-
-    fn decide_capture(&self, request: &CaptureRequest) -> Result<(), GatewayError> {
-        let mut ledger = self.ledger();
-        let charge = ledger
-            .charges
-            .iter_mut()
-            .find(|c| c.reference == request.reference)
-            .ok_or_else(|| GatewayError::Declined("unknown authorization".into()))?;
-        if charge.amount != request.amount {
-            return Err(GatewayError::Declined(
-                "capture amount differs from the authorization".into(),
-            ));
-        }
-        charge.captured = true;
-        Ok(())
-    }
-
-    fn decide_refund(&self, request: &RefundRequest) -> Result<RefundReceipt, GatewayError> {
-        let mut ledger = self.ledger();
-        if let Some((amount, outcome)) = ledger.refunds.get(&request.idempotency_key) {
-            if *amount != request.amount {
-                return Err(GatewayError::Declined(
-                    "idempotency key reused with another amount".into(),
-                ));
-            }
-            return outcome.clone();
-        }
-        let outcome = refund_charge(&mut ledger.charges, request);
-        ledger.refunds.insert(
-            request.idempotency_key.clone(),
-            (request.amount, outcome.clone()),
-        );
-        outcome
-    }
-}
-
-fn refund_charge(
-    charges: &mut [SandboxCharge],
-    request: &RefundRequest,
-) -> Result<RefundReceipt, GatewayError> {
-    let declined = |reason: &str| Err(GatewayError::Declined(reason.into()));
-    let Some(charge) = charges
-        .iter_mut()
-        .find(|c| c.reference == request.reference)
-    else {
-        return declined("unknown charge");
-    };
-    if !charge.captured {
-        return declined("charge not captured");
-    }
-    if request.amount.minor <= 0 || request.amount.currency != charge.amount.currency {
-        return declined("invalid refund amount");
-    }
-    match charge.refunded.checked_add(request.amount) {
-        Ok(total) if total.minor <= charge.amount.minor => {
-            charge.refunded = total;
-            Ok(RefundReceipt {
-                reference: format!("re_{}", Uuid::new_v4().simple()),
-            })
-        }
-        _ => declined("refund exceeds the captured amount"),
     }
 }
 
@@ -331,17 +239,39 @@ impl PaymentGateway for SandboxGateway {
                     request.method
                 )));
             }
-            if behaviour(request.token.expose()) == Some(Behaviour::Hang) {
-                std::future::pending::<()>().await;
-            }
-            self.decide_authorization(request)
+            let decided = match behaviour(request.token.expose()) {
+                Some(Behaviour::Authorize) => {
+                    Outcome::Done(format!("ch_{}", Uuid::new_v4().simple()))
+                }
+                Some(Behaviour::Decline(reason)) => Outcome::Declined(reason.into()),
+                Some(Behaviour::Hang) => std::future::pending().await,
+                None => Outcome::Declined(unknown_token()),
+            };
+            let reference = self
+                .books
+                .authorize(&request.idempotency_key, request.amount, decided)
+                .await?;
+            Ok(Authorization { reference })
+        })
+    }
+
+    fn lookup<'a>(&'a self, idempotency_key: &'a str) -> GatewayFuture<'a, Recorded> {
+        Box::pin(async move {
+            self.answer().await?;
+            Ok(match self.books.lookup(idempotency_key).await? {
+                None => Recorded::Unknown,
+                Some((_, Outcome::Done(reference))) => {
+                    Recorded::Authorized(Authorization { reference })
+                }
+                Some((_, Outcome::Declined(reason))) => Recorded::Declined(reason),
+            })
         })
     }
 
     fn capture<'a>(&'a self, request: &'a CaptureRequest) -> GatewayFuture<'a, ()> {
         Box::pin(async move {
             self.answer().await?;
-            self.decide_capture(request)
+            self.books.capture(&request.reference, request.amount).await
         })
     }
 
@@ -349,7 +279,11 @@ impl PaymentGateway for SandboxGateway {
         Box::pin(async move {
             self.answer().await?;
             self.refund_calls.fetch_add(1, Ordering::SeqCst);
-            self.decide_refund(request)
+            let reference = self
+                .books
+                .refund(&request.idempotency_key, &request.reference, request.amount)
+                .await?;
+            Ok(RefundReceipt { reference })
         })
     }
 }
@@ -374,13 +308,23 @@ impl Default for SandboxGateways {
 }
 
 impl SandboxGateways {
+    /// The four gateways with their books in memory.
     pub fn new() -> Self {
-        let gateway = |name: &str, method| Arc::new(SandboxGateway::new(name, &[method]));
+        Self::build(|name, method| SandboxGateway::new(name, &[method]))
+    }
+
+    /// The four gateways with their books in the database: what `serve` and `worker` run, so a
+    /// payment interrupted by a crash can be finished by asking the gateway.
+    pub fn durable(pool: &PgPool) -> Self {
+        Self::build(|name, method| SandboxGateway::durable(name, &[method], pool.clone()))
+    }
+
+    fn build(gateway: impl Fn(&str, PaymentMethodKind) -> SandboxGateway) -> Self {
         Self {
-            card: gateway("sandbox-card", PaymentMethodKind::Card),
-            card_backup: gateway("sandbox-card-backup", PaymentMethodKind::Card),
-            paypal: gateway("sandbox-paypal", PaymentMethodKind::Paypal),
-            wallet: gateway("sandbox-wallet", PaymentMethodKind::Wallet),
+            card: Arc::new(gateway("sandbox-card", PaymentMethodKind::Card)),
+            card_backup: Arc::new(gateway("sandbox-card-backup", PaymentMethodKind::Card)),
+            paypal: Arc::new(gateway("sandbox-paypal", PaymentMethodKind::Paypal)),
+            wallet: Arc::new(gateway("sandbox-wallet", PaymentMethodKind::Wallet)),
         }
     }
 
@@ -409,6 +353,8 @@ impl SandboxGateways {
 mod tests {
     use domain::Currency;
 
+    use eventstore::testing::TestDatabase;
+
     use super::*;
     use crate::payments::PaymentToken;
 
@@ -426,128 +372,215 @@ mod tests {
         }
     }
 
-    fn card() -> SandboxGateway {
-        SandboxGateway::new("card", &[PaymentMethodKind::Card])
+    /// The same card gateway with its books in memory, and in a database of its own (the
+    /// database is kept alive alongside).
+    async fn cards() -> Vec<(SandboxGateway, Option<TestDatabase>)> {
+        let db = TestDatabase::create().await;
+        let durable = SandboxGateway::durable(
+            "card",
+            &[PaymentMethodKind::Card],
+            db.store().pool().clone(),
+        );
+        vec![
+            (
+                SandboxGateway::new("card", &[PaymentMethodKind::Card]),
+                None,
+            ),
+            (durable, Some(db)),
+        ]
     }
 
     #[tokio::test]
     async fn documented_tokens_behave_as_documented() {
-        let gateway = card();
-        for token in ["tok_visa", "tok_mastercard", "tok_amex", TOKEN_SUCCESS] {
-            assert!(
-                gateway.authorize(&charge(token, token, 500)).await.is_ok(),
-                "{token}"
-            );
-        }
-        let unknown = "unknown test token; the sandbox accepts tok_visa, tok_mastercard, tok_amex, \
-             tok_chargeDeclined, tok_chargeDeclinedInsufficientFunds, \
-             tok_chargeDeclinedExpiredCard, tok_timeout, tok_success, \
-             tok_decline_insufficient_funds, tok_decline_expired";
-        for (token, reason) in [
-            ("tok_chargeDeclined", DECLINE_GENERIC),
-            (
-                "tok_chargeDeclinedInsufficientFunds",
-                DECLINE_INSUFFICIENT_FUNDS,
-            ),
-            ("tok_chargeDeclinedExpiredCard", DECLINE_EXPIRED),
-            (TOKEN_DECLINE_INSUFFICIENT_FUNDS, DECLINE_INSUFFICIENT_FUNDS),
-            (TOKEN_DECLINE_EXPIRED, DECLINE_EXPIRED),
-            ("4242424242424242", unknown),
-        ] {
+        for (gateway, _db) in cards().await {
+            for token in ["tok_visa", "tok_mastercard", "tok_amex", TOKEN_SUCCESS] {
+                assert!(
+                    gateway.authorize(&charge(token, token, 500)).await.is_ok(),
+                    "{token}"
+                );
+            }
+            let unknown = "unknown test token; the sandbox accepts tok_visa, tok_mastercard, tok_amex, \
+                 tok_chargeDeclined, tok_chargeDeclinedInsufficientFunds, \
+                 tok_chargeDeclinedExpiredCard, tok_timeout, tok_success, \
+                 tok_decline_insufficient_funds, tok_decline_expired";
+            for (token, reason) in [
+                ("tok_chargeDeclined", DECLINE_GENERIC),
+                (
+                    "tok_chargeDeclinedInsufficientFunds",
+                    DECLINE_INSUFFICIENT_FUNDS,
+                ),
+                ("tok_chargeDeclinedExpiredCard", DECLINE_EXPIRED),
+                (TOKEN_DECLINE_INSUFFICIENT_FUNDS, DECLINE_INSUFFICIENT_FUNDS),
+                (TOKEN_DECLINE_EXPIRED, DECLINE_EXPIRED),
+                ("4242424242424242", unknown),
+            ] {
+                assert_eq!(
+                    gateway.authorize(&charge(token, token, 500)).await,
+                    Err(GatewayError::Declined(reason.into()))
+                );
+            }
+            let hung = tokio::time::timeout(
+                Duration::from_millis(50),
+                gateway.authorize(&charge(TOKEN_TIMEOUT, "k2", 500)),
+            )
+            .await;
+            assert!(hung.is_err(), "tok_timeout never answers");
             assert_eq!(
-                gateway.authorize(&charge(token, token, 500)).await,
-                Err(GatewayError::Declined(reason.into()))
+                gateway.charge_count().await,
+                4,
+                "one charge per authorizing token"
             );
+            assert_eq!(gateway.charges().await[0].amount, usd(500));
         }
-        let hung = tokio::time::timeout(
-            Duration::from_millis(50),
-            gateway.authorize(&charge(TOKEN_TIMEOUT, "k2", 500)),
-        )
-        .await;
-        assert!(hung.is_err(), "tok_timeout never answers");
-        assert_eq!(
-            gateway.charge_count(),
-            4,
-            "one charge per authorizing token"
-        );
-        assert_eq!(gateway.charges()[0].amount, usd(500));
     }
 
     #[tokio::test]
     async fn one_idempotency_key_charges_once() {
-        let gateway = card();
-        let first = gateway.authorize(&charge(TOKEN_SUCCESS, "k", 500)).await;
-        let again = gateway.authorize(&charge(TOKEN_SUCCESS, "k", 500)).await;
-        assert_eq!(first, again);
-        assert_eq!(gateway.charge_count(), 1);
-        assert_eq!(
-            gateway.authorize(&charge(TOKEN_SUCCESS, "k", 501)).await,
-            Err(GatewayError::Declined(
-                "idempotency key reused with another amount".into()
-            ))
-        );
-        // A decline is replayed too, even if the token changed.
-        let declined = gateway
-            .authorize(&charge(TOKEN_DECLINE_EXPIRED, "d", 500))
-            .await;
-        assert_eq!(
-            gateway.authorize(&charge(TOKEN_SUCCESS, "d", 500)).await,
-            declined
-        );
-        assert_eq!(gateway.charge_count(), 1);
+        for (gateway, _db) in cards().await {
+            let first = gateway.authorize(&charge(TOKEN_SUCCESS, "k", 500)).await;
+            let again = gateway.authorize(&charge(TOKEN_SUCCESS, "k", 500)).await;
+            assert_eq!(first, again);
+            assert_eq!(gateway.charge_count().await, 1);
+            assert_eq!(
+                gateway.authorize(&charge(TOKEN_SUCCESS, "k", 501)).await,
+                Err(GatewayError::Declined(
+                    "idempotency key reused with another amount".into()
+                ))
+            );
+            // A decline is replayed too, even if the token changed.
+            let declined = gateway
+                .authorize(&charge(TOKEN_DECLINE_EXPIRED, "d", 500))
+                .await;
+            assert_eq!(
+                gateway.authorize(&charge(TOKEN_SUCCESS, "d", 500)).await,
+                declined
+            );
+            assert_eq!(gateway.charge_count().await, 1);
+        }
     }
 
     #[tokio::test]
     async fn an_outage_refuses_everything_and_processes_nothing() {
-        let gateway = card();
-        gateway.set_available(false);
-        assert_eq!(
-            gateway.authorize(&charge(TOKEN_SUCCESS, "k", 500)).await,
-            Err(GatewayError::Unavailable)
-        );
-        assert_eq!((gateway.charge_count(), gateway.authorize_calls()), (0, 0));
-        gateway.set_available(true);
-        assert!(
-            gateway
-                .authorize(&charge(TOKEN_SUCCESS, "k", 500))
-                .await
-                .is_ok()
-        );
+        for (gateway, _db) in cards().await {
+            gateway.set_available(false);
+            assert_eq!(
+                gateway.authorize(&charge(TOKEN_SUCCESS, "k", 500)).await,
+                Err(GatewayError::Unavailable)
+            );
+            assert_eq!(
+                (gateway.charge_count().await, gateway.authorize_calls()),
+                (0, 0)
+            );
+            gateway.set_available(true);
+            assert!(
+                gateway
+                    .authorize(&charge(TOKEN_SUCCESS, "k", 500))
+                    .await
+                    .is_ok()
+            );
+        }
     }
 
     #[tokio::test]
     async fn refunds_need_a_capture_and_never_exceed_it() {
-        let gateway = card();
-        let auth = gateway
-            .authorize(&charge(TOKEN_SUCCESS, "k", 1_000))
+        for (gateway, _db) in cards().await {
+            let auth = gateway
+                .authorize(&charge(TOKEN_SUCCESS, "k", 1_000))
+                .await
+                .unwrap();
+            let refund = |key: &str, minor| RefundRequest {
+                reference: auth.reference.clone(),
+                amount: usd(minor),
+                idempotency_key: key.into(),
+            };
+            assert_eq!(
+                gateway.refund(&refund("r0", 100)).await,
+                Err(GatewayError::Declined("charge not captured".into()))
+            );
+            let capture = CaptureRequest {
+                reference: auth.reference.clone(),
+                amount: usd(1_000),
+                idempotency_key: "c".into(),
+            };
+            gateway.capture(&capture).await.unwrap();
+            gateway.capture(&capture).await.unwrap();
+            let first = gateway.refund(&refund("r1", 600)).await.unwrap();
+            assert_eq!(gateway.refund(&refund("r1", 600)).await, Ok(first));
+            assert_eq!(
+                gateway.refund(&refund("r2", 401)).await,
+                Err(GatewayError::Declined(
+                    "refund exceeds the captured amount".into()
+                ))
+            );
+            gateway.refund(&refund("r3", 400)).await.unwrap();
+            assert_eq!(gateway.refund_count().await, 2);
+            assert_eq!(gateway.charges().await[0].refunded, usd(1_000));
+        }
+    }
+
+    #[tokio::test]
+    async fn durable_books_outlive_the_gateway_and_answer_lookups() {
+        let db = TestDatabase::create().await;
+        let pool = db.store().pool().clone();
+        let open = || SandboxGateway::durable("card", &[PaymentMethodKind::Card], pool.clone());
+        let before = open();
+        // Racing requests with one key charge once and all get the same answer.
+        let request = charge(TOKEN_SUCCESS, "pay-1", 1_000);
+        let (a, b, c) = tokio::join!(
+            before.authorize(&request),
+            before.authorize(&request),
+            before.authorize(&request),
+        );
+        let auth = a.unwrap();
+        assert_eq!((b.unwrap(), c.unwrap()), (auth.clone(), auth.clone()));
+        before
+            .authorize(&charge(TOKEN_DECLINE_EXPIRED, "pay-2", 500))
+            .await
+            .unwrap_err();
+        drop(before);
+
+        // A new process: the charge, the decline and the capture state are all still known.
+        let after = open();
+        assert_eq!(
+            after.lookup("pay-1").await,
+            Ok(Recorded::Authorized(auth.clone()))
+        );
+        assert_eq!(
+            after.lookup("pay-2").await,
+            Ok(Recorded::Declined(DECLINE_EXPIRED.into()))
+        );
+        assert_eq!(after.lookup("pay-3").await, Ok(Recorded::Unknown));
+        after
+            .capture(&CaptureRequest {
+                reference: auth.reference.clone(),
+                amount: usd(1_000),
+                idempotency_key: "c".into(),
+            })
             .await
             .unwrap();
-        let refund = |key: &str, minor| RefundRequest {
+        let refund = RefundRequest {
             reference: auth.reference.clone(),
-            amount: usd(minor),
-            idempotency_key: key.into(),
+            amount: usd(400),
+            idempotency_key: "r1".into(),
         };
+        let receipt = after.refund(&refund).await.unwrap();
+        assert_eq!(open().refund(&refund).await, Ok(receipt));
         assert_eq!(
-            gateway.refund(&refund("r0", 100)).await,
-            Err(GatewayError::Declined("charge not captured".into()))
+            open().charges().await,
+            vec![SandboxCharge {
+                reference: auth.reference,
+                idempotency_key: "pay-1".into(),
+                amount: usd(1_000),
+                captured: true,
+                refunded: usd(400),
+            }]
         );
-        let capture = CaptureRequest {
-            reference: auth.reference.clone(),
-            amount: usd(1_000),
-            idempotency_key: "c".into(),
-        };
-        gateway.capture(&capture).await.unwrap();
-        gateway.capture(&capture).await.unwrap();
-        let first = gateway.refund(&refund("r1", 600)).await.unwrap();
-        assert_eq!(gateway.refund(&refund("r1", 600)).await, Ok(first));
-        assert_eq!(
-            gateway.refund(&refund("r2", 401)).await,
-            Err(GatewayError::Declined(
-                "refund exceeds the captured amount".into()
-            ))
-        );
-        gateway.refund(&refund("r3", 400)).await.unwrap();
-        assert_eq!(gateway.refund_count(), 2);
-        assert_eq!(gateway.charges()[0].refunded, usd(1_000));
+        assert_eq!(open().refund_count().await, 1);
+        // Gateways keep separate books.
+        let other = SandboxGateway::durable("other", &[PaymentMethodKind::Card], pool.clone());
+        assert_eq!(other.lookup("pay-1").await, Ok(Recorded::Unknown));
+        // An outage answers no lookup.
+        after.set_available(false);
+        assert_eq!(after.lookup("pay-1").await, Err(GatewayError::Unavailable));
     }
 }
