@@ -6,10 +6,12 @@
 //! server unready for good, and the relay lost and repeated events. Here every path that reads
 //! the log in commit order is driven across both boundaries on a cluster of the test's own.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
 
+use common::{ADMIN, PASSWORD, Serve, gql, in_days};
 use eventstore::testing::{TestCluster, eventually};
 use eventstore::{Checkpoint, Xid8};
 use futures::{SinkExt, StreamExt};
@@ -18,96 +20,12 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-const ADMIN: &str = "admin@digits.test";
-const PASSWORD: &str = "correct horse battery";
-
-/// A `fleetledger serve` process, killed when dropped.
-struct Serve {
-    child: Child,
-    addr: String,
-}
-
-impl Serve {
-    fn start(cluster: &TestCluster, config: &relay::RelayConfig) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fleetledger"))
-            .arg("serve")
-            .env("DATABASE_URL", cluster.url())
-            .env("FLEETLEDGER_HTTP_ADDR", "127.0.0.1:0")
-            .env("KAFKA_BROKERS", &config.brokers)
-            .env("FLEETLEDGER_KAFKA_TOPIC_PREFIX", &config.topic_prefix)
-            .env("FLEETLEDGER_KAFKA_PARTITIONS", "3")
-            .env("FLEETLEDGER_KAFKA_BATCH", "50")
-            .env("FLEETLEDGER_PROJECTOR_BATCH", "25")
-            .env("FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL", ADMIN)
-            .env("FLEETLEDGER_BOOTSTRAP_ADMIN_PASSWORD", PASSWORD)
-            .env("FLEETLEDGER_RATE_LIMIT", "100000")
-            .env(
-                "FLEETLEDGER_JWT_SECRET",
-                "digits-test-secret-digits-test-secret",
-            )
-            .env_remove("REDIS_URL")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start fleetledger serve");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let show = std::env::var_os("TEST_LOG").is_some();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if show {
-                    eprintln!("serve: {line}");
-                }
-                if let Some(rest) = line
-                    .split("addr=")
-                    .nth(1)
-                    .filter(|_| line.contains("listening"))
-                {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("serve says where it listens");
-        Self { child, addr }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn gql(addr: &str, token: Option<&str>, query: &str, variables: Value) -> Value {
-    let mut request = reqwest::Client::new()
-        .post(format!("http://{addr}/graphql"))
-        .json(&json!({ "query": query, "variables": variables }));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let body: Value = request.send().await.unwrap().json().await.unwrap();
-    assert!(body.get("errors").is_none(), "{query}: {body}");
-    body["data"].clone()
-}
-
 async fn next_transaction_id(cluster: &TestCluster) -> u64 {
     let next: Xid8 = sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())")
         .fetch_one(&cluster.pool)
         .await
         .unwrap();
     next.0
-}
-
-fn in_days(days: i64) -> String {
-    use chrono::{DurationRound, TimeDelta, Utc};
-    let base = Utc::now().duration_trunc(TimeDelta::hours(1)).unwrap();
-    (base + TimeDelta::days(days)).to_rfc3339()
 }
 
 fn fleetledger(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
@@ -125,7 +43,16 @@ async fn serve_projectors_and_relay_cross_ten_thousand_and_a_hundred_thousand() 
     let cluster = TestCluster::start("serve-digits").await;
     let broker = Broker::start().await;
     let config = test_config(&broker.brokers());
-    let serve = Serve::start(&cluster, &config);
+    let serve = Serve::start(
+        &cluster.url(),
+        &[
+            ("KAFKA_BROKERS", &config.brokers),
+            ("FLEETLEDGER_KAFKA_TOPIC_PREFIX", &config.topic_prefix),
+            ("FLEETLEDGER_KAFKA_PARTITIONS", "3"),
+            ("FLEETLEDGER_KAFKA_BATCH", "50"),
+            ("FLEETLEDGER_PROJECTOR_BATCH", "25"),
+        ],
+    );
     let addr = serve.addr.clone();
     eventually(60, "serve is ready", || async {
         reqwest::get(format!("http://{addr}/readyz"))

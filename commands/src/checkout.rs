@@ -168,9 +168,8 @@ impl Checkout {
         let payment = self.payments.pay(request, ctx).await?;
         let booking = match payment.status {
             PaymentStatus::Captured => {
-                let booking = self.settle(ctx, booking_id, &payment, now).await?;
                 crate::crash_point!("payment.captured");
-                booking
+                self.settle(ctx, booking_id, &payment, now).await?
             }
             _ => self.bookings.get(booking_id).await?,
         };

@@ -731,7 +731,11 @@ async fn an_interrupted_payment_is_settled_from_the_gateways_record() {
     let id = interrupted(&db.store(), booking, None).await;
     let view = payments.finish(id, &ctx()).await.unwrap().unwrap();
     assert_eq!(
-        (view.status, view.failure_reason.as_deref(), view.gateway.as_deref()),
+        (
+            view.status,
+            view.failure_reason.as_deref(),
+            view.gateway.as_deref()
+        ),
         (PaymentStatus::Failed, Some(INTERRUPTED), None)
     );
     let again = payments

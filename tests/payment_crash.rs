@@ -1,0 +1,226 @@
+//! `fleetledger serve` killed with SIGKILL at each point of the payment path, for each sandbox
+//! outcome: after a restart the payment ends CAPTURED or FAILED within seconds, never PENDING,
+//! the card was charged exactly once (or not at all), the booking agrees, and a retry with the
+//! same idempotency key answers that final state.
+//!
+//! The process kills itself at a named crash point (`commands::crash`, armed by
+//! FLEETLEDGER_CRASH_AT in the test build): SIGKILL at exactly that line, nothing after it runs.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+
+use common::{Serve, admin_token, customer_token, gql, gql_raw, in_days};
+use eventstore::testing::{TestDatabase, eventually};
+use serde_json::{Value, json};
+
+const PAY: &str = "mutation($b: UUID!, $t: String!) {
+    payBooking(bookingId: $b, method: { kind: CARD, token: $t }, idempotencyKey: \"pay-once\") {
+        id status gateway failureReason
+    }
+}";
+
+const BOOKING: &str = "query($b: UUID!) {
+    booking(id: $b) { status payment { id status gateway failureReason } }
+}";
+
+/// What the sandbox's books hold for one payment: (charges, captured, refunded minor units).
+async fn charged(db: &TestDatabase, payment: &str) -> (i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE captured), coalesce(sum(refunded_minor), 0)::bigint \
+         FROM sandbox_authorizations WHERE idempotency_key = $1 AND reference IS NOT NULL",
+    )
+    .bind(payment)
+    .fetch_one(db.store().pool())
+    .await
+    .unwrap()
+}
+
+/// The final state a case must reach.
+struct Expect {
+    payment: &'static str,
+    gateway: Option<&'static str>,
+    reason: Option<&'static str>,
+    booking: &'static str,
+    charges: (i64, i64, i64),
+}
+
+async fn crash_and_finish(point: &str, token: &str, expect: Expect) {
+    let db = TestDatabase::create().await;
+    let url = db.url();
+    let mut dying = Serve::start(&url, &[("FLEETLEDGER_CRASH_AT", point)]);
+    let addr = dying.addr.clone();
+    let admin = admin_token(&addr).await;
+    gql(
+        &addr,
+        Some(&admin),
+        "mutation { addBranch(input: { code: \"BER\", name: \"Berlin\", city: \"Berlin\",
+            position: { latitude: 52.5, longitude: 13.4 } }) { code } }",
+        json!({}),
+    )
+    .await;
+    let car = gql(
+        &addr,
+        Some(&admin),
+        "mutation($i: CarInput!) { addCar(input: $i) { id } }",
+        json!({ "i": { "make": "Fiat", "model": "500", "year": 2025, "class": "ECONOMY",
+            "seats": 4, "transmission": "MANUAL", "fuel": "PETROL", "features": [],
+            "dailyRate": "35.00", "currency": "EUR", "branchCode": "BER" } }),
+    )
+    .await["addCar"]["id"]
+        .clone();
+    let customer = customer_token(&addr, "crash@fleet.test").await;
+    let booking = gql(
+        &addr,
+        Some(&customer),
+        "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+        json!({ "i": { "carId": car, "pickupAt": in_days(3), "returnAt": in_days(5) } }),
+    )
+    .await["requestBooking"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The payment request dies with the process.
+    let answer = gql_raw(
+        &addr,
+        Some(&customer),
+        PAY,
+        json!({ "b": booking, "t": token }),
+    )
+    .await;
+    assert!(answer.is_err(), "the process died mid-request: {answer:?}");
+    assert_eq!(
+        dying.wait().signal(),
+        Some(9),
+        "killed by SIGKILL at {point}"
+    );
+
+    // Back up: within seconds the worker finishes it.
+    let serve = Serve::start(&url, &[]);
+    let addr = serve.addr.clone();
+    let state = || async {
+        gql(&addr, Some(&customer), BOOKING, json!({ "b": booking })).await["booking"].clone()
+    };
+    eventually(
+        20,
+        &format!("the payment is finished after {point}"),
+        || async {
+            let now: Value = state().await;
+            now["payment"]["status"] == expect.payment && now["status"] == expect.booking
+        },
+    )
+    .await;
+    let last = state().await;
+    let payment = last["payment"].clone();
+    assert_eq!(
+        (
+            payment["gateway"].as_str(),
+            payment["failureReason"].as_str()
+        ),
+        (expect.gateway, expect.reason),
+        "{last}"
+    );
+    let payment_id = payment["id"].as_str().unwrap().to_owned();
+    assert_eq!(charged(&db, &payment_id).await, expect.charges);
+
+    // The same request again answers the final state and charges nothing more.
+    let retried = gql(
+        &addr,
+        Some(&customer),
+        PAY,
+        json!({ "b": booking, "t": token }),
+    )
+    .await["payBooking"]
+        .clone();
+    assert_eq!(
+        retried, payment,
+        "a retry with the same key answers the final state"
+    );
+    assert_eq!(charged(&db, &payment_id).await, expect.charges);
+}
+
+const INTERRUPTED: &str =
+    "interrupted before any gateway processed it; nothing was charged; pay again";
+
+#[tokio::test]
+async fn killed_before_the_gateway_call_nothing_is_charged_and_the_payment_fails() {
+    for token in ["tok_visa", "tok_chargeDeclined"] {
+        crash_and_finish(
+            "payment.before_gateway",
+            token,
+            Expect {
+                payment: "FAILED",
+                gateway: None,
+                reason: Some(INTERRUPTED),
+                booking: "HELD",
+                charges: (0, 0, 0),
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn killed_after_the_gateway_charged_the_charge_is_found_and_captured_once() {
+    crash_and_finish(
+        "payment.gateway_answered",
+        "tok_visa",
+        Expect {
+            payment: "CAPTURED",
+            gateway: Some("sandbox-card"),
+            reason: None,
+            booking: "CONFIRMED",
+            charges: (1, 1, 0),
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn killed_after_the_gateway_declined_the_decline_is_recorded() {
+    crash_and_finish(
+        "payment.gateway_answered",
+        "tok_chargeDeclined",
+        Expect {
+            payment: "FAILED",
+            gateway: Some("sandbox-card"),
+            reason: Some("card declined"),
+            booking: "HELD",
+            charges: (0, 0, 0),
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn killed_after_the_authorization_was_recorded_it_is_captured_once() {
+    crash_and_finish(
+        "payment.authorized",
+        "tok_visa",
+        Expect {
+            payment: "CAPTURED",
+            gateway: Some("sandbox-card"),
+            reason: None,
+            booking: "CONFIRMED",
+            charges: (1, 1, 0),
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn killed_after_the_capture_the_booking_is_confirmed() {
+    crash_and_finish(
+        "payment.captured",
+        "tok_visa",
+        Expect {
+            payment: "CAPTURED",
+            gateway: Some("sandbox-card"),
+            reason: None,
+            booking: "CONFIRMED",
+            charges: (1, 1, 0),
+        },
+    )
+    .await;
+}
