@@ -4,6 +4,8 @@
 -- Only the sandbox reads or writes these tables.
 
 -- One row per authorization request (by idempotency key); a charge when `reference` is set.
+-- `payment_method` is the reusable method the charge saved (or was made with), and `token` the
+-- sandbox test token behind it, which decides how later charges with the method behave.
 CREATE TABLE sandbox_authorizations (
     gateway         text        NOT NULL,
     idempotency_key text        NOT NULL,
@@ -11,6 +13,8 @@ CREATE TABLE sandbox_authorizations (
     currency        text        NOT NULL,
     reference       text        UNIQUE,
     declined        text,
+    payment_method  text,
+    token           text,
     captured        boolean     NOT NULL DEFAULT false,
     refunded_minor  bigint      NOT NULL DEFAULT 0,
     created_at      timestamptz NOT NULL DEFAULT now(),
@@ -18,6 +22,7 @@ CREATE TABLE sandbox_authorizations (
     CHECK ((reference IS NULL) <> (declined IS NULL)),
     CHECK (refunded_minor BETWEEN 0 AND amount_minor)
 );
+CREATE INDEX sandbox_authorizations_method_idx ON sandbox_authorizations (payment_method);
 
 -- One row per refund request (by idempotency key): paid out when `receipt` is set.
 CREATE TABLE sandbox_refunds (

@@ -432,6 +432,7 @@ fn car_history(
                     PaymentEvent::PaymentAuthorized {
                         gateway: "sandbox-card".to_owned(),
                         reference: format!("seed-{}", rng.random::<u32>()),
+                        payment_method: None,
                     },
                     PaymentEvent::PaymentCaptured {
                         amount: quote.total,

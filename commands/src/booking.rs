@@ -608,7 +608,18 @@ impl BookingService {
                     now,
                 })
             },
-            |_| Vec::new(),
+            // Fees found at return are charged to the payment method saved at booking.
+            |after| {
+                if after.extra_charges.is_empty() {
+                    return Vec::new();
+                }
+                vec![Step {
+                    kind: "collect_fees",
+                    booking_id,
+                    payload: json!({}),
+                    due_at: now,
+                }]
+            },
         )
         .await
     }

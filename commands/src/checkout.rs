@@ -28,6 +28,20 @@ use crate::payments::{
 /// How long after an unreachable-gateway attempt the worker looks again, at most.
 const UNREACHED_RECHECK: Duration = Duration::seconds(60);
 
+/// How many charges for fees found at return are tried before the balance is left to staff.
+pub const MAX_FEE_CHARGES: u32 = 3;
+
+/// What collecting a booking's fees came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeesCollected {
+    /// Nothing is due (paid in full, or nothing to collect).
+    Settled,
+    /// The saved method declined; `charges` fee charges were tried so far.
+    Declined { reason: String, charges: u32 },
+    /// No more charges will be tried: the balance is left for staff.
+    LeftToStaff { reason: String },
+}
+
 /// What the worker's `confirm_payment` step got done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Finished {
@@ -58,6 +72,22 @@ pub enum CheckoutError {
 pub struct Paid {
     pub payment: PaymentView,
     pub booking: BookingView,
+}
+
+/// The idempotency key of the booking's `n`th charge for fees.
+fn fee_key(n: u32) -> Result<IdempotencyKey, CheckoutError> {
+    IdempotencyKey::parse(&format!("fees-{n}"))
+        .map_err(|e| CheckoutError::InvalidKey(e.to_string()))
+}
+
+/// Money a payment holds: captured minus refunded (zero unless captured).
+fn net(view: &PaymentView) -> i64 {
+    match view.status {
+        PaymentStatus::Captured | PaymentStatus::PartiallyRefunded | PaymentStatus::Refunded => {
+            view.amount.minor - view.refunded.minor
+        }
+        _ => 0,
+    }
 }
 
 #[derive(Clone)]
@@ -164,6 +194,7 @@ impl Checkout {
             method,
             token: PaymentToken::new(token),
             idempotency_key: key,
+            gateway: None,
         };
         let payment = self.payments.pay(request, ctx).await?;
         let booking = match payment.status {
@@ -259,6 +290,80 @@ impl Checkout {
             _ => {}
         }
         Ok(Finished::Done)
+    }
+
+    /// The worker's `collect_fees` step after a return: charge what the booking's final total
+    /// exceeds the money it holds (captured minus refunded) to the payment method the gateway
+    /// saved when the booking was paid, without the customer present. Each charge is a payment
+    /// of its own (idempotency key `fees-N`), so a repeated step never charges twice: charges a
+    /// crash interrupted are finished first, from the gateway's records. A declined charge
+    /// leaves the booking COMPLETED with a balance due; the step retries with backoff, up to
+    /// [`MAX_FEE_CHARGES`] charges, then leaves the balance to staff.
+    pub async fn collect_fees(
+        &self,
+        ctx: &CommandContext,
+        booking_id: Uuid,
+    ) -> Result<FeesCollected, CheckoutError> {
+        let booking = self.bookings.get(booking_id).await?;
+        let (Some(total), Some(paid_with)) = (booking.state.total, booking.state.payment_id) else {
+            return Ok(FeesCollected::Settled);
+        };
+        let mut held = self.held(paid_with).await?;
+        let mut charges = 0;
+        while let Some(view) = self
+            .payments
+            .finish(payment_id(booking_id, &fee_key(charges + 1)?), ctx)
+            .await?
+        {
+            charges += 1;
+            if view.status == PaymentStatus::Pending {
+                // No gateway could be reached for it: nothing was charged; the next charge
+                // takes its place.
+                self.payments
+                    .abandon(
+                        view.id,
+                        "no gateway could be reached; a later charge for the fees replaces it",
+                        ctx,
+                    )
+                    .await?;
+            }
+            held += net(&view);
+        }
+        let due = total.minor - held;
+        if due <= 0 {
+            return Ok(FeesCollected::Settled);
+        }
+        if charges >= MAX_FEE_CHARGES {
+            return Ok(FeesCollected::LeftToStaff {
+                reason: format!("{charges} charges for fees were declined"),
+            });
+        }
+        let Some(saved) = self.payments.saved_method(paid_with).await? else {
+            return Ok(FeesCollected::LeftToStaff {
+                reason: "the gateway saved no payment method for the booking".into(),
+            });
+        };
+        let request = PayRequest {
+            booking_id,
+            amount: Money::new(due, total.currency),
+            method: saved.method,
+            token: PaymentToken::new(saved.id),
+            idempotency_key: fee_key(charges + 1)?,
+            gateway: Some(saved.gateway),
+        };
+        let view = self.payments.pay(request, ctx).await?;
+        Ok(match view.status {
+            PaymentStatus::Failed => FeesCollected::Declined {
+                reason: view.failure_reason.unwrap_or_default(),
+                charges: charges + 1,
+            },
+            _ => FeesCollected::Settled,
+        })
+    }
+
+    /// What a payment holds of the customer's money (captured minus refunded).
+    async fn held(&self, payment_id: Uuid) -> Result<i64, CheckoutError> {
+        Ok(self.payments.get(payment_id).await?.map_or(0, |v| net(&v)))
     }
 
     /// The worker's `refund` step after a cancellation; skipped once refunded that far.

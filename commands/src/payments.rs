@@ -94,6 +94,17 @@ pub struct PayRequest {
     pub method: PaymentMethodKind,
     pub token: PaymentToken,
     pub idempotency_key: IdempotencyKey,
+    /// Only this gateway, no fallback (a saved payment method lives at one gateway).
+    pub gateway: Option<String>,
+}
+
+/// A payment method a gateway saved when it authorized a payment: later charges without the
+/// customer present go to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedMethod {
+    pub gateway: String,
+    pub method: PaymentMethodKind,
+    pub id: String,
 }
 
 /// A payment as the contract shows it.
@@ -334,6 +345,7 @@ impl PaymentService {
                         PaymentCommand::RecordAuthorization {
                             gateway: name.clone(),
                             reference: authorization.reference.clone(),
+                            payment_method: authorization.payment_method.clone(),
                         },
                         ctx,
                     )
@@ -382,7 +394,10 @@ impl PaymentService {
             idempotency_key: key.clone(),
         };
         crate::crash_point!("payment.before_gateway");
-        let routed = self.router.authorize(&charge).await;
+        let routed = match &request.gateway {
+            Some(gateway) => self.router.authorize_at(gateway, &charge).await,
+            None => self.router.authorize(&charge).await,
+        };
         crate::crash_point!("payment.gateway_answered");
         match routed {
             Routed::Authorized {
@@ -396,6 +411,7 @@ impl PaymentService {
                         PaymentCommand::RecordAuthorization {
                             gateway: gateway.clone(),
                             reference: reference.clone(),
+                            payment_method: authorization.payment_method,
                         },
                         ctx,
                     )
@@ -542,6 +558,21 @@ impl PaymentService {
             }
         }
         self.view(payment_id).await
+    }
+
+    /// The payment method the gateway saved when it authorized this payment.
+    pub async fn saved_method(&self, payment_id: Uuid) -> Result<Option<SavedMethod>> {
+        let payment = self.payments.load(&payment_id.to_string()).await?.state;
+        Ok(
+            match (payment.gateway, payment.payment_method, payment.request) {
+                (Some(gateway), Some(id), Some(request)) => Some(SavedMethod {
+                    gateway,
+                    method: request.method,
+                    id,
+                }),
+                _ => None,
+            },
+        )
     }
 
     /// The payment as it is now.

@@ -18,7 +18,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::booking::{BookingFlowError, BookingService};
-use crate::checkout::{Checkout, Finished};
+use crate::checkout::{Checkout, FeesCollected, Finished};
 use crate::claims::Claims;
 use crate::context::CommandContext;
 
@@ -180,6 +180,19 @@ impl Worker {
                 {
                     Ok(Finished::Done) => Outcome::Done,
                     Ok(Finished::WaitUntil(at)) => Outcome::Later(at),
+                    Err(e) => Outcome::Retry(e.to_string()),
+                };
+            }
+            ("collect_fees", Some(checkout), _) => {
+                return match checkout.collect_fees(ctx, booking_id).await {
+                    Ok(FeesCollected::Settled) => Outcome::Done,
+                    Ok(FeesCollected::Declined { reason, charges }) => {
+                        Outcome::Retry(format!("fee charge {charges} declined: {reason}"))
+                    }
+                    Ok(FeesCollected::LeftToStaff { reason }) => {
+                        tracing::warn!(booking.id = %booking_id, %reason, "fees left unpaid: the balance is due, for staff to collect");
+                        Outcome::Done
+                    }
                     Err(e) => Outcome::Retry(e.to_string()),
                 };
             }

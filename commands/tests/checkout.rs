@@ -1,14 +1,17 @@
 //! Paying for bookings against real PostgreSQL: a decline then a success, a crash between the
-//! payment and the confirmation finished by the worker, and a paid cancellation refunded.
+//! payment and the confirmation finished by the worker, a paid cancellation refunded, and fees
+//! found at return charged to the saved card (or left as a balance due when it declines).
 
 use std::time::Duration as StdDuration;
 
 use chrono::{Duration, Utc};
 use commands::booking::{BookingConfig, BookingRequest, BookingService};
-use commands::checkout::Checkout;
+use commands::checkout::{Checkout, MAX_FEE_CHARGES};
 use commands::locks::HotCarLock;
-use commands::payments::sandbox::{TOKEN_DECLINE_INSUFFICIENT_FUNDS, TOKEN_SUCCESS};
-use commands::payments::{PayRequest, PaymentService, PaymentToken, SandboxGateways};
+use commands::payments::sandbox::{
+    TOKEN_CHARGE_CUSTOMER_FAIL, TOKEN_DECLINE_INSUFFICIENT_FUNDS, TOKEN_SUCCESS,
+};
+use commands::payments::{PayRequest, PaymentService, PaymentToken, SandboxGateways, payment_id};
 use commands::worker::Worker;
 use commands::{CommandContext, Executor, ExecutorConfig};
 use domain::TimeWindow;
@@ -180,6 +183,7 @@ async fn a_crash_between_payment_and_confirmation_is_finished_by_the_worker() {
         method: PaymentMethodKind::Card,
         token: PaymentToken::new(TOKEN_SUCCESS),
         idempotency_key: key,
+        gateway: None,
     };
     shop.checkout.payments().pay(request, &ctx).await.unwrap();
     // ...and the process dies before confirming.
@@ -333,5 +337,179 @@ async fn a_dead_workers_claim_is_taken_over_at_once() {
     assert_eq!(
         shop.bookings.get(booking).await.unwrap().status(),
         Some(BookingStatus::Expired)
+    );
+}
+
+/// Pay with `token`, pick the car up on time, return it three hours late with 30 % less fuel:
+/// the booking's final total exceeds what was paid by the fees. (The booking, the return time,
+/// the fees.)
+async fn returned_late(shop: &Shop, token: &str) -> (Uuid, chrono::DateTime<Utc>, i64) {
+    let customer = Uuid::now_v7();
+    let ctx = CommandContext::new(customer.to_string());
+    let booking = hold(shop, customer).await;
+    let paid = shop
+        .checkout
+        .pay_booking(
+            &ctx,
+            booking,
+            PaymentMethodKind::Card,
+            token.into(),
+            Some("pay"),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(paid.payment.status, PaymentStatus::Captured);
+    let window = paid.booking.state.window.unwrap();
+    let staff = CommandContext::new("staff");
+    shop.bookings
+        .pick_up(&staff, booking, 1_000.0, 80.0, window.start)
+        .await
+        .unwrap();
+    let at = window.end + Duration::hours(3);
+    let returned = shop
+        .bookings
+        .return_car(&staff, booking, 1_250.0, 50.0, "LIS".into(), at)
+        .await
+        .unwrap();
+    assert_eq!(returned.status(), Some(BookingStatus::Completed));
+    let fees = returned.state.total.unwrap().minor - paid.payment.amount.minor;
+    assert!(fees > 0, "a late return with less fuel costs extra");
+    (booking, at, fees)
+}
+
+fn fee_payment(booking: Uuid, n: u32) -> Uuid {
+    payment_id(
+        booking,
+        &IdempotencyKey::parse(&format!("fees-{n}")).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn fees_found_at_return_are_charged_to_the_saved_card_once() {
+    let shop = shop().await;
+    let worker = Worker::new(shop.bookings.clone()).with_checkout(shop.checkout.clone());
+    let (booking, at, fees) = returned_late(&shop, TOKEN_SUCCESS).await;
+
+    worker.run_once(at).await.unwrap();
+    let fee = shop
+        .checkout
+        .payments()
+        .get(fee_payment(booking, 1))
+        .await
+        .unwrap()
+        .expect("a charge for the fees");
+    assert_eq!(
+        (fee.status, fee.amount, fee.gateway.as_deref()),
+        (
+            PaymentStatus::Captured,
+            Money::new(fees, Currency::EUR),
+            Some("sandbox-card")
+        )
+    );
+    let charges = shop.gateways.card.charges().await;
+    assert_eq!(
+        charges
+            .iter()
+            .map(|c| (c.amount.minor, c.captured))
+            .collect::<Vec<_>>(),
+        vec![(10_000, true), (fees, true)],
+        "the booking, then the fees, charged without the customer"
+    );
+    // Running the worker again charges nothing more: the balance is settled.
+    worker.run_once(at + Duration::hours(1)).await.unwrap();
+    assert_eq!(shop.gateways.card.charge_count().await, 2);
+    assert!(
+        shop.checkout
+            .payments()
+            .get(fee_payment(booking, 2))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_declined_fee_charge_is_retried_with_backoff_then_left_to_staff() {
+    let shop = shop().await;
+    let worker = Worker::new(shop.bookings.clone()).with_checkout(shop.checkout.clone());
+    let (booking, at, fees) = returned_late(&shop, TOKEN_CHARGE_CUSTOMER_FAIL).await;
+    let pool = shop.bookings.store().pool().clone();
+    let step = || async {
+        sqlx::query_as::<
+            _,
+            (
+                Option<chrono::DateTime<Utc>>,
+                chrono::DateTime<Utc>,
+                Option<String>,
+            ),
+        >(
+            "SELECT done_at, due_at, last_error FROM workflow_steps \
+             WHERE booking_id = $1 AND kind = 'collect_fees'",
+        )
+        .bind(booking)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+
+    // Each pass that finds the step due makes one charge, declined; the step waits longer each
+    // time (2 s, 4 s, 8 s: the worker's backoff).
+    let mut now = at;
+    for n in 1..=MAX_FEE_CHARGES {
+        worker.run_once(now).await.unwrap();
+        let fee = shop
+            .checkout
+            .payments()
+            .get(fee_payment(booking, n))
+            .await
+            .unwrap()
+            .expect("a charge for the fees");
+        assert_eq!(
+            (fee.status, fee.amount, fee.failure_reason.as_deref()),
+            (
+                PaymentStatus::Failed,
+                Money::new(fees, Currency::EUR),
+                Some("card declined")
+            )
+        );
+        let (done, due, error) = step().await;
+        assert_eq!(done, None);
+        assert_eq!(
+            error.as_deref(),
+            Some(format!("fee charge {n} declined: card declined").as_str())
+        );
+        assert!(due > now, "retried later, not at once");
+        // Not due yet: nothing happens.
+        worker.run_once(now).await.unwrap();
+        assert!(
+            shop.checkout
+                .payments()
+                .get(fee_payment(booking, n + 1))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        now = due;
+    }
+    // After the last decline the balance is left to staff: the step ends, no further charge.
+    worker.run_once(now).await.unwrap();
+    assert!(step().await.0.is_some(), "the step is done");
+    assert!(
+        shop.checkout
+            .payments()
+            .get(fee_payment(booking, MAX_FEE_CHARGES + 1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        shop.bookings.get(booking).await.unwrap().status(),
+        Some(BookingStatus::Completed)
+    );
+    assert_eq!(
+        shop.gateways.card.charge_count().await,
+        1,
+        "only the booking was ever charged"
     );
 }

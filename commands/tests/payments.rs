@@ -45,6 +45,7 @@ fn pay_request(booking_id: Uuid, minor: i64, token: &str, key: &str) -> PayReque
         method: PaymentMethodKind::Card,
         token: PaymentToken::new(token),
         idempotency_key: IdempotencyKey::parse(key).unwrap(),
+        gateway: None,
     }
 }
 
@@ -605,6 +606,7 @@ async fn interrupted(
         commands.push(PaymentCommand::RecordAuthorization {
             gateway: gateway.into(),
             reference,
+            payment_method: None,
         });
     }
     for command in commands {

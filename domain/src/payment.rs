@@ -169,8 +169,13 @@ pub enum PaymentCommand {
         method: PaymentMethodKind,
         idempotency_key: IdempotencyKey,
     },
-    /// A gateway authorized the open attempt.
-    RecordAuthorization { gateway: String, reference: String },
+    /// A gateway authorized the open attempt; `payment_method` is the provider's reusable id
+    /// for the method, when it saved one.
+    RecordAuthorization {
+        gateway: String,
+        reference: String,
+        payment_method: Option<String>,
+    },
     /// A gateway declined the open attempt, or the capture of an authorization: terminal.
     RecordDecline { gateway: String, reason: String },
     /// No gateway processed the open attempt; nothing was charged.
@@ -208,6 +213,10 @@ pub enum PaymentEvent {
     PaymentAuthorized {
         gateway: String,
         reference: String,
+        /// The provider's reusable id for the payment method (absent before it was recorded,
+        /// and when the provider saved none): fees found later are charged to it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payment_method: Option<String>,
     },
     /// Declined by `gateway`; the payment is FAILED for good.
     PaymentFailed {
@@ -353,6 +362,8 @@ pub struct Payment {
     pub gateway: Option<String>,
     /// The authorizing gateway's reference for the charge.
     pub reference: Option<String>,
+    /// The authorizing gateway's reusable id for the payment method.
+    pub payment_method: Option<String>,
     pub failure_reason: Option<String>,
     /// Refunded so far (zero once requested).
     pub refunded: Option<Money>,
@@ -513,11 +524,22 @@ impl Aggregate for Payment {
                     idempotency_key: asked.idempotency_key,
                 }
             }
-            PaymentCommand::RecordAuthorization { gateway, reference } => {
+            PaymentCommand::RecordAuthorization {
+                gateway,
+                reference,
+                payment_method,
+            } => {
                 self.open_attempt()?;
                 check_text("gateway", &gateway, MAX_NAME)?;
                 check_text("reference", &reference, MAX_REFERENCE)?;
-                PaymentEvent::PaymentAuthorized { gateway, reference }
+                if let Some(method) = &payment_method {
+                    check_text("payment_method", method, MAX_REFERENCE)?;
+                }
+                PaymentEvent::PaymentAuthorized {
+                    gateway,
+                    reference,
+                    payment_method,
+                }
             }
             PaymentCommand::RecordDecline { gateway, reason } => {
                 if self.stage != Stage::Authorized {
@@ -623,10 +645,15 @@ impl Aggregate for Payment {
                 self.stage = Stage::Attempting;
                 self.attempts = 1;
             }
-            PaymentEvent::PaymentAuthorized { gateway, reference } => {
+            PaymentEvent::PaymentAuthorized {
+                gateway,
+                reference,
+                payment_method,
+            } => {
                 self.stage = Stage::Authorized;
                 self.gateway = Some(gateway);
                 self.reference = Some(reference);
+                self.payment_method = payment_method;
                 self.failure_reason = None;
             }
             PaymentEvent::PaymentFailed { gateway, reason } => {
@@ -715,6 +742,7 @@ mod tests {
         PaymentEvent::PaymentAuthorized {
             gateway: "sandbox-card".into(),
             reference: "ch_1".into(),
+            payment_method: None,
         }
     }
 
@@ -831,6 +859,7 @@ mod tests {
             .when(PaymentCommand::RecordAuthorization {
                 gateway: "sandbox-card".into(),
                 reference: "ch_1".into(),
+                payment_method: None,
             })
             .then_expect_events(vec![authorized()]);
         PaymentTest::with(())
@@ -856,6 +885,7 @@ mod tests {
             .when(PaymentCommand::RecordAuthorization {
                 gateway: "sandbox-card".into(),
                 reference: "ch_2".into(),
+                payment_method: None,
             })
             .then_expect_error(PaymentError::InvalidTransition {
                 action: "settle an attempt of",
@@ -866,6 +896,7 @@ mod tests {
             .when(PaymentCommand::RecordAuthorization {
                 gateway: " ".into(),
                 reference: "ch_1".into(),
+                payment_method: None,
             })
             .then_expect_error(PaymentError::InvalidText {
                 field: "gateway",
@@ -899,6 +930,7 @@ mod tests {
             .when(PaymentCommand::RecordAuthorization {
                 gateway: "sandbox-card-backup".into(),
                 reference: "ch_2".into(),
+                payment_method: None,
             })
             .then_expect_error(failed("settle an attempt of"));
         PaymentTest::with(())
@@ -1019,6 +1051,7 @@ mod tests {
             .when(PaymentCommand::RecordAuthorization {
                 gateway: "sandbox-card".into(),
                 reference: "ch_1".into(),
+                payment_method: None,
             })
             .then_expect_error(PaymentError::NoAttemptInProgress);
         PaymentTest::with(())

@@ -1,11 +1,16 @@
 //! The analytics read model: per day and branch, and per day and car.
 //!
 //! Counts (bookings created and cancelled, rentals started and completed) fall on the UTC day of
-//! the event, under the booking's pickup branch and currency. Revenue is recognised when earned:
-//! a completed rental's final total on its return day, a cancellation fee on its cancellation
-//! day; refunds on the day the gateway confirmed them. A completed rental's time out is split
-//! across the days it covers (rented seconds, for utilization); its distance (odometer in − out)
-//! falls on its return day. Cars in service per branch are kept for utilization's denominator.
+//! the event, under the booking's pickup branch and currency. Two money figures:
+//! - **revenue** is money in the bank: captured on the day the gateway captured it, minus
+//!   refunds on the day the gateway paid them out (`refunds` shows those alone), so a day's
+//!   revenue equals what the payments' events say moved that day, per booking and per car;
+//! - **earned** is revenue recognised when earned: a completed rental's final total (fees
+//!   included) on its return day, a cancellation fee on its cancellation day.
+//!
+//! A completed rental's time out is split across the days it covers (rented seconds, for
+//! utilization); its distance (odometer in − out) falls on its return day. Cars in service per
+//! branch are kept for utilization's denominator.
 //!
 //! A batch loads the bookings, payments and cars it touches, sums its increments per row in
 //! memory, and adds them with one upsert per table.
@@ -34,6 +39,7 @@ struct Daily {
     completed: i32,
     revenue: i64,
     refunds: i64,
+    earned: i64,
     rented_seconds: i64,
     rental_days: i64,
 }
@@ -46,6 +52,7 @@ impl Daily {
         self.completed += o.completed;
         self.revenue += o.revenue;
         self.refunds += o.refunds;
+        self.earned += o.earned;
         self.rented_seconds += o.rented_seconds;
         self.rental_days += o.rental_days;
     }
@@ -56,6 +63,7 @@ impl Daily {
 struct CarDaily {
     rented_seconds: i64,
     revenue: i64,
+    earned: i64,
     distance_km: f64,
 }
 
@@ -111,6 +119,7 @@ impl Sums {
         });
         entry.2.rented_seconds += d.rented_seconds;
         entry.2.revenue += d.revenue;
+        entry.2.earned += d.earned;
         entry.2.distance_km += d.distance_km;
     }
 }
@@ -140,7 +149,7 @@ impl Projection for Analytics {
             "booking" => event.event_type != "FeedbackSubmitted",
             "payment" => matches!(
                 event.event_type.as_str(),
-                "PaymentRequested" | "PaymentRefunded"
+                "PaymentRequested" | "PaymentCaptured" | "PaymentRefunded"
             ),
             _ => false,
         }
@@ -167,7 +176,12 @@ impl Projection for Analytics {
                 }
                 _ => {
                     payment_ids.insert(id);
-                    Decoded::Payment(id, decode(event)?)
+                    let payment: PaymentEvent = decode(event)?;
+                    if let PaymentEvent::PaymentRequested { booking_id, .. } = &payment {
+                        // Money may move on it later in this same batch.
+                        booking_ids.insert(*booking_id);
+                    }
+                    Decoded::Payment(id, payment)
                 }
             };
             decoded.push((item, event.recorded_at));
@@ -225,21 +239,34 @@ impl Projection for Analytics {
                     }
                     new_payments.push((id, booking_id));
                 }
+                Decoded::Payment(id, PaymentEvent::PaymentCaptured { amount }) => {
+                    let b = payment_booking_row(&payment_booking, &bookings, id)?;
+                    let day = day_of(recorded_at);
+                    let daily = Daily {
+                        revenue: amount.minor,
+                        ..Daily::default()
+                    };
+                    sums.daily(day, b, daily);
+                    let car = CarDaily {
+                        revenue: amount.minor,
+                        ..CarDaily::default()
+                    };
+                    sums.car(day, b, car);
+                }
                 Decoded::Payment(id, PaymentEvent::PaymentRefunded { amount, .. }) => {
-                    let booking = payment_booking.get(&id).ok_or_else(|| {
-                        ApplyError::Invalid(format!(
-                            "refund of payment {id}, which was never requested"
-                        ))
-                    })?;
-                    let b = bookings.get(booking).ok_or_else(|| never_held(*booking))?;
-                    sums.daily(
-                        day_of(recorded_at),
-                        b,
-                        Daily {
-                            refunds: amount.minor,
-                            ..Daily::default()
-                        },
-                    );
+                    let b = payment_booking_row(&payment_booking, &bookings, id)?;
+                    let day = day_of(recorded_at);
+                    let daily = Daily {
+                        revenue: -amount.minor,
+                        refunds: amount.minor,
+                        ..Daily::default()
+                    };
+                    sums.daily(day, b, daily);
+                    let car = CarDaily {
+                        revenue: -amount.minor,
+                        ..CarDaily::default()
+                    };
+                    sums.car(day, b, car);
                 }
                 Decoded::Payment(..) => {}
             }
@@ -367,7 +394,7 @@ fn apply_booking(
                 b,
                 Daily {
                     cancelled: 1,
-                    revenue: fee.minor,
+                    earned: fee.minor,
                     ..Daily::default()
                 },
             );
@@ -376,7 +403,7 @@ fn apply_booking(
                     day,
                     b,
                     CarDaily {
-                        revenue: fee.minor,
+                        earned: fee.minor,
                         ..CarDaily::default()
                     },
                 );
@@ -429,7 +456,7 @@ fn apply_booking(
                 b,
                 Daily {
                     completed: 1,
-                    revenue: total.minor,
+                    earned: total.minor,
                     rental_days: i64::from(b.days),
                     ..Daily::default()
                 },
@@ -442,7 +469,7 @@ fn apply_booking(
                 day,
                 b,
                 CarDaily {
-                    revenue: total.minor,
+                    earned: total.minor,
                     distance_km: distance,
                     ..CarDaily::default()
                 },
@@ -450,6 +477,20 @@ fn apply_booking(
             Ok(false)
         }
     }
+}
+
+/// The booking a payment was requested for.
+fn payment_booking_row<'a>(
+    payment_booking: &HashMap<Uuid, Uuid>,
+    bookings: &'a HashMap<Uuid, BookingRow>,
+    payment: Uuid,
+) -> Result<&'a BookingRow, ApplyError> {
+    let booking = payment_booking.get(&payment).ok_or_else(|| {
+        ApplyError::Invalid(format!(
+            "money moved on payment {payment}, which was never requested"
+        ))
+    })?;
+    bookings.get(booking).ok_or_else(|| never_held(*booking))
 }
 
 async fn write_bookings<'a>(
@@ -517,9 +558,10 @@ async fn write_sums(conn: &mut PgConnection, sums: Sums) -> Result<(), ApplyErro
         sqlx::query(
             "INSERT INTO rm_daily_metrics AS m (day, branch_code, currency, bookings_created, \
                bookings_cancelled, rentals_started, rentals_completed, revenue_minor, \
-               refunds_minor, rented_seconds, rental_days_sum) \
+               refunds_minor, rented_seconds, rental_days_sum, earned_minor) \
              SELECT * FROM unnest($1::date[], $2::text[], $3::text[], $4::int[], $5::int[], \
-               $6::int[], $7::int[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[]) \
+               $6::int[], $7::int[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], \
+               $12::bigint[]) \
              ON CONFLICT (day, branch_code, currency) DO UPDATE SET \
                bookings_created = m.bookings_created + EXCLUDED.bookings_created, \
                bookings_cancelled = m.bookings_cancelled + EXCLUDED.bookings_cancelled, \
@@ -528,7 +570,8 @@ async fn write_sums(conn: &mut PgConnection, sums: Sums) -> Result<(), ApplyErro
                revenue_minor = m.revenue_minor + EXCLUDED.revenue_minor, \
                refunds_minor = m.refunds_minor + EXCLUDED.refunds_minor, \
                rented_seconds = m.rented_seconds + EXCLUDED.rented_seconds, \
-               rental_days_sum = m.rental_days_sum + EXCLUDED.rental_days_sum",
+               rental_days_sum = m.rental_days_sum + EXCLUDED.rental_days_sum, \
+               earned_minor = m.earned_minor + EXCLUDED.earned_minor",
         )
         .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
         .bind(keys.iter().map(|k| k.1.clone()).collect::<Vec<_>>())
@@ -541,6 +584,7 @@ async fn write_sums(conn: &mut PgConnection, sums: Sums) -> Result<(), ApplyErro
         .bind(values.iter().map(|v| v.refunds).collect::<Vec<_>>())
         .bind(values.iter().map(|v| v.rented_seconds).collect::<Vec<_>>())
         .bind(values.iter().map(|v| v.rental_days).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.earned).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
@@ -548,12 +592,13 @@ async fn write_sums(conn: &mut PgConnection, sums: Sums) -> Result<(), ApplyErro
         let (keys, values): (Vec<_>, Vec<_>) = sums.cars.into_iter().unzip();
         sqlx::query(
             "INSERT INTO rm_car_daily AS c (day, car_id, branch_code, currency, rented_seconds, \
-               revenue_minor, distance_km) \
+               revenue_minor, distance_km, earned_minor) \
              SELECT * FROM unnest($1::date[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], \
-               $6::bigint[], $7::float8[]) \
+               $6::bigint[], $7::float8[], $8::bigint[]) \
              ON CONFLICT (day, car_id) DO UPDATE SET \
                rented_seconds = c.rented_seconds + EXCLUDED.rented_seconds, \
                revenue_minor = c.revenue_minor + EXCLUDED.revenue_minor, \
+               earned_minor = c.earned_minor + EXCLUDED.earned_minor, \
                distance_km = c.distance_km + EXCLUDED.distance_km",
         )
         .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
@@ -568,6 +613,7 @@ async fn write_sums(conn: &mut PgConnection, sums: Sums) -> Result<(), ApplyErro
         )
         .bind(values.iter().map(|v| v.2.revenue).collect::<Vec<_>>())
         .bind(values.iter().map(|v| v.2.distance_km).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.2.earned).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }

@@ -215,7 +215,7 @@ async fn analytics_counts_each_day_once() {
     type Daily = (NaiveDate, String, i32, i32, i32, i32, i64, i64, i64, i64);
     let rows: Vec<Daily> = sqlx::query_as(
         "SELECT day, branch_code, bookings_created, bookings_cancelled, rentals_started, \
-           rentals_completed, revenue_minor, refunds_minor, rented_seconds, rental_days_sum \
+           rentals_completed, earned_minor, refunds_minor, rented_seconds, rental_days_sum \
          FROM rm_daily_metrics WHERE day <= '2026-03-31' ORDER BY day, branch_code",
     )
     .fetch_all(&db.pool)
@@ -240,10 +240,20 @@ async fn analytics_counts_each_day_once() {
             .await
             .unwrap();
     assert_eq!(refunds, 6_000);
+    // Revenue is money that moved: captured 120.00, refunded 60.00, both recorded today (the
+    // day the gateway moved it), none on the days of the rental.
+    let revenue: Vec<(NaiveDate, i64)> = sqlx::query_as(
+        "SELECT day, revenue_minor FROM rm_daily_metrics WHERE revenue_minor <> 0 ORDER BY day",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let today = chrono::Utc::now().date_naive();
+    assert_eq!(revenue, vec![(today, 12_000 - 6_000)]);
 
-    let cars: Vec<(NaiveDate, Uuid, i64, i64, f64)> = sqlx::query_as(
-        "SELECT day, car_id, rented_seconds, revenue_minor, distance_km::float8 FROM rm_car_daily \
-         ORDER BY day, car_id",
+    let cars: Vec<(NaiveDate, Uuid, i64, i64, i64, f64)> = sqlx::query_as(
+        "SELECT day, car_id, rented_seconds, revenue_minor, earned_minor, distance_km::float8 \
+         FROM rm_car_daily ORDER BY day, car_id",
     )
     .fetch_all(&db.pool)
     .await
@@ -251,10 +261,11 @@ async fn analytics_counts_each_day_once() {
     assert_eq!(
         cars,
         vec![
-            (day(2), s.car, 14 * 3600, 0, 0.0),
-            (day(3), s.car, 24 * 3600, 0, 0.0),
-            (day(4), s.car, 12 * 3600, 14_500, 300.0),
-            (day(5), s.car2, 0, 1_000, 0.0),
+            (day(2), s.car, 14 * 3600, 0, 0, 0.0),
+            (day(3), s.car, 24 * 3600, 0, 0, 0.0),
+            (day(4), s.car, 12 * 3600, 0, 14_500, 300.0),
+            (day(5), s.car2, 0, 0, 1_000, 0.0),
+            (today, s.car, 0, 6_000, 0, 0.0),
         ]
     );
     let fleet: Vec<(Uuid, String, bool)> = sqlx::query_as(

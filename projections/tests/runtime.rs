@@ -125,8 +125,8 @@ async fn a_poison_event_stops_only_its_projection_at_that_event() {
         &store,
         "payment",
         s.payment,
-        "PaymentCaptured",
-        serde_json::json!({"amount": "a lot"}),
+        "PaymentAuthorized",
+        serde_json::json!({"gateway": 42}),
     )
     .await;
     let after = Uuid::now_v7();
@@ -161,7 +161,7 @@ async fn a_poison_event_stops_only_its_projection_at_that_event() {
             .error
             .as_deref()
             .unwrap_or("")
-            .contains("PaymentCaptured"),
+            .contains("PaymentAuthorized"),
         "{:?}",
         history.error
     );

@@ -619,7 +619,8 @@ impl Query {
                SELECT day, currency, sum(bookings_created)::int8 AS created, \
                  sum(bookings_cancelled)::int8 AS cancelled, sum(rentals_started)::int8 AS started, \
                  sum(rentals_completed)::int8 AS completed, sum(revenue_minor)::int8 AS revenue, \
-                 sum(refunds_minor)::int8 AS refunds, sum(rented_seconds)::int8 AS rented, \
+                 sum(refunds_minor)::int8 AS refunds, sum(earned_minor)::int8 AS earned, \
+                 sum(rented_seconds)::int8 AS rented, \
                  sum(rental_days_sum)::int8 AS rental_days \
                FROM rm_daily_metrics WHERE day BETWEEN $1 AND $2 \
                  AND ($3::text IS NULL OR branch_code = $3) GROUP BY day, currency), \
@@ -657,6 +658,7 @@ impl Query {
                 rentals_completed: count(completed),
                 revenue: Money::new(r.try_get("revenue")?, &currency),
                 refunds: Money::new(r.try_get("refunds")?, &currency),
+                earned: Money::new(r.try_get("earned")?, &currency),
                 utilization: if available > 0.0 {
                     (rented as f64 / available).clamp(0.0, 1.0)
                 } else {
@@ -686,7 +688,8 @@ impl Query {
         let pool = services(ctx)?.store.pool();
         let found = sqlx::query(
             "SELECT car_id, min(currency) AS currency, sum(rented_seconds)::int8 AS rented, \
-               sum(revenue_minor)::int8 AS revenue, sum(distance_km)::float8 AS distance \
+               sum(revenue_minor)::int8 AS revenue, sum(earned_minor)::int8 AS earned, \
+               sum(distance_km)::float8 AS distance \
              FROM rm_car_daily WHERE day BETWEEN $1 AND $2 AND ($3::text IS NULL OR branch_code = $3) \
              GROUP BY car_id ORDER BY rented DESC, car_id LIMIT $4",
         )
@@ -709,6 +712,7 @@ impl Query {
                 rented_hours: rented as f64 / 3600.0,
                 utilization: (rented as f64 / period_secs).clamp(0.0, 1.0),
                 revenue: Money::new(r.try_get("revenue")?, &currency),
+                earned: Money::new(r.try_get("earned")?, &currency),
                 distance_km: r.try_get("distance")?,
             });
         }

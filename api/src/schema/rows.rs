@@ -69,6 +69,7 @@ pub(crate) struct BookingRow {
     pub(crate) currency: String,
     pub(crate) lines: serde_json::Value,
     pub(crate) payment_id: Option<Uuid>,
+    pub(crate) cancel_fee_minor: Option<i64>,
     pub(crate) rating: Option<i32>,
     pub(crate) comment: Option<String>,
     pub(crate) feedback_at: Option<DateTime<Utc>>,
@@ -77,7 +78,7 @@ pub(crate) struct BookingRow {
 
 pub(crate) const BOOKING_COLUMNS: &str = "booking_id, customer_id, car_id, pickup_at, return_at, \
     pickup_branch, return_branch, status, held_until, total_minor, currency, lines, payment_id, \
-    rating, comment, feedback_at, created_at";
+    cancel_fee_minor, rating, comment, feedback_at, created_at";
 
 pub(crate) async fn booking(pool: &PgPool, id: Uuid) -> ApiResult<Option<BookingRow>> {
     let sql = format!("SELECT {BOOKING_COLUMNS} FROM rm_bookings WHERE booking_id = $1");
@@ -99,14 +100,43 @@ pub(crate) struct PaymentRow {
     pub(crate) created_at: DateTime<Utc>,
 }
 
+const PAYMENT_COLUMNS: &str = "payment_id, booking_id, amount_minor, refunded_minor, currency, \
+    method, status, gateway, failure_reason, created_at";
+
 pub(crate) async fn payment(pool: &PgPool, id: Uuid) -> ApiResult<Option<PaymentRow>> {
-    Ok(sqlx::query_as(
-        "SELECT payment_id, booking_id, amount_minor, refunded_minor, currency, method, status, \
-         gateway, failure_reason, created_at FROM rm_payments WHERE payment_id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?)
+    let sql = format!("SELECT {PAYMENT_COLUMNS} FROM rm_payments WHERE payment_id = $1");
+    Ok(sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?)
+}
+
+/// Every payment of a booking, oldest first (a booking has a handful: its payment, retries
+/// with other keys, charges for fees). Uses `rm_payments_booking_idx`.
+pub(crate) async fn booking_payments(pool: &PgPool, booking: Uuid) -> ApiResult<Vec<PaymentRow>> {
+    let sql = format!(
+        "SELECT {PAYMENT_COLUMNS} FROM rm_payments WHERE booking_id = $1 \
+         ORDER BY created_at, payment_id LIMIT 100"
+    );
+    Ok(sqlx::query_as(&sql).bind(booking).fetch_all(pool).await?)
+}
+
+impl PaymentRow {
+    /// Money this payment holds: captured minus refunded (zero unless it was captured).
+    pub(crate) fn held_minor(&self) -> i64 {
+        match self.status.as_str() {
+            "CAPTURED" | "PARTIALLY_REFUNDED" | "REFUNDED" => {
+                self.amount_minor - self.refunded_minor
+            }
+            _ => 0,
+        }
+    }
+
+    /// Money captured (before refunds).
+    pub(crate) fn captured_minor(&self) -> i64 {
+        if self.held_minor() != 0 || self.status == "REFUNDED" {
+            self.amount_minor
+        } else {
+            0
+        }
+    }
 }
 
 /// `rm_telemetry_latest` / `rm_telemetry_readings`.

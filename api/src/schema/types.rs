@@ -416,6 +416,35 @@ impl Booking {
         let pool = services(ctx)?.store.pool();
         Ok(rows::payment(pool, id).await?.map(Payment))
     }
+    /// Every payment of the booking, oldest first: the one that confirmed it, declined or
+    /// abandoned attempts, and charges for fees found at return.
+    async fn payments(&self, ctx: &Context<'_>) -> ApiResult<Vec<Payment>> {
+        let pool = services(ctx)?.store.pool();
+        Ok(rows::booking_payments(pool, self.0.booking_id)
+            .await?
+            .into_iter()
+            .map(Payment)
+            .collect())
+    }
+    /// The money side of the booking: what is owed, paid, refunded and still due.
+    async fn balance(&self, ctx: &Context<'_>) -> ApiResult<Balance> {
+        let pool = services(ctx)?.store.pool();
+        let payments = rows::booking_payments(pool, self.0.booking_id).await?;
+        let owed = match self.0.status.as_str() {
+            "CANCELLED" => self.0.cancel_fee_minor.unwrap_or(0),
+            "EXPIRED" => 0,
+            _ => self.0.total_minor,
+        };
+        let paid: i64 = payments.iter().map(rows::PaymentRow::captured_minor).sum();
+        let held: i64 = payments.iter().map(rows::PaymentRow::held_minor).sum();
+        let currency = &self.0.currency;
+        Ok(Balance {
+            owed: Money::new(owed, currency),
+            paid: Money::new(paid, currency),
+            refunded: Money::new(paid - held, currency),
+            due: Money::new(owed - held, currency),
+        })
+    }
     async fn feedback(&self) -> Option<Feedback> {
         Some(Feedback {
             booking_id: self.0.booking_id,
@@ -489,6 +518,19 @@ pub struct BookingConnection {
 }
 
 /// A payment, from the history read model.
+/// What a booking owes and holds. `owed` is the booking's total (its final total once
+/// returned, fees included; the cancellation fee once cancelled; nothing once expired);
+/// `due = owed − (paid − refunded)`: positive while the customer still owes money (unpaid, or
+/// fees whose charge was declined), negative while a refund is on its way.
+#[derive(SimpleObject)]
+pub struct Balance {
+    pub owed: Money,
+    /// Captured, before refunds.
+    pub paid: Money,
+    pub refunded: Money,
+    pub due: Money,
+}
+
 pub struct Payment(pub(crate) PaymentRow);
 
 #[Object]
@@ -687,8 +729,14 @@ pub struct DailyMetrics {
     pub bookings_cancelled: i32,
     pub rentals_started: i32,
     pub rentals_completed: i32,
+    /// Money in the bank from the day: captured minus refunded, on the days the gateway moved
+    /// it. Sums to what the payments' events say.
     pub revenue: Money,
+    /// Refunds paid out that day (already taken off `revenue`).
     pub refunds: Money,
+    /// Revenue recognised when earned: completed rentals' final totals (fees included) on
+    /// their return day, cancellation fees on their cancellation day.
+    pub earned: Money,
     /// Rented car-hours divided by available car-hours, 0..1.
     pub utilization: f64,
     pub average_rental_days: Option<f64>,
@@ -699,7 +747,10 @@ pub struct CarUtilization {
     pub car: Car,
     pub rented_hours: f64,
     pub utilization: f64,
+    /// Captured minus refunded for the car's bookings over the period.
     pub revenue: Money,
+    /// Earned over the period (completed rentals' totals, cancellation fees).
+    pub earned: Money,
     pub distance_km: f64,
 }
 

@@ -53,6 +53,8 @@ pub struct ChargeRequest {
     pub payment_id: Uuid,
     pub amount: Money,
     pub method: PaymentMethodKind,
+    /// A one-time token from the client's tokenizer, or a saved method's id
+    /// ([`Authorization::payment_method`]) for a charge made without the customer present.
     pub token: PaymentToken,
     /// The same key always yields the provider's first answer, never a second charge.
     pub idempotency_key: String,
@@ -63,6 +65,9 @@ pub struct ChargeRequest {
 pub struct Authorization {
     /// The provider's id for the charge; captures and refunds name it.
     pub reference: String,
+    /// The provider's reusable id for the payment method (Stripe's `pm_…`), for later charges
+    /// made without the customer present (fees found at return). Its token is never stored.
+    pub payment_method: Option<String>,
 }
 
 /// Capture an authorized charge in full.

@@ -96,8 +96,29 @@ impl GatewayRouter {
 
     /// Authorize along `request.method`'s route, falling back on unavailability and timeouts.
     pub async fn authorize(&self, request: &ChargeRequest) -> Routed {
+        self.authorize_over(self.gateways(request.method), request)
+            .await
+    }
+
+    /// Authorize at the named gateway only, no fallback: a charge with a saved payment method
+    /// goes where the method lives.
+    pub async fn authorize_at(&self, gateway: &str, request: &ChargeRequest) -> Routed {
+        match self.gateway(gateway) {
+            Some(found) => {
+                self.authorize_over(std::slice::from_ref(found), request)
+                    .await
+            }
+            None => Routed::Unreached(Vec::new()),
+        }
+    }
+
+    async fn authorize_over(
+        &self,
+        gateways: &[Arc<dyn PaymentGateway>],
+        request: &ChargeRequest,
+    ) -> Routed {
         let mut tried = Vec::new();
-        for gateway in self.gateways(request.method) {
+        for gateway in gateways {
             let name = gateway.name();
             let cause = match self.call(gateway.authorize(request)).await {
                 Ok(authorization) => {

@@ -10,10 +10,18 @@
 //! | `tok_chargeDeclined`                   |                                  | declined, reason `card declined`        |
 //! | `tok_chargeDeclinedInsufficientFunds`  | `tok_decline_insufficient_funds` | declined, reason `insufficient funds`   |
 //! | `tok_chargeDeclinedExpiredCard`        | `tok_decline_expired`            | declined, reason `card expired`         |
+//! | `tok_chargeCustomerFail`               |                                  | authorized; later charges with its saved method declined, `card declined` |
 //! | `tok_timeout`                          |                                  | never answers (the router's timeout cuts it off) |
 //! | anything else                          |                                  | declined, naming the accepted tokens    |
 //!
 //! The tokens work for every method (card, PayPal, wallet).
+//!
+//! # Saved payment methods
+//! Every authorization made with a token saves the method: [`Authorization::payment_method`]
+//! is its id (`pm_…`). A charge whose token is that id is a charge without the customer present
+//! (fees found at return); it behaves as the token behind it, except for
+//! `tok_chargeCustomerFail`, whose saved card declines such charges. An id the gateway never
+//! issued is declined, `unknown payment method`.
 //!
 //! # Switches
 //! - [`SandboxGateway::set_available`]: `false` makes every call fail at once with
@@ -67,11 +75,23 @@ pub const DECLINE_GENERIC: &str = "card declined";
 pub const DECLINE_INSUFFICIENT_FUNDS: &str = "insufficient funds";
 pub const DECLINE_EXPIRED: &str = "card expired";
 pub const DECLINE_UNKNOWN_TOKEN: &str = "unknown test token";
+pub const DECLINE_UNKNOWN_METHOD: &str = "unknown payment method";
+/// Authorizes, and saves a card whose later charges (without the customer) are declined.
+pub const TOKEN_CHARGE_CUSTOMER_FAIL: &str = "tok_chargeCustomerFail";
+
+/// How the sandbox's saved payment method ids begin.
+const METHOD_PREFIX: &str = "pm_";
+
+fn charge_reference() -> String {
+    format!("ch_{}", Uuid::new_v4().simple())
+}
 
 /// What the sandbox does with a token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Behaviour {
     Authorize,
+    /// Authorizes with the customer present; declines later charges with the saved method.
+    AuthorizeOnce,
     Decline(&'static str),
     Hang,
 }
@@ -90,6 +110,7 @@ const TEST_TOKENS: &[(&str, Behaviour)] = &[
         "tok_chargeDeclinedExpiredCard",
         Behaviour::Decline(DECLINE_EXPIRED),
     ),
+    (TOKEN_CHARGE_CUSTOMER_FAIL, Behaviour::AuthorizeOnce),
     (TOKEN_TIMEOUT, Behaviour::Hang),
     (TOKEN_SUCCESS, Behaviour::Authorize),
     (
@@ -239,19 +260,45 @@ impl PaymentGateway for SandboxGateway {
                     request.method
                 )));
             }
-            let decided = match behaviour(request.token.expose()) {
-                Some(Behaviour::Authorize) => {
-                    Outcome::Done(format!("ch_{}", Uuid::new_v4().simple()))
+            let given = request.token.expose();
+            // A saved method (a charge without the customer) behaves as the token behind it,
+            // except that a card saved from `tok_chargeCustomerFail` declines such charges.
+            let (token, method) = if given.starts_with(METHOD_PREFIX) {
+                match self.books.saved_method(given).await? {
+                    Some(token) => (token.clone(), (given.to_owned(), token)),
+                    None => (String::new(), (given.to_owned(), String::new())),
                 }
+            } else {
+                let id = format!("{METHOD_PREFIX}{}", Uuid::new_v4().simple());
+                (given.to_owned(), (id, given.to_owned()))
+            };
+            let off_session = given.starts_with(METHOD_PREFIX);
+            let decided = match behaviour(&token) {
+                _ if off_session && token.is_empty() => {
+                    Outcome::Declined(DECLINE_UNKNOWN_METHOD.into())
+                }
+                Some(Behaviour::Authorize) => Outcome::Done(charge_reference()),
+                Some(Behaviour::AuthorizeOnce) if off_session => {
+                    Outcome::Declined(DECLINE_GENERIC.into())
+                }
+                Some(Behaviour::AuthorizeOnce) => Outcome::Done(charge_reference()),
                 Some(Behaviour::Decline(reason)) => Outcome::Declined(reason.into()),
                 Some(Behaviour::Hang) => std::future::pending().await,
                 None => Outcome::Declined(unknown_token()),
             };
-            let reference = self
+            let (reference, payment_method) = self
                 .books
-                .authorize(&request.idempotency_key, request.amount, decided)
+                .authorize(
+                    &request.idempotency_key,
+                    request.amount,
+                    decided,
+                    Some(method),
+                )
                 .await?;
-            Ok(Authorization { reference })
+            Ok(Authorization {
+                reference,
+                payment_method,
+            })
         })
     }
 
@@ -260,10 +307,13 @@ impl PaymentGateway for SandboxGateway {
             self.answer().await?;
             Ok(match self.books.lookup(idempotency_key).await? {
                 None => Recorded::Unknown,
-                Some((_, Outcome::Done(reference))) => {
-                    Recorded::Authorized(Authorization { reference })
+                Some((_, Outcome::Done(reference), payment_method)) => {
+                    Recorded::Authorized(Authorization {
+                        reference,
+                        payment_method,
+                    })
                 }
-                Some((_, Outcome::Declined(reason))) => Recorded::Declined(reason),
+                Some((_, Outcome::Declined(reason), _)) => Recorded::Declined(reason),
             })
         })
     }
@@ -401,7 +451,7 @@ mod tests {
             }
             let unknown = "unknown test token; the sandbox accepts tok_visa, tok_mastercard, tok_amex, \
                  tok_chargeDeclined, tok_chargeDeclinedInsufficientFunds, \
-                 tok_chargeDeclinedExpiredCard, tok_timeout, tok_success, \
+                 tok_chargeDeclinedExpiredCard, tok_chargeCustomerFail, tok_timeout, tok_success, \
                  tok_decline_insufficient_funds, tok_decline_expired";
             for (token, reason) in [
                 ("tok_chargeDeclined", DECLINE_GENERIC),

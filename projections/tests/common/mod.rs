@@ -242,6 +242,7 @@ pub async fn scripted_history(store: &EventStore) -> Script {
             PaymentEvent::PaymentAuthorized {
                 gateway: "sandbox-card".into(),
                 reference: "ref-1".into(),
+                payment_method: None,
             },
             PaymentEvent::PaymentCaptured {
                 amount: eur(12_000),

@@ -73,8 +73,11 @@ fn decide_refund(charge: Option<&SandboxCharge>, amount: Money) -> Outcome {
 
 #[derive(Default)]
 pub(super) struct Ledger {
-    /// The first answer per authorization idempotency key, with the amount asked.
-    authorizations: HashMap<String, (Money, Outcome)>,
+    /// The first answer per authorization idempotency key, with the amount asked and the
+    /// payment method saved or used.
+    authorizations: HashMap<String, (Money, Outcome, Option<String>)>,
+    /// Saved payment methods: id → the test token behind it.
+    methods: HashMap<String, String>,
     charges: Vec<SandboxCharge>,
     /// The first answer per refund idempotency key.
     refunds: HashMap<String, (Money, Outcome)>,
@@ -115,19 +118,22 @@ impl Books {
         mutex.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Store `decided` for `key` unless an outcome is stored already; answer the stored one.
+    /// Store `decided` for `key` unless an outcome is stored already; answer the stored one:
+    /// the charge's reference and its payment method. A charge saves `method` (id, token).
     pub(super) async fn authorize(
         &self,
         key: &str,
         amount: Money,
         decided: Outcome,
-    ) -> Result<String, GatewayError> {
-        let (stored_amount, outcome) = match self {
+        method: Option<(String, String)>,
+    ) -> Result<(String, Option<String>), GatewayError> {
+        let (stored_amount, outcome, saved) = match self {
             Self::Memory(mutex) => {
                 let mut ledger = Self::ledger(mutex);
                 if let Some(stored) = ledger.authorizations.get(key) {
                     stored.clone()
                 } else {
+                    let method = method.filter(|_| matches!(decided, Outcome::Done(_)));
                     if let Outcome::Done(reference) = &decided {
                         ledger.charges.push(SandboxCharge {
                             reference: reference.clone(),
@@ -137,18 +143,26 @@ impl Books {
                             refunded: Money::zero(amount.currency),
                         });
                     }
-                    ledger
-                        .authorizations
-                        .insert(key.to_owned(), (amount, decided.clone()));
-                    (amount, decided)
+                    if let Some((id, token)) = &method {
+                        ledger.methods.insert(id.clone(), token.clone());
+                    }
+                    let stored = (amount, decided, method.map(|(id, _)| id));
+                    ledger.authorizations.insert(key.to_owned(), stored.clone());
+                    stored
                 }
             }
             Self::Durable { pool, gateway } => {
                 let (reference, reason) = decided.split();
+                let (method_id, token) = match (&decided, &method) {
+                    (Outcome::Done(_), Some((id, token))) => {
+                        (Some(id.as_str()), Some(token.as_str()))
+                    }
+                    _ => (None, None),
+                };
                 sqlx::query(
-                    "INSERT INTO sandbox_authorizations \
-                     (gateway, idempotency_key, amount_minor, currency, reference, declined) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                    "INSERT INTO sandbox_authorizations (gateway, idempotency_key, amount_minor, \
+                     currency, reference, declined, payment_method, token) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
                 )
                 .bind(gateway)
                 .bind(key)
@@ -156,6 +170,8 @@ impl Books {
                 .bind(amount.currency.to_string())
                 .bind(reference)
                 .bind(reason)
+                .bind(method_id)
+                .bind(token)
                 .execute(pool)
                 .await
                 .map_err(outage)?;
@@ -166,17 +182,37 @@ impl Books {
         if stored_amount != amount {
             return declined(KEY_REUSED);
         }
-        outcome.into_result()
+        outcome.into_result().map(|reference| (reference, saved))
     }
 
-    /// The stored outcome of the authorization request with this key, with its amount.
-    pub(super) async fn lookup(&self, key: &str) -> Result<Option<(Money, Outcome)>, GatewayError> {
+    /// The test token behind a saved payment method.
+    pub(super) async fn saved_method(&self, id: &str) -> Result<Option<String>, GatewayError> {
+        match self {
+            Self::Memory(mutex) => Ok(Self::ledger(mutex).methods.get(id).cloned()),
+            Self::Durable { pool, gateway } => sqlx::query_scalar(
+                "SELECT token FROM sandbox_authorizations \
+                 WHERE gateway = $1 AND payment_method = $2 AND token IS NOT NULL LIMIT 1",
+            )
+            .bind(gateway)
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(outage),
+        }
+    }
+
+    /// The stored outcome of the authorization request with this key, with its amount and
+    /// payment method.
+    pub(super) async fn lookup(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Money, Outcome, Option<String>)>, GatewayError> {
         match self {
             Self::Memory(mutex) => Ok(Self::ledger(mutex).authorizations.get(key).cloned()),
             Self::Durable { pool, gateway } => {
                 let row = sqlx::query(
-                    "SELECT amount_minor, currency, reference, declined FROM sandbox_authorizations \
-                     WHERE gateway = $1 AND idempotency_key = $2",
+                    "SELECT amount_minor, currency, reference, declined, payment_method \
+                     FROM sandbox_authorizations WHERE gateway = $1 AND idempotency_key = $2",
                 )
                 .bind(gateway)
                 .bind(key)
@@ -192,7 +228,11 @@ impl Books {
                         row.try_get("reference").map_err(outage)?,
                         row.try_get("declined").map_err(outage)?,
                     );
-                    Ok((amount, outcome))
+                    Ok((
+                        amount,
+                        outcome,
+                        row.try_get("payment_method").map_err(outage)?,
+                    ))
                 })
                 .transpose()
             }

@@ -1,0 +1,293 @@
+//! The money adds up, through `fleetledger serve` (API, worker, projectors): fees found at
+//! return are charged to the card saved at booking, a card that refuses them leaves the booking
+//! COMPLETED with a balance due, and analytics' revenue equals money captured minus refunded,
+//! per day, per car and per booking, summed straight from the payments' events.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Serve, admin_token, customer_token, gql, in_days};
+use eventstore::testing::{TestDatabase, eventually};
+use serde_json::{Value, json};
+
+const BALANCE: &str = "query($b: UUID!) { booking(id: $b) { status carId: car { id }
+    balance { owed { amount } paid { amount } refunded { amount } due { amount } }
+    payments { status amount { amount } failureReason } } }";
+
+struct Desk {
+    addr: String,
+    admin: String,
+}
+
+impl Desk {
+    async fn car(&self, make: &str) -> String {
+        let data = gql(
+            &self.addr,
+            Some(&self.admin),
+            "mutation($i: CarInput!) { addCar(input: $i) { id } }",
+            json!({ "i": { "make": make, "model": "Any", "year": 2025, "class": "ECONOMY",
+                "seats": 4, "transmission": "MANUAL", "fuel": "PETROL", "features": [],
+                "dailyRate": "50.00", "currency": "EUR", "branchCode": "LIS" } }),
+        )
+        .await;
+        data["addCar"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// A two-day booking of `car` from `start` days ahead, paid with `token`.
+    async fn paid(&self, customer: &str, car: &str, token: &str, start: i64) -> String {
+        let booking = gql(
+            &self.addr,
+            Some(customer),
+            "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+            json!({ "i": { "carId": car, "pickupAt": in_days(start), "returnAt": in_days(start + 2) } }),
+        )
+        .await["requestBooking"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let paid = self.pay(customer, &booking, token, "pay-1").await;
+        assert_eq!(paid["status"], "CAPTURED", "{paid}");
+        booking
+    }
+
+    async fn pay(&self, customer: &str, booking: &str, token: &str, key: &str) -> Value {
+        gql(
+            &self.addr,
+            Some(customer),
+            "mutation($b: UUID!, $t: String!, $k: String!) {
+                payBooking(bookingId: $b, method: { kind: CARD, token: $t }, idempotencyKey: $k) {
+                    status failureReason } }",
+            json!({ "b": booking, "t": token, "k": key }),
+        )
+        .await["payBooking"]
+            .clone()
+    }
+
+    /// Picked up now (the car is free until the booking starts), returned now with 40 % of
+    /// the tank missing: a refuelling fee of 40 points.
+    async fn rented_and_returned_short_of_fuel(&self, booking: &str) {
+        gql(
+            &self.addr,
+            Some(&self.admin),
+            "mutation($b: UUID!) { pickUpCar(bookingId: $b, odometerKm: 100, fuelPercent: 100) { id } }",
+            json!({ "b": booking }),
+        )
+        .await;
+        let returned = gql(
+            &self.addr,
+            Some(&self.admin),
+            "mutation($b: UUID!) { returnCar(bookingId: $b, odometerKm: 180, fuelPercent: 60, branchCode: \"LIS\") { status } }",
+            json!({ "b": booking }),
+        )
+        .await;
+        assert_eq!(returned["returnCar"]["status"], "COMPLETED");
+    }
+
+    async fn booking(&self, booking: &str) -> Value {
+        gql(
+            &self.addr,
+            Some(&self.admin),
+            BALANCE,
+            json!({ "b": booking }),
+        )
+        .await["booking"]
+            .clone()
+    }
+}
+
+fn amount(v: &Value) -> f64 {
+    v["amount"].as_str().unwrap().parse().unwrap()
+}
+
+/// Money moved per payment's booking and per UTC day, summed from the events themselves:
+/// captured minus refunded. (booking → minor, day → (net minor, refunded minor))
+async fn from_the_log(db: &TestDatabase) -> (BTreeMap<String, i64>, BTreeMap<String, (i64, i64)>) {
+    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "WITH requested AS ( \
+           SELECT aggregate_id, payload->>'booking_id' AS booking FROM events \
+           WHERE aggregate_type = 'payment' AND event_type = 'PaymentRequested') \
+         SELECT r.booking, (e.recorded_at AT TIME ZONE 'UTC')::date::text, \
+           coalesce(sum((e.payload->'amount'->>'minor')::bigint) FILTER (WHERE e.event_type = 'PaymentCaptured'), 0), \
+           coalesce(sum((e.payload->'amount'->>'minor')::bigint) FILTER (WHERE e.event_type = 'PaymentRefunded'), 0) \
+         FROM events e JOIN requested r USING (aggregate_id) \
+         WHERE e.aggregate_type = 'payment' AND e.event_type IN ('PaymentCaptured', 'PaymentRefunded') \
+         GROUP BY 1, 2",
+    )
+    .fetch_all(db.store().pool())
+    .await
+    .unwrap();
+    let (mut bookings, mut days) = (BTreeMap::new(), BTreeMap::<String, (i64, i64)>::new());
+    for (booking, day, captured, refunded) in rows {
+        *bookings.entry(booking).or_default() += captured - refunded;
+        let entry = days.entry(day).or_default();
+        entry.0 += captured - refunded;
+        entry.1 += refunded;
+    }
+    (bookings, days)
+}
+
+#[tokio::test]
+async fn fees_are_collected_and_revenue_is_money_captured_minus_refunded() {
+    let db = TestDatabase::create().await;
+    let serve = Serve::start(&db.url(), &[]);
+    let desk = Desk {
+        addr: serve.addr.clone(),
+        admin: admin_token(&serve.addr).await,
+    };
+    gql(
+        &desk.addr,
+        Some(&desk.admin),
+        "mutation { addBranch(input: { code: \"LIS\", name: \"Lisboa\", city: \"Lisboa\",
+            position: { latitude: 38.72, longitude: -9.14 } }) { code } }",
+        json!({}),
+    )
+    .await;
+    let cars = [
+        desk.car("Fiat").await,
+        desk.car("Seat").await,
+        desk.car("Opel").await,
+        desk.car("Kia").await,
+    ];
+    let customer = customer_token(&desk.addr, "money@fleet.test").await;
+
+    // Returned short of fuel, the saved card pays the fee.
+    let settled = desk.paid(&customer, &cars[0], "tok_visa", 1).await;
+    desk.rented_and_returned_short_of_fuel(&settled).await;
+    // Returned short of fuel, the saved card refuses the fee.
+    let owing = desk
+        .paid(&customer, &cars[1], "tok_chargeCustomerFail", 1)
+        .await;
+    desk.rented_and_returned_short_of_fuel(&owing).await;
+    // Paid, then cancelled days before pick-up (free until 24 h before): refunded in full.
+    let cancelled = desk.paid(&customer, &cars[2], "tok_visa", 3).await;
+    gql(
+        &desk.addr,
+        Some(&customer),
+        "mutation($b: UUID!) { cancelBooking(id: $b) { status } }",
+        json!({ "b": cancelled }),
+    )
+    .await;
+    // A declined card, then another that pays.
+    let second_try = gql(
+        &desk.addr,
+        Some(&customer),
+        "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+        json!({ "i": { "carId": cars[3], "pickupAt": in_days(1), "returnAt": in_days(2) } }),
+    )
+    .await["requestBooking"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let declined = desk
+        .pay(&customer, &second_try, "tok_chargeDeclined", "try-1")
+        .await;
+    assert_eq!(declined["status"], "FAILED");
+    assert_eq!(
+        desk.pay(&customer, &second_try, "tok_visa", "try-2").await["status"],
+        "CAPTURED"
+    );
+
+    // The worker charges the fees (the refuelling of 40 % of the tank).
+    eventually(30, "the fees are settled or declined", || async {
+        let (a, b, c) = (
+            desk.booking(&settled).await,
+            desk.booking(&owing).await,
+            desk.booking(&cancelled).await,
+        );
+        a["payments"].as_array().is_some_and(|p| p.len() == 2)
+            && a["payments"][1]["status"] == "CAPTURED"
+            && b["payments"].as_array().is_some_and(|p| p.len() >= 2)
+            && c["payments"][0]["status"] == "REFUNDED"
+    })
+    .await;
+    let a = desk.booking(&settled).await;
+    let fee = amount(&a["payments"][1]["amount"]);
+    assert!(fee > 0.0);
+    assert_eq!(amount(&a["balance"]["owed"]), 100.0 + fee);
+    assert_eq!(amount(&a["balance"]["paid"]), 100.0 + fee);
+    assert_eq!(amount(&a["balance"]["due"]), 0.0);
+    let b = desk.booking(&owing).await;
+    assert_eq!(b["status"], "COMPLETED");
+    assert_eq!(b["payments"][1]["status"], "FAILED");
+    assert_eq!(b["payments"][1]["failureReason"], "card declined");
+    assert_eq!(amount(&b["balance"]["due"]), fee, "the fee is still due");
+    let c = desk.booking(&cancelled).await;
+    assert_eq!(
+        (
+            amount(&c["balance"]["refunded"]),
+            amount(&c["balance"]["due"])
+        ),
+        (100.0, 0.0)
+    );
+
+    // Every figure of money agrees with the payments' events, once the projections caught up.
+    let (per_booking, per_day) = from_the_log(&db).await;
+    for (booking, net) in &per_booking {
+        let seen = desk.booking(booking).await;
+        let held = amount(&seen["balance"]["paid"]) - amount(&seen["balance"]["refunded"]);
+        assert_eq!((held * 100.0).round() as i64, *net, "booking {booking}");
+    }
+    let first = per_day.keys().next().unwrap().clone();
+    let last = per_day.keys().last().unwrap().clone();
+    let analyst_view = || async {
+        gql(
+            &desk.addr,
+            Some(&desk.admin),
+            "query($f: NaiveDate!, $t: NaiveDate!) {
+                dailyMetrics(from: $f, to: $t, branchCode: \"LIS\") {
+                    date revenue { amount } refunds { amount } }
+                carUtilization(from: $f, to: $t, branchCode: \"LIS\", first: 10) {
+                    car { id } revenue { amount } } }",
+            json!({ "f": first, "t": last }),
+        )
+        .await
+    };
+    let expected_days: Vec<(String, i64, i64)> = per_day
+        .iter()
+        .map(|(day, (net, refunded))| (day.clone(), *net, *refunded))
+        .collect();
+    let minor = |v: &Value| (amount(v) * 100.0).round() as i64;
+    eventually(30, "analytics agree with the payments' events", || async {
+        let seen = analyst_view().await;
+        let days: Vec<(String, i64, i64)> = seen["dailyMetrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["date"].as_str().unwrap().to_owned(),
+                    minor(&d["revenue"]),
+                    minor(&d["refunds"]),
+                )
+            })
+            .collect();
+        days == expected_days
+    })
+    .await;
+    // Per car: each car's revenue is its bookings' money.
+    let seen = analyst_view().await;
+    let mut per_car = BTreeMap::new();
+    for booking in [&settled, &owing, &cancelled, &second_try] {
+        let car = desk.booking(booking).await["carId"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        *per_car.entry(car).or_insert(0) += per_booking.get(booking.as_str()).copied().unwrap_or(0);
+    }
+    let cars_seen: BTreeMap<String, i64> = seen["carUtilization"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["car"]["id"].as_str().unwrap().to_owned(),
+                minor(&c["revenue"]),
+            )
+        })
+        .collect();
+    let nonzero = |m: BTreeMap<String, i64>| -> BTreeMap<String, i64> {
+        m.into_iter().filter(|(_, v)| *v != 0).collect()
+    };
+    assert_eq!(nonzero(cars_seen), nonzero(per_car));
+}
