@@ -108,8 +108,8 @@ async fn from_the_log(db: &TestDatabase) -> (BTreeMap<String, i64>, BTreeMap<Str
            SELECT aggregate_id, payload->>'booking_id' AS booking FROM events \
            WHERE aggregate_type = 'payment' AND event_type = 'PaymentRequested') \
          SELECT r.booking, (e.recorded_at AT TIME ZONE 'UTC')::date::text, \
-           coalesce(sum((e.payload->'amount'->>'minor')::bigint) FILTER (WHERE e.event_type = 'PaymentCaptured'), 0), \
-           coalesce(sum((e.payload->'amount'->>'minor')::bigint) FILTER (WHERE e.event_type = 'PaymentRefunded'), 0) \
+           coalesce(sum((e.payload->'amount'->>'minor')::bigint) FILTER (WHERE e.event_type = 'PaymentCaptured'), 0)::bigint, \
+           coalesce(sum((e.payload->'amount'->>'minor')::bigint) FILTER (WHERE e.event_type = 'PaymentRefunded'), 0)::bigint \
          FROM events e JOIN requested r USING (aggregate_id) \
          WHERE e.aggregate_type = 'payment' AND e.event_type IN ('PaymentCaptured', 'PaymentRefunded') \
          GROUP BY 1, 2",
