@@ -347,6 +347,7 @@ impl BookingService {
             .await;
         match result {
             Ok((state, events)) => {
+                crate::crash_point!("booking.requested");
                 self.cars.forget(&request.car_id.to_string()).await;
                 Ok(self.view(booking_id, state, events))
             }
@@ -622,6 +623,9 @@ impl BookingService {
             },
         )
         .await
+        .inspect(|_| {
+            crate::crash_point!("booking.returned");
+        })
     }
 
     /// The customer rates a completed rental.

@@ -12,6 +12,8 @@
 //! | `payment.gateway_answered` | a gateway decided (charged or declined); the answer is not recorded |
 //! | `payment.authorized` | the authorization is recorded; not captured |
 //! | `payment.captured` | the capture is recorded; the booking is not confirmed |
+//! | `booking.requested` | the hold (car reserved, booking HELD, expiry step) is committed; not answered |
+//! | `booking.returned` | the return (car back, booking COMPLETED, fees step) is committed; not answered |
 
 /// Every point a test may arm.
 pub const POINTS: &[&str] = &[
@@ -19,6 +21,8 @@ pub const POINTS: &[&str] = &[
     "payment.gateway_answered",
     "payment.authorized",
     "payment.captured",
+    "booking.requested",
+    "booking.returned",
 ];
 
 /// Arm the point named by FLEETLEDGER_CRASH_AT, if any. Call once at start-up.

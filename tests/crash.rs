@@ -1,7 +1,8 @@
 //! `fleetledger serve` killed with SIGKILL at each point of the payment path, for each sandbox
 //! outcome: after a restart the payment ends CAPTURED or FAILED within seconds, never PENDING,
 //! the card was charged exactly once (or not at all), the booking agrees, and a retry with the
-//! same idempotency key answers that final state.
+//! same idempotency key answers that final state. Also killed right after a booking and after a
+//! return committed: the retry answers that booking, and the return's fees are still collected.
 //!
 //! The process kills itself at a named crash point (`commands::crash`, armed by
 //! FLEETLEDGER_CRASH_AT in the test build): SIGKILL at exactly that line, nothing after it runs.
@@ -45,38 +46,79 @@ struct Expect {
     charges: (i64, i64, i64),
 }
 
+/// A fleet of one car at BER, an admin and a customer on a `serve` that dies at `point`.
+struct Desk {
+    serve: Serve,
+    admin: String,
+    customer: String,
+    car: Value,
+}
+
+impl Desk {
+    async fn open(db: &TestDatabase, point: &str) -> Self {
+        let serve = Serve::start(&db.url(), &[("FLEETLEDGER_CRASH_AT", point)]);
+        let addr = serve.addr.clone();
+        let admin = admin_token(&addr).await;
+        gql(
+            &addr,
+            Some(&admin),
+            "mutation { addBranch(input: { code: \"BER\", name: \"Berlin\", city: \"Berlin\",
+                position: { latitude: 52.5, longitude: 13.4 } }) { code } }",
+            json!({}),
+        )
+        .await;
+        let car = gql(
+            &addr,
+            Some(&admin),
+            "mutation($i: CarInput!) { addCar(input: $i) { id } }",
+            json!({ "i": { "make": "Fiat", "model": "500", "year": 2025, "class": "ECONOMY",
+                "seats": 4, "transmission": "MANUAL", "fuel": "PETROL", "features": [],
+                "dailyRate": "35.00", "currency": "EUR", "branchCode": "BER" } }),
+        )
+        .await["addCar"]["id"]
+            .clone();
+        let customer = customer_token(&addr, "crash@fleet.test").await;
+        Self {
+            serve,
+            admin,
+            customer,
+            car,
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.serve.addr.clone()
+    }
+
+    async fn book(&self, addr: &str) -> Result<Value, reqwest::Error> {
+        gql_raw(
+            addr,
+            Some(&self.customer),
+            "mutation($i: BookingRequestInput!) {
+                requestBooking(input: $i, idempotencyKey: \"book-once\") { id status } }",
+            json!({ "i": { "carId": self.car, "pickupAt": in_days(3), "returnAt": in_days(5) } }),
+        )
+        .await
+    }
+
+    /// The request died with the process, by SIGKILL.
+    fn died(&mut self, answer: &Result<Value, reqwest::Error>, point: &str) {
+        assert!(answer.is_err(), "the process died mid-request: {answer:?}");
+        assert_eq!(
+            self.serve.wait().signal(),
+            Some(9),
+            "killed by SIGKILL at {point}"
+        );
+    }
+}
+
 async fn crash_and_finish(point: &str, token: &str, expect: Expect) {
     let db = TestDatabase::create().await;
     let url = db.url();
-    let mut dying = Serve::start(&url, &[("FLEETLEDGER_CRASH_AT", point)]);
-    let addr = dying.addr.clone();
-    let admin = admin_token(&addr).await;
-    gql(
-        &addr,
-        Some(&admin),
-        "mutation { addBranch(input: { code: \"BER\", name: \"Berlin\", city: \"Berlin\",
-            position: { latitude: 52.5, longitude: 13.4 } }) { code } }",
-        json!({}),
-    )
-    .await;
-    let car = gql(
-        &addr,
-        Some(&admin),
-        "mutation($i: CarInput!) { addCar(input: $i) { id } }",
-        json!({ "i": { "make": "Fiat", "model": "500", "year": 2025, "class": "ECONOMY",
-            "seats": 4, "transmission": "MANUAL", "fuel": "PETROL", "features": [],
-            "dailyRate": "35.00", "currency": "EUR", "branchCode": "BER" } }),
-    )
-    .await["addCar"]["id"]
-        .clone();
-    let customer = customer_token(&addr, "crash@fleet.test").await;
-    let booking = gql(
-        &addr,
-        Some(&customer),
-        "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
-        json!({ "i": { "carId": car, "pickupAt": in_days(3), "returnAt": in_days(5) } }),
-    )
-    .await["requestBooking"]["id"]
+    let mut desk = Desk::open(&db, point).await;
+    let addr = desk.addr();
+    let customer = desk.customer.clone();
+    let booking = desk.book(&addr).await.unwrap()["data"]["requestBooking"]["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -89,12 +131,7 @@ async fn crash_and_finish(point: &str, token: &str, expect: Expect) {
         json!({ "b": booking, "t": token }),
     )
     .await;
-    assert!(answer.is_err(), "the process died mid-request: {answer:?}");
-    assert_eq!(
-        dying.wait().signal(),
-        Some(9),
-        "killed by SIGKILL at {point}"
-    );
+    desk.died(&answer, point);
 
     // Back up: within seconds the worker finishes it.
     let serve = Serve::start(&url, &[]);
@@ -138,6 +175,86 @@ async fn crash_and_finish(point: &str, token: &str, expect: Expect) {
         "a retry with the same key answers the final state"
     );
     assert_eq!(charged(&db, &payment_id).await, expect.charges);
+}
+
+#[tokio::test]
+async fn killed_after_a_booking_committed_a_retry_answers_that_booking() {
+    let db = TestDatabase::create().await;
+    let mut desk = Desk::open(&db, "booking.requested").await;
+    let answer = desk.book(&desk.addr()).await;
+    desk.died(&answer, "booking.requested");
+
+    let serve = Serve::start(&db.url(), &[]);
+    let retried = desk.book(&serve.addr).await.unwrap();
+    let booking = &retried["data"]["requestBooking"];
+    assert_eq!(booking["status"], "HELD", "{retried}");
+    // One booking, one reservation of the car, one expiry step: the commit stood whole.
+    let counts: (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM events WHERE event_type = 'BookingHeld'), \
+                (SELECT count(*) FROM events WHERE event_type = 'CarReserved'), \
+                (SELECT count(*) FROM workflow_steps WHERE kind = 'expire_hold' AND booking_id = $1)",
+    )
+    .bind(booking["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap())
+    .fetch_one(db.store().pool())
+    .await
+    .unwrap();
+    assert_eq!(counts, (1, 1, 1));
+}
+
+#[tokio::test]
+async fn killed_after_a_return_committed_the_fees_are_still_collected() {
+    let db = TestDatabase::create().await;
+    let mut desk = Desk::open(&db, "booking.returned").await;
+    let addr = desk.addr();
+    let booking = desk.book(&addr).await.unwrap()["data"]["requestBooking"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let paid = gql(
+        &addr,
+        Some(&desk.customer),
+        PAY,
+        json!({ "b": booking, "t": "tok_visa" }),
+    )
+    .await;
+    assert_eq!(paid["payBooking"]["status"], "CAPTURED");
+    gql(
+        &addr,
+        Some(&desk.admin),
+        "mutation($b: UUID!) { pickUpCar(bookingId: $b, odometerKm: 100, fuelPercent: 100) { id } }",
+        json!({ "b": booking }),
+    )
+    .await;
+    let answer = gql_raw(
+        &addr,
+        Some(&desk.admin),
+        "mutation($b: UUID!) { returnCar(bookingId: $b, odometerKm: 150, fuelPercent: 70, branchCode: \"BER\") { status } }",
+        json!({ "b": booking }),
+    )
+    .await;
+    desk.died(&answer, "booking.returned");
+
+    let serve = Serve::start(&db.url(), &[]);
+    let fees = || async {
+        gql(
+            &serve.addr,
+            Some(&desk.admin),
+            "query($b: UUID!) { booking(id: $b) { status balance { due { amount } }
+                payments { status amount { amount } } } }",
+            json!({ "b": booking }),
+        )
+        .await["booking"]
+            .clone()
+    };
+    eventually(20, "the fees are charged after the restart", || async {
+        fees().await["payments"][1]["status"] == "CAPTURED"
+    })
+    .await;
+    let seen = fees().await;
+    assert_eq!(seen["status"], "COMPLETED");
+    assert_eq!(seen["balance"]["due"]["amount"], "0.00");
+    // Refuelling 30 % of the tank at 1.50 a point.
+    assert_eq!(seen["payments"][1]["amount"]["amount"], "45.00");
 }
 
 const INTERRUPTED: &str =
