@@ -90,9 +90,9 @@ impl App {
             request_budget: Duration::from_millis(config.request_budget_ms),
             login_attempts: config.login_attempts,
             login_window: Duration::from_secs(config.login_window_seconds),
+            graphql_threads: config.graphql_threads,
         };
-        api::AppState::new(self.services.clone(), api_config)
-            .context("REDIS_URL is not a valid Redis URL")
+        api::AppState::new(self.services.clone(), api_config).context("setting up the API")
     }
 
     /// Create the first admin from FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL/_PASSWORD if none exists;

@@ -83,6 +83,9 @@ pub(crate) struct Config {
     /// `FLEETLEDGER_REQUEST_BUDGET_MS`: the longest one HTTP GraphQL request may run (default
     /// 30000).
     pub(crate) request_budget_ms: u64,
+    /// `FLEETLEDGER_GRAPHQL_THREADS`: threads of the runtime GraphQL work runs on, apart from
+    /// the one answering health checks and signals (default: the number of cores).
+    pub(crate) graphql_threads: usize,
     pub(crate) login_window_seconds: u64,
     pub(crate) graphql_max_complexity: usize,
     pub(crate) graphql_max_page_size: i32,
@@ -155,6 +158,10 @@ impl Config {
             graphql_max_batch: positive("FLEETLEDGER_GRAPHQL_MAX_BATCH", 10)?,
             login_attempts: env_or("FLEETLEDGER_LOGIN_ATTEMPTS", 10)?,
             request_budget_ms: positive("FLEETLEDGER_REQUEST_BUDGET_MS", 30_000)?,
+            graphql_threads: positive(
+                "FLEETLEDGER_GRAPHQL_THREADS",
+                std::thread::available_parallelism().map_or(2, usize::from),
+            )?,
             login_window_seconds: positive("FLEETLEDGER_LOGIN_WINDOW", 900)?,
             graphql_max_complexity: positive("FLEETLEDGER_GRAPHQL_MAX_COMPLEXITY", 5_000)?,
             graphql_max_page_size: positive("FLEETLEDGER_GRAPHQL_MAX_PAGE_SIZE", 100)?,

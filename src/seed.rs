@@ -396,6 +396,7 @@ fn car_history(
         }];
         let roll: f64 = rng.random();
         let dropped = ret < now && roll < 0.25;
+        let mut paid = None;
         if dropped {
             let at = if roll < 0.15 {
                 let at = created + Duration::minutes(rng.random_range(1..5));
@@ -417,10 +418,10 @@ fn car_history(
         } else if created + Duration::minutes(10) < now {
             let payment = uuid(rng);
             let paid_at = created + Duration::minutes(2);
-            out.push(
-                "payment",
+            // Appended after the booking's stream: a payment follows its booking's hold.
+            paid = Some((
                 payment,
-                &[
+                [
                     PaymentEvent::PaymentRequested {
                         id: payment,
                         booking_id: booking,
@@ -438,7 +439,7 @@ fn car_history(
                         amount: quote.total,
                     },
                 ],
-            )?;
+            ));
             booking_events.push(BookingEvent::BookingConfirmed {
                 payment_id: payment,
                 at: paid_at,
@@ -528,6 +529,9 @@ fn car_history(
             }
         }
         out.push("booking", booking, &booking_events)?;
+        if let Some((payment, events)) = paid {
+            out.push("payment", payment, &events)?;
+        }
         out.bookings += 1;
         cursor = ret + Duration::hours(rng.random_range(24..96));
         // Now and then, maintenance in the gap before the next booking.

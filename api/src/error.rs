@@ -27,6 +27,15 @@ pub enum Code {
     RateLimited,
     Unavailable,
     Internal,
+    /// The document's shape is over a bound (fields, depth, root fields, complexity, one
+    /// credential check per document); `extensions.limit` names it, `extensions.max` its value.
+    QueryTooComplex,
+    /// A JSON batch holds more operations than allowed.
+    BatchTooLarge,
+    /// The request body is over the byte limit (HTTP 413).
+    RequestTooLarge,
+    /// The request ran past its wall-clock budget and was stopped (HTTP 503); retry.
+    RequestTimeout,
 }
 
 impl Code {
@@ -40,6 +49,10 @@ impl Code {
             Self::RateLimited => "RATE_LIMITED",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
+            Self::QueryTooComplex => "QUERY_TOO_COMPLEX",
+            Self::BatchTooLarge => "BATCH_TOO_LARGE",
+            Self::RequestTooLarge => "REQUEST_TOO_LARGE",
+            Self::RequestTimeout => "REQUEST_TIMEOUT",
         }
     }
 }

@@ -11,8 +11,9 @@
 //!   the standard introspection query every GraphQL tool sends nests about 13 deep;
 //! - fragments that spread themselves, which validation would reject only after expanding.
 //!
-//! A document over a bound is refused with `BAD_USER_INPUT` (`extensions.limit` says which)
-//! and nothing else of the request runs. The same guard serves HTTP and WebSocket requests,
+//! A document over a bound is refused with `QUERY_TOO_COMPLEX` (`extensions.limit` says which
+//! bound, `extensions.max` its value); a NUL character or a fragment that spreads itself or does
+//! not exist is `BAD_USER_INPUT`. Nothing else of the request runs. The same guard serves HTTP and WebSocket requests,
 //! since both go through the schema.
 
 use std::collections::HashMap;
@@ -61,6 +62,25 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The bound's value, for limits.
+    fn max(&self) -> Option<usize> {
+        match self {
+            Self::TooManyFields { max, .. }
+            | Self::TooDeep { max, .. }
+            | Self::TooWide { max, .. } => Some(*max),
+            Self::CredentialsTwice => Some(1),
+            _ => None,
+        }
+    }
+
+    fn code(&self) -> crate::error::Code {
+        if self.max().is_some() {
+            crate::error::Code::QueryTooComplex
+        } else {
+            crate::error::Code::BadUserInput
+        }
+    }
+
     fn limit(&self) -> &'static str {
         match self {
             Self::TooManyFields { .. } => "fields",
@@ -284,8 +304,11 @@ impl Extension for ShapeGuardExtension {
                 metrics::counter!("fleetledger_graphql_refused_total", "limit" => refusal.limit())
                     .increment(1);
                 let mut extensions = ErrorExtensionValues::default();
-                extensions.set("code", crate::error::Code::BadUserInput.as_str());
+                extensions.set("code", refusal.code().as_str());
                 extensions.set("limit", refusal.limit());
+                if let Some(max) = refusal.max() {
+                    extensions.set("max", max as u64);
+                }
                 let mut error = ServerError::new(refusal.message(), None);
                 error.extensions = Some(extensions);
                 return Err(error);

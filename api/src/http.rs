@@ -27,6 +27,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{AppError, Code};
 use crate::ratelimit::{ConnectionQuota, Decision};
+use crate::workers::Cut;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -102,11 +103,23 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 
 /// A GraphQL-shaped error response (for failures before or outside execution).
 fn error_response(status: StatusCode, code: Code, message: &str) -> Response {
+    limit_response(status, code, message, json!({}))
+}
+
+/// An error answer whose `extensions` also carry `more` (a limit's name and value).
+fn limit_response(
+    status: StatusCode,
+    code: Code,
+    message: &str,
+    more: serde_json::Value,
+) -> Response {
+    let mut extensions = json!({ "code": code.as_str() });
+    if let (Some(all), serde_json::Value::Object(more)) = (extensions.as_object_mut(), more) {
+        all.extend(more);
+    }
     (
         status,
-        axum::Json(
-            json!({ "errors": [{ "message": message, "extensions": { "code": code.as_str() } }] }),
-        ),
+        axum::Json(json!({ "errors": [{ "message": message, "extensions": extensions }] })),
     )
         .into_response()
 }
@@ -259,17 +272,32 @@ fn operation_label(batch: &BatchRequest) -> String {
 
 /// Give every error without a code one: errors from parsing, validation, limits and argument
 /// coercion (the only ones that do not come through `AppError`) are the client's input.
-fn with_codes(mut response: BatchResponse) -> BatchResponse {
+fn with_codes(mut response: BatchResponse, limits: &crate::QueryLimits) -> BatchResponse {
     let fix = |r: &mut async_graphql::Response| {
         for e in &mut r.errors {
             let has_code = e
                 .extensions
                 .as_ref()
                 .is_some_and(|x| x.get("code").is_some());
-            if !has_code {
-                e.extensions
-                    .get_or_insert_with(Default::default)
-                    .set("code", Code::BadUserInput.as_str());
+            if has_code {
+                continue;
+            }
+            let extensions = e.extensions.get_or_insert_with(Default::default);
+            // async-graphql's own complexity and depth limits, checked after the shape guard.
+            let limit = if e.message.starts_with("Query is too complex") {
+                Some(("complexity", limits.max_complexity))
+            } else if e.message.starts_with("Query is nested too deep") {
+                Some(("depth", limits.max_depth))
+            } else {
+                None
+            };
+            match limit {
+                Some((name, max)) => {
+                    extensions.set("code", Code::QueryTooComplex.as_str());
+                    extensions.set("limit", name);
+                    extensions.set("max", max as u64);
+                }
+                None => extensions.set("code", Code::BadUserInput.as_str()),
             }
         }
     };
@@ -295,24 +323,27 @@ async fn execute(state: &AppState, caller: Caller, batch: BatchRequest) -> Respo
     // Every request has a wall-clock budget: past it the work is dropped (at its next await)
     // and the client is told to retry, so a slow request cannot hold a connection forever.
     let budget = state.config.request_budget;
-    let response =
-        match tokio::time::timeout(budget, state.schema.execute_batch(batch.data(caller))).await {
-            Ok(response) => with_codes(response),
-            Err(_) => {
-                metrics::counter!("fleetledger_graphql_over_budget_total").increment(1);
-                tracing::warn!(operation = %operation, budget_ms = budget.as_millis() as u64,
+    let schema = state.schema.clone();
+    let work = async move { schema.execute_batch(batch.data(caller)).await };
+    let response = match state.workers.run(budget, work).await {
+        Ok(response) => with_codes(response, &state.config.limits),
+        Err(Cut::Budget) => {
+            metrics::counter!("fleetledger_graphql_over_budget_total").increment(1);
+            tracing::warn!(operation = %operation, budget_ms = budget.as_millis() as u64,
                 "request over its time budget; dropped");
-                return error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Code::Unavailable,
-                    &format!(
-                        "the request took longer than its budget of {} ms and was stopped; retry \
+            return limit_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::RequestTimeout,
+                &format!(
+                    "the request took longer than its budget of {} ms and was stopped; retry \
                      (a mutation may have taken effect: retry it with the same idempotency key)",
-                        budget.as_millis()
-                    ),
-                );
-            }
-        };
+                    budget.as_millis()
+                ),
+                json!({ "limit": "budgetMs", "max": budget.as_millis() as u64 }),
+            );
+        }
+        Err(Cut::Panicked) => return panicked(Box::new(())),
+    };
     let elapsed = started.elapsed().as_secs_f64();
     metrics::counter!("fleetledger_graphql_requests_total",
         "operation" => operation.clone(), "outcome" => outcome(&response))
@@ -345,13 +376,14 @@ async fn graphql_post(
     let body = match body {
         Ok(body) => body,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error_response(
+            return limit_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                Code::BadUserInput,
+                Code::RequestTooLarge,
                 &format!(
                     "the request body is larger than {} bytes",
                     state.config.body_limit_bytes
                 ),
+                json!({ "limit": "bodyBytes", "max": state.config.body_limit_bytes }),
             );
         }
         Err(_) => {
@@ -376,14 +408,15 @@ async fn graphql_post(
     // A batch is as many requests as it holds operations: bounded, and each one counted.
     if let BatchRequest::Batch(operations) = &batch {
         if operations.len() > state.config.max_batch {
-            return error_response(
+            return limit_response(
                 StatusCode::BAD_REQUEST,
-                Code::BadUserInput,
+                Code::BatchTooLarge,
                 &format!(
                     "a batch may hold at most {} operations; this one holds {}",
                     state.config.max_batch,
                     operations.len()
                 ),
+                json!({ "limit": "batch", "max": state.config.max_batch }),
             );
         }
         for _ in 1..operations.len() {
@@ -484,40 +517,49 @@ async fn websocket(
     let accounts = state.services.accounts.clone();
     let limiter = state.limiter.clone();
     let ip = ip.0;
+    let workers = state.workers.clone();
     ws.protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| async move {
-            metrics::gauge!("fleetledger_websocket_connections").increment(1.0);
-            GraphQLWebSocket::new(socket, schema, protocol)
-                .on_connection_init(move |payload: serde_json::Value| async move {
-                    let value = ["Authorization", "authorization"]
-                        .iter()
-                        .find_map(|k| payload.get(*k).and_then(|v| v.as_str()).map(str::to_owned))
-                        .or_else(|| {
-                            payload
-                                .get("token")
-                                .and_then(|v| v.as_str())
-                                .map(|t| format!("Bearer {t}"))
-                        });
-                    let caller = Caller::from_authorization(&accounts, value.as_deref()).await;
-                    match caller {
-                        Caller::BadToken(reason) => {
-                            return Err(AppError::InvalidToken(reason).to_graphql());
-                        }
-                        Caller::Unchecked => return Err(AppError::Unavailable.to_graphql()),
-                        _ => {}
-                    }
-                    let mut data = Data::default();
-                    // Every operation on this connection counts against the caller's limit.
-                    data.insert(ConnectionQuota {
-                        limiter: limiter.clone(),
-                        key: rate_key(&caller, &ip),
-                    });
-                    data.insert(caller);
-                    Ok(data)
+            // The connection's GraphQL work runs on the GraphQL runtime too.
+            workers
+                .run_to_end(async move {
+                    metrics::gauge!("fleetledger_websocket_connections").increment(1.0);
+                    GraphQLWebSocket::new(socket, schema, protocol)
+                        .on_connection_init(move |payload: serde_json::Value| async move {
+                            let value = ["Authorization", "authorization"]
+                                .iter()
+                                .find_map(|k| {
+                                    payload.get(*k).and_then(|v| v.as_str()).map(str::to_owned)
+                                })
+                                .or_else(|| {
+                                    payload
+                                        .get("token")
+                                        .and_then(|v| v.as_str())
+                                        .map(|t| format!("Bearer {t}"))
+                                });
+                            let caller =
+                                Caller::from_authorization(&accounts, value.as_deref()).await;
+                            match caller {
+                                Caller::BadToken(reason) => {
+                                    return Err(AppError::InvalidToken(reason).to_graphql());
+                                }
+                                Caller::Unchecked => return Err(AppError::Unavailable.to_graphql()),
+                                _ => {}
+                            }
+                            let mut data = Data::default();
+                            // Every operation on this connection counts against the caller's limit.
+                            data.insert(ConnectionQuota {
+                                limiter: limiter.clone(),
+                                key: rate_key(&caller, &ip),
+                            });
+                            data.insert(caller);
+                            Ok(data)
+                        })
+                        .serve()
+                        .await;
+                    metrics::gauge!("fleetledger_websocket_connections").decrement(1.0);
                 })
-                .serve()
                 .await;
-            metrics::gauge!("fleetledger_websocket_connections").decrement(1.0);
         })
 }
 

@@ -9,6 +9,7 @@ pub mod pages;
 pub mod ratelimit;
 pub mod schema;
 pub mod services;
+pub mod workers;
 
 use std::sync::{Arc, OnceLock};
 
@@ -39,6 +40,9 @@ pub struct ApiConfig {
     /// `FLEETLEDGER_LOGIN_ATTEMPTS` per account and `FLEETLEDGER_LOGIN_WINDOW` seconds.
     pub login_attempts: u64,
     pub login_window: std::time::Duration,
+    /// `FLEETLEDGER_GRAPHQL_THREADS`: threads of the runtime GraphQL work runs on (apart from
+    /// the one serving health, readiness and signals).
+    pub graphql_threads: usize,
 }
 
 impl Default for ApiConfig {
@@ -53,6 +57,7 @@ impl Default for ApiConfig {
             request_budget: std::time::Duration::from_secs(30),
             login_attempts: 10,
             login_window: std::time::Duration::from_secs(900),
+            graphql_threads: std::thread::available_parallelism().map_or(2, usize::from),
         }
     }
 }
@@ -65,10 +70,20 @@ pub struct AppState {
     pub limiter: RateLimiter,
     pub config: Arc<ApiConfig>,
     pub metrics: Option<PrometheusHandle>,
+    pub workers: workers::Workers,
+}
+
+/// Why the API could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("REDIS_URL is not a valid Redis URL: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("cannot start the GraphQL runtime: {0}")]
+    Runtime(#[from] std::io::Error),
 }
 
 impl AppState {
-    pub fn new(services: Services, config: ApiConfig) -> Result<Self, redis::RedisError> {
+    pub fn new(services: Services, config: ApiConfig) -> Result<Self, SetupError> {
         let limiter = RateLimiter::new(config.rate_limit.clone())?;
         let login = ratelimit::LoginGuard {
             limiter: limiter.clone(),
@@ -79,6 +94,7 @@ impl AppState {
             schema: schema::build_with(services.clone(), config.limits, Some(login)),
             limiter,
             services,
+            workers: workers::Workers::new(config.graphql_threads)?,
             config: Arc::new(config),
             metrics: prometheus(),
         })

@@ -303,7 +303,8 @@ async fn malformed_oversized_and_deep_requests_are_refused_with_a_graphql_body()
     let res = app.http.post(&url).json(&big).send().await.unwrap();
     assert_eq!(res.status(), 413);
     let body: Value = res.json().await.unwrap();
-    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "REQUEST_TOO_LARGE");
+    assert_eq!(body["errors"][0]["extensions"]["limit"], "bodyBytes");
 
     let mut deep = String::from("id");
     // 18 levels of fields: past the depth limit (12), well inside the parser's own (32).
@@ -320,14 +321,14 @@ async fn malformed_oversized_and_deep_requests_are_refused_with_a_graphql_body()
         .await;
     assert_eq!(status, 200);
     assert_eq!(
-        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        body["errors"][0]["extensions"],
+        json!({ "code": "QUERY_TOO_COMPLEX", "limit": "depth", "max": 12 }),
         "{body:#}"
     );
     assert_eq!(
         body["errors"][0]["message"], "the query nests 18 levels deep; at most 12 are allowed",
         "{body:#}"
     );
-    assert_eq!(body["errors"][0]["extensions"]["limit"], "depth");
 
     // 25 fragments, each spreading the next twice (about 900 bytes, 2^25 fields expanded):
     // refused right after parsing, before validation would expand it, and the server stays
@@ -344,11 +345,8 @@ async fn malformed_oversized_and_deep_requests_are_refused_with_a_graphql_body()
     let (status, body) = app.post(None, &bomb, json!({})).await;
     assert_eq!(status, 200);
     assert_eq!(
-        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
-        "{body:#}"
-    );
-    assert_eq!(
-        body["errors"][0]["extensions"]["limit"], "fields",
+        body["errors"][0]["extensions"],
+        json!({ "code": "QUERY_TOO_COMPLEX", "limit": "fields", "max": 2000 }),
         "{body:#}"
     );
     assert_eq!(
@@ -370,9 +368,10 @@ async fn malformed_oversized_and_deep_requests_are_refused_with_a_graphql_body()
         .await;
     assert_eq!(status, 200);
     assert_eq!(
-        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        body["errors"][0]["extensions"]["code"], "QUERY_TOO_COMPLEX",
         "{body:#}"
     );
+    assert_eq!(body["errors"][0]["extensions"]["limit"], "complexity");
     assert!(
         body["errors"][0]["message"]
             .as_str()
