@@ -41,7 +41,8 @@ impl App {
             &Secret::new(secret),
             Duration::from_secs(config.jwt_ttl_seconds),
         )
-        .context("FLEETLEDGER_JWT_SECRET / FLEETLEDGER_JWT_TTL")?;
+        .and_then(|keys| keys.with_session_ttl(Duration::from_secs(config.session_ttl_seconds)))
+        .context("FLEETLEDGER_JWT_SECRET / FLEETLEDGER_JWT_TTL / FLEETLEDGER_SESSION_TTL")?;
         let services = api::Services::build(
             pool,
             api::services::ServicesConfig {
@@ -91,6 +92,7 @@ impl App {
             login_attempts: config.login_attempts,
             login_window: Duration::from_secs(config.login_window_seconds),
             graphql_threads: config.graphql_threads,
+            ..api::ApiConfig::default()
         };
         api::AppState::new(self.services.clone(), api_config).context("setting up the API")
     }

@@ -47,8 +47,11 @@ pub(crate) struct Config {
     /// `FLEETLEDGER_EARLY_PICKUP_MINUTES`: how long before pick-up time a car may be handed
     /// over with no questions (default 60); earlier only if it is free until then.
     pub(crate) early_pickup_minutes: i64,
-    /// `FLEETLEDGER_JWT_TTL` seconds a token lives (default 3600).
+    /// `FLEETLEDGER_JWT_TTL` seconds an access token lives (default 900).
     pub(crate) jwt_ttl_seconds: u64,
+    /// `FLEETLEDGER_SESSION_TTL` seconds a session (and its refresh tokens) lives at most
+    /// (default 2592000, 30 days).
+    pub(crate) session_ttl_seconds: u64,
     /// `FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL` / `_PASSWORD`: the first admin, created if none exists.
     pub(crate) bootstrap_admin_email: Option<String>,
     pub(crate) bootstrap_admin_password: Option<Secret>,
@@ -135,7 +138,8 @@ impl Config {
             redis_url: non_empty("REDIS_URL").map(Secret),
             hold_ttl_seconds: env_or("FLEETLEDGER_HOLD_TTL", 300)?,
             jwt_secret: non_empty("FLEETLEDGER_JWT_SECRET").map(Secret),
-            jwt_ttl_seconds: env_or("FLEETLEDGER_JWT_TTL", 3600)?,
+            jwt_ttl_seconds: env_or("FLEETLEDGER_JWT_TTL", 900)?,
+            session_ttl_seconds: env_or("FLEETLEDGER_SESSION_TTL", 30 * 86_400)?,
             early_pickup_minutes: env_or("FLEETLEDGER_EARLY_PICKUP_MINUTES", 60)?,
             bootstrap_admin_email: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL"),
             bootstrap_admin_password: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_PASSWORD").map(Secret),

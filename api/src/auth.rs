@@ -22,6 +22,8 @@ pub enum Caller {
     User {
         id: Uuid,
         role: Role,
+        /// The session the token belongs to (absent on tokens from before sessions had ids).
+        session: Option<Uuid>,
     },
 }
 
@@ -50,6 +52,7 @@ impl Caller {
             Ok(role) => Self::User {
                 id: claims.sub,
                 role,
+                session: claims.sid,
             },
             Err(commands::accounts::AccountError::SessionEnded) => {
                 Self::BadToken("the session has ended; log in again")
@@ -58,6 +61,15 @@ impl Caller {
                 tracing::warn!(error = %e, "could not check a session");
                 Self::Unchecked
             }
+        }
+    }
+
+    /// The caller's session, or UNAUTHENTICATED.
+    pub fn session(&self) -> ApiResult<(Uuid, Option<Uuid>)> {
+        let (id, _) = self.user()?;
+        match self {
+            Self::User { session, .. } => Ok((id, *session)),
+            _ => Err(AppError::Unauthenticated),
         }
     }
 
@@ -72,7 +84,7 @@ impl Caller {
     /// The caller as a user, or UNAUTHENTICATED.
     pub fn user(&self) -> ApiResult<(Uuid, Role)> {
         match self {
-            Self::User { id, role } => Ok((*id, *role)),
+            Self::User { id, role, .. } => Ok((*id, *role)),
             Self::BadToken(reason) => Err(AppError::InvalidToken(reason)),
             Self::Unchecked => Err(AppError::Unavailable),
             Self::Anonymous => Err(AppError::Unauthenticated),

@@ -193,6 +193,12 @@ impl From<AccountError> for AppError {
             AccountError::TokenExpired => Self::InvalidToken("the token has expired"),
             AccountError::InvalidToken => Self::InvalidToken("the token is invalid"),
             AccountError::SessionEnded => Self::InvalidToken("the session has ended; log in again"),
+            AccountError::InvalidRefreshToken => {
+                Self::InvalidToken("the refresh token is invalid, spent or expired; log in again")
+            }
+            AccountError::RefreshTokenReused => Self::InvalidToken(
+                "the refresh token was used before: the session is ended on every device; log in again",
+            ),
             AccountError::NotFound => Self::not_found("user"),
             AccountError::LastAdmin => Self::Conflict("the last ADMIN cannot lose the role".into()),
             AccountError::Database(db) => Self::database(&db),

@@ -518,49 +518,90 @@ async fn websocket(
     let limiter = state.limiter.clone();
     let ip = ip.0;
     let workers = state.workers.clone();
+    let recheck = state.config.session_recheck;
     ws.protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| async move {
             // The connection's GraphQL work runs on the GraphQL runtime too.
-            workers
-                .run_to_end(async move {
-                    metrics::gauge!("fleetledger_websocket_connections").increment(1.0);
-                    GraphQLWebSocket::new(socket, schema, protocol)
-                        .on_connection_init(move |payload: serde_json::Value| async move {
-                            let value = ["Authorization", "authorization"]
-                                .iter()
-                                .find_map(|k| {
-                                    payload.get(*k).and_then(|v| v.as_str()).map(str::to_owned)
-                                })
-                                .or_else(|| {
-                                    payload
-                                        .get("token")
-                                        .and_then(|v| v.as_str())
-                                        .map(|t| format!("Bearer {t}"))
-                                });
-                            let caller =
-                                Caller::from_authorization(&accounts, value.as_deref()).await;
-                            match caller {
-                                Caller::BadToken(reason) => {
-                                    return Err(AppError::InvalidToken(reason).to_graphql());
-                                }
-                                Caller::Unchecked => return Err(AppError::Unavailable.to_graphql()),
-                                _ => {}
-                            }
-                            let mut data = Data::default();
-                            // Every operation on this connection counts against the caller's limit.
-                            data.insert(ConnectionQuota {
-                                limiter: limiter.clone(),
-                                key: rate_key(&caller, &ip),
-                            });
-                            data.insert(caller);
-                            Ok(data)
-                        })
-                        .serve()
-                        .await;
-                    metrics::gauge!("fleetledger_websocket_connections").decrement(1.0);
-                })
-                .await;
+            let served = serve_socket(socket, schema, protocol, accounts, limiter, ip, recheck);
+            workers.run_to_end(served).await;
         })
+}
+
+/// Serve one GraphQL WebSocket. The caller's token is checked at `connection_init` and then
+/// every `recheck` (`ApiConfig::session_recheck`): when its session ends (logout, role change, reuse of its refresh
+/// token) or the token expires, the connection is closed and its subscriptions with it; the
+/// client reconnects with a fresh token.
+async fn serve_socket(
+    socket: axum::extract::ws::WebSocket,
+    schema: crate::AppSchema,
+    protocol: GraphQLProtocol,
+    accounts: commands::accounts::Accounts,
+    limiter: crate::RateLimiter,
+    ip: Option<std::net::SocketAddr>,
+    recheck: std::time::Duration,
+) {
+    metrics::gauge!("fleetledger_websocket_connections").increment(1.0);
+    let authorization: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+    let seen = authorization.clone();
+    let checker = accounts.clone();
+    let served = GraphQLWebSocket::new(socket, schema, protocol)
+        .on_connection_init(move |payload: serde_json::Value| async move {
+            let value = ["Authorization", "authorization"]
+                .iter()
+                .find_map(|k| payload.get(*k).and_then(|v| v.as_str()).map(str::to_owned))
+                .or_else(|| {
+                    payload
+                        .get("token")
+                        .and_then(|v| v.as_str())
+                        .map(|t| format!("Bearer {t}"))
+                });
+            let caller = Caller::from_authorization(&accounts, value.as_deref()).await;
+            match caller {
+                Caller::BadToken(reason) => {
+                    return Err(AppError::InvalidToken(reason).to_graphql());
+                }
+                Caller::Unchecked => return Err(AppError::Unavailable.to_graphql()),
+                Caller::User { .. } => {
+                    *seen
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+                }
+                Caller::Anonymous => {}
+            }
+            let mut data = Data::default();
+            // Every operation on this connection counts against the caller's limit.
+            data.insert(ConnectionQuota {
+                limiter: limiter.clone(),
+                key: rate_key(&caller, &ip),
+            });
+            data.insert(caller);
+            Ok(data)
+        })
+        .serve();
+    let watch = async move {
+        loop {
+            tokio::time::sleep(recheck).await;
+            let value = authorization
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if value.is_none() {
+                continue; // anonymous, or not initialised yet
+            }
+            if let Caller::BadToken(reason) =
+                Caller::from_authorization(&checker, value.as_deref()).await
+            {
+                tracing::info!(reason, "closing a WebSocket whose session ended");
+                metrics::counter!("fleetledger_websocket_sessions_ended_total").increment(1);
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = served => {}
+        () = watch => {}
+    }
+    metrics::gauge!("fleetledger_websocket_connections").decrement(1.0);
 }
 
 /// The process is up.

@@ -43,6 +43,9 @@ pub struct ApiConfig {
     /// `FLEETLEDGER_GRAPHQL_THREADS`: threads of the runtime GraphQL work runs on (apart from
     /// the one serving health, readiness and signals).
     pub graphql_threads: usize,
+    /// How often an open WebSocket's session is checked again (10 s): a connection whose
+    /// session ended or whose token expired is closed.
+    pub session_recheck: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -58,6 +61,7 @@ impl Default for ApiConfig {
             login_attempts: 10,
             login_window: std::time::Duration::from_secs(900),
             graphql_threads: std::thread::available_parallelism().map_or(2, usize::from),
+            session_recheck: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -240,3 +240,151 @@ async fn a_role_change_or_ended_sessions_revoke_tokens_at_once() {
         .await;
     app.shutdown().await;
 }
+
+/// Refresh tokens through the API: a refresh gives a working pair, a reused refresh token ends
+/// the session (its access tokens included), `logout` ends one session and `logoutEverywhere`
+/// all of them; a demoted user's refresh token does not bring its old role back.
+#[tokio::test]
+async fn sessions_refresh_rotate_and_end_through_the_api() {
+    let app = TestApp::start().await;
+    let login = "mutation($e: String!) { login(email: $e, password: \"customer-password-1\") {
+        token refreshToken } }";
+    let refresh = "mutation($r: String!) { refreshSession(refreshToken: $r) {
+        token refreshToken user { role } } }";
+    app.register("sessions@fleet.test").await;
+    let signed_in = app
+        .ok(None, login, json!({ "e": "sessions@fleet.test" }))
+        .await["login"]
+        .clone();
+    let first_refresh = signed_in["refreshToken"].as_str().unwrap().to_owned();
+    let rotated =
+        app.ok(None, refresh, json!({ "r": first_refresh })).await["refreshSession"].clone();
+    let token = rotated["token"].as_str().unwrap().to_owned();
+    assert_eq!(rotated["user"]["role"], "CUSTOMER");
+    app.ok(Some(&token), "{ me { id } }", json!({})).await;
+
+    // The spent refresh token again: refused, and the session is over for every holder.
+    let (_, body) = app.post(None, refresh, json!({ "r": first_refresh })).await;
+    assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "the refresh token was used before: the session is ended on every device; log in again"
+    );
+    assert_eq!(
+        app.code(Some(&token), "{ me { id } }", json!({})).await,
+        "UNAUTHENTICATED"
+    );
+    assert_eq!(
+        app.code(None, refresh, json!({ "r": rotated["refreshToken"] }))
+            .await,
+        "UNAUTHENTICATED"
+    );
+
+    // logout ends only the caller's session.
+    let phone = app
+        .ok(None, login, json!({ "e": "sessions@fleet.test" }))
+        .await["login"]
+        .clone();
+    let laptop = app
+        .ok(None, login, json!({ "e": "sessions@fleet.test" }))
+        .await["login"]
+        .clone();
+    let phone_token = phone["token"].as_str().unwrap().to_owned();
+    let laptop_token = laptop["token"].as_str().unwrap().to_owned();
+    app.ok(Some(&phone_token), "mutation { logout }", json!({}))
+        .await;
+    assert_eq!(
+        app.code(Some(&phone_token), "{ me { id } }", json!({}))
+            .await,
+        "UNAUTHENTICATED"
+    );
+    assert_eq!(
+        app.code(None, refresh, json!({ "r": phone["refreshToken"] }))
+            .await,
+        "UNAUTHENTICATED"
+    );
+    app.ok(Some(&laptop_token), "{ me { id } }", json!({}))
+        .await;
+
+    // logoutEverywhere ends the rest.
+    app.ok(
+        Some(&laptop_token),
+        "mutation { logoutEverywhere }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        app.code(Some(&laptop_token), "{ me { id } }", json!({}))
+            .await,
+        "UNAUTHENTICATED"
+    );
+    assert_eq!(
+        app.code(None, refresh, json!({ "r": laptop["refreshToken"] }))
+            .await,
+        "UNAUTHENTICATED"
+    );
+
+    // A demoted admin's refresh token is dead too: the role change ended its sessions.
+    let staff = app.user_with_role("staff@fleet.test", "ADMIN").await;
+    let staff_login = app
+        .ok(None, login, json!({ "e": "staff@fleet.test" }))
+        .await["login"]
+        .clone();
+    let staff_id = app.ok(Some(&staff), "{ me { id } }", json!({})).await["me"]["id"].clone();
+    app.ok(
+        Some(&app.admin_token),
+        "mutation($u: UUID!) { grantRole(userId: $u, role: CUSTOMER) { role } }",
+        json!({ "u": staff_id }),
+    )
+    .await;
+    assert_eq!(
+        app.code(None, refresh, json!({ "r": staff_login["refreshToken"] }))
+            .await,
+        "UNAUTHENTICATED"
+    );
+    app.shutdown().await;
+}
+
+/// A subscription lives as long as its session: demoted, or logged out, the WebSocket closes.
+#[tokio::test]
+async fn a_websocket_closes_when_its_session_ends() {
+    let app = TestApp::start().await;
+    let auditor = app.user_with_role("auditor@fleet.test", "AUDITOR").await;
+    let auditor_id = app.ok(Some(&auditor), "{ me { id } }", json!({})).await["me"]["id"].clone();
+    let mut feed = common::ws_connect(&app, &auditor).await;
+    common::ws_subscribe(
+        &mut feed,
+        "log",
+        "subscription { events { position eventType } }",
+        json!({}),
+    )
+    .await;
+    // A customer's socket on the side stays open throughout.
+    let (customer, _) = app.register("bystander@fleet.test").await;
+    let mut other = common::ws_connect(&app, &customer).await;
+
+    app.ok(
+        Some(&app.admin_token),
+        "mutation($u: UUID!) { grantRole(userId: $u, role: CUSTOMER) { role } }",
+        json!({ "u": auditor_id }),
+    )
+    .await;
+    common::ws_closed(&mut feed).await;
+
+    // The other socket still answers.
+    common::ws_subscribe(
+        &mut other,
+        "me",
+        "subscription($b: UUID!) { bookingUpdates(bookingId: $b) { id } }",
+        json!({ "b": uuid::Uuid::now_v7() }),
+    )
+    .await;
+    let answer = common::ws_next(&mut other).await;
+    assert_eq!(answer["id"], "me", "{answer:#}");
+
+    // Logging out closes the customer's socket too.
+    app.ok(Some(&customer), "mutation { logout }", json!({}))
+        .await;
+    common::ws_closed(&mut other).await;
+    app.shutdown().await;
+}

@@ -1,7 +1,7 @@
 //! Every GraphQL example in docs/api.md runs against a real server, in the order written, as
 //! the role its code block names (` ```graphql as=admin `), with the variables of the
 //! ` ```json variables ` block after it. A block with `expect=CODE` must fail with that code;
-//! every other block must succeed. `"<field.id>"` in variables is the `id` the example with
+//! every other block must succeed. `"<field.id>"` (or `"<field.refreshToken>"`) in variables is the `id` the example with
 //! root field `field` returned; `as=customer` uses the token of the last `register` or `login`
 //! example. Subscriptions run over WebSocket and must deliver their first message.
 
@@ -138,8 +138,10 @@ async fn every_example_in_the_api_guide_runs() {
                     example.line
                 );
                 for (root, value) in body["data"].as_object().unwrap() {
-                    if let Some(id) = value.get("id") {
-                        ids.insert(format!("{root}.id"), id.clone());
+                    for key in ["id", "refreshToken"] {
+                        if let Some(found) = value.get(key) {
+                            ids.insert(format!("{root}.{key}"), found.clone());
+                        }
                     }
                     if let Some(token) = value.get("token").and_then(Value::as_str) {
                         customer = Some(token.to_owned());

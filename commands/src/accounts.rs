@@ -9,9 +9,15 @@
 //! - Log-in gives the same [`AccountError::InvalidCredentials`] for an unknown email and a wrong
 //!   password, and verifies against a dummy hash when the email is unknown so both take about
 //!   as long.
-//! - Tokens are HS256 JWTs with `sub` (user id), `role`, `iat` and `exp`. They carry the role at
-//!   issue time: a granted or withdrawn role shows in the next token, and a caller that needs
-//!   it sooner reads the user with [`Accounts::get`].
+//! - Access tokens are short-lived HS256 JWTs with `sub` (user id), `role` (informative),
+//!   `sep` (the user's session epoch), `sid` (the session), `iat` and `exp`. A request acts with
+//!   the role the users row holds now, and only while the session is open and the epoch
+//!   unchanged ([`Accounts::session_role`]).
+//! - A login opens a session (`sessions`) with a refresh token (`refresh_tokens`, stored as a
+//!   SHA-256 hash). [`Accounts::refresh`] spends it for a new access token and a new refresh
+//!   token; a spent one presented again ends the session ([`AccountError::RefreshTokenReused`]).
+//!   [`Accounts::logout`] ends one session, [`Accounts::end_sessions`] (and any role change)
+//!   all of a user's.
 //! - One role per user. The last ADMIN cannot lose the role ([`AccountError::LastAdmin`]), and
 //!   [`Accounts::bootstrap_admin`] creates an ADMIN only while there is none; both decide under
 //!   one advisory lock, so concurrent start-ups create one admin.
@@ -262,6 +268,10 @@ pub struct Claims {
     /// is still at that epoch (0 for tokens from before sessions could end).
     #[serde(default)]
     pub sep: i64,
+    /// The session the token belongs to (absent on tokens from before sessions had ids); the
+    /// token works while that session is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
     /// Issued at, seconds since the Unix epoch.
     pub iat: i64,
     /// Expires at, seconds since the Unix epoch.
@@ -274,6 +284,8 @@ pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     ttl: TimeDelta,
+    /// How long a session lasts at most, refreshed or not.
+    session_ttl: TimeDelta,
 }
 
 impl fmt::Debug for JwtKeys {
@@ -304,11 +316,26 @@ impl JwtKeys {
             encoding: EncodingKey::from_secret(bytes),
             decoding: DecodingKey::from_secret(bytes),
             ttl,
+            session_ttl: TimeDelta::days(30),
         })
+    }
+
+    /// Sessions (and so refresh tokens) end this long after the login at the latest (default
+    /// 30 days); never shorter than an access token.
+    pub fn with_session_ttl(mut self, ttl: Duration) -> Result<Self, AccountError> {
+        self.session_ttl = TimeDelta::from_std(ttl)
+            .ok()
+            .filter(|t| *t >= self.ttl && *t <= TimeDelta::days(366))
+            .ok_or(AccountError::InvalidTtl)?;
+        Ok(self)
     }
 
     pub fn ttl(&self) -> TimeDelta {
         self.ttl
+    }
+
+    pub fn session_ttl(&self) -> TimeDelta {
+        self.session_ttl
     }
 
     /// A token for `user_id` issued at `now`, and when it expires (whole seconds).
@@ -317,12 +344,14 @@ impl JwtKeys {
         user_id: Uuid,
         role: Role,
         session_epoch: i64,
+        session: Option<Uuid>,
         now: DateTime<Utc>,
     ) -> Result<(String, DateTime<Utc>), AccountError> {
         let claims = Claims {
             sub: user_id,
             role,
             sep: session_epoch,
+            sid: session,
             iat: now.timestamp(),
             exp: (now + self.ttl).timestamp(),
         };
@@ -363,6 +392,11 @@ pub struct User {
 pub struct AuthPayload {
     pub token: String,
     pub expires_at: DateTime<Utc>,
+    /// Exchanged for the next access token (and the next refresh token) by
+    /// [`Accounts::refresh`]; good once.
+    pub refresh_token: String,
+    /// When the session ends at the latest.
+    pub refresh_expires_at: DateTime<Utc>,
     pub user: User,
 }
 
@@ -371,6 +405,8 @@ impl fmt::Debug for AuthPayload {
         f.debug_struct("AuthPayload")
             .field("token", &format_args!(".."))
             .field("expires_at", &self.expires_at)
+            .field("refresh_token", &format_args!(".."))
+            .field("refresh_expires_at", &self.refresh_expires_at)
             .field("user", &self.user)
             .finish()
     }
@@ -425,6 +461,12 @@ pub enum AccountError {
     InvalidToken,
     #[error("the session has ended (the account's role changed or its sessions were ended)")]
     SessionEnded,
+    #[error("the refresh token is invalid, spent or expired; log in again")]
+    InvalidRefreshToken,
+    #[error(
+        "the refresh token was used before: the session is ended on every device; log in again"
+    )]
+    RefreshTokenReused,
     #[error("no such user")]
     NotFound,
     #[error("the last ADMIN cannot lose the role")]
@@ -553,7 +595,7 @@ impl Accounts {
             .insert(&email, &password, &name, phone.as_ref(), Role::Customer)
             .await?;
         tracing::info!(user.id = %user.id, "user registered");
-        self.payload(user, 0)
+        self.open_session(user, 0).await
     }
 
     /// Check an email and password and issue a token.
@@ -577,36 +619,190 @@ impl Accounts {
             return Err(AccountError::InvalidCredentials);
         }
         let epoch = row.session_epoch;
-        self.payload(row.into_user()?, epoch)
+        self.open_session(row.into_user()?, epoch).await
     }
 
     /// The role the holder of `claims` acts with now, if its session is still open: the
-    /// account exists and its session epoch is the one the token was issued at.
+    /// account exists, its session epoch is the one the token was issued at, and the token's
+    /// session (when it names one) was neither logged out nor ended by reuse.
     pub async fn session_role(&self, claims: &Claims) -> Result<Role, AccountError> {
-        let row: Option<(String, i64)> =
-            sqlx::query_as("SELECT role, session_epoch FROM users WHERE id = $1")
-                .bind(claims.sub)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<(String, i64, bool)> = sqlx::query_as(
+            "SELECT u.role, u.session_epoch, \
+               $2::uuid IS NULL OR EXISTS (SELECT 1 FROM sessions s WHERE s.id = $2 \
+                 AND s.user_id = u.id AND s.revoked_at IS NULL AND s.expires_at > now()) \
+             FROM users u WHERE u.id = $1",
+        )
+        .bind(claims.sub)
+        .bind(claims.sid)
+        .fetch_optional(&self.pool)
+        .await?;
         match row {
-            Some((role, epoch)) if epoch == claims.sep => Role::from_str(&role)
+            Some((role, epoch, open)) if epoch == claims.sep && open => Role::from_str(&role)
                 .map_err(|_| AccountError::Corrupt(format!("unknown role {role:?}"))),
             _ => Err(AccountError::SessionEnded),
         }
     }
 
+    /// Exchange a refresh token for a new access token and a new refresh token (rotation).
+    /// A refresh token is good once: presenting a spent one again ends its whole session, since
+    /// either its holder or a thief already refreshed with it.
+    #[tracing::instrument(skip_all, err(level = "debug"))]
+    pub async fn refresh(&self, refresh_token: &str) -> Result<AuthPayload, AccountError> {
+        let (token_id, secret) =
+            parse_refresh_token(refresh_token).ok_or(AccountError::InvalidRefreshToken)?;
+        let mut tx = self.pool.begin().await?;
+        type Row = (
+            Uuid,
+            Vec<u8>,
+            Option<DateTime<Utc>>,
+            Uuid,
+            DateTime<Utc>,
+            bool,
+            i64,
+        );
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT t.session_id, t.secret_hash, t.used_at, s.user_id, s.expires_at, \
+               s.revoked_at IS NOT NULL, s.epoch \
+             FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id \
+             WHERE t.id = $1 FOR UPDATE OF t, s",
+        )
+        .bind(token_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((session, stored, used_at, user_id, session_expires, revoked, epoch)) = row else {
+            return Err(AccountError::InvalidRefreshToken);
+        };
+        if !same_digest(&stored, &secret_digest(&secret)) {
+            return Err(AccountError::InvalidRefreshToken);
+        }
+        if used_at.is_some() {
+            if !revoked {
+                sqlx::query(
+                    "UPDATE sessions SET revoked_at = now(), revoked_reason = 'refresh token reused' \
+                     WHERE id = $1",
+                )
+                .bind(session)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                tracing::warn!(user.id = %user_id, session.id = %session,
+                    "a spent refresh token was presented again: the session is ended");
+            }
+            return Err(AccountError::RefreshTokenReused);
+        }
+        if revoked || session_expires <= Utc::now() {
+            return Err(AccountError::InvalidRefreshToken);
+        }
+        let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
+        let user: UserRow = sqlx::query_as(&sql)
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if user.session_epoch != epoch {
+            // The role changed, or every session was ended, since this login.
+            return Err(AccountError::InvalidRefreshToken);
+        }
+        sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE id = $1")
+            .bind(token_id)
+            .execute(&mut *tx)
+            .await?;
+        let (next, next_secret) = new_refresh_token();
+        sqlx::query("INSERT INTO refresh_tokens (id, session_id, secret_hash) VALUES ($1, $2, $3)")
+            .bind(next)
+            .bind(session)
+            .bind(secret_digest(&next_secret).as_slice())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let user = user.into_user()?;
+        let (token, expires_at) =
+            self.keys
+                .issue(user.id, user.role, epoch, Some(session), Utc::now())?;
+        Ok(AuthPayload {
+            token,
+            expires_at,
+            refresh_token: format_refresh_token(next, &next_secret),
+            refresh_expires_at: session_expires,
+            user,
+        })
+    }
+
+    /// End one session (the caller's): its access and refresh tokens stop working at once.
+    #[tracing::instrument(skip_all, fields(user.id = %user_id), err(level = "debug"))]
+    pub async fn logout(&self, user_id: Uuid, session: Uuid) -> Result<(), AccountError> {
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = now(), revoked_reason = 'logged out' \
+             WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(session)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Open a session for `user` and issue its first access and refresh tokens.
+    async fn open_session(
+        &self,
+        user: User,
+        session_epoch: i64,
+    ) -> Result<AuthPayload, AccountError> {
+        let now = Utc::now();
+        let session = Uuid::now_v7();
+        // Whole seconds, like a JWT's `exp`: what is stored is what is answered.
+        let expires = DateTime::from_timestamp((now + self.keys.session_ttl()).timestamp(), 0)
+            .ok_or(AccountError::InvalidTtl)?;
+        let (token_id, secret) = new_refresh_token();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, epoch, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(session)
+        .bind(user.id)
+        .bind(session_epoch)
+        .bind(expires)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO refresh_tokens (id, session_id, secret_hash) VALUES ($1, $2, $3)")
+            .bind(token_id)
+            .bind(session)
+            .bind(secret_digest(&secret).as_slice())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let (token, expires_at) =
+            self.keys
+                .issue(user.id, user.role, session_epoch, Some(session), now)?;
+        Ok(AuthPayload {
+            token,
+            expires_at,
+            refresh_token: format_refresh_token(token_id, &secret),
+            refresh_expires_at: expires,
+            user,
+        })
+    }
+
     /// End every session of `user_id`: each token issued before stops working.
     #[tracing::instrument(skip_all, fields(user.id = %user_id), err(level = "debug"))]
     pub async fn end_sessions(&self, user_id: Uuid) -> Result<(), AccountError> {
+        let mut tx = self.pool.begin().await?;
         let ended = sqlx::query(
             "UPDATE users SET session_epoch = session_epoch + 1, updated_at = now() WHERE id = $1",
         )
         .bind(user_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if ended.rows_affected() == 0 {
             return Err(AccountError::NotFound);
         }
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = now(), revoked_reason = 'every session ended' \
+             WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         tracing::info!("sessions ended");
         Ok(())
     }
@@ -774,15 +970,37 @@ impl Accounts {
             .fetch_optional(&self.pool)
             .await?)
     }
+}
 
-    fn payload(&self, user: User, session_epoch: i64) -> Result<AuthPayload, AccountError> {
-        let (token, expires_at) = self
-            .keys
-            .issue(user.id, user.role, session_epoch, Utc::now())?;
-        Ok(AuthPayload {
-            token,
-            expires_at,
-            user,
-        })
-    }
+/// How a refresh token starts: `flr_<token id>.<secret>`, both hex.
+const REFRESH_PREFIX: &str = "flr_";
+
+fn new_refresh_token() -> (Uuid, [u8; 32]) {
+    use rand::Rng as _;
+    (Uuid::now_v7(), rand::rng().random())
+}
+
+fn format_refresh_token(id: Uuid, secret: &[u8; 32]) -> String {
+    format!("{REFRESH_PREFIX}{}.{}", id.simple(), hex::encode(secret))
+}
+
+fn parse_refresh_token(token: &str) -> Option<(Uuid, Vec<u8>)> {
+    let (id, secret) = token.strip_prefix(REFRESH_PREFIX)?.split_once('.')?;
+    let secret = hex::decode(secret).ok().filter(|s| s.len() == 32)?;
+    Some((Uuid::try_parse(id).ok()?, secret))
+}
+
+fn secret_digest(secret: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(secret).into()
+}
+
+/// Compare digests without stopping at the first difference.
+fn same_digest(stored: &[u8], presented: &[u8; 32]) -> bool {
+    stored.len() == presented.len()
+        && stored
+            .iter()
+            .zip(presented)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }

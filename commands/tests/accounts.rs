@@ -161,6 +161,7 @@ async fn expired_tampered_and_foreign_tokens_are_refused() {
             payload.user.id,
             Role::Customer,
             0,
+            None,
             Utc::now() - TimeDelta::hours(2),
         )
         .unwrap();
@@ -171,7 +172,7 @@ async fn expired_tampered_and_foreign_tokens_are_refused() {
 
     // The payload of an ADMIN token under the customer token's signature.
     let (admin, _) = keys
-        .issue(payload.user.id, Role::Admin, 0, Utc::now())
+        .issue(payload.user.id, Role::Admin, 0, None, Utc::now())
         .unwrap();
     let customer: Vec<&str> = payload.token.split('.').collect();
     let admin: Vec<&str> = admin.split('.').collect();
@@ -188,7 +189,7 @@ async fn expired_tampered_and_foreign_tokens_are_refused() {
     )
     .unwrap();
     let (forged, _) = foreign
-        .issue(payload.user.id, Role::Admin, 0, Utc::now())
+        .issue(payload.user.id, Role::Admin, 0, None, Utc::now())
         .unwrap();
     assert!(matches!(
         accounts.verify_token(&forged),
@@ -686,4 +687,179 @@ mod branches {
             .unwrap();
         assert_eq!(long.code.len(), 16);
     }
+}
+
+/// The role a token's holder acts with now, or why it is refused.
+async fn acting(accounts: &Accounts, token: &str) -> Result<Role, AccountError> {
+    let claims = accounts.verify_token(token)?;
+    accounts.session_role(&claims).await
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_and_a_reused_one_ends_the_session() {
+    let db = TestDatabase::create().await;
+    let accounts = accounts(&db);
+    let first = accounts
+        .register(input("rotate@example.com"))
+        .await
+        .unwrap();
+    assert!(first.refresh_token.starts_with("flr_"));
+    assert_eq!(
+        first.refresh_expires_at.timestamp() - Utc::now().timestamp(),
+        TimeDelta::days(30).num_seconds(),
+        "a session lasts 30 days by default"
+    );
+    // Stored as a hash, never in the clear.
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT secret_hash FROM refresh_tokens")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(!first.refresh_token.contains(&hex::encode(&stored[0])));
+
+    // Rotation: a new access token and a new refresh token, same user, same session end.
+    let second = accounts.refresh(&first.refresh_token).await.unwrap();
+    assert_ne!(second.refresh_token, first.refresh_token);
+    assert_eq!(second.user.id, first.user.id);
+    assert_eq!(second.refresh_expires_at, first.refresh_expires_at);
+    assert_eq!(
+        acting(&accounts, &second.token).await.unwrap(),
+        Role::Customer
+    );
+    let third = accounts.refresh(&second.refresh_token).await.unwrap();
+
+    // The first one again (a thief, or a replay): the session ends, for everyone holding it.
+    assert!(matches!(
+        accounts.refresh(&first.refresh_token).await,
+        Err(AccountError::RefreshTokenReused)
+    ));
+    assert!(matches!(
+        accounts.refresh(&third.refresh_token).await,
+        Err(AccountError::InvalidRefreshToken)
+    ));
+    for token in [&first.token, &second.token, &third.token] {
+        assert!(matches!(
+            acting(&accounts, token).await,
+            Err(AccountError::SessionEnded)
+        ));
+    }
+    let (reason,): (String,) = sqlx::query_as("SELECT revoked_reason FROM sessions")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(reason, "refresh token reused");
+
+    // A new login is a new session, unaffected.
+    let again = accounts
+        .login("rotate@example.com", PASSWORD)
+        .await
+        .unwrap();
+    assert_eq!(
+        acting(&accounts, &again.token).await.unwrap(),
+        Role::Customer
+    );
+    accounts.refresh(&again.refresh_token).await.unwrap();
+}
+
+#[tokio::test]
+async fn forged_or_expired_refresh_tokens_are_refused_without_ending_the_session() {
+    let db = TestDatabase::create().await;
+    let accounts = accounts(&db);
+    let signed_in = accounts.register(input("forge@example.com")).await.unwrap();
+    let (id, secret) = signed_in
+        .refresh_token
+        .strip_prefix("flr_")
+        .unwrap()
+        .split_once('.')
+        .unwrap();
+    let wrong_secret = format!("flr_{id}.{}", "0".repeat(secret.len()));
+    let unknown_id = format!("flr_{}.{secret}", Uuid::now_v7().simple());
+    for forged in [
+        "",
+        "flr_",
+        "flr_x.y",
+        "Bearer nothing",
+        wrong_secret.as_str(),
+        unknown_id.as_str(),
+        &signed_in.token,
+    ] {
+        assert!(
+            matches!(
+                accounts.refresh(forged).await,
+                Err(AccountError::InvalidRefreshToken)
+            ),
+            "{forged}"
+        );
+    }
+    // None of that was reuse: the real token still works.
+    let next = accounts.refresh(&signed_in.refresh_token).await.unwrap();
+
+    // Past the session's end nothing refreshes it.
+    sqlx::query("UPDATE sessions SET expires_at = now() - interval '1 second'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert!(matches!(
+        accounts.refresh(&next.refresh_token).await,
+        Err(AccountError::InvalidRefreshToken)
+    ));
+    assert!(matches!(
+        acting(&accounts, &next.token).await,
+        Err(AccountError::SessionEnded)
+    ));
+}
+
+#[tokio::test]
+async fn logout_ends_one_session_and_ending_all_ends_every_one() {
+    let db = TestDatabase::create().await;
+    let accounts = accounts(&db);
+    let phone = accounts.register(input("two@example.com")).await.unwrap();
+    let laptop = accounts.login("two@example.com", PASSWORD).await.unwrap();
+    let claims = accounts.verify_token(&phone.token).unwrap();
+
+    accounts
+        .logout(
+            phone.user.id,
+            claims.sid.expect("tokens name their session"),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        acting(&accounts, &phone.token).await,
+        Err(AccountError::SessionEnded)
+    ));
+    assert!(matches!(
+        accounts.refresh(&phone.refresh_token).await,
+        Err(AccountError::InvalidRefreshToken)
+    ));
+    assert_eq!(
+        acting(&accounts, &laptop.token).await.unwrap(),
+        Role::Customer
+    );
+
+    // Someone else's session cannot be logged out by id.
+    let other = accounts.register(input("other@example.com")).await.unwrap();
+    let laptop_session = accounts.verify_token(&laptop.token).unwrap().sid.unwrap();
+    accounts
+        .logout(other.user.id, laptop_session)
+        .await
+        .unwrap();
+    assert_eq!(
+        acting(&accounts, &laptop.token).await.unwrap(),
+        Role::Customer
+    );
+
+    accounts.end_sessions(laptop.user.id).await.unwrap();
+    assert!(matches!(
+        acting(&accounts, &laptop.token).await,
+        Err(AccountError::SessionEnded)
+    ));
+    assert!(matches!(
+        accounts.refresh(&laptop.refresh_token).await,
+        Err(AccountError::InvalidRefreshToken)
+    ));
+    assert_eq!(
+        acting(&accounts, &other.token).await.unwrap(),
+        Role::Customer
+    );
 }

@@ -206,6 +206,45 @@ impl Mutation {
             .into())
     }
 
+    /// A new access token and a new refresh token for a refresh token (which is spent by it).
+    /// A refresh token presented a second time ends its session on every device: someone else
+    /// has it.
+    async fn refresh_session(
+        &self,
+        ctx: &Context<'_>,
+        refresh_token: String,
+    ) -> ApiResult<AuthPayload> {
+        if refresh_token.len() > 200 {
+            return Err(AppError::InvalidToken(
+                "the refresh token is invalid, spent or expired; log in again",
+            ));
+        }
+        Ok(services(ctx)?
+            .accounts
+            .refresh(&refresh_token)
+            .await?
+            .into())
+    }
+
+    /// Ends the caller's session: its access token and refresh token stop working at once.
+    async fn logout(&self, ctx: &Context<'_>) -> ApiResult<bool> {
+        let (me, session) = caller(ctx)?.session()?;
+        let s = services(ctx)?;
+        match session {
+            Some(session) => s.accounts.logout(me, session).await?,
+            // A token from before sessions had ids: only ending them all reaches it.
+            None => s.accounts.end_sessions(me).await?,
+        }
+        Ok(true)
+    }
+
+    /// Ends every session of the caller, on every device.
+    async fn logout_everywhere(&self, ctx: &Context<'_>) -> ApiResult<bool> {
+        let (me, _) = caller(ctx)?.user()?;
+        services(ctx)?.accounts.end_sessions(me).await?;
+        Ok(true)
+    }
+
     /// Ends every session of a user: each token issued before stops working at once (the
     /// user logs in again). Without `userId`, the caller's own sessions; ADMIN may end anyone's.
     async fn end_sessions(&self, ctx: &Context<'_>, user_id: Option<Uuid>) -> ApiResult<bool> {

@@ -183,10 +183,18 @@ impl From<accounts::User> for User {
     }
 }
 
+/// A signed-in session: a short-lived access token for `Authorization: Bearer`, and a refresh
+/// token that `refreshSession` exchanges for the next pair (each refresh token works once).
 #[derive(SimpleObject, Clone, Debug)]
 pub struct AuthPayload {
+    /// The access token (minutes; `FLEETLEDGER_JWT_TTL`).
     pub token: String,
     pub expires_at: DateTime<Utc>,
+    /// Good for one `refreshSession`; presenting it a second time ends the session everywhere.
+    pub refresh_token: String,
+    /// The session ends then at the latest, however often it is refreshed
+    /// (`FLEETLEDGER_SESSION_TTL`).
+    pub refresh_expires_at: DateTime<Utc>,
     pub user: User,
 }
 
@@ -195,6 +203,8 @@ impl From<accounts::AuthPayload> for AuthPayload {
         Self {
             token: p.token,
             expires_at: p.expires_at,
+            refresh_token: p.refresh_token,
+            refresh_expires_at: p.refresh_expires_at,
             user: p.user.into(),
         }
     }

@@ -139,6 +139,8 @@ impl TestApp {
                     redis_url: options.redis_url.clone(),
                     key_prefix: prefix,
                 },
+                // Tests see a revoked session cut a WebSocket within a fraction of a second.
+                session_recheck: Duration::from_millis(200),
                 ..ApiConfig::default()
             },
         )
@@ -355,6 +357,23 @@ pub async fn ws_next(ws: &mut Ws) -> Value {
             Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
             Message::Close(frame) => panic!("socket closed: {frame:?}"),
             _ => {}
+        }
+    }
+}
+
+/// Wait for the server to close the socket (messages before that are skipped); fails after
+/// 10 s.
+pub async fn ws_closed(ws: &mut Ws) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let next = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("the server closes the socket within 10 s");
+        match next {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+            Some(Ok(_)) => {}
         }
     }
 }
