@@ -72,6 +72,10 @@ Environment:
     /// Print the GraphQL schema (SDL); docs/schema.graphql is this output.
     #[command(after_help = "Example:\n  fleetledger schema > docs/schema.graphql")]
     Schema,
+    /// Print the access policy: who may read or call every field (Markdown); docs/security.md
+    /// shows this table.
+    #[command(after_help = "Example:\n  fleetledger policy")]
+    Policy,
     /// Apply the database migrations and exit.
     #[command(after_help = concat!("Example:\n  DATABASE_URL=postgres://app@db/fleet fleetledger migrate\n\n", db_env!()))]
     Migrate,
@@ -217,6 +221,10 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
         Command::Serve => serve(config).await,
         Command::Schema => {
             print!("{}", api::sdl());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy => {
+            print!("{}", api::policy::markdown());
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker => worker(config).await,

@@ -6,6 +6,7 @@ pub mod error;
 pub mod guard;
 pub mod http;
 pub mod pages;
+pub mod policy;
 pub mod ratelimit;
 pub mod schema;
 pub mod services;

@@ -75,6 +75,7 @@ pub fn build_with(
             max_root_fields: limits.max_root_fields,
         }))
         .extension(crate::ratelimit::OperationQuota)
+        .extension(crate::policy::PolicyGuard)
         .limit_complexity(limits.max_complexity)
         .finish()
 }
