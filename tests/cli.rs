@@ -325,24 +325,25 @@ async fn the_worker_bootstraps_the_first_admin_and_stops_on_sigterm() {
 
 /// `fleetledger schema` prints the SDL committed as docs/schema.graphql.
 #[test]
-fn the_policy_in_docs_security_is_the_one_enforced() {
+fn the_policy_tables_in_the_docs_are_the_one_enforced() {
     let out = fleetledger().arg("policy").output().unwrap();
     assert!(out.status.success());
     let printed = String::from_utf8(out.stdout).unwrap();
-    let doc =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/security.md"))
-            .unwrap();
-    let (_, rest) = doc
-        .split_once("<!-- policy:begin -->\n")
-        .expect("docs/security.md marks where the policy table begins");
-    let (table, _) = rest
-        .split_once("<!-- policy:end -->")
-        .expect("docs/security.md marks where the policy table ends");
-    assert!(
-        table == printed,
-        "docs/security.md's policy table differs from `fleetledger policy`: paste its output \
-         between the markers"
-    );
+    for doc in ["docs/security.md", "docs/api.md"] {
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(doc)).unwrap();
+        let (_, rest) = text
+            .split_once("<!-- policy:begin -->\n")
+            .unwrap_or_else(|| panic!("{doc} marks where the policy table begins"));
+        let (table, _) = rest
+            .split_once("<!-- policy:end -->")
+            .unwrap_or_else(|| panic!("{doc} marks where the policy table ends"));
+        assert!(
+            table == printed,
+            "{doc}'s policy table differs from `fleetledger policy`: paste its output between \
+             the markers"
+        );
+    }
 }
 
 #[test]
