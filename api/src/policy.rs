@@ -236,6 +236,12 @@ pub const RULES: &[Rule] = &[
         },
         "the customer gets a redacted timeline",
     ),
+    noted(
+        "BookingActivity",
+        "*",
+        WithParent,
+        "a curated view: no payloads, no metadata",
+    ),
     rule("Payment", "*", WithParent),
     rule("Balance", "*", WithParent),
     rule("Feedback", "*", WithParent),

@@ -257,6 +257,58 @@ async fn a_customer_sees_what_happened_to_a_booking_without_internal_fields() {
         json!({}),
         "staff see the event as logged"
     );
+
+    // The curated activity: paid with a declined card first, then a good one, then cancelled
+    // (free this early, so refunded in full once the worker's refund runs; here, the steps up
+    // to the cancellation).
+    let pay = "mutation($b: UUID!, $t: String!, $k: String!) { payBooking(bookingId: $b,
+        method: { kind: CARD, token: $t }, idempotencyKey: $k) { status } }";
+    app.ok(
+        Some(&customer),
+        pay,
+        json!({ "b": id, "t": "tok_chargeDeclined", "k": "try-1" }),
+    )
+    .await;
+    app.ok(
+        Some(&customer),
+        pay,
+        json!({ "b": id, "t": "tok_visa", "k": "try-2" }),
+    )
+    .await;
+    app.ok(
+        Some(&customer),
+        "mutation($b: UUID!) { cancelBooking(id: $b, reason: \"plans changed\") { status } }",
+        json!({ "b": id }),
+    )
+    .await;
+    let activity = app
+        .ok(
+            Some(&customer),
+            "query($b: UUID!) { booking(id: $b) { activity { at kind amount { amount currency } detail } } }",
+            json!({ "b": id }),
+        )
+        .await;
+    let entries = activity["booking"]["activity"].as_array().unwrap();
+    let summary: Vec<(Value, Value, Value)> = entries
+        .iter()
+        .map(|e| (e["kind"].clone(), e["amount"]["amount"].clone(), e["detail"].clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (json!("HELD"), json!("80.00"), Value::Null),
+            (json!("PAYMENT_DECLINED"), Value::Null, json!("card declined")),
+            (json!("PAID"), json!("80.00"), Value::Null),
+            (json!("CONFIRMED"), Value::Null, Value::Null),
+            (json!("CANCELLED"), Value::Null, json!("plans changed")),
+        ],
+        "{activity:#}"
+    );
+    assert!(entries.iter().all(|e| e["at"].as_str().is_some()));
+    let text = activity.to_string();
+    for internal in ["try-1", "try-2", "ch_", "sandbox-card", "secret-key-1"] {
+        assert!(!text.contains(internal), "{internal} leaked: {text}");
+    }
     app.shutdown().await;
 }
 

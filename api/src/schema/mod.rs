@@ -1,6 +1,7 @@
 //! The GraphQL schema: the contract's types, queries, mutations and subscriptions, apart from
 //! any transport (the axum wiring is in `http`).
 
+mod activity;
 mod loaders;
 mod mutation;
 mod query;

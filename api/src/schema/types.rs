@@ -7,6 +7,7 @@ use commands::accounts;
 use eventstore::RecordedEvent;
 use uuid::Uuid;
 
+use super::activity::{self, BookingActivity};
 use super::loaders::{BranchLoader, CarLoader};
 use super::rows::{self, BookingRow, BranchRow, CarRow, PaymentRow, TelemetryRow};
 use super::scalars::Decimal;
@@ -474,27 +475,45 @@ impl Booking {
     async fn timeline(&self, ctx: &Context<'_>) -> ApiResult<Vec<EventRecord>> {
         let (_, role) = caller(ctx)?.require_owner_or(self.0.customer_id, auth::BOOKING_READERS)?;
         let redact = !auth::BOOKING_READERS.contains(&role);
-        let pool = services(ctx)?.store.pool();
-        let rows = sqlx::query(&format!(
-            "SELECT {} FROM rm_booking_timeline t JOIN events e \
-               ON e.global_position = t.global_position \
-             WHERE t.booking_id = $1 ORDER BY t.transaction_id, t.global_position",
-            crate::schema::query::EVENT_COLUMNS
-        ))
-        .bind(self.0.booking_id)
-        .fetch_all(pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                let mut event = crate::schema::query::decode_event(&r)?;
+        let events = timeline_events(services(ctx)?.store.pool(), self.0.booking_id).await?;
+        Ok(events
+            .into_iter()
+            .map(|mut event| {
                 if redact {
                     event.payload = serde_json::json!({});
                     event.metadata = serde_json::json!({});
                 }
-                Ok(EventRecord(event))
+                EventRecord(event)
             })
-            .collect()
+            .collect())
     }
+    /// What happened to the booking, when, and for how much, as its customer sees it: held,
+    /// paid, confirmed, picked up, returned, refunded... Internal steps and every event
+    /// payload stay out; staff and auditors read the raw events in `timeline`.
+    async fn activity(&self, ctx: &Context<'_>) -> ApiResult<Vec<BookingActivity>> {
+        let events = timeline_events(services(ctx)?.store.pool(), self.0.booking_id).await?;
+        Ok(events.iter().filter_map(activity::entry).collect())
+    }
+}
+
+/// The events of a booking's timeline, in commit order (a booking has a few dozen at most;
+/// the bound keeps a pathological one from costing more).
+async fn timeline_events(
+    pool: &sqlx::PgPool,
+    booking: Uuid,
+) -> ApiResult<Vec<eventstore::RecordedEvent>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {} FROM rm_booking_timeline t JOIN events e \
+           ON e.global_position = t.global_position \
+         WHERE t.booking_id = $1 ORDER BY t.transaction_id, t.global_position LIMIT 1000",
+        crate::schema::query::EVENT_COLUMNS
+    ))
+    .bind(booking)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(crate::schema::query::decode_event)
+        .collect()
 }
 
 /// `[{"label": .., "amount_minor": ..}]` as price lines.
