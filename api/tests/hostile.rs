@@ -291,13 +291,23 @@ async fn a_customer_sees_what_happened_to_a_booking_without_internal_fields() {
     let entries = activity["booking"]["activity"].as_array().unwrap();
     let summary: Vec<(Value, Value, Value)> = entries
         .iter()
-        .map(|e| (e["kind"].clone(), e["amount"]["amount"].clone(), e["detail"].clone()))
+        .map(|e| {
+            (
+                e["kind"].clone(),
+                e["amount"]["amount"].clone(),
+                e["detail"].clone(),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
         vec![
             (json!("HELD"), json!("80.00"), Value::Null),
-            (json!("PAYMENT_DECLINED"), Value::Null, json!("card declined")),
+            (
+                json!("PAYMENT_DECLINED"),
+                Value::Null,
+                json!("card declined")
+            ),
             (json!("PAID"), json!("80.00"), Value::Null),
             (json!("CONFIRMED"), Value::Null, Value::Null),
             (json!("CANCELLED"), Value::Null, json!("plans changed")),

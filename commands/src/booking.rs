@@ -529,7 +529,18 @@ impl BookingService {
                     now,
                 })
             },
-            |_| Vec::new(),
+            // A paid booking's new total is settled: the difference charged or refunded.
+            |after| {
+                if after.status != Some(BookingStatus::Confirmed) {
+                    return Vec::new();
+                }
+                vec![Step {
+                    kind: "settle_balance",
+                    booking_id,
+                    payload: json!({}),
+                    due_at: now,
+                }]
+            },
         )
         .await
     }
@@ -615,7 +626,7 @@ impl BookingService {
                     return Vec::new();
                 }
                 vec![Step {
-                    kind: "collect_fees",
+                    kind: "settle_balance",
                     booking_id,
                     payload: json!({}),
                     due_at: now,

@@ -28,10 +28,11 @@ use crate::payments::{
 /// How long after an unreachable-gateway attempt the worker looks again, at most.
 const UNREACHED_RECHECK: Duration = Duration::seconds(60);
 
-/// How many charges for fees found at return are tried before the balance is left to staff.
+/// How many charges for a balance (fees found at return, a longer booking) are tried before it
+/// is left to staff.
 pub const MAX_FEE_CHARGES: u32 = 3;
 
-/// What collecting a booking's fees came to.
+/// What settling a booking's balance came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FeesCollected {
     /// Nothing is due (paid in full, or nothing to collect).
@@ -74,9 +75,9 @@ pub struct Paid {
     pub booking: BookingView,
 }
 
-/// The idempotency key of the booking's `n`th charge for fees.
-fn fee_key(n: u32) -> Result<IdempotencyKey, CheckoutError> {
-    IdempotencyKey::parse(&format!("fees-{n}"))
+/// The idempotency key of the booking's `n`th charge for its balance.
+fn balance_key(n: u32) -> Result<IdempotencyKey, CheckoutError> {
+    IdempotencyKey::parse(&format!("balance-{n}"))
         .map_err(|e| CheckoutError::InvalidKey(e.to_string()))
 }
 
@@ -292,27 +293,39 @@ impl Checkout {
         Ok(Finished::Done)
     }
 
-    /// The worker's `collect_fees` step after a return: charge what the booking's final total
-    /// exceeds the money it holds (captured minus refunded) to the payment method the gateway
-    /// saved when the booking was paid, without the customer present. Each charge is a payment
-    /// of its own (idempotency key `fees-N`), so a repeated step never charges twice: charges a
-    /// crash interrupted are finished first, from the gateway's records. A declined charge
-    /// leaves the booking COMPLETED with a balance due; the step retries with backoff, up to
-    /// [`MAX_FEE_CHARGES`] charges, then leaves the balance to staff.
-    pub async fn collect_fees(
+    /// The worker's `settle_balance` step, after a paid booking's total changed (a return
+    /// with fees, a modification of a paid booking): bring the money the booking holds
+    /// (captured minus refunded, over all its payments) to its total.
+    ///
+    /// - More is owed: the difference is charged to the payment method the gateway saved when
+    ///   the booking was paid, without the customer present. Each charge is a payment of its
+    ///   own (idempotency key `balance-N`), so a repeated step never charges twice: charges a
+    ///   crash interrupted are finished first, from the gateway's records. A declined charge
+    ///   leaves a balance due; the step retries with backoff, up to [`MAX_FEE_CHARGES`]
+    ///   charges, then leaves the balance to staff.
+    /// - Less is owed: the difference is refunded, from the booking's first payment on.
+    pub async fn settle_balance(
         &self,
         ctx: &CommandContext,
         booking_id: Uuid,
     ) -> Result<FeesCollected, CheckoutError> {
         let booking = self.bookings.get(booking_id).await?;
-        let (Some(total), Some(paid_with)) = (booking.state.total, booking.state.payment_id) else {
+        let settles = matches!(
+            booking.status(),
+            Some(BookingStatus::Confirmed | BookingStatus::Active | BookingStatus::Completed)
+        );
+        let (Some(total), Some(paid_with), true) =
+            (booking.state.total, booking.state.payment_id, settles)
+        else {
+            // Not paid, or cancelled (its refund step settles it).
             return Ok(FeesCollected::Settled);
         };
+        let mut holding = vec![paid_with];
         let mut held = self.held(paid_with).await?;
         let mut charges = 0;
         while let Some(view) = self
             .payments
-            .finish(payment_id(booking_id, &fee_key(charges + 1)?), ctx)
+            .finish(payment_id(booking_id, &balance_key(charges + 1)?), ctx)
             .await?
         {
             charges += 1;
@@ -322,20 +335,26 @@ impl Checkout {
                 self.payments
                     .abandon(
                         view.id,
-                        "no gateway could be reached; a later charge for the fees replaces it",
+                        "no gateway could be reached; a later charge for the balance replaces it",
                         ctx,
                     )
                     .await?;
             }
             held += net(&view);
+            holding.push(view.id);
         }
         let due = total.minor - held;
-        if due <= 0 {
+        if due < 0 {
+            self.refund_excess(ctx, &holding, Money::new(-due, total.currency))
+                .await?;
+            return Ok(FeesCollected::Settled);
+        }
+        if due == 0 {
             return Ok(FeesCollected::Settled);
         }
         if charges >= MAX_FEE_CHARGES {
             return Ok(FeesCollected::LeftToStaff {
-                reason: format!("{charges} charges for fees were declined"),
+                reason: format!("{charges} charges for the balance were declined"),
             });
         }
         let Some(saved) = self.payments.saved_method(paid_with).await? else {
@@ -348,7 +367,7 @@ impl Checkout {
             amount: Money::new(due, total.currency),
             method: saved.method,
             token: PaymentToken::new(saved.id),
-            idempotency_key: fee_key(charges + 1)?,
+            idempotency_key: balance_key(charges + 1)?,
             gateway: Some(saved.gateway),
         };
         let view = self.payments.pay(request, ctx).await?;
@@ -359,6 +378,36 @@ impl Checkout {
             },
             _ => FeesCollected::Settled,
         })
+    }
+
+    /// Refund `excess` from `payments`, each up to what it still holds, in order.
+    async fn refund_excess(
+        &self,
+        ctx: &CommandContext,
+        payments: &[Uuid],
+        excess: Money,
+    ) -> Result<(), CheckoutError> {
+        let mut left = excess.minor;
+        for id in payments {
+            if left <= 0 {
+                break;
+            }
+            let holds = self.held(*id).await?;
+            if holds <= 0 {
+                continue;
+            }
+            let amount = holds.min(left);
+            self.payments
+                .refund(
+                    *id,
+                    Some(Money::new(amount, excess.currency)),
+                    "the booking's total went down",
+                    ctx,
+                )
+                .await?;
+            left -= amount;
+        }
+        Ok(())
     }
 
     /// What a payment holds of the customer's money (captured minus refunded).

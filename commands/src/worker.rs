@@ -183,14 +183,14 @@ impl Worker {
                     Err(e) => Outcome::Retry(e.to_string()),
                 };
             }
-            ("collect_fees", Some(checkout), _) => {
-                return match checkout.collect_fees(ctx, booking_id).await {
+            ("settle_balance", Some(checkout), _) => {
+                return match checkout.settle_balance(ctx, booking_id).await {
                     Ok(FeesCollected::Settled) => Outcome::Done,
-                    Ok(FeesCollected::Declined { reason, charges }) => {
-                        Outcome::Retry(format!("fee charge {charges} declined: {reason}"))
-                    }
+                    Ok(FeesCollected::Declined { reason, charges }) => Outcome::Retry(format!(
+                        "charge {charges} for the balance declined: {reason}"
+                    )),
                     Ok(FeesCollected::LeftToStaff { reason }) => {
-                        tracing::warn!(booking.id = %booking_id, %reason, "fees left unpaid: the balance is due, for staff to collect");
+                        tracing::warn!(booking.id = %booking_id, %reason, "balance left unpaid: it is due, for staff to collect");
                         Outcome::Done
                     }
                     Err(e) => Outcome::Retry(e.to_string()),

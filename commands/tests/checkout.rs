@@ -381,7 +381,7 @@ async fn returned_late(shop: &Shop, token: &str) -> (Uuid, chrono::DateTime<Utc>
 fn fee_payment(booking: Uuid, n: u32) -> Uuid {
     payment_id(
         booking,
-        &IdempotencyKey::parse(&format!("fees-{n}")).unwrap(),
+        &IdempotencyKey::parse(&format!("balance-{n}")).unwrap(),
     )
 }
 
@@ -445,7 +445,7 @@ async fn a_declined_fee_charge_is_retried_with_backoff_then_left_to_staff() {
             ),
         >(
             "SELECT done_at, due_at, last_error FROM workflow_steps \
-             WHERE booking_id = $1 AND kind = 'collect_fees'",
+             WHERE booking_id = $1 AND kind = 'settle_balance'",
         )
         .bind(booking)
         .fetch_one(&pool)
@@ -477,7 +477,7 @@ async fn a_declined_fee_charge_is_retried_with_backoff_then_left_to_staff() {
         assert_eq!(done, None);
         assert_eq!(
             error.as_deref(),
-            Some(format!("fee charge {n} declined: card declined").as_str())
+            Some(format!("charge {n} for the balance declined: card declined").as_str())
         );
         assert!(due > now, "retried later, not at once");
         // Not due yet: nothing happens.
@@ -512,4 +512,77 @@ async fn a_declined_fee_charge_is_retried_with_backoff_then_left_to_staff() {
         1,
         "only the booking was ever charged"
     );
+}
+
+#[tokio::test]
+async fn changing_a_paid_booking_charges_or_refunds_the_difference() {
+    let shop = shop().await;
+    let worker = Worker::new(shop.bookings.clone()).with_checkout(shop.checkout.clone());
+    let customer = Uuid::now_v7();
+    let ctx = CommandContext::new(customer.to_string());
+    let booking = hold(&shop, customer).await;
+    let paid = shop
+        .checkout
+        .pay_booking(
+            &ctx,
+            booking,
+            PaymentMethodKind::Card,
+            TOKEN_SUCCESS.into(),
+            Some("pay"),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let start = paid.booking.state.window.unwrap().start;
+    let eur = |minor| Money::new(minor, Currency::EUR);
+    let payments = shop.checkout.payments();
+
+    // Two days become four: the other 100.00 is charged to the saved card.
+    let now = Utc::now();
+    let longer = TimeWindow::new(start, start + Duration::days(4)).unwrap();
+    let changed = shop
+        .bookings
+        .modify(&ctx, booking, longer, now)
+        .await
+        .unwrap();
+    assert_eq!(changed.state.total, Some(eur(20_000)));
+    worker.run_once(now).await.unwrap();
+    let extra = payments
+        .get(fee_payment(booking, 1))
+        .await
+        .unwrap()
+        .expect("a charge for the difference");
+    assert_eq!(
+        (extra.status, extra.amount),
+        (PaymentStatus::Captured, eur(10_000))
+    );
+
+    // Four days become one: 150.00 goes back, the first payment first.
+    let shorter = TimeWindow::new(start, start + Duration::days(1)).unwrap();
+    shop.bookings
+        .modify(&ctx, booking, shorter, now)
+        .await
+        .unwrap();
+    worker.run_once(now).await.unwrap();
+    let first = payments.get(paid.payment.id).await.unwrap().unwrap();
+    let extra = payments.get(extra.id).await.unwrap().unwrap();
+    assert_eq!(
+        (first.status, first.refunded),
+        (PaymentStatus::Refunded, eur(10_000))
+    );
+    assert_eq!(
+        (extra.status, extra.refunded),
+        (PaymentStatus::PartiallyRefunded, eur(5_000))
+    );
+    // What the booking holds is its total; the gateway agrees.
+    let charges = shop.gateways.card.charges().await;
+    let held: i64 = charges
+        .iter()
+        .map(|c| c.amount.minor - c.refunded.minor)
+        .sum();
+    assert_eq!(held, 5_000);
+    // Nothing more happens on the next pass.
+    worker.run_once(now).await.unwrap();
+    assert_eq!(shop.gateways.card.charge_count().await, 2);
+    assert_eq!(shop.gateways.card.refund_count().await, 2);
 }
