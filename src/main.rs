@@ -81,8 +81,11 @@ Environment:
     Migrate,
     /// Run the worker alone: hold expiry, payment confirmation, refunds (serve runs one too;
     /// several may run, each step is run by one of them).
-    #[command(after_help = concat!("Example:\n  DATABASE_URL=postgres://app@db/fleet fleetledger worker\n\n", db_env!()))]
-    Worker,
+    #[command(after_help = concat!("Examples:\n  DATABASE_URL=postgres://app@db/fleet fleetledger worker\n  fleetledger worker status\n\n", db_env!()))]
+    Worker {
+        #[command(subcommand)]
+        command: Option<WorkerCommand>,
+    },
     /// Run projectors as a process of their own (one active instance per projection).
     #[command(after_help = concat!("Examples:\n  fleetledger project\n  fleetledger project --only search --only availability\n\n", db_env!()))]
     Project(projectors::ProjectArgs),
@@ -216,6 +219,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// What `fleetledger worker` can do besides running.
+#[derive(clap::Subcommand, Debug)]
+enum WorkerCommand {
+    /// Print how many follow-up steps are due, waiting and stuck, and list the stuck ones
+    /// (they wait for staff: GraphQL `retryStep`). Exit status 3 when any is stuck.
+    #[command(after_help = "Example:\n  fleetledger worker status")]
+    Status,
+}
+
 async fn run(command: Command, config: Config) -> Result<ExitCode> {
     match command {
         Command::Serve => serve(config).await,
@@ -227,7 +239,10 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
             print!("{}", api::policy::markdown());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Worker => worker(config).await,
+        Command::Worker { command: None } => worker(config).await,
+        Command::Worker {
+            command: Some(WorkerCommand::Status),
+        } => worker_status(config).await,
         Command::Project(args) => projectors::project(config, args).await,
         Command::Seed(options) => {
             let pool = db::connect_and_migrate(&config, "fleetledger-seed").await?;
@@ -379,6 +394,38 @@ async fn worker(config: Config) -> Result<ExitCode> {
         .await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+async fn worker_status(config: Config) -> Result<ExitCode> {
+    let pool = db::connect_and_migrate(&config, "fleetledger-worker-status").await?;
+    let counts = commands::worker::step_counts(&pool, chrono::Utc::now()).await?;
+    println!(
+        "steps: {} due, {} waiting, {} stuck",
+        counts.due, counts.waiting, counts.stuck
+    );
+    let stuck = commands::worker::stuck_steps(&pool, None, 100).await?;
+    for step in &stuck {
+        println!(
+            "stuck {} {} booking {} since {} after {} attempt(s): {}",
+            step.id,
+            step.kind,
+            step.booking_id,
+            step.stuck_at.to_rfc3339(),
+            step.attempts,
+            step.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    if counts.stuck > stuck.len() as i64 {
+        println!(
+            "... and {} more (GraphQL stuckSteps pages through them)",
+            counts.stuck - stuck.len() as i64
+        );
+    }
+    Ok(if counts.stuck > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the

@@ -358,3 +358,47 @@ fn schema_prints_the_committed_sdl() {
         "docs/schema.graphql differs from `fleetledger schema`"
     );
 }
+
+#[tokio::test]
+async fn worker_status_lists_the_steps_that_wait_for_staff() {
+    let db = eventstore::testing::TestDatabase::create().await;
+    let status = || {
+        fleetledger()
+            .args(["worker", "status"])
+            .env("DATABASE_URL", db.url())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let quiet = status();
+    assert_eq!(quiet.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&quiet.stdout),
+        "steps: 0 due, 0 waiting, 0 stuck\n"
+    );
+    let step = uuid::Uuid::now_v7();
+    let booking = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO workflow_steps (id, kind, booking_id, due_at, attempts, last_error, stuck_at) \
+         VALUES ($1, 'refund', $2, now(), 1, 'refund declined by sandbox-card: no', \
+         '2026-12-07T10:00:00Z')",
+    )
+    .bind(step)
+    .bind(booking)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let stuck = status();
+    assert_eq!(
+        stuck.status.code(),
+        Some(3),
+        "a stuck step makes the status fail"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&stuck.stdout),
+        format!(
+            "steps: 0 due, 0 waiting, 1 stuck\nstuck {step} refund booking {booking} since \
+             2026-12-07T10:00:00+00:00 after 1 attempt(s): refund declined by sandbox-card: no\n"
+        )
+    );
+}

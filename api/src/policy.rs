@@ -115,6 +115,7 @@ pub const RULES: &[Rule] = &[
     rule("Query", "fleetSummary", Roles(auth::ANALYTICS)),
     rule("Query", "telemetry", Roles(auth::TELEMETRY_READERS)),
     rule("Query", "projections", Roles(auth::ADMIN)),
+    rule("Query", "stuckSteps", Roles(auth::ADMIN)),
     // Mutations.
     rule("Mutation", "register", Anyone),
     rule("Mutation", "login", Anyone),
@@ -200,6 +201,7 @@ pub const RULES: &[Rule] = &[
     rule("Mutation", "pickUpCar", Roles(auth::ADMIN)),
     rule("Mutation", "returnCar", Roles(auth::ADMIN)),
     rule("Mutation", "refundPayment", Roles(auth::ADMIN)),
+    rule("Mutation", "retryStep", Roles(auth::ADMIN)),
     rule("Mutation", "recordTelemetry", Roles(auth::TELEMETRY_WRITE)),
     // Subscriptions.
     rule("Subscription", "events", Roles(auth::EVENT_READERS)),
@@ -271,6 +273,7 @@ pub const RULES: &[Rule] = &[
     rule("CarUtilization", "*", WithParent),
     rule("FleetSummary", "*", WithParent),
     rule("ProjectionStatus", "*", WithParent),
+    rule("StuckStep", "*", WithParent),
     rule("TelemetryAck", "*", WithParent),
     rule("TelemetryReading", "*", WithParent),
 ];

@@ -42,6 +42,89 @@ enum Outcome {
     Retry(String),
     /// Nothing to do before this time (not a failure).
     Later(DateTime<Utc>),
+    /// Retrying cannot help (a provider's decision): wait for staff.
+    Stuck(String),
+}
+
+/// A step tried this often without success waits for staff (the backoff doubles from 2 s to
+/// 10 minutes: about 1 h 20 min of retries).
+pub const MAX_ATTEMPTS: i32 = 15;
+
+/// A step that stopped retrying and waits for staff.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct StuckStep {
+    pub id: Uuid,
+    pub kind: String,
+    pub booking_id: Uuid,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub stuck_at: DateTime<Utc>,
+}
+
+/// The follow-up steps at a glance.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepCounts {
+    /// Due now or overdue.
+    pub due: i64,
+    /// Scheduled for later (holds that have not ended, retries backing off).
+    pub waiting: i64,
+    pub stuck: i64,
+}
+
+/// Steps that wait for staff, oldest first, after `after` (keyset: stuck_at, id).
+pub async fn stuck_steps(
+    pool: &sqlx::PgPool,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<StuckStep>, sqlx::Error> {
+    let (at, id) = after.unzip();
+    sqlx::query_as(
+        "SELECT id, kind, booking_id, attempts, last_error, stuck_at FROM workflow_steps \
+         WHERE done_at IS NULL AND stuck_at IS NOT NULL \
+           AND ($1::timestamptz IS NULL OR (stuck_at, id) > ($1, $2)) \
+         ORDER BY stuck_at, id LIMIT $3",
+    )
+    .bind(at)
+    .bind(id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// How many steps are due, waiting and stuck (three counts over partial indexes).
+pub async fn step_counts(
+    pool: &sqlx::PgPool,
+    now: DateTime<Utc>,
+) -> Result<StepCounts, sqlx::Error> {
+    let (due, waiting, stuck): (i64, i64, i64) = sqlx::query_as(
+        "SELECT \
+           (SELECT count(*) FROM workflow_steps \
+              WHERE done_at IS NULL AND stuck_at IS NULL AND due_at <= $1), \
+           (SELECT count(*) FROM workflow_steps \
+              WHERE done_at IS NULL AND stuck_at IS NULL AND due_at > $1), \
+           (SELECT count(*) FROM workflow_steps WHERE done_at IS NULL AND stuck_at IS NOT NULL)",
+    )
+    .bind(now)
+    .fetch_one(pool)
+    .await?;
+    Ok(StepCounts {
+        due,
+        waiting,
+        stuck,
+    })
+}
+
+/// Staff retries a stuck step: due at once, its attempts counted afresh. `false` when no such
+/// stuck step exists.
+pub async fn retry_step(pool: &sqlx::PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE workflow_steps SET stuck_at = NULL, attempts = 0, due_at = now() \
+         WHERE id = $1 AND done_at IS NULL AND stuck_at IS NOT NULL",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 impl Worker {
@@ -68,7 +151,8 @@ impl Worker {
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Pass, sqlx::Error> {
         let pool = self.bookings.store().pool().clone();
         let due: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM workflow_steps WHERE done_at IS NULL AND due_at <= $1 \
+            "SELECT id FROM workflow_steps \
+             WHERE done_at IS NULL AND stuck_at IS NULL AND due_at <= $1 \
              ORDER BY due_at LIMIT $2",
         )
         .bind(now)
@@ -99,7 +183,7 @@ impl Worker {
         // it between the listing and the claim) and count the attempt.
         let row = sqlx::query(
             "UPDATE workflow_steps SET attempts = attempts + 1 \
-             WHERE id = $1 AND done_at IS NULL AND due_at <= $2 \
+             WHERE id = $1 AND done_at IS NULL AND stuck_at IS NULL AND due_at <= $2 \
              RETURNING kind, booking_id, payload, attempts",
         )
         .bind(id)
@@ -141,6 +225,21 @@ impl Worker {
                 .execute(pool)
                 .await?;
             }
+            Outcome::Retry(error) if attempts >= MAX_ATTEMPTS => {
+                self.stick(
+                    pool,
+                    id,
+                    &kind,
+                    &format!("{error} (after {attempts} attempts)"),
+                    finished,
+                )
+                .await?;
+                pass.failed += 1;
+            }
+            Outcome::Stuck(error) => {
+                self.stick(pool, id, &kind, &error, finished).await?;
+                pass.failed += 1;
+            }
             Outcome::Retry(error) => {
                 tracing::warn!(step.id = %id, step.kind = %kind, attempts, error = %error, "step failed; will retry");
                 let backoff =
@@ -157,6 +256,29 @@ impl Worker {
                 pass.failed += 1;
             }
         }
+        Ok(())
+    }
+
+    /// Stop retrying a step: it waits for staff.
+    async fn stick(
+        &self,
+        pool: &sqlx::PgPool,
+        id: Uuid,
+        kind: &str,
+        error: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        tracing::error!(step.id = %id, step.kind = %kind, error = %error,
+            "step stopped retrying; it waits for staff (stuckSteps, fleetledger worker status)");
+        sqlx::query(
+            "UPDATE workflow_steps SET stuck_at = $2, last_error = $3, lease_until = NULL \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(at)
+        .bind(error)
+        .execute(pool)
+        .await?;
         Ok(())
     }
 
@@ -185,6 +307,7 @@ impl Worker {
             }
             ("settle_balance", Some(checkout), _) => {
                 return match checkout.settle_balance(ctx, booking_id).await {
+                    Err(e) => failed_or(Err(e)),
                     Ok(FeesCollected::Settled) => Outcome::Done,
                     Ok(FeesCollected::Declined { reason, charges }) => Outcome::Retry(format!(
                         "charge {charges} for the balance declined: {reason}"
@@ -193,7 +316,6 @@ impl Worker {
                         tracing::warn!(booking.id = %booking_id, %reason, "balance left unpaid: it is due, for staff to collect");
                         Outcome::Done
                     }
-                    Err(e) => Outcome::Retry(e.to_string()),
                 };
             }
             ("refund", Some(checkout), Some(payment_id)) => {
@@ -206,15 +328,18 @@ impl Worker {
                             .and_then(|c| serde_json::from_value(c.clone()).ok()),
                     );
                 let Some((minor, currency)) = amount else {
-                    return Outcome::Retry("refund step without an amount".into());
+                    return Outcome::Stuck("refund step without an amount".into());
                 };
-                return match checkout
-                    .refund_for_cancellation(ctx, payment_id, domain::Money::new(minor, currency))
-                    .await
-                {
-                    Ok(()) => Outcome::Done,
-                    Err(e) => Outcome::Retry(e.to_string()),
-                };
+                return failed_or(
+                    checkout
+                        .refund_for_cancellation(
+                            ctx,
+                            payment_id,
+                            domain::Money::new(minor, currency),
+                        )
+                        .await
+                        .map(|()| Outcome::Done),
+                );
             }
             _ => {}
         }
@@ -228,7 +353,7 @@ impl Worker {
                 Err(BookingFlowError::BookingNotFound) => Outcome::Done,
                 Err(e) => Outcome::Retry(e.to_string()),
             },
-            other => Outcome::Retry(format!("no handler for step kind {other:?} in this build")),
+            other => Outcome::Stuck(format!("no handler for step kind {other:?} in this build")),
         }
     }
 
@@ -239,7 +364,24 @@ impl Worker {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        loop {
+        let pool = self.bookings.store().pool().clone();
+        for pass in 0u64.. {
+            // The gauges every few passes: due, waiting and stuck steps.
+            if pass % 15 == 0 {
+                match step_counts(&pool, Utc::now()).await {
+                    Ok(counts) => {
+                        for (state, n) in [
+                            ("due", counts.due),
+                            ("waiting", counts.waiting),
+                            ("stuck", counts.stuck),
+                        ] {
+                            metrics::gauge!("fleetledger_workflow_steps", "state" => state)
+                                .set(n as f64);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "counting the steps failed"),
+                }
+            }
             match self.run_once(Utc::now()).await {
                 Ok(pass) if pass.done + pass.failed > 0 => {
                     tracing::info!(done = pass.done, failed = pass.failed, "worker pass");
@@ -252,5 +394,19 @@ impl Worker {
                 () = tokio::time::sleep(interval) => {}
             }
         }
+    }
+}
+
+/// A step's result: a refund the gateway declined waits for staff (asking again would only
+/// record the same decision again); other failures are retried.
+fn failed_or(result: Result<Outcome, crate::checkout::CheckoutError>) -> Outcome {
+    use crate::checkout::CheckoutError;
+    use crate::payments::PaymentServiceError;
+    match result {
+        Ok(outcome) => outcome,
+        Err(CheckoutError::Payment(e @ PaymentServiceError::RefundDeclined { .. })) => {
+            Outcome::Stuck(e.to_string())
+        }
+        Err(e) => Outcome::Retry(e.to_string()),
     }
 }

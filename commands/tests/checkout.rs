@@ -11,7 +11,9 @@ use commands::locks::HotCarLock;
 use commands::payments::sandbox::{
     TOKEN_CHARGE_CUSTOMER_FAIL, TOKEN_DECLINE_INSUFFICIENT_FUNDS, TOKEN_SUCCESS,
 };
-use commands::payments::{PayRequest, PaymentService, PaymentToken, SandboxGateways, payment_id};
+use commands::payments::{
+    PayRequest, PaymentGateway, PaymentService, PaymentToken, SandboxGateways, payment_id,
+};
 use commands::worker::Worker;
 use commands::{CommandContext, Executor, ExecutorConfig};
 use domain::TimeWindow;
@@ -585,4 +587,111 @@ async fn changing_a_paid_booking_charges_or_refunds_the_difference() {
     worker.run_once(now).await.unwrap();
     assert_eq!(shop.gateways.card.charge_count().await, 2);
     assert_eq!(shop.gateways.card.refund_count().await, 2);
+}
+
+/// The events of one payment's stream of a type.
+async fn count_events(shop: &Shop, payment: Uuid, event_type: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_type = 'payment' AND aggregate_id = $1 \
+         AND event_type = $2",
+    )
+    .bind(payment.to_string())
+    .bind(event_type)
+    .fetch_one(shop.bookings.store().pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_declined_refund_waits_for_staff_with_one_failure_per_decision() {
+    let shop = shop().await;
+    let worker = Worker::new(shop.bookings.clone()).with_checkout(shop.checkout.clone());
+    let pool = shop.bookings.store().pool().clone();
+    let customer = Uuid::now_v7();
+    let ctx = CommandContext::new(customer.to_string());
+    let booking = hold(&shop, customer).await;
+    let paid = shop
+        .checkout
+        .pay_booking(
+            &ctx,
+            booking,
+            PaymentMethodKind::Card,
+            TOKEN_SUCCESS.into(),
+            Some("p"),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    // 80.00 went back through the provider's dashboard, past Fleetledger: the full refund of
+    // the cancellation can only be declined.
+    let charge = shop.gateways.card.charges().await[0].reference.clone();
+    shop.gateways
+        .card
+        .refund(&commands::payments::RefundRequest {
+            reference: charge,
+            amount: Money::new(8_000, Currency::EUR),
+            idempotency_key: "dashboard".into(),
+        })
+        .await
+        .unwrap();
+    shop.bookings
+        .cancel(&ctx, booking, CancelledBy::Customer, None, Utc::now())
+        .await
+        .unwrap();
+
+    // However often the worker passes, the decline is asked and recorded once.
+    for hours in 0..4 {
+        worker
+            .run_once(Utc::now() + Duration::hours(hours))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        count_events(&shop, paid.payment.id, "RefundFailed").await,
+        1
+    );
+    let stuck = commands::worker::stuck_steps(&pool, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(stuck.len(), 1);
+    assert_eq!(
+        (stuck[0].kind.as_str(), stuck[0].booking_id),
+        ("refund", booking)
+    );
+    assert_eq!(
+        stuck[0].last_error.as_deref(),
+        Some("refund declined by sandbox-card: refund exceeds the captured amount")
+    );
+    let counts = commands::worker::step_counts(&pool, Utc::now() + Duration::hours(5))
+        .await
+        .unwrap();
+    assert_eq!(counts.stuck, 1);
+
+    // Staff sends it back: one more decision, one more failure, stuck again.
+    assert!(
+        commands::worker::retry_step(&pool, stuck[0].id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !commands::worker::retry_step(&pool, stuck[0].id)
+            .await
+            .unwrap(),
+        "not stuck now"
+    );
+    worker
+        .run_once(Utc::now() + Duration::hours(6))
+        .await
+        .unwrap();
+    assert_eq!(
+        count_events(&shop, paid.payment.id, "RefundFailed").await,
+        2
+    );
+    assert_eq!(
+        commands::worker::stuck_steps(&pool, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }

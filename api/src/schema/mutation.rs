@@ -613,6 +613,16 @@ impl Mutation {
         booking_after(s, booking_id, &view.events).await
     }
 
+    /// Send a stuck step back to the worker: due at once, with a fresh retry budget.
+    async fn retry_step(&self, ctx: &Context<'_>, id: Uuid) -> ApiResult<bool> {
+        caller(ctx)?.require(auth::ADMIN)?;
+        if commands::worker::retry_step(services(ctx)?.store.pool(), id).await? {
+            Ok(true)
+        } else {
+            Err(AppError::not_found("stuck step"))
+        }
+    }
+
     async fn refund_payment(
         &self,
         ctx: &Context<'_>,

@@ -800,4 +800,29 @@ impl Query {
             })
             .collect())
     }
+
+    /// Follow-up steps that stopped retrying and wait for staff (a refund the gateway
+    /// declined, a step that kept failing), oldest first; `retryStep` sends one back. Pages by
+    /// the `cursor` of the last step seen.
+    async fn stuck_steps(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default_with = "Some(20)")] first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<Vec<StuckStep>> {
+        caller(ctx)?.require(auth::ADMIN)?;
+        let limit = page_size(ctx, first, 20)?;
+        let after = after
+            .map(|cursor| {
+                let (at, id) = cursor.split_once('/').ok_or(())?;
+                let at = DateTime::parse_from_rfc3339(at).map_err(|_| ())?;
+                let id = Uuid::try_parse(id).map_err(|_| ())?;
+                Ok::<_, ()>((at.with_timezone(&Utc), id))
+            })
+            .transpose()
+            .map_err(|()| AppError::bad_input("after", "not a cursor from stuckSteps"))?;
+        let steps =
+            commands::worker::stuck_steps(services(ctx)?.store.pool(), after, limit).await?;
+        Ok(steps.into_iter().map(StuckStep::from).collect())
+    }
 }

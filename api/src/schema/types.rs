@@ -949,3 +949,31 @@ impl EventFilter {
                 .is_none_or(|id| *id == e.aggregate_id)
     }
 }
+
+/// A follow-up step that stopped retrying and waits for staff.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct StuckStep {
+    pub id: Uuid,
+    /// `refund`, `settle_balance`, `confirm_payment`, `expire_hold`.
+    pub kind: String,
+    pub booking_id: Uuid,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub stuck_at: DateTime<Utc>,
+    /// Pass as `after` for the next page.
+    pub cursor: String,
+}
+
+impl From<commands::worker::StuckStep> for StuckStep {
+    fn from(s: commands::worker::StuckStep) -> Self {
+        Self {
+            cursor: format!("{}/{}", s.stuck_at.to_rfc3339(), s.id),
+            id: s.id,
+            kind: s.kind,
+            booking_id: s.booking_id,
+            attempts: s.attempts,
+            last_error: s.last_error,
+            stuck_at: s.stuck_at,
+        }
+    }
+}
