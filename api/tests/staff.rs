@@ -240,3 +240,78 @@ async fn an_early_pick_up_keeps_the_car_from_being_booked_twice() {
     );
     app.shutdown().await;
 }
+
+/// A car stays where its bookings expect it: relocating it with a booking waiting is refused,
+/// and a car returned to another branch cannot be handed over where it is not.
+#[tokio::test]
+async fn a_car_is_handed_over_only_where_it_is_and_never_moved_from_under_a_booking() {
+    let app = TestApp::start().await;
+    let admin = app.admin_token.clone();
+    app.add_branch("BER", 52.52, 13.40).await;
+    app.add_branch("HAM", 53.55, 9.99).await;
+    let car = app.add_car("BER", "Opel", "45.00").await;
+    let (customer, _) = app.register("where@fleet.test").await;
+    let book = "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }";
+    let pay = "mutation($b: UUID!) { payBooking(bookingId: $b, method: { kind: CARD, token: \"tok_visa\" }) { status } }";
+    let one_way = app
+        .ok(
+            Some(&customer),
+            book,
+            json!({ "i": { "carId": car, "pickupAt": at(1, 0), "returnAt": at(2, 0), "returnBranchCode": "HAM" } }),
+        )
+        .await["requestBooking"]["id"]
+        .clone();
+    let later = app
+        .ok(
+            Some(&customer),
+            book,
+            json!({ "i": { "carId": car, "pickupAt": at(5, 0), "returnAt": at(6, 0) } }),
+        )
+        .await["requestBooking"]["id"]
+        .clone();
+    for b in [&one_way, &later] {
+        app.ok(Some(&customer), pay, json!({ "b": b })).await;
+    }
+
+    // Moving the car would strand both bookings at BER.
+    let relocate = "mutation($c: UUID!) { relocateCar(id: $c, branchCode: \"HAM\") { id } }";
+    let (_, body) = app.post(Some(&admin), relocate, json!({ "c": car })).await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{body:#}"
+    );
+    assert_eq!(
+        body["errors"][0]["message"],
+        "the car has upcoming bookings; cancel or move them first"
+    );
+
+    // The one-way rental ends at HAM: the later booking cannot take the car at BER.
+    app.ok(
+        Some(&admin),
+        "mutation($b: UUID!) { pickUpCar(bookingId: $b, odometerKm: 100, fuelPercent: 100) { id } }",
+        json!({ "b": one_way }),
+    )
+    .await;
+    app.ok(
+        Some(&admin),
+        "mutation($b: UUID!) { returnCar(bookingId: $b, odometerKm: 400, fuelPercent: 100, branchCode: \"HAM\") { status } }",
+        json!({ "b": one_way }),
+    )
+    .await;
+    let (_, body) = app
+        .post(
+            Some(&admin),
+            "mutation($b: UUID!) { pickUpCar(bookingId: $b, odometerKm: 400, fuelPercent: 100) { id } }",
+            json!({ "b": later }),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{body:#}"
+    );
+    assert_eq!(
+        body["errors"][0]["message"],
+        "the car is at HAM, the booking picks it up at BER"
+    );
+    app.shutdown().await;
+}

@@ -564,12 +564,13 @@ impl BookingService {
                     now,
                 })
             },
-            |_| {
+            |booking| {
                 Some(CarCommand::HandOver {
                     booking_id,
                     odometer_km,
                     early_minutes: self.config.early_pickup_minutes,
                     buffer_minutes: self.config.turnaround_minutes,
+                    pickup_branch: booking.pickup_branch.clone().unwrap_or_default(),
                     now,
                 })
             },

@@ -103,6 +103,7 @@ async fn snapshot_plus_events_loads_the_same_state_as_events_alone() {
         let command = if i % 4 == 0 {
             CarCommand::Relocate {
                 branch: format!("B{i}"),
+                now: chrono::Utc::now(),
             }
         } else {
             CarCommand::ChangeDailyRate {
@@ -205,6 +206,7 @@ async fn a_stale_cache_never_decides_the_outcome() {
         &key,
         CarCommand::Relocate {
             branch: "OPO".into(),
+            now: chrono::Utc::now(),
         },
         &ctx(),
     )
@@ -215,6 +217,7 @@ async fn a_stale_cache_never_decides_the_outcome() {
             &key,
             CarCommand::Relocate {
                 branch: "LIS".into(),
+                now: chrono::Utc::now(),
             },
             &ctx(),
         )

@@ -136,8 +136,11 @@ pub enum CarCommand {
     ChangeDailyRate {
         daily_rate: Money,
     },
+    /// Moves the car to another branch. Refused while bookings not yet picked up wait for it
+    /// where it is (they would be stranded).
     Relocate {
         branch: String,
+        now: DateTime<Utc>,
     },
     Retire {
         reason: String,
@@ -183,6 +186,8 @@ pub enum CarCommand {
         odometer_km: f64,
         early_minutes: i64,
         buffer_minutes: i64,
+        /// Where the booking picks the car up: the car must be there.
+        pickup_branch: String,
         now: DateTime<Utc>,
     },
     TakeBack {
@@ -325,6 +330,8 @@ pub enum CarError {
     OdometerBackwards { last: String, given: String },
     #[error("the car has upcoming bookings; cancel or move them first")]
     HasBookings,
+    #[error("the car is at {at}, the booking picks it up at {pickup}")]
+    Elsewhere { at: String, pickup: String },
 }
 
 /// What blocks a car for a window.
@@ -537,11 +544,18 @@ impl Aggregate for Car {
                     to: daily_rate,
                 }
             }
-            CarCommand::Relocate { branch } => {
+            CarCommand::Relocate { branch, now } => {
                 self.registered_rate()?;
                 check_branch(&branch)?;
                 if self.rented_by.is_some() {
                     return Err(CarError::Rented);
+                }
+                if self
+                    .blocks
+                    .iter()
+                    .any(|b| b.booking().is_some() && b.window.end > now)
+                {
+                    return Err(CarError::HasBookings);
                 }
                 let from = self.branch.clone().unwrap_or_default();
                 if from == branch {
@@ -671,6 +685,7 @@ impl Aggregate for Car {
                 odometer_km,
                 early_minutes,
                 buffer_minutes,
+                pickup_branch,
                 now,
             } => {
                 if self.id.is_none() {
@@ -681,6 +696,13 @@ impl Aggregate for Car {
                 }
                 if self.rented_by.is_some() {
                     return Err(CarError::Rented);
+                }
+                let at = self.branch.clone().unwrap_or_default();
+                if at != pickup_branch {
+                    return Err(CarError::Elsewhere {
+                        at,
+                        pickup: pickup_branch,
+                    });
                 }
                 let window = self
                     .reservation_of(booking_id)
@@ -1057,6 +1079,7 @@ mod tests {
             .given(vec![registered()])
             .when(CarCommand::Relocate {
                 branch: "OPO".into(),
+                now: now(),
             })
             .then_expect_events(vec![CarEvent::CarRelocated {
                 from: "LIS".into(),
@@ -1066,6 +1089,7 @@ mod tests {
             .given(vec![registered()])
             .when(CarCommand::Relocate {
                 branch: "LIS".into(),
+                now: now(),
             })
             .then_expect_error(CarError::Unchanged);
         CarTest::with(())
@@ -1318,6 +1342,7 @@ mod tests {
                 odometer_km: 1_000.0,
                 early_minutes: 60,
                 buffer_minutes: 60,
+                pickup_branch: "LIS".into(),
                 now: day(3, 10),
             })
             .then_expect_events(vec![picked.clone()]);
@@ -1328,6 +1353,7 @@ mod tests {
                 odometer_km: 1_000.0,
                 early_minutes: 60,
                 buffer_minutes: 60,
+                pickup_branch: "LIS".into(),
                 now: day(3, 10),
             })
             .then_expect_error(CarError::NoReservation(b(2)));
@@ -1361,6 +1387,7 @@ mod tests {
             .given(vec![registered(), reserved(1, w), picked])
             .when(CarCommand::Relocate {
                 branch: "OPO".into(),
+                now: now(),
             })
             .then_expect_error(CarError::Rented);
     }
@@ -1389,8 +1416,48 @@ mod tests {
             odometer_km: 1_000.0,
             early_minutes: 60,
             buffer_minutes: 60,
+            pickup_branch: "LIS".into(),
             now: at,
         }
+    }
+
+    #[test]
+    fn a_car_with_bookings_waiting_stays_where_they_expect_it() {
+        let w = window((20, 10), (28, 10));
+        // Relocating would strand the booking at LIS.
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, w)])
+            .when(CarCommand::Relocate {
+                branch: "OPO".into(),
+                now: day(7, 10),
+            })
+            .then_expect_error(CarError::HasBookings);
+        // Once that booking is over, it may move.
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, w)])
+            .when(CarCommand::Relocate {
+                branch: "OPO".into(),
+                now: day(28, 11),
+            })
+            .then_expect_events(vec![CarEvent::CarRelocated {
+                from: "LIS".into(),
+                to: "OPO".into(),
+            }]);
+        // A car returned to OPO cannot be handed over at LIS.
+        CarTest::with(())
+            .given(vec![
+                registered(),
+                CarEvent::CarRelocated {
+                    from: "LIS".into(),
+                    to: "OPO".into(),
+                },
+                reserved(1, w),
+            ])
+            .when(hand_over(1, day(20, 10)))
+            .then_expect_error(CarError::Elsewhere {
+                at: "OPO".into(),
+                pickup: "LIS".into(),
+            });
     }
 
     #[test]

@@ -389,6 +389,7 @@ impl Mutation {
                 &id.to_string(),
                 CarCommand::Relocate {
                     branch: branch_code,
+                    now: chrono::Utc::now(),
                 },
                 &context(ctx)?,
             )
