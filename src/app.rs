@@ -50,6 +50,7 @@ impl App {
                 booking: BookingConfig {
                     hold_ttl: chrono::Duration::seconds(config.hold_ttl_seconds),
                     early_pickup_minutes: config.early_pickup_minutes,
+                    no_show_grace_minutes: config.no_show_grace_minutes,
                     ..BookingConfig::default()
                 },
                 lock,

@@ -47,6 +47,9 @@ pub(crate) struct Config {
     /// `FLEETLEDGER_EARLY_PICKUP_MINUTES`: how long before pick-up time a car may be handed
     /// over with no questions (default 60); earlier only if it is free until then.
     pub(crate) early_pickup_minutes: i64,
+    /// `FLEETLEDGER_NO_SHOW_GRACE_MINUTES`: how long after a paid booking's pick-up time
+    /// nobody came before it is a no-show (default 120).
+    pub(crate) no_show_grace_minutes: i64,
     /// `FLEETLEDGER_JWT_TTL` seconds an access token lives (default 900).
     pub(crate) jwt_ttl_seconds: u64,
     /// `FLEETLEDGER_SESSION_TTL` seconds a session (and its refresh tokens) lives at most
@@ -141,6 +144,7 @@ impl Config {
             jwt_ttl_seconds: env_or("FLEETLEDGER_JWT_TTL", 900)?,
             session_ttl_seconds: env_or("FLEETLEDGER_SESSION_TTL", 30 * 86_400)?,
             early_pickup_minutes: env_or("FLEETLEDGER_EARLY_PICKUP_MINUTES", 60)?,
+            no_show_grace_minutes: env_or("FLEETLEDGER_NO_SHOW_GRACE_MINUTES", 120)?,
             bootstrap_admin_email: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL"),
             bootstrap_admin_password: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_PASSWORD").map(Secret),
             projector_batch_size: positive("FLEETLEDGER_PROJECTOR_BATCH", 500)?,

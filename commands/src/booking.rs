@@ -39,6 +39,9 @@ pub struct BookingConfig {
     /// (`FLEETLEDGER_EARLY_PICKUP_MINUTES`, default 60); earlier, only if the car is free
     /// until then, and the booking then holds it from the hand-over.
     pub early_pickup_minutes: i64,
+    /// How long after a paid booking's pick-up time nobody came before it is a no-show
+    /// (`FLEETLEDGER_NO_SHOW_GRACE_MINUTES`, default 120).
+    pub no_show_grace_minutes: i64,
     pub pricing: PricingPolicy,
     pub retry: RetryPolicy,
     /// How long the per-car Redis lock lives if its holder dies.
@@ -53,6 +56,7 @@ impl Default for BookingConfig {
             hold_ttl: Duration::seconds(300),
             turnaround_minutes: 60,
             early_pickup_minutes: 60,
+            no_show_grace_minutes: 120,
             pricing: PricingPolicy::default(),
             retry: RetryPolicy {
                 max_attempts: 20,
@@ -574,7 +578,17 @@ impl BookingService {
                     now,
                 })
             },
-            |_| Vec::new(),
+            // If the car is not back by the return time and its grace, the worker flags it.
+            |after| match after.window {
+                Some(window) => vec![Step {
+                    kind: "overdue",
+                    booking_id,
+                    payload: json!({}),
+                    due_at: window.end
+                        + Duration::minutes(self.config.pricing.grace_minutes.max(0)),
+                }],
+                None => Vec::new(),
+            },
         )
         .await
     }
@@ -675,13 +689,86 @@ impl BookingService {
         payment_id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<BookingView, BookingFlowError> {
-        let id = booking_id.to_string();
-        let done = self
-            .bookings
-            .execute(&id, BookingCommand::Confirm { payment_id, now }, ctx)
-            .await?;
-        let loaded = self.bookings.load(&id).await?;
-        Ok(self.view(booking_id, loaded, done.events))
+        let grace = self.config.no_show_grace_minutes;
+        self.booking_and_car(
+            ctx,
+            booking_id,
+            |_| Ok(BookingCommand::Confirm { payment_id, now }),
+            |_| None,
+            // If nobody comes by the pick-up time and its grace, the worker marks a no-show.
+            |after| match after.window {
+                Some(window) => vec![Step {
+                    kind: "no_show",
+                    booking_id,
+                    payload: json!({}),
+                    due_at: window.start + Duration::minutes(grace.max(0)),
+                }],
+                None => Vec::new(),
+            },
+        )
+        .await
+    }
+
+    /// The worker's `no_show` step: a paid booking nobody picked up by its time and grace is a
+    /// no-show. The car is released at once, the no-show fee (the policy's late-cancellation
+    /// fee: one day's rate) is kept and the rest refunded.
+    pub async fn mark_no_show(
+        &self,
+        ctx: &CommandContext,
+        booking_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<BookingView, BookingFlowError> {
+        let policy = self.config.pricing.clone();
+        let grace = self.config.no_show_grace_minutes;
+        self.booking_and_car(
+            ctx,
+            booking_id,
+            |b| {
+                let window = b.window.ok_or(BookingFlowError::BookingNotFound)?;
+                let total = b.total.ok_or(BookingFlowError::BookingNotFound)?;
+                let rate = b.daily_rate().unwrap_or(Money::zero(total.currency));
+                Ok(BookingCommand::MarkNoShow {
+                    fee: pricing::cancellation_fee(rate, window.start, now, &policy),
+                    grace_minutes: grace,
+                    now,
+                })
+            },
+            |_| Some(CarCommand::Release { booking_id, now }),
+            |after| match (after.payment_id, after.no_show_fee, after.total) {
+                (Some(payment_id), Some(fee), Some(total)) if total.minor > fee.minor => vec![Step {
+                    kind: "refund",
+                    booking_id,
+                    payload: json!({ "payment_id": payment_id, "amount_minor": total.minor - fee.minor, "currency": total.currency }),
+                    due_at: now,
+                }],
+                _ => Vec::new(),
+            },
+        )
+        .await
+    }
+
+    /// The worker's `overdue` step: a rental whose car is not back by its return time and the
+    /// grace is marked overdue, for staff to follow up.
+    pub async fn mark_overdue(
+        &self,
+        ctx: &CommandContext,
+        booking_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<BookingView, BookingFlowError> {
+        let grace = self.config.pricing.grace_minutes;
+        self.booking_and_car(
+            ctx,
+            booking_id,
+            |_| {
+                Ok(BookingCommand::MarkOverdue {
+                    grace_minutes: grace,
+                    now,
+                })
+            },
+            |_| None,
+            |_| Vec::new(),
+        )
+        .await
     }
 
     /// Load, decide and append (with follow-up steps) in one transaction, retrying conflicts.

@@ -344,6 +344,39 @@ impl Worker {
             _ => {}
         }
         match kind {
+            "no_show" => match self.bookings.mark_no_show(ctx, booking_id, now).await {
+                Ok(view) => {
+                    if view.status() == Some(domain::booking::BookingStatus::NoShow) {
+                        metrics::counter!("fleetledger_bookings_no_show_total").increment(1);
+                    }
+                    Outcome::Done
+                }
+                // Picked up, cancelled, or (modified) not due yet.
+                Err(BookingFlowError::Booking(BookingError::InvalidTransition { .. })) => {
+                    Outcome::Done
+                }
+                Err(BookingFlowError::Booking(BookingError::NoShowTooEarly(at))) => {
+                    Outcome::Later(at)
+                }
+                Err(e) => Outcome::Retry(e.to_string()),
+            },
+            "overdue" => match self.bookings.mark_overdue(ctx, booking_id, now).await {
+                Ok(view) => {
+                    if view.state.overdue {
+                        metrics::counter!("fleetledger_rentals_overdue_total").increment(1);
+                        tracing::warn!(booking.id = %booking_id, "rental overdue: the car is not back");
+                    }
+                    Outcome::Done
+                }
+                // Returned already.
+                Err(BookingFlowError::Booking(BookingError::InvalidTransition { .. })) => {
+                    Outcome::Done
+                }
+                Err(BookingFlowError::Booking(BookingError::NotOverdueYet(at))) => {
+                    Outcome::Later(at)
+                }
+                Err(e) => Outcome::Retry(e.to_string()),
+            },
             "expire_hold" => match self.bookings.expire(ctx, booking_id, now).await {
                 Ok(_) => Outcome::Done,
                 // Confirmed, cancelled or already expired: nothing left to do.

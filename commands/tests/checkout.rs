@@ -695,3 +695,116 @@ async fn a_declined_refund_waits_for_staff_with_one_failure_per_decision() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_paid_booking_nobody_picks_up_becomes_a_no_show_and_an_unreturned_car_overdue() {
+    let shop = shop().await;
+    let worker = Worker::new(shop.bookings.clone()).with_checkout(shop.checkout.clone());
+    let eur = |minor| Money::new(minor, Currency::EUR);
+    let pay = |booking: Uuid, customer: Uuid| {
+        let checkout = shop.checkout.clone();
+        async move {
+            checkout
+                .pay_booking(
+                    &CommandContext::new(customer.to_string()),
+                    booking,
+                    PaymentMethodKind::Card,
+                    TOKEN_SUCCESS.into(),
+                    Some("pay"),
+                    Utc::now(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+
+    // Nobody comes: within the grace nothing happens, after it the car is released and one
+    // day's rate kept, the rest refunded.
+    let customer = Uuid::now_v7();
+    let booking = hold(&shop, customer).await;
+    let paid = pay(booking, customer).await;
+    let start = paid.booking.state.window.unwrap().start;
+    worker
+        .run_once(start + Duration::minutes(119))
+        .await
+        .unwrap();
+    assert_eq!(
+        shop.bookings.get(booking).await.unwrap().status(),
+        Some(BookingStatus::Confirmed)
+    );
+    worker
+        .run_once(start + Duration::minutes(121))
+        .await
+        .unwrap();
+    let gone = shop.bookings.get(booking).await.unwrap();
+    assert_eq!(gone.status(), Some(BookingStatus::NoShow));
+    assert_eq!(gone.state.no_show_fee, Some(eur(5_000)));
+    // The refund step is due at once; the next pass pays it.
+    worker
+        .run_once(start + Duration::minutes(122))
+        .await
+        .unwrap();
+    let payment = shop
+        .checkout
+        .payments()
+        .get(paid.payment.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (payment.status, payment.refunded),
+        (PaymentStatus::PartiallyRefunded, eur(5_000))
+    );
+    // The car is free for the window again: another customer can have it.
+    let again = hold(&shop, Uuid::now_v7()).await;
+    assert_eq!(
+        shop.bookings.get(again).await.unwrap().status(),
+        Some(BookingStatus::Held)
+    );
+
+    // A rental not back by its return time and grace is overdue (once), and stays ACTIVE.
+    let shop = self::shop().await;
+    let worker = Worker::new(shop.bookings.clone()).with_checkout(shop.checkout.clone());
+    let customer = Uuid::now_v7();
+    let booking = hold(&shop, customer).await;
+    let paid = shop
+        .checkout
+        .pay_booking(
+            &CommandContext::new(customer.to_string()),
+            booking,
+            PaymentMethodKind::Card,
+            TOKEN_SUCCESS.into(),
+            Some("pay"),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let window = paid.booking.state.window.unwrap();
+    shop.bookings
+        .pick_up(
+            &CommandContext::new("staff"),
+            booking,
+            10.0,
+            90.0,
+            window.start,
+        )
+        .await
+        .unwrap();
+    worker.run_once(window.end).await.unwrap();
+    assert!(!shop.bookings.get(booking).await.unwrap().state.overdue);
+    worker
+        .run_once(window.end + Duration::minutes(60))
+        .await
+        .unwrap();
+    let late = shop.bookings.get(booking).await.unwrap();
+    assert!(late.state.overdue);
+    assert_eq!(late.status(), Some(BookingStatus::Active));
+    let overdue_events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE event_type = 'RentalOverdue' AND aggregate_id = $1",
+    )
+    .bind(booking.to_string())
+    .fetch_one(shop.bookings.store().pool())
+    .await
+    .unwrap();
+    assert_eq!(overdue_events, 1);
+}

@@ -5,7 +5,7 @@
 //! `held_until` expires. The car's side of each step (reserve, release, hand over, take back)
 //! is a Car command appended in the same transaction by the application layer.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,9 @@ pub enum BookingStatus {
     Completed,
     Cancelled,
     Expired,
+    /// Paid, but the customer never came: the car was released after the pick-up time and
+    /// its grace, and the no-show fee kept.
+    NoShow,
 }
 
 impl BookingStatus {
@@ -36,6 +39,7 @@ impl BookingStatus {
             Self::Completed => "COMPLETED",
             Self::Cancelled => "CANCELLED",
             Self::Expired => "EXPIRED",
+            Self::NoShow => "NO_SHOW",
         }
     }
 }
@@ -92,6 +96,17 @@ pub enum BookingCommand {
     Expire {
         now: DateTime<Utc>,
     },
+    /// The customer did not come by the pick-up time plus `grace_minutes`: keep `fee`.
+    MarkNoShow {
+        fee: Money,
+        grace_minutes: i64,
+        now: DateTime<Utc>,
+    },
+    /// The car was not back by the return time plus `grace_minutes`.
+    MarkOverdue {
+        grace_minutes: i64,
+        now: DateTime<Utc>,
+    },
     PickUp {
         odometer_km: f64,
         fuel_percent: f64,
@@ -143,6 +158,15 @@ pub enum BookingEvent {
         at: DateTime<Utc>,
     },
     BookingExpired {
+        at: DateTime<Utc>,
+    },
+    /// The customer never came; `fee` is kept, the rest goes back.
+    BookingNoShow {
+        fee: Money,
+        at: DateTime<Utc>,
+    },
+    /// The car is not back by its return time and grace: staff follows up.
+    RentalOverdue {
         at: DateTime<Utc>,
     },
     RentalStarted {
@@ -211,6 +235,10 @@ pub enum BookingError {
     OdometerBackwards { pickup: String, given: String },
     #[error("amounts must be in the booking's currency")]
     CurrencyMismatch,
+    #[error("not before {0}: the pick-up time and its grace have not passed")]
+    NoShowTooEarly(DateTime<Utc>),
+    #[error("not before {0}: the return time and its grace have not passed")]
+    NotOverdueYet(DateTime<Utc>),
 }
 
 /// A booking's state, rebuilt from its events.
@@ -232,6 +260,12 @@ pub struct Booking {
     pub total: Option<Money>,
     pub cancellation_fee: Option<Money>,
     pub feedback: Option<Feedback>,
+    /// Kept when the customer never came.
+    #[serde(default)]
+    pub no_show_fee: Option<Money>,
+    /// The car is late back (an ACTIVE rental past its return time and grace).
+    #[serde(default)]
+    pub overdue: bool,
 }
 
 fn check_percent(field: &'static str, v: f64) -> Result<(), BookingError> {
@@ -303,7 +337,7 @@ impl Aggregate for Booking {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), BookingError> {
-        use BookingStatus::{Active, Cancelled, Completed, Confirmed, Expired, Held};
+        use BookingStatus::{Active, Cancelled, Completed, Confirmed, Expired, Held, NoShow};
         let event = match command {
             BookingCommand::Request {
                 booking_id,
@@ -397,6 +431,37 @@ impl Aggregate for Booking {
                     return Err(BookingError::HoldNotEnded(until));
                 }
                 BookingEvent::BookingExpired { at: now }
+            }
+            BookingCommand::MarkNoShow {
+                fee,
+                grace_minutes,
+                now,
+            } => {
+                if self.status()? == NoShow {
+                    return Ok(());
+                }
+                self.expect(&[Confirmed], "marked a no-show")?;
+                self.currency_ok(&fee)?;
+                let window = self.window.ok_or(BookingError::NotFound)?;
+                let from = window.start + Duration::minutes(grace_minutes.max(0));
+                if now < from {
+                    return Err(BookingError::NoShowTooEarly(from));
+                }
+                let total = self.total.ok_or(BookingError::NotFound)?;
+                let fee = Money::new(fee.minor.clamp(0, total.minor.max(0)), fee.currency);
+                BookingEvent::BookingNoShow { fee, at: now }
+            }
+            BookingCommand::MarkOverdue { grace_minutes, now } => {
+                self.expect(&[Active], "overdue")?;
+                if self.overdue {
+                    return Ok(());
+                }
+                let window = self.window.ok_or(BookingError::NotFound)?;
+                let from = window.end + Duration::minutes(grace_minutes.max(0));
+                if now < from {
+                    return Err(BookingError::NotOverdueYet(from));
+                }
+                BookingEvent::RentalOverdue { at: now }
             }
             BookingCommand::PickUp {
                 odometer_km,
@@ -517,6 +582,11 @@ impl Aggregate for Booking {
                 self.status = Some(BookingStatus::Expired);
                 self.held_until = None;
             }
+            BookingEvent::BookingNoShow { fee, .. } => {
+                self.status = Some(BookingStatus::NoShow);
+                self.no_show_fee = Some(fee);
+            }
+            BookingEvent::RentalOverdue { .. } => self.overdue = true,
             BookingEvent::RentalStarted {
                 odometer_km,
                 fuel_percent,
@@ -612,6 +682,104 @@ mod tests {
             fuel_percent: 100.0,
             at: t(10, 9),
         }
+    }
+
+    #[test]
+    fn a_customer_who_never_came_is_a_no_show_after_the_grace() {
+        let mark = |h: u32| BookingCommand::MarkNoShow {
+            fee: eur(4_599),
+            grace_minutes: 120,
+            now: t(10, h),
+        };
+        // Pick-up at 9:00 with two hours of grace: not at 10:00, from 11:00.
+        BookingTest::with(())
+            .given(vec![held(), confirmed()])
+            .when(mark(10))
+            .then_expect_error(BookingError::NoShowTooEarly(t(10, 11)));
+        BookingTest::with(())
+            .given(vec![held(), confirmed()])
+            .when(mark(11))
+            .then_expect_events(vec![BookingEvent::BookingNoShow {
+                fee: eur(4_599),
+                at: t(10, 11),
+            }]);
+        let gone = BookingEvent::BookingNoShow {
+            fee: eur(4_599),
+            at: t(10, 11),
+        };
+        let state = |events: Vec<BookingEvent>| {
+            let mut b = Booking::default();
+            events.into_iter().for_each(|e| b.apply(e));
+            b
+        };
+        let no_show = state(vec![held(), confirmed(), gone.clone()]);
+        assert_eq!(no_show.status, Some(BookingStatus::NoShow));
+        assert_eq!(no_show.no_show_fee, Some(eur(4_599)));
+        // Once is enough; a rental under way or an unpaid hold is never one.
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), gone])
+            .when(mark(12))
+            .then_expect_events(vec![]);
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), started()])
+            .when(mark(12))
+            .then_expect_error(BookingError::InvalidTransition {
+                status: BookingStatus::Active,
+                action: "marked a no-show",
+            });
+        BookingTest::with(())
+            .given(vec![held()])
+            .when(mark(12))
+            .then_expect_error(BookingError::InvalidTransition {
+                status: BookingStatus::Held,
+                action: "marked a no-show",
+            });
+        // The fee never exceeds what the booking costs.
+        BookingTest::with(())
+            .given(vec![held(), confirmed()])
+            .when(BookingCommand::MarkNoShow {
+                fee: eur(99_999),
+                grace_minutes: 0,
+                now: t(10, 9),
+            })
+            .then_expect_events(vec![BookingEvent::BookingNoShow {
+                fee: eur(13_797),
+                at: t(10, 9),
+            }]);
+    }
+
+    #[test]
+    fn a_rental_past_its_return_and_grace_is_overdue_once() {
+        let mark = |d: u32, h: u32| BookingCommand::MarkOverdue {
+            grace_minutes: 59,
+            now: t(d, h),
+        };
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), started()])
+            .when(mark(13, 9))
+            .then_expect_error(BookingError::NotOverdueYet(
+                t(13, 9) + Duration::minutes(59),
+            ));
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), started()])
+            .when(mark(13, 10))
+            .then_expect_events(vec![BookingEvent::RentalOverdue { at: t(13, 10) }]);
+        BookingTest::with(())
+            .given(vec![
+                held(),
+                confirmed(),
+                started(),
+                BookingEvent::RentalOverdue { at: t(13, 10) },
+            ])
+            .when(mark(13, 12))
+            .then_expect_events(vec![]);
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), started(), completed()])
+            .when(mark(13, 12))
+            .then_expect_error(BookingError::InvalidTransition {
+                status: BookingStatus::Completed,
+                action: "overdue",
+            });
     }
 
     fn completed() -> BookingEvent {

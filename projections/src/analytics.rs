@@ -387,6 +387,24 @@ fn apply_booking(
             b.days = i32::try_from(quote.days).unwrap_or(i32::MAX);
             Ok(true)
         }
+        BookingEvent::RentalOverdue { .. } => Ok(false),
+        BookingEvent::BookingNoShow { fee, at } => {
+            // The fee kept is earned on the day the no-show was marked.
+            let day = day_of(at);
+            let earned = Daily {
+                earned: fee.minor,
+                ..Daily::default()
+            };
+            sums.daily(day, b, earned);
+            if fee.minor != 0 {
+                let car = CarDaily {
+                    earned: fee.minor,
+                    ..CarDaily::default()
+                };
+                sums.car(day, b, car);
+            }
+            Ok(false)
+        }
         BookingEvent::BookingCancelled { fee, at, .. } => {
             let day = day_of(at);
             sums.daily(

@@ -66,11 +66,13 @@ async fn checkpoints_moved_back_by_the_text_ordered_reader_are_repaired_after_th
         ..sqlx::migrate::Migrator::DEFAULT
     };
     before.run(&pool).await.unwrap();
-    // The projections under test are today's code: give the old schema the analytics columns
-    // it writes (their migration, 20261207000004, adds them only if missing).
+    // The projections under test are today's code: give the old schema the read-model columns
+    // it writes (their migrations, 20261207000004 and 20261207000007, add them only if
+    // missing).
     sqlx::raw_sql(
         "ALTER TABLE rm_daily_metrics ADD COLUMN earned_minor bigint NOT NULL DEFAULT 0; \
-         ALTER TABLE rm_car_daily ADD COLUMN earned_minor bigint NOT NULL DEFAULT 0;",
+         ALTER TABLE rm_car_daily ADD COLUMN earned_minor bigint NOT NULL DEFAULT 0; \
+         ALTER TABLE rm_bookings ADD COLUMN overdue_at timestamptz;",
     )
     .execute(&pool)
     .await

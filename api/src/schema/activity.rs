@@ -32,6 +32,10 @@ pub(crate) enum ActivityKind {
     Cancelled,
     /// The hold ran out before payment.
     Expired,
+    /// Paid, but nobody came by the pick-up time and its grace (amount: the fee kept).
+    NoShow,
+    /// The car was not back by the return time and its grace.
+    Overdue,
     PickedUp,
     /// The car came back (amount: the final total, fees included).
     Returned,
@@ -75,6 +79,8 @@ pub(crate) fn entry(event: &RecordedEvent) -> Option<BookingActivity> {
             text(p, "reason"),
         ),
         "BookingExpired" => (ActivityKind::Expired, None, None),
+        "BookingNoShow" => (ActivityKind::NoShow, money(&p["fee"]), None),
+        "RentalOverdue" => (ActivityKind::Overdue, None, None),
         "RentalStarted" => (ActivityKind::PickedUp, None, None),
         "RentalCompleted" => (ActivityKind::Returned, money(&p["total"]), None),
         "PaymentRefunded" => (ActivityKind::Refunded, money(&p["amount"]), None),

@@ -44,7 +44,7 @@ wire_enum!(CarClass { Economy = "ECONOMY", Compact = "COMPACT", Sedan = "SEDAN",
 wire_enum!(Transmission { Automatic = "AUTOMATIC", Manual = "MANUAL" });
 wire_enum!(FuelType { Petrol = "PETROL", Diesel = "DIESEL", Hybrid = "HYBRID", Electric = "ELECTRIC" });
 wire_enum!(CarStatus { Available = "AVAILABLE", Reserved = "RESERVED", Rented = "RENTED", Maintenance = "MAINTENANCE", Retired = "RETIRED" });
-wire_enum!(BookingStatus { Held = "HELD", Confirmed = "CONFIRMED", Active = "ACTIVE", Completed = "COMPLETED", Cancelled = "CANCELLED", Expired = "EXPIRED" });
+wire_enum!(BookingStatus { Held = "HELD", Confirmed = "CONFIRMED", Active = "ACTIVE", Completed = "COMPLETED", Cancelled = "CANCELLED", Expired = "EXPIRED", NoShow = "NO_SHOW" });
 wire_enum!(PaymentMethodKind { Card = "CARD", Paypal = "PAYPAL", Wallet = "WALLET" });
 wire_enum!(PaymentStatus { Pending = "PENDING", Authorized = "AUTHORIZED", Captured = "CAPTURED", Failed = "FAILED", Refunded = "REFUNDED", PartiallyRefunded = "PARTIALLY_REFUNDED" });
 wire_enum!(CarSort { PriceAsc = "PRICE_ASC", PriceDesc = "PRICE_DESC", Distance = "DISTANCE", Rating = "RATING" });
@@ -410,6 +410,11 @@ impl Booking {
     async fn status(&self) -> ApiResult<BookingStatus> {
         BookingStatus::from_wire(&self.0.status)
     }
+    /// Set when an ACTIVE rental's car was not back by its return time and grace: staff
+    /// follows up. (A NO_SHOW booking is one paid for that nobody picked up in time.)
+    async fn overdue_since(&self) -> Option<DateTime<Utc>> {
+        self.0.overdue_at
+    }
     /// Set while HELD: the hold is released automatically after this instant.
     async fn held_until(&self) -> Option<DateTime<Utc>> {
         self.0.held_until
@@ -442,7 +447,7 @@ impl Booking {
         let pool = services(ctx)?.store.pool();
         let payments = rows::booking_payments(pool, self.0.booking_id).await?;
         let owed = match self.0.status.as_str() {
-            "CANCELLED" => self.0.cancel_fee_minor.unwrap_or(0),
+            "CANCELLED" | "NO_SHOW" => self.0.cancel_fee_minor.unwrap_or(0),
             "EXPIRED" => 0,
             _ => self.0.total_minor,
         };
