@@ -91,6 +91,7 @@ impl App {
             max_batch: config.graphql_max_batch,
             request_budget: Duration::from_millis(config.request_budget_ms),
             login_attempts: config.login_attempts,
+            login_attempts_per_address: config.login_attempts_per_address,
             login_window: Duration::from_secs(config.login_window_seconds),
             graphql_threads: config.graphql_threads,
             ..api::ApiConfig::default()

@@ -86,6 +86,9 @@ pub(crate) struct Config {
     /// `FLEETLEDGER_LOGIN_ATTEMPTS` per account per `FLEETLEDGER_LOGIN_WINDOW` seconds
     /// (default 10 per 900; 0 = no limit).
     pub(crate) login_attempts: u64,
+    /// `FLEETLEDGER_LOGIN_ATTEMPTS_PER_ADDRESS` per client address per
+    /// `FLEETLEDGER_LOGIN_WINDOW` seconds, whatever the account (default 50; 0 = no limit).
+    pub(crate) login_attempts_per_address: u64,
     /// `FLEETLEDGER_REQUEST_BUDGET_MS`: the longest one HTTP GraphQL request may run (default
     /// 30000).
     pub(crate) request_budget_ms: u64,
@@ -165,6 +168,7 @@ impl Config {
             graphql_max_root_fields: positive("FLEETLEDGER_GRAPHQL_MAX_ROOT_FIELDS", 20)?,
             graphql_max_batch: positive("FLEETLEDGER_GRAPHQL_MAX_BATCH", 10)?,
             login_attempts: env_or("FLEETLEDGER_LOGIN_ATTEMPTS", 10)?,
+            login_attempts_per_address: env_or("FLEETLEDGER_LOGIN_ATTEMPTS_PER_ADDRESS", 50)?,
             request_budget_ms: positive("FLEETLEDGER_REQUEST_BUDGET_MS", 30_000)?,
             graphql_threads: positive(
                 "FLEETLEDGER_GRAPHQL_THREADS",

@@ -145,6 +145,10 @@ async fn not_found() -> Response {
 /// connect info.
 pub struct ClientIp(Option<SocketAddr>);
 
+/// The client's address in a request's data (for limits counted per address).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddress(pub Option<std::net::IpAddr>);
+
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
@@ -316,7 +320,7 @@ fn outcome(response: &BatchResponse) -> &'static str {
     if failed { "error" } else { "ok" }
 }
 
-async fn execute(state: &AppState, caller: Caller, batch: BatchRequest) -> Response {
+async fn execute(state: &AppState, caller: Caller, ip: &ClientIp, batch: BatchRequest) -> Response {
     let personal = !matches!(caller, Caller::Anonymous);
     let operation = operation_label(&batch);
     let started = Instant::now();
@@ -324,7 +328,8 @@ async fn execute(state: &AppState, caller: Caller, batch: BatchRequest) -> Respo
     // and the client is told to retry, so a slow request cannot hold a connection forever.
     let budget = state.config.request_budget;
     let schema = state.schema.clone();
-    let work = async move { schema.execute_batch(batch.data(caller)).await };
+    let address = ClientAddress(ip.0.map(|a| a.ip()));
+    let work = async move { schema.execute_batch(batch.data(caller).data(address)).await };
     let response = match state.workers.run(budget, work).await {
         Ok(response) => with_codes(response, &state.config.limits),
         Err(Cut::Budget) => {
@@ -425,7 +430,7 @@ async fn graphql_post(
             }
         }
     }
-    execute(&state, caller, batch).await
+    execute(&state, caller, &ip, batch).await
 }
 
 async fn graphql_get(
@@ -482,7 +487,7 @@ async fn graphql_get(
             "mutations must be sent with POST",
         );
     }
-    execute(&state, caller, BatchRequest::Single(request)).await
+    execute(&state, caller, &ip, BatchRequest::Single(request)).await
 }
 
 /// Whether the operation the request would run is a mutation (or a subscription, which GET
@@ -575,6 +580,7 @@ async fn serve_socket(
                 key: rate_key(&caller, &ip),
             });
             data.insert(caller);
+            data.insert(ClientAddress(ip.map(|a| a.ip())));
             Ok(data)
         })
         .serve();

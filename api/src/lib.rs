@@ -40,6 +40,8 @@ pub struct ApiConfig {
     pub request_budget: std::time::Duration,
     /// `FLEETLEDGER_LOGIN_ATTEMPTS` per account and `FLEETLEDGER_LOGIN_WINDOW` seconds.
     pub login_attempts: u64,
+    /// `FLEETLEDGER_LOGIN_ATTEMPTS_PER_ADDRESS` per client address and window (default 50).
+    pub login_attempts_per_address: u64,
     pub login_window: std::time::Duration,
     /// `FLEETLEDGER_GRAPHQL_THREADS`: threads of the runtime GraphQL work runs on (apart from
     /// the one serving health, readiness and signals).
@@ -60,6 +62,7 @@ impl Default for ApiConfig {
             max_batch: 10,
             request_budget: std::time::Duration::from_secs(30),
             login_attempts: 10,
+            login_attempts_per_address: 50,
             login_window: std::time::Duration::from_secs(900),
             graphql_threads: std::thread::available_parallelism().map_or(2, usize::from),
             session_recheck: std::time::Duration::from_secs(10),
@@ -93,6 +96,7 @@ impl AppState {
         let login = ratelimit::LoginGuard {
             limiter: limiter.clone(),
             attempts: config.login_attempts,
+            attempts_per_address: config.login_attempts_per_address,
             window: config.login_window,
         };
         Ok(Self {

@@ -57,6 +57,9 @@ pub struct LoginGuard {
     pub limiter: RateLimiter,
     /// Attempts per account and window (0 = no limit).
     pub attempts: u64,
+    /// Attempts per client address and window, whatever the account (0 = no limit): one
+    /// address trying many accounts.
+    pub attempts_per_address: u64,
     pub window: Duration,
 }
 

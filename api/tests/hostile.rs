@@ -434,3 +434,35 @@ async fn a_request_over_its_time_budget_is_stopped() {
     assert_eq!(health.status(), 200);
     app.shutdown().await;
 }
+
+/// One address trying many accounts is limited too (50 attempts per window by default),
+/// though no single account reached its own limit.
+#[tokio::test]
+async fn login_attempts_are_limited_per_address() {
+    let app = TestApp::start().await;
+    app.register("real@fleet.test").await;
+    let login = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }";
+    // The test app logged its admin in from this address already: that is attempt one.
+    for i in 1..50 {
+        let code = app
+            .code(
+                None,
+                login,
+                json!({ "e": format!("nobody-{i}@fleet.test"), "p": "a guessed password" }),
+            )
+            .await;
+        assert_eq!(code, "UNAUTHENTICATED", "attempt {i}");
+    }
+    let (_, body) = app
+        .post(
+            None,
+            login,
+            json!({ "e": "real@fleet.test", "p": "customer-password-1" }),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{body:#}"
+    );
+    app.shutdown().await;
+}

@@ -157,18 +157,28 @@ impl Mutation {
         if email.len() > 254 || password.len() > 1_024 {
             return Err(AppError::InvalidToken("invalid email or password"));
         }
-        // Password guessing is limited per account, whatever the address it comes from.
-        if let Some(guard) = ctx.data_opt::<crate::ratelimit::LoginGuard>()
-            && let crate::ratelimit::Decision::Limited { retry_after_secs } = guard
-                .limiter
-                .check_against(
-                    &format!("login:{}", email.trim().to_lowercase()),
-                    guard.attempts,
-                    guard.window,
-                )
-                .await
-        {
-            return Err(AppError::RateLimited { retry_after_secs });
+        // Password guessing is limited per account, whatever the address it comes from, and
+        // per address, whatever the account it tries.
+        if let Some(guard) = ctx.data_opt::<crate::ratelimit::LoginGuard>() {
+            let address = ctx
+                .data_opt::<crate::http::ClientAddress>()
+                .and_then(|a| a.0);
+            let mut keys = vec![(
+                format!("login:{}", email.trim().to_lowercase()),
+                guard.attempts,
+            )];
+            if let Some(address) = address {
+                keys.push((format!("login-from:{address}"), guard.attempts_per_address));
+            }
+            for (key, attempts) in keys {
+                if let crate::ratelimit::Decision::Limited { retry_after_secs } = guard
+                    .limiter
+                    .check_against(&key, attempts, guard.window)
+                    .await
+                {
+                    return Err(AppError::RateLimited { retry_after_secs });
+                }
+            }
         }
         Ok(services(ctx)?
             .accounts
