@@ -315,3 +315,52 @@ async fn a_car_is_handed_over_only_where_it_is_and_never_moved_from_under_a_book
     );
     app.shutdown().await;
 }
+
+/// A quote is what booking then charges: for random windows (an hour to ten days, at any
+/// hour) and return branches (none, the car's own, another one), `quote` and `requestBooking`
+/// give the same total and the same lines.
+#[tokio::test]
+async fn a_quote_equals_what_booking_charges() {
+    use rand::{Rng, SeedableRng};
+    let app = TestApp::start().await;
+    app.add_branch("LIS", 38.72, -9.14).await;
+    app.add_branch("OPO", 41.15, -8.61).await;
+    let car = app.add_car("LIS", "Renault", "37.45").await;
+    let (customer, _) = app.register("quotes@fleet.test").await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_207);
+    let base = chrono::Utc::now() + chrono::TimeDelta::days(2);
+    for slot in 0..20_i64 {
+        // Slots of 14 days never overlap (turnaround included).
+        let start = base
+            + chrono::TimeDelta::days(slot * 14 + rng.random_range(0..2))
+            + chrono::TimeDelta::minutes(rng.random_range(0..24 * 60));
+        let end = start + chrono::TimeDelta::minutes(rng.random_range(60..10 * 24 * 60));
+        let return_branch = [None, Some("LIS"), Some("opo")][rng.random_range(0..3)];
+        let (pickup, ret) = (start.to_rfc3339(), end.to_rfc3339());
+        let quoted = app
+            .ok(
+                Some(&customer),
+                "query($c: UUID!, $p: DateTime!, $r: DateTime!, $b: String) {
+                    quote(carId: $c, pickupAt: $p, returnAt: $r, returnBranchCode: $b) {
+                        total { amount currency } lines { label amount { amount currency } } } }",
+                json!({ "c": car, "p": pickup, "r": ret, "b": return_branch }),
+            )
+            .await["quote"]
+            .clone();
+        let booked = app
+            .ok(
+                Some(&customer),
+                "mutation($i: BookingRequestInput!) { requestBooking(input: $i) {
+                    total { amount currency } lines { label amount { amount currency } } } }",
+                json!({ "i": { "carId": car, "pickupAt": pickup, "returnAt": ret,
+                    "returnBranchCode": return_branch } }),
+            )
+            .await["requestBooking"]
+            .clone();
+        assert_eq!(
+            quoted, booked,
+            "slot {slot}: {pickup} to {ret}, return {return_branch:?}"
+        );
+    }
+    app.shutdown().await;
+}

@@ -392,18 +392,34 @@ impl Query {
         Ok(free)
     }
 
+    /// What booking the car for this window costs, line by line: the same computation
+    /// `requestBooking` charges (with `returnBranchCode`, a one-way fee when it is not the car's
+    /// branch).
     async fn quote(
         &self,
         ctx: &Context<'_>,
         car_id: Uuid,
         pickup_at: DateTime<Utc>,
         return_at: DateTime<Utc>,
+        return_branch_code: Option<String>,
     ) -> ApiResult<Quote> {
         check_window("pickupAt", pickup_at, "returnAt", return_at)?;
         let s = services(ctx)?;
         let window = domain::TimeWindow::new(pickup_at, return_at)
             .map_err(|e| AppError::bad_input("returnAt", e.to_string()))?;
-        let quote = s.bookings.quote(car_id, window, None).await?;
+        let return_branch = return_branch_code.as_deref().map(super::branch_code);
+        if let Some(code) = &return_branch
+            && s.branches.get(code).await?.is_none()
+        {
+            return Err(AppError::bad_input(
+                "returnBranchCode",
+                format!("no branch {code:?}"),
+            ));
+        }
+        let quote = s
+            .bookings
+            .quote(car_id, window, return_branch.as_deref())
+            .await?;
         let car = rows::car(s.store.pool(), car_id)
             .await?
             .ok_or_else(|| AppError::not_found("car"))?;
