@@ -96,6 +96,14 @@ pub const RULES: &[Rule] = &[
             roles: auth::BOOKING_READERS,
         },
     ),
+    rule(
+        "Query",
+        "cancellationQuote",
+        OwnerOr {
+            owner: BOOKING_OWNER,
+            roles: auth::BOOKING_READERS,
+        },
+    ),
     noted("Query", "myBookings", SignedIn, "the caller's own bookings"),
     rule("Query", "bookings", Roles(auth::ADMIN)),
     rule(
@@ -245,6 +253,7 @@ pub const RULES: &[Rule] = &[
         "a curated view: no payloads, no metadata",
     ),
     rule("Payment", "*", WithParent),
+    rule("CancellationQuote", "*", WithParent),
     rule("Balance", "*", WithParent),
     rule("Feedback", "*", WithParent),
     noted(

@@ -364,3 +364,68 @@ async fn a_quote_equals_what_booking_charges() {
     }
     app.shutdown().await;
 }
+
+/// Cancelling is previewed before it is done, and costs what the preview said.
+#[tokio::test]
+async fn a_cancellation_is_quoted_before_and_charged_as_quoted() {
+    let app = TestApp::start().await;
+    app.add_branch("LIS", 38.72, -9.14).await;
+    let car = app.add_car("LIS", "Mini", "71.00").await;
+    let (customer, _) = app.register("cancel@fleet.test").await;
+    let book = "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }";
+    let pay = "mutation($b: UUID!) { payBooking(bookingId: $b, method: { kind: CARD, token: \"tok_visa\" }) { status } }";
+    let preview = "query($b: UUID!) { cancellationQuote(bookingId: $b) { fee { amount } refund { amount } } }";
+    let cancel =
+        "mutation($b: UUID!) { cancelBooking(id: $b) { status balance { owed { amount } } } }";
+
+    // Days ahead: free, everything back.
+    let early = app
+        .ok(
+            Some(&customer),
+            book,
+            json!({ "i": { "carId": car, "pickupAt": at(5, 0), "returnAt": at(7, 0) } }),
+        )
+        .await["requestBooking"]["id"]
+        .clone();
+    app.ok(Some(&customer), pay, json!({ "b": early })).await;
+    assert_eq!(
+        app.ok(Some(&customer), preview, json!({ "b": early }))
+            .await["cancellationQuote"],
+        json!({ "fee": { "amount": "0.00" }, "refund": { "amount": "142.00" } })
+    );
+
+    // Within a day of pick-up: one day's rate is kept, and cancelling keeps exactly that.
+    let late = app
+        .ok(
+            Some(&customer),
+            book,
+            json!({ "i": { "carId": car, "pickupAt": at(0, 10), "returnAt": at(2, 10) } }),
+        )
+        .await["requestBooking"]["id"]
+        .clone();
+    app.ok(Some(&customer), pay, json!({ "b": late })).await;
+    let quoted = app.ok(Some(&customer), preview, json!({ "b": late })).await;
+    assert_eq!(
+        quoted["cancellationQuote"],
+        json!({ "fee": { "amount": "71.00" }, "refund": { "amount": "71.00" } })
+    );
+    let cancelled = app.ok(Some(&customer), cancel, json!({ "b": late })).await;
+    assert_eq!(
+        cancelled["cancelBooking"],
+        json!({ "status": "CANCELLED", "balance": { "owed": { "amount": "71.00" } } })
+    );
+    // Nothing left to preview.
+    assert_eq!(
+        app.code(Some(&customer), preview, json!({ "b": late }))
+            .await,
+        "CONFLICT"
+    );
+    // Someone else's booking is not theirs to preview.
+    let (stranger, _) = app.register("stranger@fleet.test").await;
+    assert_eq!(
+        app.code(Some(&stranger), preview, json!({ "b": early }))
+            .await,
+        "FORBIDDEN"
+    );
+    app.shutdown().await;
+}

@@ -210,6 +210,28 @@ impl BookingService {
         self.price(&car.state, window, return_branch)
     }
 
+    /// What cancelling `booking` at `now` costs: nothing while HELD (nothing was paid), then
+    /// the policy's fee (free until `free_cancellation_hours` before pick-up, one day's rate
+    /// after).
+    pub fn cancellation_fee(
+        &self,
+        booking: &Booking,
+        now: DateTime<Utc>,
+    ) -> Result<Money, BookingFlowError> {
+        let window = booking.window.ok_or(BookingFlowError::BookingNotFound)?;
+        let total = booking.total.ok_or(BookingFlowError::BookingNotFound)?;
+        if booking.status == Some(BookingStatus::Held) {
+            return Ok(Money::zero(total.currency));
+        }
+        let rate = booking.daily_rate().unwrap_or(Money::zero(total.currency));
+        Ok(pricing::cancellation_fee(
+            rate,
+            window.start,
+            now,
+            &self.config.pricing,
+        ))
+    }
+
     fn price(
         &self,
         car: &Car,
@@ -451,20 +473,11 @@ impl BookingService {
         reason: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<BookingView, BookingFlowError> {
-        let policy = self.config.pricing.clone();
         self.booking_and_car(
             ctx,
             booking_id,
             |b| {
-                let window = b.window.ok_or(BookingFlowError::BookingNotFound)?;
-                let total = b.total.ok_or(BookingFlowError::BookingNotFound)?;
-                let rate = b.daily_rate().unwrap_or(Money::zero(total.currency));
-                // Nothing was paid while HELD, so nothing is owed either.
-                let fee = if b.status == Some(BookingStatus::Held) {
-                    Money::zero(total.currency)
-                } else {
-                    pricing::cancellation_fee(rate, window.start, now, &policy)
-                };
+                let fee = self.cancellation_fee(b, now)?;
                 Ok(BookingCommand::Cancel { by, reason: reason.clone(), fee, now })
             },
             |_| Some(CarCommand::Release { booking_id, now }),

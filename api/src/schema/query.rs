@@ -440,6 +440,39 @@ impl Query {
         })
     }
 
+    /// What cancelling the booking now would cost, before deciding: the fee kept and what
+    /// goes back (the booking's customer, or staff). Free until 24 hours before pick-up, then
+    /// one day's rate; nothing while HELD.
+    async fn cancellation_quote(
+        &self,
+        ctx: &Context<'_>,
+        booking_id: Uuid,
+    ) -> ApiResult<CancellationQuote> {
+        let row = visible_booking(ctx, booking_id).await?;
+        let s = services(ctx)?;
+        let view = s.bookings.get(booking_id).await?;
+        if !matches!(
+            view.status(),
+            Some(domain::booking::BookingStatus::Held | domain::booking::BookingStatus::Confirmed)
+        ) {
+            return Err(AppError::Conflict(format!(
+                "the booking is {}: it cannot be cancelled",
+                row.status
+            )));
+        }
+        let fee = s.bookings.cancellation_fee(&view.state, Utc::now())?;
+        let paid: i64 = rows::booking_payments(s.store.pool(), booking_id)
+            .await?
+            .iter()
+            .map(rows::PaymentRow::held_minor)
+            .sum();
+        let currency = fee.currency.as_str().to_owned();
+        Ok(CancellationQuote {
+            fee: Money::new(fee.minor, &currency),
+            refund: Money::new((paid - fee.minor).max(0), &currency),
+        })
+    }
+
     async fn booking(&self, ctx: &Context<'_>, id: Uuid) -> ApiResult<Option<Booking>> {
         match visible_booking(ctx, id).await {
             Ok(row) => Ok(Some(Booking(row))),

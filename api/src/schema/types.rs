@@ -982,3 +982,12 @@ impl From<commands::worker::StuckStep> for StuckStep {
         }
     }
 }
+
+/// What cancelling a booking now would cost.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct CancellationQuote {
+    /// Kept by the rental company.
+    pub fee: Money,
+    /// Sent back of what was paid.
+    pub refund: Money,
+}
