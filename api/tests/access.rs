@@ -175,6 +175,19 @@ async fn a_role_change_or_ended_sessions_revoke_tokens_at_once() {
     let id = me["me"]["id"].clone();
     assert_eq!(me["me"]["role"], "ADMIN");
 
+    // Nobody changes its own role, not even an ADMIN.
+    let (_, body) = app
+        .post(
+            Some(&second_admin),
+            "mutation($u: UUID!) { grantRole(userId: $u, role: CUSTOMER) { role } }",
+            json!({ "u": id }),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{body:#}"
+    );
+
     // Demoted by the first admin: the token it holds stops working at once.
     app.ok(
         Some(&app.admin_token),

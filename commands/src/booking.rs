@@ -142,6 +142,25 @@ impl BookingView {
     }
 }
 
+/// The `refund` step that sends back what a paid booking's total exceeds the fee it keeps
+/// (a cancellation, a no-show); none when nothing was paid or nothing goes back.
+fn refund_beyond(
+    booking: &Booking,
+    booking_id: Uuid,
+    fee: Option<Money>,
+    now: DateTime<Utc>,
+) -> Vec<Step> {
+    match (booking.payment_id, fee, booking.total) {
+        (Some(payment_id), Some(fee), Some(total)) if total.minor > fee.minor => vec![Step {
+            kind: "refund",
+            booking_id,
+            payload: json!({ "payment_id": payment_id, "amount_minor": total.minor - fee.minor, "currency": total.currency }),
+            due_at: now,
+        }],
+        _ => Vec::new(),
+    }
+}
+
 /// A follow-up step, run by the worker when due.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub(crate) struct Step {
@@ -478,18 +497,15 @@ impl BookingService {
             booking_id,
             |b| {
                 let fee = self.cancellation_fee(b, now)?;
-                Ok(BookingCommand::Cancel { by, reason: reason.clone(), fee, now })
+                Ok(BookingCommand::Cancel {
+                    by,
+                    reason: reason.clone(),
+                    fee,
+                    now,
+                })
             },
             |_| Some(CarCommand::Release { booking_id, now }),
-            |after| match (after.payment_id, after.cancellation_fee, after.total) {
-                (Some(payment_id), Some(fee), Some(total)) if total.minor > fee.minor => vec![Step {
-                    kind: "refund",
-                    booking_id,
-                    payload: json!({ "payment_id": payment_id, "amount_minor": total.minor - fee.minor, "currency": total.currency }),
-                    due_at: now,
-                }],
-                _ => Vec::new(),
-            },
+            |after| refund_beyond(after, booking_id, after.cancellation_fee, now),
         )
         .await
     }
@@ -747,15 +763,7 @@ impl BookingService {
                 })
             },
             |_| Some(CarCommand::Release { booking_id, now }),
-            |after| match (after.payment_id, after.no_show_fee, after.total) {
-                (Some(payment_id), Some(fee), Some(total)) if total.minor > fee.minor => vec![Step {
-                    kind: "refund",
-                    booking_id,
-                    payload: json!({ "payment_id": payment_id, "amount_minor": total.minor - fee.minor, "currency": total.currency }),
-                    due_at: now,
-                }],
-                _ => Vec::new(),
-            },
+            |after| refund_beyond(after, booking_id, after.no_show_fee, now),
         )
         .await
     }

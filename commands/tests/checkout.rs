@@ -81,6 +81,27 @@ async fn shop_with(attempt_timeout: StdDuration) -> Shop {
     }
 }
 
+/// Pay `booking` by card with `token` under the idempotency key `key`.
+async fn pay(
+    shop: &Shop,
+    ctx: &CommandContext,
+    booking: Uuid,
+    token: &str,
+    key: &str,
+) -> commands::checkout::Paid {
+    shop.checkout
+        .pay_booking(
+            ctx,
+            booking,
+            PaymentMethodKind::Card,
+            token.into(),
+            Some(key),
+            Utc::now(),
+        )
+        .await
+        .unwrap()
+}
+
 async fn hold(shop: &Shop, customer: Uuid) -> Uuid {
     let start = Utc::now() + Duration::days(3);
     let window = TimeWindow::new(start, start + Duration::days(2)).unwrap();
@@ -349,18 +370,7 @@ async fn returned_late(shop: &Shop, token: &str) -> (Uuid, chrono::DateTime<Utc>
     let customer = Uuid::now_v7();
     let ctx = CommandContext::new(customer.to_string());
     let booking = hold(shop, customer).await;
-    let paid = shop
-        .checkout
-        .pay_booking(
-            &ctx,
-            booking,
-            PaymentMethodKind::Card,
-            token.into(),
-            Some("pay"),
-            Utc::now(),
-        )
-        .await
-        .unwrap();
+    let paid = pay(&shop, &ctx, booking, token, "pay").await;
     assert_eq!(paid.payment.status, PaymentStatus::Captured);
     let window = paid.booking.state.window.unwrap();
     let staff = CommandContext::new("staff");
@@ -523,18 +533,7 @@ async fn changing_a_paid_booking_charges_or_refunds_the_difference() {
     let customer = Uuid::now_v7();
     let ctx = CommandContext::new(customer.to_string());
     let booking = hold(&shop, customer).await;
-    let paid = shop
-        .checkout
-        .pay_booking(
-            &ctx,
-            booking,
-            PaymentMethodKind::Card,
-            TOKEN_SUCCESS.into(),
-            Some("pay"),
-            Utc::now(),
-        )
-        .await
-        .unwrap();
+    let paid = pay(&shop, &ctx, booking, TOKEN_SUCCESS, "pay").await;
     let start = paid.booking.state.window.unwrap().start;
     let eur = |minor| Money::new(minor, Currency::EUR);
     let payments = shop.checkout.payments();
@@ -610,18 +609,7 @@ async fn a_declined_refund_waits_for_staff_with_one_failure_per_decision() {
     let customer = Uuid::now_v7();
     let ctx = CommandContext::new(customer.to_string());
     let booking = hold(&shop, customer).await;
-    let paid = shop
-        .checkout
-        .pay_booking(
-            &ctx,
-            booking,
-            PaymentMethodKind::Card,
-            TOKEN_SUCCESS.into(),
-            Some("p"),
-            Utc::now(),
-        )
-        .await
-        .unwrap();
+    let paid = pay(&shop, &ctx, booking, TOKEN_SUCCESS, "p").await;
     // 80.00 went back through the provider's dashboard, past Fleetledger: the full refund of
     // the cancellation can only be declined.
     let charge = shop.gateways.card.charges().await[0].reference.clone();
@@ -701,28 +689,12 @@ async fn a_paid_booking_nobody_picks_up_becomes_a_no_show_and_an_unreturned_car_
     let shop = shop().await;
     let worker = Worker::new(shop.bookings.clone()).with_checkout(shop.checkout.clone());
     let eur = |minor| Money::new(minor, Currency::EUR);
-    let pay = |booking: Uuid, customer: Uuid| {
-        let checkout = shop.checkout.clone();
-        async move {
-            checkout
-                .pay_booking(
-                    &CommandContext::new(customer.to_string()),
-                    booking,
-                    PaymentMethodKind::Card,
-                    TOKEN_SUCCESS.into(),
-                    Some("pay"),
-                    Utc::now(),
-                )
-                .await
-                .unwrap()
-        }
-    };
-
     // Nobody comes: within the grace nothing happens, after it the car is released and one
     // day's rate kept, the rest refunded.
     let customer = Uuid::now_v7();
+    let ctx = CommandContext::new(customer.to_string());
     let booking = hold(&shop, customer).await;
-    let paid = pay(booking, customer).await;
+    let paid = pay(&shop, &ctx, booking, TOKEN_SUCCESS, "pay").await;
     let start = paid.booking.state.window.unwrap().start;
     worker
         .run_once(start + Duration::minutes(119))
@@ -766,19 +738,9 @@ async fn a_paid_booking_nobody_picks_up_becomes_a_no_show_and_an_unreturned_car_
     let shop = self::shop().await;
     let worker = Worker::new(shop.bookings.clone()).with_checkout(shop.checkout.clone());
     let customer = Uuid::now_v7();
+    let ctx = CommandContext::new(customer.to_string());
     let booking = hold(&shop, customer).await;
-    let paid = shop
-        .checkout
-        .pay_booking(
-            &CommandContext::new(customer.to_string()),
-            booking,
-            PaymentMethodKind::Card,
-            TOKEN_SUCCESS.into(),
-            Some("pay"),
-            Utc::now(),
-        )
-        .await
-        .unwrap();
+    let paid = pay(&shop, &ctx, booking, TOKEN_SUCCESS, "pay").await;
     let window = paid.booking.state.window.unwrap();
     shop.bookings
         .pick_up(

@@ -14,8 +14,13 @@ pub struct TimeWindow {
 pub struct EmptyWindow;
 
 impl TimeWindow {
-    /// A window that ends after it starts.
+    /// A window that ends after it starts, to the microsecond: the precision PostgreSQL keeps,
+    /// so that a window read back from a read model is the very window decided on (a
+    /// nanosecond more in the aggregate made a free range that availability answered refuse a
+    /// booking).
     pub fn new(start: DateTime<Utc>, end: DateTime<Utc>) -> Result<Self, EmptyWindow> {
+        use chrono::SubsecRound as _;
+        let (start, end) = (start.trunc_subsecs(6), end.trunc_subsecs(6));
         if end <= start {
             return Err(EmptyWindow);
         }

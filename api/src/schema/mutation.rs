@@ -206,9 +206,16 @@ impl Mutation {
         Ok(user.into())
     }
 
-    /// ADMIN only. A change of role ends the user's sessions: it logs in again with the new one.
+    /// ADMIN only, never on itself. A change of role ends the user's sessions: it logs in again
+    /// with the new one.
     async fn grant_role(&self, ctx: &Context<'_>, user_id: Uuid, role: Role) -> ApiResult<User> {
-        caller(ctx)?.require(auth::ADMIN)?;
+        let (me, _) = caller(ctx)?.require(auth::ADMIN)?;
+        if me == user_id {
+            // Nobody changes its own role: another ADMIN decides.
+            return Err(AppError::Conflict(
+                "an ADMIN cannot change its own role; another ADMIN can".into(),
+            ));
+        }
         Ok(services(ctx)?
             .accounts
             .grant_role(user_id, role.into())

@@ -356,25 +356,32 @@ impl Query {
         to: DateTime<Utc>,
     ) -> ApiResult<Vec<TimeRange>> {
         check_window("from", from, "to", to)?;
-        let pool = services(ctx)?.store.pool();
+        let s = services(ctx)?;
+        let pool = s.store.pool();
         let car = rows::car(pool, car_id)
             .await?
             .ok_or_else(|| AppError::not_found("car"))?;
         if car.status == "RETIRED" {
             return Ok(Vec::new());
         }
+        // Each block keeps the turnaround free on both sides, as booking does: a range
+        // answered here can be booked as it is.
+        let buffer = chrono::Duration::minutes(s.bookings.config().turnaround_minutes.max(0));
         let blocks: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
             "SELECT lower(period), upper(period) FROM rm_availability_blocks \
              WHERE car_id = $1 AND period && tstzrange($2, $3) ORDER BY lower(period)",
         )
         .bind(car_id)
-        .bind(from)
-        .bind(to)
+        .bind(from - buffer)
+        .bind(to + buffer)
         .fetch_all(pool)
         .await?;
         let mut free = Vec::new();
         let mut cursor = from;
-        for (start, end) in blocks {
+        for (start, end) in blocks
+            .into_iter()
+            .map(|(start, end)| (start - buffer, end + buffer))
+        {
             if start > cursor {
                 free.push(TimeRange {
                     start: cursor,
@@ -389,6 +396,7 @@ impl Query {
                 end: to,
             });
         }
+        free.retain(|r| r.end > r.start);
         Ok(free)
     }
 
