@@ -370,7 +370,7 @@ async fn returned_late(shop: &Shop, token: &str) -> (Uuid, chrono::DateTime<Utc>
     let customer = Uuid::now_v7();
     let ctx = CommandContext::new(customer.to_string());
     let booking = hold(shop, customer).await;
-    let paid = pay(&shop, &ctx, booking, token, "pay").await;
+    let paid = pay(shop, &ctx, booking, token, "pay").await;
     assert_eq!(paid.payment.status, PaymentStatus::Captured);
     let window = paid.booking.state.window.unwrap();
     let staff = CommandContext::new("staff");
