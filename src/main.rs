@@ -4,6 +4,7 @@
 mod app;
 mod audit;
 mod bench;
+mod bench_hostile;
 mod bench_projections;
 mod bench_relay;
 mod config;
@@ -180,6 +181,9 @@ enum BenchCommand {
     Projections(bench_projections::ProjectionBenchOptions),
     /// Relay throughput end to end vs a bare producer's rate for the same messages (KAFKA_BROKERS).
     Relay(bench_relay::RelayBenchOptions),
+    /// What refusing the known attacks costs a running server, and /healthz's latency meanwhile
+    /// beside its latency at rest (start the server with FLEETLEDGER_RATE_LIMIT=0).
+    Hostile(bench_hostile::HostileBenchOptions),
 }
 
 #[derive(Subcommand, Debug)]
@@ -307,6 +311,12 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
         } => {
             let server = db::connect_options(&config).await?;
             bench_relay::run(server, config.kafka.clone(), options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            which: BenchCommand::Hostile(options),
+        } => {
+            bench_hostile::run(options).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Db { action } => embedded_db(config, action).await,
