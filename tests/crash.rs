@@ -55,8 +55,13 @@ struct Desk {
 }
 
 impl Desk {
-    async fn open(db: &TestDatabase, point: &str) -> Self {
-        let serve = Serve::start(&db.url(), &[("FLEETLEDGER_CRASH_AT", point)]);
+    /// `point`: the crash point to arm, if any.
+    async fn open(db: &TestDatabase, point: Option<&str>) -> Self {
+        let env: Vec<(&str, &str)> = point
+            .map(|p| ("FLEETLEDGER_CRASH_AT", p))
+            .into_iter()
+            .collect();
+        let serve = Serve::start(&db.url(), &env);
         let addr = serve.addr.clone();
         let admin = admin_token(&addr).await;
         gql(
@@ -115,7 +120,7 @@ impl Desk {
 async fn crash_and_finish(point: &str, token: &str, expect: Expect) {
     let db = TestDatabase::create().await;
     let url = db.url();
-    let mut desk = Desk::open(&db, point).await;
+    let mut desk = Desk::open(&db, Some(point)).await;
     let addr = desk.addr();
     let customer = desk.customer.clone();
     let booking = desk.book(&addr).await.unwrap()["data"]["requestBooking"]["id"]
@@ -180,7 +185,7 @@ async fn crash_and_finish(point: &str, token: &str, expect: Expect) {
 #[tokio::test]
 async fn killed_after_a_booking_committed_a_retry_answers_that_booking() {
     let db = TestDatabase::create().await;
-    let mut desk = Desk::open(&db, "booking.requested").await;
+    let mut desk = Desk::open(&db, Some("booking.requested")).await;
     let answer = desk.book(&desk.addr()).await;
     desk.died(&answer, "booking.requested");
 
@@ -204,7 +209,7 @@ async fn killed_after_a_booking_committed_a_retry_answers_that_booking() {
 #[tokio::test]
 async fn killed_after_a_return_committed_the_fees_are_still_collected() {
     let db = TestDatabase::create().await;
-    let mut desk = Desk::open(&db, "booking.returned").await;
+    let mut desk = Desk::open(&db, Some("booking.returned")).await;
     let addr = desk.addr();
     let booking = desk.book(&addr).await.unwrap()["data"]["requestBooking"]["id"]
         .as_str()
@@ -255,6 +260,70 @@ async fn killed_after_a_return_committed_the_fees_are_still_collected() {
     assert_eq!(seen["balance"]["due"]["amount"], "0.00");
     // Refuelling 30 % of the tank at 1.50 a point.
     assert_eq!(seen["payments"][1]["amount"]["amount"], "45.00");
+}
+
+/// The gateway never answers (`tok_timeout`) and the process is killed from outside while
+/// the request waits on it: after the restart no gateway has the key on record, so nothing was
+/// charged and the payment is FAILED, never left PENDING.
+#[tokio::test]
+async fn killed_from_outside_while_the_gateway_hangs_nothing_is_charged() {
+    let db = TestDatabase::create().await;
+    let mut desk = Desk::open(&db, None).await;
+    let addr = desk.addr();
+    let customer = desk.customer.clone();
+    let booking = desk.book(&addr).await.unwrap()["data"]["requestBooking"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let paying = tokio::spawn({
+        let (addr, customer, booking) = (addr.clone(), customer.clone(), booking.clone());
+        async move {
+            gql_raw(
+                &addr,
+                Some(&customer),
+                PAY,
+                json!({ "b": booking, "t": "tok_timeout" }),
+            )
+            .await
+        }
+    });
+    // The attempt is open (PaymentRequested recorded) and the gateway is being waited on.
+    let pool = db.store().pool().clone();
+    eventually(10, "the payment attempt is under way", || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'PaymentRequested'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        n == 1
+    })
+    .await;
+    assert_eq!(desk.serve.kill_9().signal(), Some(9));
+    assert!(
+        paying.await.unwrap().is_err(),
+        "the request died with the process"
+    );
+
+    let serve = Serve::start(&db.url(), &[]);
+    let state = || async {
+        gql(
+            &serve.addr,
+            Some(&customer),
+            BOOKING,
+            json!({ "b": booking }),
+        )
+        .await["booking"]
+            .clone()
+    };
+    eventually(20, "the interrupted payment is finished", || async {
+        state().await["payment"]["status"] == "FAILED"
+    })
+    .await;
+    let last = state().await;
+    assert_eq!(last["status"], "HELD");
+    assert_eq!(last["payment"]["failureReason"], INTERRUPTED);
+    let payment = last["payment"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(charged(&db, &payment).await, (0, 0, 0));
 }
 
 const INTERRUPTED: &str =

@@ -96,8 +96,12 @@ impl Desk {
     }
 }
 
-fn amount(v: &Value) -> f64 {
-    v["amount"].as_str().unwrap().parse().unwrap()
+/// A Money's amount ("123.45") in minor units, exactly.
+fn amount(v: &Value) -> i64 {
+    let text = v["amount"].as_str().unwrap();
+    let (units, cents) = text.split_once('.').unwrap_or((text, "00"));
+    let sign = if units.starts_with('-') { -1 } else { 1 };
+    units.parse::<i64>().unwrap() * 100 + sign * cents.parse::<i64>().unwrap()
 }
 
 /// Money moved per payment's booking and per UTC day, summed from the events themselves:
@@ -203,10 +207,10 @@ async fn fees_are_collected_and_revenue_is_money_captured_minus_refunded() {
     .await;
     let a = desk.booking(&settled).await;
     let fee = amount(&a["payments"][1]["amount"]);
-    assert!(fee > 0.0);
-    assert_eq!(amount(&a["balance"]["owed"]), 100.0 + fee);
-    assert_eq!(amount(&a["balance"]["paid"]), 100.0 + fee);
-    assert_eq!(amount(&a["balance"]["due"]), 0.0);
+    assert!(fee > 0);
+    assert_eq!(amount(&a["balance"]["owed"]), 10_000 + fee);
+    assert_eq!(amount(&a["balance"]["paid"]), 10_000 + fee);
+    assert_eq!(amount(&a["balance"]["due"]), 0);
     let b = desk.booking(&owing).await;
     assert_eq!(b["status"], "COMPLETED");
     assert_eq!(b["payments"][1]["status"], "FAILED");
@@ -218,7 +222,7 @@ async fn fees_are_collected_and_revenue_is_money_captured_minus_refunded() {
             amount(&c["balance"]["refunded"]),
             amount(&c["balance"]["due"])
         ),
-        (100.0, 0.0)
+        (10_000, 0)
     );
 
     // Every figure of money agrees with the payments' events, once the projections caught up.
@@ -226,7 +230,7 @@ async fn fees_are_collected_and_revenue_is_money_captured_minus_refunded() {
     for (booking, net) in &per_booking {
         let seen = desk.booking(booking).await;
         let held = amount(&seen["balance"]["paid"]) - amount(&seen["balance"]["refunded"]);
-        assert_eq!((held * 100.0).round() as i64, *net, "booking {booking}");
+        assert_eq!(held, *net, "booking {booking}");
     }
     let first = per_day.keys().next().unwrap().clone();
     let last = per_day.keys().last().unwrap().clone();
@@ -247,7 +251,7 @@ async fn fees_are_collected_and_revenue_is_money_captured_minus_refunded() {
         .iter()
         .map(|(day, (net, refunded))| (day.clone(), *net, *refunded))
         .collect();
-    let minor = |v: &Value| (amount(v) * 100.0).round() as i64;
+    let minor = amount;
     eventually(30, "analytics agree with the payments' events", || async {
         let seen = analyst_view().await;
         let days: Vec<(String, i64, i64)> = seen["dailyMetrics"]

@@ -73,6 +73,12 @@ impl Serve {
     pub(crate) fn wait(&mut self) -> ExitStatus {
         self.child.wait().expect("wait for fleetledger serve")
     }
+
+    /// SIGKILL the process now (`Child::kill` sends SIGKILL) and reap it.
+    pub(crate) fn kill_9(&mut self) -> ExitStatus {
+        let _ = self.child.kill();
+        self.wait()
+    }
 }
 
 impl Drop for Serve {
