@@ -312,9 +312,9 @@ impl Worker {
                     Ok(FeesCollected::Declined { reason, charges }) => Outcome::Retry(format!(
                         "charge {charges} for the balance declined: {reason}"
                     )),
+                    // The balance stays due on the booking; the step waits in staff's list.
                     Ok(FeesCollected::LeftToStaff { reason }) => {
-                        tracing::warn!(booking.id = %booking_id, %reason, "balance left unpaid: it is due, for staff to collect");
-                        Outcome::Done
+                        Outcome::Stuck(format!("balance left for staff to collect: {reason}"))
                     }
                 };
             }

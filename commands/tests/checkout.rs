@@ -504,9 +504,22 @@ async fn a_declined_fee_charge_is_retried_with_backoff_then_left_to_staff() {
         );
         now = due;
     }
-    // After the last decline the balance is left to staff: the step ends, no further charge.
+    // After the last decline the balance is left to staff: the step stops retrying and waits
+    // in staff's list of stuck steps; no further charge.
     worker.run_once(now).await.unwrap();
-    assert!(step().await.0.is_some(), "the step is done");
+    let stuck = commands::worker::stuck_steps(&pool, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(stuck.len(), 1);
+    assert_eq!(
+        (stuck[0].kind.as_str(), stuck[0].booking_id),
+        ("settle_balance", booking)
+    );
+    assert_eq!(
+        stuck[0].last_error.as_deref(),
+        Some("balance left for staff to collect: 3 charges for the balance were declined")
+    );
+    worker.run_once(now + Duration::hours(1)).await.unwrap();
     assert!(
         shop.checkout
             .payments()
