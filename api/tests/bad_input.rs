@@ -48,6 +48,21 @@ async fn bad_arguments_get_clear_codes_and_write_nothing() {
         "mutation($b: UUID!, $r: Int!) { submitFeedback(bookingId: $b, rating: $r) { rating } }";
     let huge = "x".repeat(20_000);
 
+    // A currency must be ISO 4217 with cents: not made up, not one kept in other units yet.
+    for code in ["XYZ", "JPY"] {
+        rejected(
+            &app,
+            &admin,
+            "mutation($c: String!) { addCar(input: { make: \"X\", model: \"Y\", year: 2024, \
+             class: SUV, seats: 5, transmission: MANUAL, fuel: DIESEL, dailyRate: \"10.00\", \
+             currency: $c, branchCode: \"LIS\" }) { id } }",
+            json!({ "c": code }),
+            "BAD_USER_INPUT",
+            Some("currency"),
+        )
+        .await;
+    }
+
     // Dates reversed.
     rejected(
         &app,

@@ -25,6 +25,18 @@ impl Currency {
         }
     }
 
+    /// A currency new prices may be set in: an ISO 4217 code in use with two minor units (the
+    /// precision amounts are written and shown with). `parse` stays lenient, so that every
+    /// stored event keeps decoding; this is the check for input.
+    pub fn accept(code: &str) -> Result<Self, MoneyError> {
+        let currency = Self::parse(code)?;
+        match iso_currency::Currency::from_code(code).map(iso_currency::Currency::exponent) {
+            Some(Some(2)) => Ok(currency),
+            Some(_) => Err(MoneyError::UnsupportedCurrency(code.to_owned())),
+            None => Err(MoneyError::Currency(code.to_owned())),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         // Only ASCII capitals can be stored, so this is always valid UTF-8.
         std::str::from_utf8(&self.0).unwrap_or("???")
@@ -52,8 +64,13 @@ impl fmt::Display for Currency {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MoneyError {
-    #[error("{0:?} is not a currency code (three capital letters, e.g. USD)")]
+    #[error("{0:?} is not an ISO 4217 currency code (e.g. EUR, USD, GBP)")]
     Currency(String),
+    #[error(
+        "{0} does not have two minor units; prices are kept to the cent, so only such currencies \
+         are accepted for now"
+    )]
+    UnsupportedCurrency(String),
     #[error("amount must not be negative")]
     Negative,
     #[error("cannot combine {0} and {1}")]
@@ -113,6 +130,28 @@ impl fmt::Display for Money {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn new_prices_take_iso_currencies_with_cents() {
+        for ok in ["EUR", "USD", "GBP", "CHF"] {
+            assert_eq!(
+                Currency::accept(ok).map(|c| c.to_string()),
+                Ok(ok.to_owned())
+            );
+        }
+        assert_eq!(
+            Currency::accept("XYZ"),
+            Err(MoneyError::Currency("XYZ".into()))
+        );
+        for other in ["JPY", "BHD"] {
+            assert_eq!(
+                Currency::accept(other),
+                Err(MoneyError::UnsupportedCurrency(other.into()))
+            );
+        }
+        // Stored events keep decoding whatever they hold.
+        assert!(Currency::parse("XYZ").is_ok());
+    }
+
     use super::*;
 
     #[test]

@@ -294,7 +294,7 @@ impl Mutation {
         caller(ctx)?.require(auth::ADMIN)?;
         let s = services(ctx)?;
         let currency_code = input.currency.unwrap_or_else(|| "USD".into());
-        let currency = Currency::parse(&currency_code)
+        let currency = Currency::accept(&currency_code)
             .map_err(|e| AppError::bad_input("currency", e.to_string()))?;
         if input.daily_rate.minor() <= 0 {
             return Err(AppError::bad_input("dailyRate", "must be positive"));
