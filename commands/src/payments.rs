@@ -405,26 +405,25 @@ impl PaymentService {
                 authorization,
             } => {
                 let reference = authorization.reference;
-                self.payments
-                    .execute(
-                        &key,
-                        PaymentCommand::RecordAuthorization {
-                            gateway: gateway.clone(),
-                            reference: reference.clone(),
-                            payment_method: authorization.payment_method,
-                        },
-                        ctx,
-                    )
-                    .await?;
+                // Another process paying with the same key may have recorded the same answer
+                // first (the gateway gave both the first outcome of the key): that is no error.
+                self.record(
+                    id,
+                    PaymentCommand::RecordAuthorization {
+                        gateway: gateway.clone(),
+                        reference: reference.clone(),
+                        payment_method: authorization.payment_method,
+                    },
+                    ctx,
+                )
+                .await?;
                 crate::crash_point!("payment.authorized");
                 self.capture(id, &gateway, reference, request.amount, ctx)
                     .await
             }
             Routed::Declined { gateway, reason } => {
-                self.payments
-                    .execute(&key, PaymentCommand::RecordDecline { gateway, reason }, ctx)
-                    .await?;
-                Ok(())
+                self.record(id, PaymentCommand::RecordDecline { gateway, reason }, ctx)
+                    .await
             }
             Routed::Unreached(tried) => {
                 self.payments
