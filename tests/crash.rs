@@ -106,6 +106,15 @@ impl Desk {
         .await
     }
 
+    /// A booking made through `addr`: its id.
+    async fn booked(&self, addr: &str) -> String {
+        let answer = self.book(addr).await.expect("the server answers");
+        answer["data"]["requestBooking"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a booking: {answer}"))
+            .to_owned()
+    }
+
     /// The request died with the process, by SIGKILL.
     fn died(&mut self, answer: &Result<Value, reqwest::Error>, point: &str) {
         assert!(answer.is_err(), "the process died mid-request: {answer:?}");
@@ -123,10 +132,7 @@ async fn crash_and_finish(point: &str, token: &str, expect: Expect) {
     let mut desk = Desk::open(&db, Some(point)).await;
     let addr = desk.addr();
     let customer = desk.customer.clone();
-    let booking = desk.book(&addr).await.unwrap()["data"]["requestBooking"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let booking = desk.booked(&addr).await;
 
     // The payment request dies with the process.
     let answer = gql_raw(
@@ -211,10 +217,7 @@ async fn killed_after_a_return_committed_the_fees_are_still_collected() {
     let db = TestDatabase::create().await;
     let mut desk = Desk::open(&db, Some("booking.returned")).await;
     let addr = desk.addr();
-    let booking = desk.book(&addr).await.unwrap()["data"]["requestBooking"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let booking = desk.booked(&addr).await;
     let paid = gql(
         &addr,
         Some(&desk.customer),
@@ -271,10 +274,7 @@ async fn killed_from_outside_while_the_gateway_hangs_nothing_is_charged() {
     let mut desk = Desk::open(&db, None).await;
     let addr = desk.addr();
     let customer = desk.customer.clone();
-    let booking = desk.book(&addr).await.unwrap()["data"]["requestBooking"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let booking = desk.booked(&addr).await;
     let paying = tokio::spawn({
         let (addr, customer, booking) = (addr.clone(), customer.clone(), booking.clone());
         async move {
@@ -326,6 +326,15 @@ async fn killed_from_outside_while_the_gateway_hangs_nothing_is_charged() {
     assert_eq!(charged(&db, &payment).await, (0, 0, 0));
 }
 
+/// Captured by the primary card gateway, charged once, the booking confirmed.
+const CAPTURED_ONCE: Expect = Expect {
+    payment: "CAPTURED",
+    gateway: Some("sandbox-card"),
+    reason: None,
+    booking: "CONFIRMED",
+    charges: (1, 1, 0),
+};
+
 const INTERRUPTED: &str =
     "interrupted before any gateway processed it; nothing was charged; pay again";
 
@@ -349,18 +358,7 @@ async fn killed_before_the_gateway_call_nothing_is_charged_and_the_payment_fails
 
 #[tokio::test]
 async fn killed_after_the_gateway_charged_the_charge_is_found_and_captured_once() {
-    crash_and_finish(
-        "payment.gateway_answered",
-        "tok_visa",
-        Expect {
-            payment: "CAPTURED",
-            gateway: Some("sandbox-card"),
-            reason: None,
-            booking: "CONFIRMED",
-            charges: (1, 1, 0),
-        },
-    )
-    .await;
+    crash_and_finish("payment.gateway_answered", "tok_visa", CAPTURED_ONCE).await;
 }
 
 #[tokio::test]
@@ -381,32 +379,10 @@ async fn killed_after_the_gateway_declined_the_decline_is_recorded() {
 
 #[tokio::test]
 async fn killed_after_the_authorization_was_recorded_it_is_captured_once() {
-    crash_and_finish(
-        "payment.authorized",
-        "tok_visa",
-        Expect {
-            payment: "CAPTURED",
-            gateway: Some("sandbox-card"),
-            reason: None,
-            booking: "CONFIRMED",
-            charges: (1, 1, 0),
-        },
-    )
-    .await;
+    crash_and_finish("payment.authorized", "tok_visa", CAPTURED_ONCE).await;
 }
 
 #[tokio::test]
 async fn killed_after_the_capture_the_booking_is_confirmed() {
-    crash_and_finish(
-        "payment.captured",
-        "tok_visa",
-        Expect {
-            payment: "CAPTURED",
-            gateway: Some("sandbox-card"),
-            reason: None,
-            booking: "CONFIRMED",
-            charges: (1, 1, 0),
-        },
-    )
-    .await;
+    crash_and_finish("payment.captured", "tok_visa", CAPTURED_ONCE).await;
 }
