@@ -94,6 +94,11 @@ impl App {
             login_attempts_per_address: config.login_attempts_per_address,
             login_window: Duration::from_secs(config.login_window_seconds),
             graphql_threads: config.graphql_threads,
+            websocket: api::websocket::WebSocketLimits {
+                max_operations: config.ws_max_operations,
+                connections_per_address: config.ws_connections_per_address,
+                ..api::websocket::WebSocketLimits::default()
+            },
             ..api::ApiConfig::default()
         };
         api::AppState::new(self.services.clone(), api_config).context("setting up the API")

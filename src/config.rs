@@ -107,6 +107,11 @@ pub(crate) struct Config {
     pub(crate) read_your_writes_ms: u64,
     /// `FLEETLEDGER_GRAPHIQL` (default true): serve GraphiQL to browsers on GET /graphql.
     pub(crate) graphiql: bool,
+    /// `FLEETLEDGER_WS_MAX_OPERATIONS` (default 20): operations open at once on one WebSocket.
+    pub(crate) ws_max_operations: usize,
+    /// `FLEETLEDGER_WS_CONNECTIONS_PER_ADDRESS` (default 32): WebSocket connections one client
+    /// address may hold open at once, per process.
+    pub(crate) ws_connections_per_address: usize,
 }
 
 impl Config {
@@ -181,6 +186,8 @@ impl Config {
             rate_limit_window_seconds: positive("FLEETLEDGER_RATE_LIMIT_WINDOW", 60)?,
             read_your_writes_ms: positive("FLEETLEDGER_READ_YOUR_WRITES_MS", 5_000)?,
             graphiql: env_or("FLEETLEDGER_GRAPHIQL", true)?,
+            ws_max_operations: positive("FLEETLEDGER_WS_MAX_OPERATIONS", 20)?,
+            ws_connections_per_address: positive("FLEETLEDGER_WS_CONNECTIONS_PER_ADDRESS", 32)?,
         })
     }
 

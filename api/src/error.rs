@@ -36,6 +36,12 @@ pub enum Code {
     RequestTooLarge,
     /// The request ran past its wall-clock budget and was stopped (HTTP 503); retry.
     RequestTimeout,
+    /// A WebSocket already runs as many operations as one connection may; complete one first
+    /// (`extensions.limit` = `openOperations`, `extensions.max` its value).
+    TooManyOperations,
+    /// A client address already holds as many WebSocket connections as it may (HTTP 429;
+    /// `extensions.limit` = `connections`).
+    TooManyConnections,
 }
 
 impl Code {
@@ -53,6 +59,8 @@ impl Code {
             Self::BatchTooLarge => "BATCH_TOO_LARGE",
             Self::RequestTooLarge => "REQUEST_TOO_LARGE",
             Self::RequestTimeout => "REQUEST_TIMEOUT",
+            Self::TooManyOperations => "TOO_MANY_OPERATIONS",
+            Self::TooManyConnections => "TOO_MANY_CONNECTIONS",
         }
     }
 }

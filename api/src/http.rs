@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql::{BatchRequest, BatchResponse, Data};
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use async_graphql::{BatchRequest, BatchResponse};
+use async_graphql_axum::GraphQLProtocol;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -26,7 +26,7 @@ use tower_http::trace::TraceLayer;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{AppError, Code};
-use crate::ratelimit::{ConnectionQuota, Decision};
+use crate::ratelimit::Decision;
 use crate::workers::Cut;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -170,7 +170,7 @@ async fn caller_from(state: &AppState, headers: &HeaderMap) -> Caller {
 }
 
 /// Count the request against the caller's limit; `Some(response)` when over it.
-fn rate_key(caller: &Caller, ip: &Option<SocketAddr>) -> String {
+pub(crate) fn rate_key(caller: &Caller, ip: &Option<SocketAddr>) -> String {
     match (caller.user_id(), ip) {
         (Some(id), _) => format!("user:{id}"),
         (None, Some(addr)) => format!("ip:{}", addr.ip()),
@@ -518,96 +518,40 @@ async fn websocket(
     if let Some(limited) = rate_limited(&state, &Caller::Anonymous, ip).await {
         return limited;
     }
-    let schema = state.schema.clone();
-    let accounts = state.services.accounts.clone();
-    let limiter = state.limiter.clone();
-    let ip = ip.0;
-    let workers = state.workers.clone();
-    let recheck = state.config.session_recheck;
-    ws.protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| async move {
-            // The connection's GraphQL work runs on the GraphQL runtime too.
-            let served = serve_socket(socket, schema, protocol, accounts, limiter, ip, recheck);
-            workers.run_to_end(served).await;
-        })
-}
-
-/// Serve one GraphQL WebSocket. The caller's token is checked at `connection_init` and then
-/// every `recheck` (`ApiConfig::session_recheck`): when its session ends (logout, role change, reuse of its refresh
-/// token) or the token expires, the connection is closed and its subscriptions with it; the
-/// client reconnects with a fresh token.
-async fn serve_socket(
-    socket: axum::extract::ws::WebSocket,
-    schema: crate::AppSchema,
-    protocol: GraphQLProtocol,
-    accounts: commands::accounts::Accounts,
-    limiter: crate::RateLimiter,
-    ip: Option<std::net::SocketAddr>,
-    recheck: std::time::Duration,
-) {
-    metrics::gauge!("fleetledger_websocket_connections").increment(1.0);
-    let authorization: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
-    let seen = authorization.clone();
-    let checker = accounts.clone();
-    let served = GraphQLWebSocket::new(socket, schema, protocol)
-        .on_connection_init(move |payload: serde_json::Value| async move {
-            let value = ["Authorization", "authorization"]
-                .iter()
-                .find_map(|k| payload.get(*k).and_then(|v| v.as_str()).map(str::to_owned))
-                .or_else(|| {
-                    payload
-                        .get("token")
-                        .and_then(|v| v.as_str())
-                        .map(|t| format!("Bearer {t}"))
-                });
-            let caller = Caller::from_authorization(&accounts, value.as_deref()).await;
-            match caller {
-                Caller::BadToken(reason) => {
-                    return Err(AppError::InvalidToken(reason).to_graphql());
-                }
-                Caller::Unchecked => return Err(AppError::Unavailable.to_graphql()),
-                Caller::User { .. } => {
-                    *seen
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
-                }
-                Caller::Anonymous => {}
-            }
-            let mut data = Data::default();
-            // Every operation on this connection counts against the caller's limit.
-            data.insert(ConnectionQuota {
-                limiter: limiter.clone(),
-                key: rate_key(&caller, &ip),
-            });
-            data.insert(caller);
-            data.insert(ClientAddress(ip.map(|a| a.ip())));
-            Ok(data)
-        })
-        .serve();
-    let watch = async move {
-        loop {
-            tokio::time::sleep(recheck).await;
-            let value = authorization
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
-            if value.is_none() {
-                continue; // anonymous, or not initialised yet
-            }
-            if let Caller::BadToken(reason) =
-                Caller::from_authorization(&checker, value.as_deref()).await
-            {
-                tracing::info!(reason, "closing a WebSocket whose session ended");
-                metrics::counter!("fleetledger_websocket_sessions_ended_total").increment(1);
-                return;
-            }
-        }
+    let max = state.config.websocket.connections_per_address;
+    let Some(admitted) = state.connections.admit(ip.0.map(|a| a.ip()), max) else {
+        metrics::counter!("fleetledger_graphql_refused_total", "limit" => "connections")
+            .increment(1);
+        return limit_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            Code::TooManyConnections,
+            &format!(
+                "this address already holds {max} WebSocket connections, the most it may; \
+                 close one first"
+            ),
+            json!({ "limit": "connections", "max": max }),
+        );
     };
-    tokio::select! {
-        () = served => {}
-        () = watch => {}
-    }
-    metrics::gauge!("fleetledger_websocket_connections").decrement(1.0);
+    let socket = crate::websocket::Socket {
+        schema: state.schema.clone(),
+        protocol,
+        accounts: state.services.accounts.clone(),
+        limiter: state.limiter.clone(),
+        ip: ip.0,
+        recheck: state.config.session_recheck,
+        limits: state.config.websocket,
+        admitted,
+    };
+    let workers = state.workers.clone();
+    // One message may be as large as an HTTP body; a larger one closes the connection.
+    let bytes = state.config.body_limit_bytes;
+    ws.protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(bytes)
+        .max_frame_size(bytes)
+        .on_upgrade(move |upgraded| async move {
+            // The connection's GraphQL work runs on the GraphQL runtime too.
+            workers.run_to_end(socket.serve(upgraded)).await;
+        })
 }
 
 /// The process is up.

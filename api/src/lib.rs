@@ -10,6 +10,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod schema;
 pub mod services;
+pub mod websocket;
 pub mod workers;
 
 use std::sync::{Arc, OnceLock};
@@ -49,6 +50,8 @@ pub struct ApiConfig {
     /// How often an open WebSocket's session is checked again (10 s): a connection whose
     /// session ended or whose token expired is closed.
     pub session_recheck: std::time::Duration,
+    /// What one client may hold open over WebSockets.
+    pub websocket: websocket::WebSocketLimits,
 }
 
 impl Default for ApiConfig {
@@ -66,6 +69,7 @@ impl Default for ApiConfig {
             login_window: std::time::Duration::from_secs(900),
             graphql_threads: std::thread::available_parallelism().map_or(2, usize::from),
             session_recheck: std::time::Duration::from_secs(10),
+            websocket: websocket::WebSocketLimits::default(),
         }
     }
 }
@@ -79,6 +83,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     pub metrics: Option<PrometheusHandle>,
     pub workers: workers::Workers,
+    /// WebSocket connections open per client address.
+    pub connections: websocket::ConnectionGate,
 }
 
 /// Why the API could not be set up.
@@ -104,6 +110,7 @@ impl AppState {
             limiter,
             services,
             workers: workers::Workers::new(config.graphql_threads)?,
+            connections: websocket::ConnectionGate::default(),
             config: Arc::new(config),
             metrics: prometheus(),
         })

@@ -466,3 +466,120 @@ async fn login_attempts_are_limited_per_address() {
     );
     app.shutdown().await;
 }
+
+/// The next message of operation `id` (messages of other operations are skipped).
+async fn ws_next_of(ws: &mut common::Ws, id: &str) -> Value {
+    loop {
+        let message = ws_next(ws).await;
+        if message["id"] == id {
+            return message;
+        }
+    }
+}
+
+/// The error code an operation's first message carries (`None` when it carries data).
+fn ws_error_code(message: &Value) -> Option<String> {
+    let errors = match message["type"].as_str() {
+        Some("next") => &message["payload"]["errors"],
+        _ => &message["payload"],
+    };
+    errors[0]["extensions"]["code"].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn a_websocket_flood_is_bounded_per_connection_and_per_address() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = TestApp::with(Options {
+        websocket: api::websocket::WebSocketLimits {
+            max_operations: 3,
+            connections_per_address: 2,
+            init_timeout: std::time::Duration::from_millis(300),
+        },
+        ..Options::default()
+    })
+    .await;
+    let admin = app.admin_token.clone();
+    // The log holds an event, so a subscription to it answers at once with it.
+    app.add_branch("LIS", 38.7223, -9.1393).await;
+    app.add_car("LIS", "Fiat", "50.00").await;
+    let tail = "subscription { events { position } }";
+
+    // Three operations open at once; the fourth is refused at once, and costs nothing more.
+    let mut ws = ws_connect(&app, &admin).await;
+    for id in ["a", "b", "c"] {
+        ws_subscribe(&mut ws, id, tail, json!({})).await;
+        let first = ws_next_of(&mut ws, id).await;
+        assert_eq!(ws_error_code(&first), None, "{first}");
+    }
+    ws_subscribe(&mut ws, "d", tail, json!({})).await;
+    let refused = ws_next_of(&mut ws, "d").await;
+    let error = match refused["type"].as_str() {
+        Some("next") => refused["payload"]["errors"][0].clone(),
+        _ => refused["payload"][0].clone(),
+    };
+    assert_eq!(
+        error["extensions"],
+        json!({ "code": "TOO_MANY_OPERATIONS", "limit": "openOperations", "max": 3 }),
+        "{refused}"
+    );
+    assert_eq!(
+        error["message"],
+        "this connection already runs 3 operations, the most one connection may; complete one first"
+    );
+    // Completing one frees its place.
+    ws.send(Message::text(
+        json!({ "id": "a", "type": "complete" }).to_string(),
+    ))
+    .await
+    .unwrap();
+    ws_subscribe(&mut ws, "e", tail, json!({})).await;
+    let first = ws_next_of(&mut ws, "e").await;
+    assert_eq!(ws_error_code(&first), None, "{first}");
+
+    // Two connections per address: the third upgrade is refused with 429.
+    let second = ws_connect(&app, &admin).await;
+    let request = || {
+        let mut request = format!("ws://{}/graphql", app.addr)
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
+        request
+    };
+    match tokio_tungstenite::connect_async(request()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+            assert_eq!(
+                body["errors"][0]["extensions"],
+                json!({ "code": "TOO_MANY_CONNECTIONS", "limit": "connections", "max": 2 })
+            );
+        }
+        other => panic!(
+            "a third connection was not refused: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    // A closed connection gives its place back.
+    drop(second);
+    let mut third = common::eventually(10, || async {
+        tokio_tungstenite::connect_async(request())
+            .await
+            .ok()
+            .map(|(ws, _)| ws)
+    })
+    .await;
+
+    // A connection that never says connection_init is closed after the handshake's time.
+    common::ws_closed(&mut third).await;
+
+    // A message larger than a request body may be closes the connection.
+    let huge = format!("{{ branches {{ code }} }} #{}", "x".repeat(100 * 1024));
+    ws_subscribe(&mut ws, "f", &huge, json!({})).await;
+    common::ws_closed(&mut ws).await;
+    app.shutdown().await;
+}

@@ -76,6 +76,7 @@ pub fn build_with(
             max_root_fields: limits.max_root_fields,
         }))
         .extension(crate::ratelimit::OperationQuota)
+        .extension(crate::websocket::OpenOperationsCap)
         .extension(crate::policy::PolicyGuard)
         .limit_complexity(limits.max_complexity)
         .finish()

@@ -58,6 +58,7 @@ pub struct Options {
     pub redis_url: Option<String>,
     pub body_limit: usize,
     pub request_budget: Duration,
+    pub websocket: api::websocket::WebSocketLimits,
 }
 
 impl Default for Options {
@@ -67,6 +68,7 @@ impl Default for Options {
             redis_url: Some(redis_url()),
             body_limit: 64 * 1024,
             request_budget: Duration::from_secs(30),
+            websocket: api::websocket::WebSocketLimits::default(),
         }
     }
 }
@@ -141,6 +143,7 @@ impl TestApp {
                 },
                 // Tests see a revoked session cut a WebSocket within a fraction of a second.
                 session_recheck: Duration::from_millis(200),
+                websocket: options.websocket,
                 ..ApiConfig::default()
             },
         )
