@@ -367,6 +367,13 @@ async fn serve(config: Config) -> Result<ExitCode> {
         .await
         .with_context(|| format!("binding {}", config.http_addr))?;
     let addr = listener.local_addr()?;
+    // Small WebSocket messages go out at once: with Nagle's algorithm a second message waits
+    // for the client's delayed acknowledgement of the first (about 40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     tracing::info!(
         addr = %addr,
         explorer = %format!("http://{addr}/"),
