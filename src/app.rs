@@ -80,6 +80,8 @@ impl App {
                 max_root_fields: config.graphql_max_root_fields,
                 max_complexity: config.graphql_max_complexity,
                 max_page_size: config.graphql_max_page_size,
+                max_document_bytes: config.graphql_max_document_bytes,
+                max_directives: config.graphql_max_directives,
             },
             rate_limit: api::RateLimitConfig {
                 requests: config.rate_limit_requests,

@@ -98,6 +98,10 @@ pub(crate) struct Config {
     pub(crate) login_window_seconds: u64,
     pub(crate) graphql_max_complexity: usize,
     pub(crate) graphql_max_page_size: i32,
+    /// `FLEETLEDGER_GRAPHQL_MAX_DOCUMENT_BYTES` (default 32768): longest query document.
+    pub(crate) graphql_max_document_bytes: usize,
+    /// `FLEETLEDGER_GRAPHQL_MAX_DIRECTIVES` (default 50): directives per document.
+    pub(crate) graphql_max_directives: usize,
     /// `FLEETLEDGER_RATE_LIMIT`: requests per user (or IP) and window, 0 = off (default 600);
     /// `FLEETLEDGER_RATE_LIMIT_WINDOW` seconds (default 60).
     pub(crate) rate_limit_requests: u64,
@@ -182,6 +186,11 @@ impl Config {
             login_window_seconds: positive("FLEETLEDGER_LOGIN_WINDOW", 900)?,
             graphql_max_complexity: positive("FLEETLEDGER_GRAPHQL_MAX_COMPLEXITY", 5_000)?,
             graphql_max_page_size: positive("FLEETLEDGER_GRAPHQL_MAX_PAGE_SIZE", 100)?,
+            graphql_max_document_bytes: positive(
+                "FLEETLEDGER_GRAPHQL_MAX_DOCUMENT_BYTES",
+                32 * 1024,
+            )?,
+            graphql_max_directives: positive("FLEETLEDGER_GRAPHQL_MAX_DIRECTIVES", 50)?,
             rate_limit_requests: env_or("FLEETLEDGER_RATE_LIMIT", 600)?,
             rate_limit_window_seconds: positive("FLEETLEDGER_RATE_LIMIT_WINDOW", 60)?,
             read_your_writes_ms: positive("FLEETLEDGER_READ_YOUR_WRITES_MS", 5_000)?,

@@ -583,3 +583,44 @@ async fn a_websocket_flood_is_bounded_per_connection_and_per_address() {
     common::ws_closed(&mut ws).await;
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn long_documents_and_many_directives_are_refused_before_they_cost() {
+    let app = TestApp::start().await;
+    // Over 32 KiB of query text (the body limit here is 64 KiB): refused before parsing.
+    let long = format!("{{ branches {{ code }} }} #{}", "x".repeat(40 * 1024));
+    let (_, body) = app.post(None, &long, json!({})).await;
+    assert_eq!(
+        body["errors"][0]["extensions"],
+        json!({ "code": "REQUEST_TOO_LARGE", "limit": "documentBytes", "max": 32768 }),
+        "{body:#}"
+    );
+    assert_eq!(
+        body["errors"][0]["message"],
+        format!(
+            "the query document is {} bytes long; at most 32768 are allowed",
+            long.len()
+        )
+    );
+    // 51 directives, each on a field of its own.
+    let fields: String = (0..51)
+        .map(|i| format!("c{i}: code @include(if: true) "))
+        .collect();
+    let (_, body) = app
+        .post(None, &format!("{{ branches {{ {fields} }} }}"), json!({}))
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"],
+        json!({ "code": "QUERY_TOO_COMPLEX", "limit": "directives", "max": 50 }),
+        "{body:#}"
+    );
+    // 50 are fine.
+    let fields: String = (0..50)
+        .map(|i| format!("c{i}: code @include(if: true) "))
+        .collect();
+    let (_, body) = app
+        .post(None, &format!("{{ branches {{ {fields} }} }}"), json!({}))
+        .await;
+    assert_eq!(body, json!({ "data": { "branches": [] } }));
+    app.shutdown().await;
+}

@@ -36,6 +36,10 @@ pub struct QueryLimits {
     pub max_complexity: usize,
     /// Largest page any connection or list argument may ask for.
     pub max_page_size: i32,
+    /// Longest query document, in bytes (checked before parsing).
+    pub max_document_bytes: usize,
+    /// Most directives a document may hold.
+    pub max_directives: usize,
 }
 
 impl Default for QueryLimits {
@@ -46,6 +50,8 @@ impl Default for QueryLimits {
             max_root_fields: 20,
             max_complexity: 5_000,
             max_page_size: 100,
+            max_document_bytes: 32 * 1024,
+            max_directives: 50,
         }
     }
 }
@@ -74,6 +80,8 @@ pub fn build_with(
             max_fields: limits.max_fields,
             max_depth: limits.max_depth,
             max_root_fields: limits.max_root_fields,
+            max_document_bytes: limits.max_document_bytes,
+            max_directives: limits.max_directives,
         }))
         .extension(crate::ratelimit::OperationQuota)
         .extension(crate::websocket::OpenOperationsCap)
