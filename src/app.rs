@@ -51,6 +51,10 @@ impl App {
                     hold_ttl: chrono::Duration::seconds(config.hold_ttl_seconds),
                     early_pickup_minutes: config.early_pickup_minutes,
                     no_show_grace_minutes: config.no_show_grace_minutes,
+                    pricing: domain::pricing::PricingPolicy {
+                        early_return: config.early_return,
+                        ..domain::pricing::PricingPolicy::default()
+                    },
                     ..BookingConfig::default()
                 },
                 lock,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use commands::{ExecutorConfig, RetryPolicy};
 
 /// A value that must never be printed (database URLs carry passwords).
@@ -50,6 +50,10 @@ pub(crate) struct Config {
     /// `FLEETLEDGER_NO_SHOW_GRACE_MINUTES`: how long after a paid booking's pick-up time
     /// nobody came before it is a no-show (default 120).
     pub(crate) no_show_grace_minutes: i64,
+    /// `FLEETLEDGER_EARLY_RETURN`: `as-booked` (default: the booked days are charged) or
+    /// `per-day-used` (the days used, the rest refunded less
+    /// `FLEETLEDGER_EARLY_RETURN_FEE_MINOR`, in the rate's minor units, default 2500).
+    pub(crate) early_return: domain::pricing::EarlyReturn,
     /// `FLEETLEDGER_JWT_TTL` seconds an access token lives (default 900).
     pub(crate) jwt_ttl_seconds: u64,
     /// `FLEETLEDGER_SESSION_TTL` seconds a session (and its refresh tokens) lives at most
@@ -156,6 +160,7 @@ impl Config {
             jwt_ttl_seconds: env_or("FLEETLEDGER_JWT_TTL", 900)?,
             session_ttl_seconds: env_or("FLEETLEDGER_SESSION_TTL", 30 * 86_400)?,
             early_pickup_minutes: env_or("FLEETLEDGER_EARLY_PICKUP_MINUTES", 60)?,
+            early_return: early_return()?,
             no_show_grace_minutes: env_or("FLEETLEDGER_NO_SHOW_GRACE_MINUTES", 120)?,
             bootstrap_admin_email: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL"),
             bootstrap_admin_password: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_PASSWORD").map(Secret),
@@ -203,6 +208,23 @@ impl Config {
     /// Where the embedded cluster's files are.
     pub(crate) fn embedded_dir(&self) -> PathBuf {
         self.data_dir.join("postgres")
+    }
+}
+
+/// `FLEETLEDGER_EARLY_RETURN` and its fee.
+fn early_return() -> Result<domain::pricing::EarlyReturn> {
+    use domain::pricing::EarlyReturn;
+    let fee_minor: i64 = env_or("FLEETLEDGER_EARLY_RETURN_FEE_MINOR", 2_500)?;
+    if fee_minor < 0 {
+        bail!("FLEETLEDGER_EARLY_RETURN_FEE_MINOR={fee_minor} must not be negative");
+    }
+    match non_empty("FLEETLEDGER_EARLY_RETURN")
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("as-booked") => Ok(EarlyReturn::AsBooked),
+        Some("per-day-used") => Ok(EarlyReturn::PerDayUsed { fee_minor }),
+        Some(other) => bail!("FLEETLEDGER_EARLY_RETURN={other:?} is not as-booked or per-day-used"),
     }
 }
 

@@ -508,3 +508,91 @@ async fn every_range_availability_offers_can_be_booked() {
     assert!(booked >= 10, "only {booked} rounds found a free range");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_car_out_early_is_priced_from_then_and_an_active_rental_is_extended() {
+    let app = TestApp::start().await;
+    let admin = app.admin_token.clone();
+    app.add_branch("LIS", 38.7223, -9.1393).await;
+    let car = app.add_car("LIS", "Fiat", "50.00").await;
+    let (customer, _) = app.register("early@example.com").await;
+    // Two days, from the day after tomorrow on: 100.00, paid.
+    let held = app
+        .ok(
+            Some(&customer),
+            "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+            json!({ "i": { "carId": car, "pickupAt": at(2, 0), "returnAt": at(4, 0) } }),
+        )
+        .await;
+    let booking = held["requestBooking"]["id"].as_str().unwrap().to_owned();
+    app.ok(
+        Some(&customer),
+        "mutation($b: UUID!) { payBooking(bookingId: $b, method: { kind: CARD, token: \"tok_success\" }) { status } }",
+        json!({ "b": booking }),
+    )
+    .await;
+    let shown =
+        "id status total { amount } balance { owed { amount } paid { amount } due { amount } }";
+
+    // The customer comes today: the car is free, so it goes out, and the rental runs from
+    // now to the booked return: a few minutes short of four days, four days charged.
+    let out = app
+        .ok(
+            Some(&admin),
+            &format!("mutation($b: UUID!) {{ pickUpCar(bookingId: $b, odometerKm: 100, fuelPercent: 100) {{ {shown} }} }}"),
+            json!({ "b": booking }),
+        )
+        .await;
+    assert_eq!(
+        out["pickUpCar"],
+        json!({ "id": booking, "status": "ACTIVE", "total": { "amount": "200.00" },
+                "balance": { "owed": { "amount": "200.00" }, "paid": { "amount": "100.00" },
+                             "due": { "amount": "100.00" } } })
+    );
+    // Nobody else gets the car for the days it is out.
+    let (other, _) = app.register("other@example.com").await;
+    let code = app
+        .code(
+            Some(&other),
+            "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+            json!({ "i": { "carId": car, "pickupAt": at(1, 0), "returnAt": at(1, 5) } }),
+        )
+        .await;
+    assert_eq!(code, "CONFLICT");
+
+    // Out on the rental, the customer keeps the car a day longer: 50.00 more.
+    let pickup_at = app
+        .ok(
+            Some(&customer),
+            "query($b: UUID!) { booking(id: $b) { pickupAt } }",
+            json!({ "b": booking }),
+        )
+        .await["booking"]["pickupAt"]
+        .clone();
+    let extended = app
+        .ok(
+            Some(&customer),
+            &format!("mutation($b: UUID!, $p: DateTime!, $r: DateTime!) {{ modifyBooking(id: $b, pickupAt: $p, returnAt: $r) {{ {shown} }} }}"),
+            json!({ "b": booking, "p": pickup_at, "r": at(5, 0) }),
+        )
+        .await;
+    assert_eq!(extended["modifyBooking"]["status"], "ACTIVE");
+    assert_eq!(extended["modifyBooking"]["total"]["amount"], "250.00");
+    // Its pick-up is history: moving it is refused, naming the field.
+    let (_, body) = app
+        .post(
+            Some(&customer),
+            "mutation($b: UUID!, $p: DateTime!, $r: DateTime!) { modifyBooking(id: $b, pickupAt: $p, returnAt: $r) { id } }",
+            json!({ "b": booking, "p": at(1, 0), "r": at(5, 0) }),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body:#}"
+    );
+    assert_eq!(
+        body["errors"][0]["extensions"]["field"], "pickupAt",
+        "{body:#}"
+    );
+    app.shutdown().await;
+}

@@ -562,9 +562,13 @@ impl BookingService {
                     now,
                 })
             },
-            // A paid booking's new total is settled: the difference charged or refunded.
+            // A paid booking's new total is settled (also an active rental's, extended or
+            // shortened): the difference charged or refunded.
             |after| {
-                if after.status != Some(BookingStatus::Confirmed) {
+                if !matches!(
+                    after.status,
+                    Some(BookingStatus::Confirmed | BookingStatus::Active)
+                ) {
                     return Vec::new();
                 }
                 vec![Step {
@@ -578,7 +582,9 @@ impl BookingService {
         .await
     }
 
-    /// Staff hands the car over.
+    /// Staff hands the car over. Earlier than the desk's allowance before the booked time
+    /// (`early_pickup_minutes`), the car must be free until then; the rental then runs from
+    /// now, re-priced, and a paid booking's difference is charged (`settle_balance`).
     pub async fn pick_up(
         &self,
         ctx: &CommandContext,
@@ -587,6 +593,23 @@ impl BookingService {
         fuel_percent: f64,
         now: DateTime<Utc>,
     ) -> Result<BookingView, BookingFlowError> {
+        let booking = self.load_booking(booking_id).await?;
+        let early = booking.state.window.filter(|w| {
+            booking.state.status == Some(BookingStatus::Confirmed)
+                && now < w.start - Duration::minutes(self.config.early_pickup_minutes.max(0))
+        });
+        let from_now = match (early, booking.state.car_id) {
+            (Some(window), Some(car_id)) => {
+                let car = self.load_car(car_id).await?;
+                let extended =
+                    TimeWindow::new(now, window.end).map_err(|_| BookingFlowError::Invalid {
+                        field: "pickupAt",
+                        reason: "the pick-up must be before the booked return".into(),
+                    })?;
+                Some(self.price(&car.state, extended, booking.state.return_branch.as_deref())?)
+            }
+            _ => None,
+        };
         self.booking_and_car(
             ctx,
             booking_id,
@@ -594,6 +617,7 @@ impl BookingService {
                 Ok(BookingCommand::PickUp {
                     odometer_km,
                     fuel_percent,
+                    from_now: from_now.clone(),
                     now,
                 })
             },
@@ -607,22 +631,36 @@ impl BookingService {
                     now,
                 })
             },
-            // If the car is not back by the return time and its grace, the worker flags it.
-            |after| match after.window {
-                Some(window) => vec![Step {
-                    kind: "overdue",
-                    booking_id,
-                    payload: json!({}),
-                    due_at: window.end
-                        + Duration::minutes(self.config.pricing.grace_minutes.max(0)),
-                }],
-                None => Vec::new(),
+            // If the car is not back by the return time and its grace, the worker flags it; a
+            // rental re-priced by an early pick-up settles its difference.
+            |after| {
+                let mut steps = Vec::new();
+                if let Some(window) = after.window {
+                    steps.push(Step {
+                        kind: "overdue",
+                        booking_id,
+                        payload: json!({}),
+                        due_at: window.end
+                            + Duration::minutes(self.config.pricing.grace_minutes.max(0)),
+                    });
+                }
+                if from_now.is_some() {
+                    steps.push(Step {
+                        kind: "settle_balance",
+                        booking_id,
+                        payload: json!({}),
+                        due_at: now,
+                    });
+                }
+                steps
             },
         )
         .await
     }
 
-    /// Staff takes the car back: late-return and refuelling charges are added to the total.
+    /// Staff takes the car back: late-return and refuelling charges (and, by the policy, an
+    /// early return's credit) are added to the total; a paid booking's difference is then
+    /// charged or refunded (`settle_balance`).
     pub async fn return_car(
         &self,
         ctx: &CommandContext,
@@ -639,13 +677,17 @@ impl BookingService {
             |b| {
                 let window = b.window.ok_or(BookingFlowError::BookingNotFound)?;
                 let rate = b.daily_rate().ok_or(BookingFlowError::BookingNotFound)?;
-                let fuel_out = b.pickup_fuel_percent.unwrap_or(100.0);
                 let charges = pricing::return_charges(
-                    rate,
-                    window.end,
-                    now,
-                    fuel_out,
-                    fuel_percent,
+                    &pricing::RentalReturn {
+                        daily_rate: rate,
+                        booked_from: window.start,
+                        booked_until: window.end,
+                        booked_total: b.total.ok_or(BookingFlowError::BookingNotFound)?,
+                        one_way: b.pickup_branch.is_some() && b.pickup_branch != b.return_branch,
+                        returned: now,
+                        fuel_out_percent: b.pickup_fuel_percent.unwrap_or(100.0),
+                        fuel_in_percent: fuel_percent,
+                    },
                     &policy,
                 )?;
                 Ok(BookingCommand::Return {

@@ -5,7 +5,7 @@
 use std::time::Duration as StdDuration;
 
 use chrono::{Duration, Utc};
-use commands::booking::{BookingConfig, BookingRequest, BookingService};
+use commands::booking::{BookingConfig, BookingFlowError, BookingRequest, BookingService};
 use commands::checkout::{Checkout, MAX_FEE_CHARGES};
 use commands::locks::HotCarLock;
 use commands::payments::sandbox::{
@@ -17,9 +17,10 @@ use commands::payments::{
 use commands::worker::Worker;
 use commands::{CommandContext, Executor, ExecutorConfig};
 use domain::TimeWindow;
-use domain::booking::{BookingStatus, CancelledBy};
-use domain::car::{Car, CarClass, CarCommand, CarDetails, FuelType, Transmission};
+use domain::booking::{BookingError, BookingStatus, CancelledBy};
+use domain::car::{Car, CarClass, CarCommand, CarDetails, CarError, FuelType, Transmission};
 use domain::payment::{IdempotencyKey, PaymentMethodKind, PaymentStatus};
+use domain::pricing::{EarlyReturn, PricingPolicy};
 use domain::{Currency, Money};
 use eventstore::testing::TestDatabase;
 use uuid::Uuid;
@@ -38,6 +39,11 @@ async fn shop() -> Shop {
 
 /// A shop whose gateways are given up on after `attempt_timeout`.
 async fn shop_with(attempt_timeout: StdDuration) -> Shop {
+    shop_of(attempt_timeout, BookingConfig::default()).await
+}
+
+/// A shop with `config` for its bookings.
+async fn shop_of(attempt_timeout: StdDuration, config: BookingConfig) -> Shop {
     let db = TestDatabase::create().await;
     let store = db.store();
     let cars: Executor<Car> = Executor::new(store.clone(), (), ExecutorConfig::default());
@@ -65,7 +71,7 @@ async fn shop_with(attempt_timeout: StdDuration) -> Shop {
         cars,
         Executor::new(store.clone(), (), ExecutorConfig::default()),
         HotCarLock::disabled(),
-        BookingConfig::default(),
+        config,
     );
     let gateways = SandboxGateways::new();
     let payments = PaymentService::new(
@@ -782,4 +788,174 @@ async fn a_paid_booking_nobody_picks_up_becomes_a_no_show_and_an_unreturned_car_
     .await
     .unwrap();
     assert_eq!(overdue_events, 1);
+}
+
+#[tokio::test]
+async fn an_early_pick_up_and_an_extended_rental_are_priced_and_charged() {
+    let shop = shop().await;
+    let worker = Worker::new(shop.bookings.clone()).with_checkout(shop.checkout.clone());
+    let customer = Uuid::now_v7();
+    let ctx = CommandContext::new(customer.to_string());
+    let staff = CommandContext::new("staff");
+    let booking = hold(&shop, customer).await;
+    let paid = pay(&shop, &ctx, booking, TOKEN_SUCCESS, "pay").await;
+    let booked = paid.booking.state.window.unwrap();
+    let eur = |minor| Money::new(minor, Currency::EUR);
+    let payments = shop.checkout.payments();
+
+    // Booked for two days from three days ahead; the car goes out now: five days at 50.00.
+    let now = Utc::now();
+    let out = shop
+        .bookings
+        .pick_up(&staff, booking, 1_000.0, 100.0, now)
+        .await
+        .unwrap();
+    let from_now = TimeWindow::new(now, booked.end).unwrap();
+    assert_eq!(out.state.window, Some(from_now));
+    assert_eq!(out.state.total, Some(eur(25_000)));
+    worker.run_once(now).await.unwrap();
+    let extra = payments
+        .get(fee_payment(booking, 1))
+        .await
+        .unwrap()
+        .expect("a charge for the three days more");
+    assert_eq!(
+        (extra.status, extra.amount),
+        (PaymentStatus::Captured, eur(15_000))
+    );
+    // Nobody else can take the car for the time it is out.
+    let other = Uuid::now_v7();
+    let taken = shop
+        .bookings
+        .request_booking(
+            &CommandContext::new(other.to_string()),
+            other,
+            BookingRequest {
+                car_id: shop.car_id,
+                window: TimeWindow::new(now + Duration::days(1), now + Duration::days(2)).unwrap(),
+                pickup_branch: None,
+                return_branch: None,
+            },
+            None,
+            now,
+        )
+        .await;
+    assert!(
+        matches!(
+            taken,
+            Err(BookingFlowError::Car(CarError::NotAvailable { .. }))
+        ),
+        "{taken:?}"
+    );
+
+    // Out on the rental, the customer keeps the car a day longer: 50.00 more, charged.
+    let longer = TimeWindow::new(now, booked.end + Duration::days(1)).unwrap();
+    let extended = shop
+        .bookings
+        .modify(&ctx, booking, longer, now)
+        .await
+        .unwrap();
+    assert_eq!(extended.state.total, Some(eur(30_000)));
+    worker.run_once(now).await.unwrap();
+    let second = payments
+        .get(fee_payment(booking, 2))
+        .await
+        .unwrap()
+        .expect("a charge for the extra day");
+    assert_eq!(
+        (second.status, second.amount),
+        (PaymentStatus::Captured, eur(5_000))
+    );
+    // Its pick-up cannot move any more.
+    let moved = shop
+        .bookings
+        .modify(
+            &ctx,
+            booking,
+            TimeWindow::new(now + Duration::hours(1), longer.end).unwrap(),
+            now,
+        )
+        .await;
+    assert!(
+        matches!(
+            moved,
+            Err(BookingFlowError::Booking(BookingError::Invalid {
+                field: "pickupAt",
+                ..
+            }))
+        ),
+        "{moved:?}"
+    );
+    // The gateway holds what the booking costs.
+    let charges = shop.gateways.card.charges().await;
+    let held: i64 = charges
+        .iter()
+        .map(|c| c.amount.minor - c.refunded.minor)
+        .sum();
+    assert_eq!(held, 30_000);
+}
+
+#[tokio::test]
+async fn an_early_return_is_refunded_by_the_policy_less_its_fee() {
+    let policy = PricingPolicy {
+        early_return: EarlyReturn::PerDayUsed { fee_minor: 2_000 },
+        ..PricingPolicy::default()
+    };
+    let shop = shop_of(
+        StdDuration::from_millis(300),
+        BookingConfig {
+            pricing: policy,
+            ..BookingConfig::default()
+        },
+    )
+    .await;
+    let worker = Worker::new(shop.bookings.clone()).with_checkout(shop.checkout.clone());
+    let customer = Uuid::now_v7();
+    let ctx = CommandContext::new(customer.to_string());
+    let staff = CommandContext::new("staff");
+    let booking = hold(&shop, customer).await;
+    let paid = pay(&shop, &ctx, booking, TOKEN_SUCCESS, "pay").await;
+    let window = paid.booking.state.window.unwrap();
+    let eur = |minor| Money::new(minor, Currency::EUR);
+    shop.bookings
+        .pick_up(&staff, booking, 1_000.0, 100.0, window.start)
+        .await
+        .unwrap();
+    // Booked two days (100.00), back after one: one day used (50.00), 50.00 credited, 20.00
+    // fee: 70.00 owed, 30.00 goes back to the card.
+    let at = window.start + Duration::hours(23);
+    let returned = shop
+        .bookings
+        .return_car(&staff, booking, 1_100.0, 100.0, "LIS".into(), at)
+        .await
+        .unwrap();
+    assert_eq!(returned.state.total, Some(eur(7_000)));
+    let lines: Vec<(String, i64)> = returned
+        .state
+        .extra_charges
+        .iter()
+        .map(|l| (l.label.clone(), l.amount.minor))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("early return, 1 day(s) used".to_owned(), -5_000),
+            ("early return fee".to_owned(), 2_000)
+        ]
+    );
+    worker.run_once(at).await.unwrap();
+    let first = shop
+        .checkout
+        .payments()
+        .get(paid.payment.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.status, first.refunded),
+        (PaymentStatus::PartiallyRefunded, eur(3_000))
+    );
+    // Nothing more on the next pass; the car is free again from the return.
+    worker.run_once(at).await.unwrap();
+    assert_eq!(shop.gateways.card.refund_count().await, 1);
 }

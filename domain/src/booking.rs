@@ -110,6 +110,9 @@ pub enum BookingCommand {
     PickUp {
         odometer_km: f64,
         fuel_percent: f64,
+        /// The car goes out before the booking's window (earlier than the desk's allowance):
+        /// the rental then runs from `now` to the booked return, priced by this quote.
+        from_now: Option<Quote>,
         now: DateTime<Utc>,
     },
     Return {
@@ -384,12 +387,28 @@ impl Aggregate for Booking {
                 }
             }
             BookingCommand::Modify { window, quote, now } => {
-                self.expect(&[Held, Confirmed], "modified")?;
-                if window.start < now {
+                self.expect(&[Held, Confirmed, Active], "modified")?;
+                let from = self.window.ok_or(BookingError::NotFound)?;
+                if self.status()? == Active {
+                    // The car is out: the pick-up happened; only the return can move, and not
+                    // into the past.
+                    if window.start != from.start {
+                        return Err(BookingError::Invalid {
+                            field: "pickupAt",
+                            reason: "an active rental keeps the time its car was picked up",
+                        });
+                    }
+                    if window.end <= now {
+                        return Err(BookingError::Invalid {
+                            field: "returnAt",
+                            reason: "an active rental's new return must be in the future; \
+                                     return the car instead",
+                        });
+                    }
+                } else if window.start < now {
                     return Err(BookingError::PickupInPast);
                 }
                 self.currency_ok(&quote.total)?;
-                let from = self.window.ok_or(BookingError::NotFound)?;
                 BookingEvent::BookingModified {
                     from,
                     to: window,
@@ -466,11 +485,38 @@ impl Aggregate for Booking {
             BookingCommand::PickUp {
                 odometer_km,
                 fuel_percent,
+                from_now,
                 now,
             } => {
                 self.expect(&[Confirmed], "picked up")?;
                 check_odometer(odometer_km)?;
                 check_percent("fuelPercent", fuel_percent)?;
+                if let Some(quote) = from_now {
+                    // Out early: the rental runs from now, re-priced, before it starts.
+                    let from = self.window.ok_or(BookingError::NotFound)?;
+                    if now >= from.start {
+                        return Err(BookingError::Invalid {
+                            field: "pickupAt",
+                            reason: "only a pick-up before the booked time is re-priced",
+                        });
+                    }
+                    self.currency_ok(&quote.total)?;
+                    // Microseconds, as every stored window.
+                    let to = TimeWindow::new(now, from.end).map_err(|_| BookingError::Invalid {
+                        field: "pickupAt",
+                        reason: "only a pick-up before the booked time is re-priced",
+                    })?;
+                    sink.write(
+                        BookingEvent::BookingModified {
+                            from,
+                            to,
+                            quote,
+                            at: now,
+                        },
+                        self,
+                    )
+                    .await;
+                }
                 BookingEvent::RentalStarted {
                     odometer_km,
                     fuel_percent,
@@ -943,16 +989,112 @@ mod tests {
                 at: now(),
             }]);
         BookingTest::with(())
-            .given(vec![held(), confirmed(), started()])
+            .given(vec![held(), confirmed(), started(), completed()])
             .when(BookingCommand::Modify {
                 window: to,
                 quote: quote(18_396),
                 now: now(),
             })
             .then_expect_error(BookingError::InvalidTransition {
-                status: BookingStatus::Active,
+                status: BookingStatus::Completed,
                 action: "modified",
             });
+    }
+
+    #[test]
+    fn an_active_rental_moves_its_return_only_and_not_into_the_past() {
+        // Out since the 10th at 9:00; on the 12th the customer keeps it two more days.
+        let longer = TimeWindow::new(t(10, 9), t(15, 9)).unwrap();
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), started()])
+            .when(BookingCommand::Modify {
+                window: longer,
+                quote: quote(22_995),
+                now: t(12, 10),
+            })
+            .then_expect_events(vec![BookingEvent::BookingModified {
+                from: window(),
+                to: longer,
+                quote: quote(22_995),
+                at: t(12, 10),
+            }]);
+        // The pick-up happened: it cannot move.
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), started()])
+            .when(BookingCommand::Modify {
+                window: TimeWindow::new(t(11, 9), t(15, 9)).unwrap(),
+                quote: quote(18_396),
+                now: t(12, 10),
+            })
+            .then_expect_error(BookingError::Invalid {
+                field: "pickupAt",
+                reason: "an active rental keeps the time its car was picked up",
+            });
+        // A return already past is a return, not a modification.
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), started()])
+            .when(BookingCommand::Modify {
+                window: TimeWindow::new(t(10, 9), t(12, 9)).unwrap(),
+                quote: quote(9_198),
+                now: t(12, 10),
+            })
+            .then_expect_error(BookingError::Invalid {
+                field: "returnAt",
+                reason: "an active rental's new return must be in the future; return the car instead",
+            });
+    }
+
+    #[test]
+    fn a_pick_up_before_the_booked_time_runs_the_rental_from_then_repriced() {
+        // Booked 10th 9:00 to 13th 9:00; the car goes out on the 7th at 9:00.
+        let from_now = TimeWindow::new(t(7, 9), t(13, 9)).unwrap();
+        BookingTest::with(())
+            .given(vec![held(), confirmed()])
+            .when(BookingCommand::PickUp {
+                odometer_km: 1_000.0,
+                fuel_percent: 100.0,
+                from_now: Some(quote(27_594)),
+                now: t(7, 9),
+            })
+            .then_expect_events(vec![
+                BookingEvent::BookingModified {
+                    from: window(),
+                    to: from_now,
+                    quote: quote(27_594),
+                    at: t(7, 9),
+                },
+                BookingEvent::RentalStarted {
+                    odometer_km: 1_000.0,
+                    fuel_percent: 100.0,
+                    at: t(7, 9),
+                },
+            ]);
+        // At or after the booked time there is nothing to re-price.
+        BookingTest::with(())
+            .given(vec![held(), confirmed()])
+            .when(BookingCommand::PickUp {
+                odometer_km: 1_000.0,
+                fuel_percent: 100.0,
+                from_now: Some(quote(13_797)),
+                now: t(10, 9),
+            })
+            .then_expect_error(BookingError::Invalid {
+                field: "pickupAt",
+                reason: "only a pick-up before the booked time is re-priced",
+            });
+        // Another currency than the booking's is refused.
+        BookingTest::with(())
+            .given(vec![held(), confirmed()])
+            .when(BookingCommand::PickUp {
+                odometer_km: 1_000.0,
+                fuel_percent: 100.0,
+                from_now: Some(Quote {
+                    total: Money::new(27_594, Currency::USD),
+                    ..quote(27_594)
+                }),
+                now: t(7, 9),
+            })
+            .then_expect_error(BookingError::CurrencyMismatch);
     }
 
     #[test]
@@ -962,6 +1104,7 @@ mod tests {
             .when(BookingCommand::PickUp {
                 odometer_km: 1_000.0,
                 fuel_percent: 100.0,
+                from_now: None,
                 now: t(10, 9),
             })
             .then_expect_error(BookingError::InvalidTransition {
@@ -973,6 +1116,7 @@ mod tests {
             .when(BookingCommand::PickUp {
                 odometer_km: 1_000.0,
                 fuel_percent: 100.0,
+                from_now: None,
                 now: t(10, 9),
             })
             .then_expect_events(vec![started()]);
@@ -981,6 +1125,7 @@ mod tests {
             .when(BookingCommand::PickUp {
                 odometer_km: 1_000.0,
                 fuel_percent: 101.0,
+                from_now: None,
                 now: t(10, 9),
             })
             .then_expect_error(BookingError::Invalid {

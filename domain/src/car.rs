@@ -660,7 +660,12 @@ impl Aggregate for Car {
                 if from == window {
                     return Err(CarError::Unchanged);
                 }
-                if window.start < now {
+                if self.rented_by == Some(booking_id) {
+                    // Out on this booking: only the return moves, and not into the past.
+                    if window.start != from.start || window.end <= now {
+                        return Err(CarError::WindowInPast);
+                    }
+                } else if window.start < now {
                     return Err(CarError::WindowInPast);
                 }
                 self.ensure_free(&window, buffer_minutes, Some(booking_id))?;
@@ -711,10 +716,8 @@ impl Aggregate for Car {
                 self.check_odometer(odometer_km)?;
                 if now < window.start - Duration::minutes(early_minutes.max(0)) {
                     // Out before its time: the extra time must be free, and becomes reserved.
-                    let early = TimeWindow {
-                        start: now,
-                        end: window.end,
-                    };
+                    let early =
+                        TimeWindow::new(now, window.end).map_err(|_| CarError::WindowInPast)?;
                     let buffer = Duration::minutes(buffer_minutes.max(0));
                     // The last block in the way decides when the car can go.
                     let in_the_way = self

@@ -114,6 +114,17 @@ impl Money {
         Ok(Money { minor, ..self })
     }
 
+    pub fn checked_sub(self, other: Money) -> Result<Money, MoneyError> {
+        if self.currency != other.currency {
+            return Err(MoneyError::CurrencyMismatch(self.currency, other.currency));
+        }
+        let minor = self
+            .minor
+            .checked_sub(other.minor)
+            .ok_or(MoneyError::Overflow)?;
+        Ok(Money { minor, ..self })
+    }
+
     pub fn checked_mul(self, factor: i64) -> Result<Money, MoneyError> {
         let minor = self.minor.checked_mul(factor).ok_or(MoneyError::Overflow)?;
         Ok(Money { minor, ..self })

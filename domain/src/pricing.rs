@@ -25,6 +25,37 @@ pub struct PricingPolicy {
     pub refuel_per_percent_minor: i64,
     /// Cancellation is free until this many hours before pickup.
     pub free_cancellation_hours: i64,
+    /// What a rental returned before its booked end costs.
+    #[serde(default)]
+    pub early_return: EarlyReturn,
+}
+
+/// What a rental returned before its booked end costs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EarlyReturn {
+    /// The booked days, whatever the return (the default, as most rental desks do).
+    #[default]
+    AsBooked,
+    /// The days used, priced as a rental of that length, plus a fee in the rate's minor
+    /// units; the rest is refunded. Never more than the booked price.
+    PerDayUsed { fee_minor: i64 },
+}
+
+/// A rental as it comes back: what was booked, and the readings at the desk.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RentalReturn {
+    pub daily_rate: Money,
+    /// The booked window (from the pick-up, when the car went out early).
+    pub booked_from: DateTime<Utc>,
+    pub booked_until: DateTime<Utc>,
+    /// The booked price, before charges at return.
+    pub booked_total: Money,
+    /// Booked to come back to another branch.
+    pub one_way: bool,
+    pub returned: DateTime<Utc>,
+    pub fuel_out_percent: f64,
+    pub fuel_in_percent: f64,
 }
 
 impl Default for PricingPolicy {
@@ -37,6 +68,7 @@ impl Default for PricingPolicy {
             late_hour_bp: 2_500,
             refuel_per_percent_minor: 150,
             free_cancellation_hours: 24,
+            early_return: EarlyReturn::AsBooked,
         }
     }
 }
@@ -128,42 +160,69 @@ pub fn quote(
     Ok(Quote { days, lines, total })
 }
 
-/// Extra charges at return: late hours past the grace (capped at one day's rate) and refuelling.
+/// Charges (and credits) at return:
+/// - **late**, past the grace: each whole day late at the daily rate, and the started hours
+///   of what remains at `late_hour_bp` of the rate each, those hours costing at most one day;
+/// - **early**, by [`EarlyReturn`]: nothing, or the unused days credited less a fee;
+/// - **refuelling**: each whole missing percentage point of the tank.
 pub fn return_charges(
-    daily_rate: Money,
-    due: DateTime<Utc>,
-    returned: DateTime<Utc>,
-    fuel_out_percent: f64,
-    fuel_in_percent: f64,
+    rental: &RentalReturn,
     policy: &PricingPolicy,
 ) -> Result<Vec<PriceLine>, PricingError> {
     let valid = |f: f64| (0.0..=100.0).contains(&f);
-    if !valid(fuel_out_percent) || !valid(fuel_in_percent) {
+    if !valid(rental.fuel_out_percent) || !valid(rental.fuel_in_percent) {
         return Err(PricingError::FuelOutOfRange);
     }
+    let rate = rental.daily_rate;
     let mut lines = Vec::new();
-    let late_minutes = (returned - due).num_minutes() - policy.grace_minutes;
+    let late_minutes = (rental.returned - rental.booked_until).num_minutes() - policy.grace_minutes;
     if late_minutes > 0 {
-        let hours = (late_minutes + 59) / 60;
-        let fee = basis_points(daily_rate.minor, policy.late_hour_bp)?
-            .checked_mul(hours)
-            .ok_or(MoneyError::Overflow)?
-            .min(daily_rate.minor);
-        lines.push(PriceLine {
-            label: format!("late return, {hours} started hour(s)"),
-            amount: Money::new(fee, daily_rate.currency),
-        });
+        let (days, rest) = (late_minutes / 1_440, late_minutes % 1_440);
+        if days > 0 {
+            lines.push(PriceLine {
+                label: format!("late return, {days} day(s) × {rate}"),
+                amount: rate.checked_mul(days)?,
+            });
+        }
+        if rest > 0 {
+            let hours = (rest + 59) / 60;
+            let fee = basis_points(rate.minor, policy.late_hour_bp)?
+                .checked_mul(hours)
+                .ok_or(MoneyError::Overflow)?
+                .min(rate.minor);
+            lines.push(PriceLine {
+                label: format!("late return, {hours} started hour(s)"),
+                amount: Money::new(fee, rate.currency),
+            });
+        }
+    }
+    if let EarlyReturn::PerDayUsed { fee_minor } = policy.early_return
+        && rental.returned < rental.booked_until
+    {
+        // Priced as a rental that ended now (at least a minute long, so at least a day).
+        let used_until = rental
+            .returned
+            .max(rental.booked_from + Duration::minutes(1));
+        let used = quote(rate, rental.booked_from, used_until, rental.one_way, policy)?;
+        let unused = rental.booked_total.checked_sub(used.total)?;
+        if unused.minor > fee_minor {
+            lines.push(PriceLine {
+                label: format!("early return, {} day(s) used", used.days),
+                amount: Money::new(-unused.minor, rate.currency),
+            });
+            lines.push(PriceLine {
+                label: "early return fee".into(),
+                amount: Money::new(fee_minor, rate.currency),
+            });
+        }
     }
     // Whole missing percentage points; fuel levels are measurements, the charge is not.
-    let missing = (fuel_out_percent - fuel_in_percent).floor();
+    let missing = (rental.fuel_out_percent - rental.fuel_in_percent).floor();
     if missing >= 1.0 {
         let points = missing as i64;
         lines.push(PriceLine {
             label: format!("refuelling, {points}% of the tank"),
-            amount: Money::new(
-                points * policy.refuel_per_percent_minor,
-                daily_rate.currency,
-            ),
+            amount: Money::new(points * policy.refuel_per_percent_minor, rate.currency),
         });
     }
     Ok(lines)
@@ -240,24 +299,90 @@ mod tests {
         assert_eq!(q.total, Money::new(33_974, Currency::EUR));
     }
 
+    /// Booked 1st 10:00 to 5th 10:00 (four days, 183.96), returned at `returned` with the
+    /// tank as it left unless said otherwise.
+    fn back(returned: DateTime<Utc>) -> RentalReturn {
+        RentalReturn {
+            daily_rate: rate(),
+            booked_from: at(1, 10, 0),
+            booked_until: at(5, 10, 0),
+            booked_total: Money::new(18_396, Currency::EUR),
+            one_way: false,
+            returned,
+            fuel_out_percent: 80.0,
+            fuel_in_percent: 80.0,
+        }
+    }
+
+    fn amounts(lines: &[PriceLine]) -> Vec<i64> {
+        lines.iter().map(|l| l.amount.minor).collect()
+    }
+
     #[test]
-    fn late_returns_pay_per_started_hour_capped_at_a_day() {
-        let due = at(5, 10, 0);
-        let none = return_charges(rate(), due, at(5, 10, 59), 80.0, 80.0, &p()).unwrap();
-        assert!(none.is_empty());
-        let one = return_charges(rate(), due, at(5, 11, 0), 80.0, 80.0, &p()).unwrap();
+    fn late_returns_pay_per_started_hour_up_to_a_day_and_per_day_beyond() {
+        let charges = |returned| return_charges(&back(returned), &p()).unwrap();
+        assert!(charges(at(5, 10, 59)).is_empty());
         // 25 % of 45.99 = 11.4975 → 11.50 per started hour.
-        assert_eq!(one[0].amount.minor, 1_150);
-        let three = return_charges(rate(), due, at(5, 13, 30), 80.0, 80.0, &p()).unwrap();
-        assert_eq!(three[0].amount.minor, 3_450);
-        let capped = return_charges(rate(), due, at(6, 9, 0), 80.0, 80.0, &p()).unwrap();
-        assert_eq!(capped[0].amount.minor, 4_599);
+        assert_eq!(amounts(&charges(at(5, 11, 0))), [1_150]);
+        assert_eq!(amounts(&charges(at(5, 13, 30))), [3_450]);
+        // 23 hours late: the hours cost at most one day.
+        assert_eq!(amounts(&charges(at(6, 9, 0))), [4_599]);
+        // Three days and three hours late, less the grace: three days, then three started
+        // hours (2 h 01 min).
+        let late = charges(at(8, 13, 0));
+        assert_eq!(amounts(&late), [13_797, 3_450]);
+        assert_eq!(late[0].label, "late return, 3 day(s) × 45.99 EUR");
+        // Exactly three days late, to the minute past the grace: days only.
+        assert_eq!(amounts(&charges(at(8, 10, 59))), [13_797]);
+    }
+
+    #[test]
+    fn an_early_return_is_charged_as_booked_or_per_day_used_by_the_policy() {
+        // As booked (the default): nothing back.
+        assert!(
+            return_charges(&back(at(2, 12, 0)), &p())
+                .unwrap()
+                .is_empty()
+        );
+        let per_day = PricingPolicy {
+            early_return: EarlyReturn::PerDayUsed { fee_minor: 2_500 },
+            ..p()
+        };
+        // Back after a day and two hours (past the grace): two days used (91.98), 92.00
+        // unused days credited, 25.00 fee.
+        let lines = return_charges(&back(at(2, 12, 0)), &per_day).unwrap();
+        assert_eq!(amounts(&lines), [-9_198, 2_500]);
+        assert_eq!(lines[0].label, "early return, 2 day(s) used");
+        // Back within the grace of the booked end: nothing to credit.
+        assert!(
+            return_charges(&back(at(5, 9, 30)), &per_day)
+                .unwrap()
+                .is_empty()
+        );
+        // A day early but the fee is larger than what a day is worth: nothing either way.
+        let dear = PricingPolicy {
+            early_return: EarlyReturn::PerDayUsed { fee_minor: 5_000 },
+            ..p()
+        };
+        assert!(
+            return_charges(&back(at(4, 9, 0)), &dear)
+                .unwrap()
+                .is_empty()
+        );
+        // Returned before it was due to start (out early within the desk's allowance): one
+        // day, the least a rental costs.
+        let lines = return_charges(&back(at(1, 9, 30)), &per_day).unwrap();
+        assert_eq!(amounts(&lines), [-13_797, 2_500]);
     }
 
     #[test]
     fn refuelling_charges_whole_missing_points() {
-        let due = at(5, 10, 0);
-        let lines = return_charges(rate(), due, due, 100.0, 62.5, &p()).unwrap();
+        let tank = |out, back_in| RentalReturn {
+            fuel_out_percent: out,
+            fuel_in_percent: back_in,
+            ..back(at(5, 10, 0))
+        };
+        let lines = return_charges(&tank(100.0, 62.5), &p()).unwrap();
         assert_eq!(
             lines,
             vec![PriceLine {
@@ -265,13 +390,9 @@ mod tests {
                 amount: Money::new(5_550, Currency::EUR)
             }]
         );
-        assert!(
-            return_charges(rate(), due, due, 50.0, 70.0, &p())
-                .unwrap()
-                .is_empty()
-        );
+        assert!(return_charges(&tank(50.0, 70.0), &p()).unwrap().is_empty());
         assert_eq!(
-            return_charges(rate(), due, due, 101.0, 70.0, &p()),
+            return_charges(&tank(101.0, 70.0), &p()),
             Err(PricingError::FuelOutOfRange)
         );
     }

@@ -547,6 +547,10 @@ impl Mutation {
         payment_after(s, paid.payment.id).await
     }
 
+    /// Move a booking to a new window on the same car, re-priced at the car's rate; a paid
+    /// booking's difference is charged to the card it was paid with, or refunded. An ACTIVE
+    /// rental (the car is out) keeps its `pickupAt` and moves only its return, which must
+    /// still be in the future: that is how a rental is extended or shortened.
     async fn modify_booking(
         &self,
         ctx: &Context<'_>,
@@ -585,7 +589,9 @@ impl Mutation {
         booking_after(s, id, &view.events).await
     }
 
-    /// Staff hands the car over (ADMIN).
+    /// Staff hands the car over (ADMIN). More than an hour before the booked pick-up
+    /// (`FLEETLEDGER_EARLY_PICKUP_MINUTES`) the car must be free until then: the rental then
+    /// runs from now, re-priced, and a paid booking's difference is charged.
     async fn pick_up_car(
         &self,
         ctx: &Context<'_>,
