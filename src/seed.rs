@@ -544,6 +544,7 @@ fn car_history(
                 window: TimeWindow::new(from, until).context("seed maintenance")?,
                 reason: "scheduled service".to_owned(),
                 at: ret,
+                displaced: Vec::new(),
             });
             if until < now {
                 car_events.push(CarEvent::MaintenanceCompleted {

@@ -233,6 +233,18 @@ async fn killed_after_a_return_committed_the_fees_are_still_collected() {
         json!({ "b": booking }),
     )
     .await;
+    // Out days before its booked time: the days added are charged first.
+    eventually(20, "the days added at pick-up are charged", || async {
+        gql(
+            &addr,
+            Some(&desk.admin),
+            "query($b: UUID!) { booking(id: $b) { payments { status } } }",
+            json!({ "b": booking }),
+        )
+        .await["booking"]["payments"][1]["status"]
+            == "CAPTURED"
+    })
+    .await;
     let answer = gql_raw(
         &addr,
         Some(&desk.admin),
@@ -254,15 +266,18 @@ async fn killed_after_a_return_committed_the_fees_are_still_collected() {
         .await["booking"]
             .clone()
     };
+    // The days added at the pick-up were the second payment; the fees found at return are the
+    // third.
     eventually(20, "the fees are charged after the restart", || async {
-        fees().await["payments"][1]["status"] == "CAPTURED"
+        fees().await["payments"][2]["status"] == "CAPTURED"
     })
     .await;
     let seen = fees().await;
     assert_eq!(seen["status"], "COMPLETED");
     assert_eq!(seen["balance"]["due"]["amount"], "0.00");
+    assert_eq!(seen["payments"].as_array().map(Vec::len), Some(3), "{seen}");
     // Refuelling 30 % of the tank at 1.50 a point.
-    assert_eq!(seen["payments"][1]["amount"]["amount"], "45.00");
+    assert_eq!(seen["payments"][2]["amount"]["amount"], "45.00");
 }
 
 /// The gateway never answers (`tok_timeout`) and the process is killed from outside while

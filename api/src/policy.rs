@@ -207,6 +207,7 @@ pub const RULES: &[Rule] = &[
         },
     ),
     rule("Mutation", "pickUpCar", Roles(auth::ADMIN)),
+    rule("Mutation", "reassignBooking", Roles(auth::ADMIN)),
     rule("Mutation", "returnCar", Roles(auth::ADMIN)),
     rule("Mutation", "refundPayment", Roles(auth::ADMIN)),
     rule("Mutation", "retryStep", Roles(auth::ADMIN)),

@@ -24,7 +24,8 @@ async fn an_analyst_sees_the_day_and_integrators_stream_telemetry() {
         .ok(
             Some(&customer),
             request,
-            json!({ "i": { "carId": rented, "pickupAt": at(1, 0), "returnAt": at(3, 0) } }),
+            // Picked up within the hour before its time, so not re-priced as an early pick-up.
+            json!({ "i": { "carId": rented, "pickupAt": at(0, 1), "returnAt": at(2, 1) } }),
         )
         .await["requestBooking"]["id"]
         .as_str()

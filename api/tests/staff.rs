@@ -596,3 +596,119 @@ async fn a_car_out_early_is_priced_from_then_and_an_active_rental_is_extended() 
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_car_taken_out_urgently_leaves_its_bookings_to_staff_who_move_them_to_another() {
+    let app = TestApp::start().await;
+    let admin = app.admin_token.clone();
+    app.add_branch("LIS", 38.7223, -9.1393).await;
+    app.add_branch("OPO", 41.1579, -8.6291).await;
+    let broken = app.add_car("LIS", "Fiat", "50.00").await;
+    let spare = app.add_car("LIS", "Seat", "55.00").await;
+    let elsewhere = app.add_car("OPO", "Opel", "50.00").await;
+    let (customer, _) = app.register("stranded@example.com").await;
+    let held = app
+        .ok(
+            Some(&customer),
+            "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+            json!({ "i": { "carId": broken, "pickupAt": at(3, 0), "returnAt": at(5, 0) } }),
+        )
+        .await;
+    let booking = held["requestBooking"]["id"].as_str().unwrap().to_owned();
+    app.ok(
+        Some(&customer),
+        "mutation($b: UUID!) { payBooking(bookingId: $b, method: { kind: CARD, token: \"tok_success\" }) { status } }",
+        json!({ "b": booking }),
+    )
+    .await;
+    let maintain = "mutation($c: UUID!, $s: DateTime!, $e: DateTime!, $u: Boolean) { \
+        scheduleMaintenance(id: $c, start: $s, end: $e, reason: \"engine warning\", urgent: $u) { id } }";
+
+    // Not urgent, the booked window refuses maintenance.
+    let code = app
+        .code(
+            Some(&admin),
+            maintain,
+            json!({ "c": broken, "s": at(1, 0), "e": at(10, 0), "u": false }),
+        )
+        .await;
+    assert_eq!(code, "CONFLICT");
+    // Urgent, the car goes out of service and the booking waits for another.
+    app.ok(
+        Some(&admin),
+        maintain,
+        json!({ "c": broken, "s": at(1, 0), "e": at(10, 0), "u": true }),
+    )
+    .await;
+    let shown = "query($b: UUID!) { booking(id: $b) { status car { id } displacedSince \
+        activity { kind detail } } }";
+    let waiting = app
+        .ok(Some(&customer), shown, json!({ "b": booking }))
+        .await;
+    assert_eq!(waiting["booking"]["status"], "CONFIRMED");
+    assert_eq!(waiting["booking"]["car"]["id"], broken.to_string());
+    assert!(
+        waiting["booking"]["displacedSince"].is_string(),
+        "{waiting}"
+    );
+    assert_eq!(
+        waiting["booking"]["activity"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap(),
+        &json!({ "kind": "CAR_WITHDRAWN", "detail": "engine warning" })
+    );
+    // The broken car's time is maintenance only: the booking let go of it.
+    let reserved = app
+        .ok(
+            Some(&admin),
+            "query($c: UUID!, $f: DateTime!, $t: DateTime!) { car(id: $c) { reservations(from: $f, to: $t) { start } } }",
+            json!({ "c": broken, "f": at(0, 0), "t": at(20, 0) }),
+        )
+        .await;
+    assert_eq!(reserved["car"]["reservations"], json!([]));
+
+    let reassign = "mutation($b: UUID!, $c: UUID!) { reassignBooking(bookingId: $b, carId: $c, \
+        reason: \"replacement for a broken car\") { id car { id } displacedSince total { amount } } }";
+    // A car at another branch cannot take it.
+    let (_, body) = app
+        .post(
+            Some(&admin),
+            reassign,
+            json!({ "b": booking, "c": elsewhere }),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{body:#}"
+    );
+    // A customer cannot move it.
+    let code = app
+        .code(
+            Some(&customer),
+            reassign,
+            json!({ "b": booking, "c": spare }),
+        )
+        .await;
+    assert_eq!(code, "FORBIDDEN");
+    // The spare at the same branch takes it, at the price booked.
+    let moved = app
+        .ok(Some(&admin), reassign, json!({ "b": booking, "c": spare }))
+        .await;
+    assert_eq!(
+        moved["reassignBooking"],
+        json!({ "id": booking, "car": { "id": spare.to_string() }, "displacedSince": null,
+                "total": { "amount": "100.00" } })
+    );
+    // Now the spare is taken for that window.
+    let reserved = app
+        .ok(
+            Some(&admin),
+            "query($c: UUID!, $f: DateTime!, $t: DateTime!) { car(id: $c) { reservations(from: $f, to: $t) { start end } } }",
+            json!({ "c": spare, "f": at(0, 0), "t": at(20, 0) }),
+        )
+        .await;
+    assert_eq!(reserved["car"]["reservations"].as_array().unwrap().len(), 1);
+    app.shutdown().await;
+}

@@ -434,6 +434,16 @@ impl BookingService {
         }
     }
 
+    /// A car's current state.
+    pub async fn car(&self, car_id: Uuid) -> Result<Car, BookingFlowError> {
+        Ok(self.load_car(car_id).await?.state)
+    }
+
+    /// The cars' executor (staff's commands on a car alone).
+    pub fn cars(&self) -> &Executor<Car> {
+        &self.cars
+    }
+
     /// The booking's current state.
     pub async fn get(&self, booking_id: Uuid) -> Result<BookingView, BookingFlowError> {
         let loaded = self.load_booking(booking_id).await?;
@@ -582,6 +592,221 @@ impl BookingService {
         .await
     }
 
+    /// Staff moves a booking that has not started to another car, for the same window at the
+    /// same price (an upgrade is on the house): the new car must be at the booking's pick-up
+    /// branch and free for the window; its reservation, the old car's release and the
+    /// booking's `BookingReassigned` are one append.
+    pub async fn reassign(
+        &self,
+        ctx: &CommandContext,
+        booking_id: Uuid,
+        to_car: Uuid,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> Result<BookingView, BookingFlowError> {
+        let turnaround = self.config.turnaround_minutes;
+        let (state, events) = self
+            .transact(ctx, || async {
+                let booking = self.load_booking(booking_id).await?;
+                let from_car = booking
+                    .state
+                    .car_id
+                    .ok_or(BookingFlowError::BookingNotFound)?;
+                let window = booking
+                    .state
+                    .window
+                    .ok_or(BookingFlowError::BookingNotFound)?;
+                let (after, booking_append) = self
+                    .bookings
+                    .decide(
+                        &booking_id.to_string(),
+                        &booking,
+                        BookingCommand::Reassign {
+                            car_id: to_car,
+                            reason: reason.clone(),
+                            now,
+                        },
+                    )
+                    .await?;
+                let car = self.load_car(to_car).await?;
+                let pickup = booking.state.pickup_branch.clone().unwrap_or_default();
+                let at = car.state.branch.clone().unwrap_or_default();
+                if at != pickup {
+                    return Err(BookingFlowError::Car(CarError::Elsewhere { at, pickup }));
+                }
+                let class = |c: &Car| c.details.as_ref().map(|d| d.class);
+                if class(&car.state) != class(&self.load_car(from_car).await?.state) {
+                    return Err(BookingFlowError::Invalid {
+                        field: "carId",
+                        reason: "the new car must be of the booking's class".into(),
+                    });
+                }
+                let (_, reserve) = self
+                    .cars
+                    .decide(
+                        &to_car.to_string(),
+                        &car,
+                        CarCommand::Reserve {
+                            booking_id,
+                            window,
+                            buffer_minutes: turnaround,
+                            now,
+                        },
+                    )
+                    .await?;
+                // Back to the car it lost (relocated home): nothing to release.
+                let release = if from_car == to_car {
+                    None
+                } else {
+                    let old = self.load_car(from_car).await?;
+                    self.cars
+                        .decide(
+                            &from_car.to_string(),
+                            &old,
+                            CarCommand::Release { booking_id, now },
+                        )
+                        .await?
+                        .1
+                };
+                let appends: Vec<StreamAppend> = booking_append
+                    .into_iter()
+                    .chain(reserve)
+                    .chain(release)
+                    .collect();
+                Ok((after, appends, Vec::new()))
+            })
+            .await?;
+        if let Some(from) = events
+            .iter()
+            .find(|e| e.aggregate_type == "car" && e.event_type == "ReservationReleased")
+        {
+            self.cars.forget(&from.aggregate_id).await;
+        }
+        self.cars.forget(&to_car.to_string()).await;
+        self.bookings.forget(&booking_id.to_string()).await;
+        Ok(self.view(booking_id, state, events))
+    }
+
+    /// After a car came back to another branch than it left from (the worker's
+    /// `strand_check` step, stored with the return): each later booking that expects it at
+    /// another branch loses it (`BookingDisplaced`, and the car's `ReservationReleased`, one
+    /// append per booking), so staff find it in the list of bookings without a car instead of
+    /// at the counter. Idempotent. The bookings displaced.
+    pub async fn displace_stranded(
+        &self,
+        ctx: &CommandContext,
+        returned_booking: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Uuid>, BookingFlowError> {
+        let returned = self.load_booking(returned_booking).await?;
+        let car_id = returned
+            .state
+            .car_id
+            .ok_or(BookingFlowError::BookingNotFound)?;
+        let car = self.load_car(car_id).await?;
+        let at = car.state.branch.clone().unwrap_or_default();
+        let later: Vec<Uuid> = car
+            .state
+            .blocks
+            .iter()
+            .filter_map(domain::car::Block::booking)
+            .filter(|b| *b != returned_booking)
+            .collect();
+        let mut displaced = Vec::new();
+        for booking_id in later {
+            let booking = self.load_booking(booking_id).await?;
+            let expects = booking.state.pickup_branch.clone().unwrap_or_default();
+            let waiting = matches!(
+                booking.state.status,
+                Some(BookingStatus::Held | BookingStatus::Confirmed)
+            );
+            if !waiting || expects == at || booking.state.displaced {
+                continue;
+            }
+            let reason = format!("the car was returned to {at}, not to {expects}");
+            self.booking_and_car(
+                ctx,
+                booking_id,
+                |_| {
+                    Ok(BookingCommand::Displace {
+                        reason: reason.clone(),
+                        now,
+                    })
+                },
+                |_| Some(CarCommand::Release { booking_id, now }),
+                |_| Vec::new(),
+            )
+            .await?;
+            displaced.push(booking_id);
+        }
+        Ok(displaced)
+    }
+
+    /// Take a car out for maintenance over `window`. `urgent` (a breakdown, a recall), the
+    /// bookings that have not started over it lose the car in the same append
+    /// (`BookingDisplaced`, each waiting for staff to reassign it); otherwise the window
+    /// must be free. The car's events and the displaced bookings' ids.
+    pub async fn schedule_maintenance(
+        &self,
+        ctx: &CommandContext,
+        car_id: Uuid,
+        window: TimeWindow,
+        reason: String,
+        urgent: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<RecordedEvent>, Vec<Uuid>), BookingFlowError> {
+        let turnaround = self.config.turnaround_minutes;
+        let maintenance_id = Uuid::now_v7();
+        let (displaced, events) = self
+            .transact_any(ctx, || async {
+                let car = self.load_car(car_id).await?;
+                let (_, car_append) = self
+                    .cars
+                    .decide(
+                        &car_id.to_string(),
+                        &car,
+                        CarCommand::ScheduleMaintenance {
+                            maintenance_id,
+                            window,
+                            reason: reason.clone(),
+                            buffer_minutes: turnaround,
+                            urgent,
+                            now,
+                        },
+                    )
+                    .await?;
+                // The reservations the urgent maintenance dropped (as its event lists them).
+                let displaced = if urgent {
+                    car.state.bookings_displaced_by(&window, turnaround)
+                } else {
+                    Vec::new()
+                };
+                let mut appends: Vec<StreamAppend> = car_append.into_iter().collect();
+                for booking_id in &displaced {
+                    let booking = self.load_booking(*booking_id).await?;
+                    let (_, append) = self
+                        .bookings
+                        .decide(
+                            &booking_id.to_string(),
+                            &booking,
+                            BookingCommand::Displace {
+                                reason: reason.clone(),
+                                now,
+                            },
+                        )
+                        .await?;
+                    appends.extend(append);
+                }
+                Ok((displaced, appends, Vec::new()))
+            })
+            .await?;
+        self.cars.forget(&car_id.to_string()).await;
+        for booking_id in &displaced {
+            self.bookings.forget(&booking_id.to_string()).await;
+        }
+        Ok((events, displaced))
+    }
+
     /// Staff hands the car over. Earlier than the desk's allowance before the booked time
     /// (`early_pickup_minutes`), the car must be free until then; the rental then runs from
     /// now, re-priced, and a paid booking's difference is charged (`settle_balance`).
@@ -706,17 +931,27 @@ impl BookingService {
                     now,
                 })
             },
-            // Fees found at return are charged to the payment method saved at booking.
+            // Fees found at return are charged to the payment method saved at booking; a car
+            // back at another branch than it left from may strand its later bookings.
             |after| {
-                if after.extra_charges.is_empty() {
-                    return Vec::new();
+                let mut steps = Vec::new();
+                if !after.extra_charges.is_empty() {
+                    steps.push(Step {
+                        kind: "settle_balance",
+                        booking_id,
+                        payload: json!({}),
+                        due_at: now,
+                    });
                 }
-                vec![Step {
-                    kind: "settle_balance",
-                    booking_id,
-                    payload: json!({}),
-                    due_at: now,
-                }]
+                if after.pickup_branch.as_deref() != Some(branch.as_str()) {
+                    steps.push(Step {
+                        kind: "strand_check",
+                        booking_id,
+                        payload: json!({}),
+                        due_at: now,
+                    });
+                }
+                steps
             },
         )
         .await
@@ -846,6 +1081,31 @@ impl BookingService {
                 Output = Result<(Loaded<Booking>, Vec<StreamAppend>, Vec<Step>), BookingFlowError>,
             >,
     {
+        let (mut after, events) = self.transact_any(ctx, attempt).await?;
+        if let Some(head) = events
+            .iter()
+            .rev()
+            .find(|e| e.aggregate_type == "booking")
+            .and_then(RecordedEvent::head)
+        {
+            after.head = head;
+        }
+        Ok((after, events))
+    }
+
+    /// Decide and append (with `steps`) until the append is not a version conflict: the
+    /// decision is remade on the reloaded streams, up to the retry policy's attempts.
+    async fn transact_any<T, F, Fut>(
+        &self,
+        ctx: &CommandContext,
+        attempt: F,
+    ) -> Result<(T, Vec<RecordedEvent>), BookingFlowError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<
+                Output = Result<(T, Vec<StreamAppend>, Vec<Step>), BookingFlowError>,
+            >,
+    {
         let policy = &self.config.retry;
         let metadata = ctx.metadata();
         let mut tries = 1;
@@ -855,18 +1115,7 @@ impl BookingService {
                 return Ok((after, Vec::new()));
             }
             match self.append_with_steps(&appends, &steps, &metadata).await {
-                Ok(events) => {
-                    let mut after = after;
-                    if let Some(head) = events
-                        .iter()
-                        .rev()
-                        .find(|e| e.aggregate_type == "booking")
-                        .and_then(RecordedEvent::head)
-                    {
-                        after.head = head;
-                    }
-                    return Ok((after, events));
-                }
+                Ok(events) => return Ok((after, events)),
                 Err(BookingFlowError::Store(EventStoreError::OptimisticConcurrency { .. }))
                     if tries < policy.max_attempts =>
                 {

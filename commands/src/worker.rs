@@ -344,6 +344,16 @@ impl Worker {
             _ => {}
         }
         match kind {
+            "strand_check" => match self.bookings.displace_stranded(ctx, booking_id, now).await {
+                Ok(displaced) => {
+                    for booking in displaced {
+                        metrics::counter!("fleetledger_bookings_displaced_total").increment(1);
+                        tracing::warn!(booking.id = %booking, "booking stranded: its car is at another branch");
+                    }
+                    Outcome::Done
+                }
+                Err(e) => Outcome::Retry(e.to_string()),
+            },
             "no_show" => match self.bookings.mark_no_show(ctx, booking_id, now).await {
                 Ok(view) => {
                     if view.status() == Some(domain::booking::BookingStatus::NoShow) {

@@ -464,6 +464,7 @@ async fn completing_maintenance_restarts_the_service_interval() {
             window,
             reason: "service".into(),
             buffer_minutes: 0,
+            urgent: false,
             now: now() - Duration::hours(2),
         },
         &ctx,

@@ -959,3 +959,133 @@ async fn an_early_return_is_refunded_by_the_policy_less_its_fee() {
     worker.run_once(at).await.unwrap();
     assert_eq!(shop.gateways.card.refund_count().await, 1);
 }
+
+#[tokio::test]
+async fn a_car_returned_elsewhere_strands_its_next_booking_until_staff_move_it() {
+    let shop = shop().await;
+    let worker = Worker::new(shop.bookings.clone()).with_checkout(shop.checkout.clone());
+    sqlx::query(
+        "INSERT INTO branches (code, name, city, latitude, longitude) \
+         VALUES ('OPO', 'Porto', 'Porto', 41.15, -8.63)",
+    )
+    .execute(&shop._db.pool)
+    .await
+    .unwrap();
+    let staff = CommandContext::new("staff");
+    // A one-way rental LIS → OPO, and a later booking that expects the car at LIS.
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    let start = Utc::now() + Duration::days(3);
+    let one_way = shop
+        .bookings
+        .request_booking(
+            &CommandContext::new(first.to_string()),
+            first,
+            BookingRequest {
+                car_id: shop.car_id,
+                window: TimeWindow::new(start, start + Duration::days(2)).unwrap(),
+                pickup_branch: None,
+                return_branch: Some("OPO".into()),
+            },
+            None,
+            Utc::now(),
+        )
+        .await
+        .unwrap()
+        .id;
+    let later = shop
+        .bookings
+        .request_booking(
+            &CommandContext::new(second.to_string()),
+            second,
+            BookingRequest {
+                car_id: shop.car_id,
+                window: TimeWindow::new(start + Duration::days(5), start + Duration::days(6))
+                    .unwrap(),
+                pickup_branch: None,
+                return_branch: None,
+            },
+            None,
+            Utc::now(),
+        )
+        .await
+        .unwrap()
+        .id;
+    pay(
+        &shop,
+        &CommandContext::new(first.to_string()),
+        one_way,
+        TOKEN_SUCCESS,
+        "pay",
+    )
+    .await;
+    pay(
+        &shop,
+        &CommandContext::new(second.to_string()),
+        later,
+        TOKEN_SUCCESS,
+        "pay",
+    )
+    .await;
+    shop.bookings
+        .pick_up(&staff, one_way, 1_000.0, 100.0, start)
+        .await
+        .unwrap();
+    let back = start + Duration::days(2);
+    shop.bookings
+        .return_car(&staff, one_way, 1_300.0, 100.0, "OPO".into(), back)
+        .await
+        .unwrap();
+
+    // The worker finds the later booking stranded: it loses the car, for staff to move.
+    worker.run_once(back).await.unwrap();
+    let stranded = shop.bookings.get(later).await.unwrap();
+    assert!(stranded.state.displaced);
+    assert_eq!(stranded.status(), Some(BookingStatus::Confirmed));
+    let car = shop.bookings.car(shop.car_id).await.unwrap();
+    assert_eq!(car.branch.as_deref(), Some("OPO"));
+    assert!(
+        car.blocks.iter().all(|b| b.booking() != Some(later)),
+        "{:?}",
+        car.blocks
+    );
+    // Nothing is handed over at LIS meanwhile.
+    let refused = shop
+        .bookings
+        .pick_up(&staff, later, 1_300.0, 100.0, start + Duration::days(5))
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(BookingFlowError::Booking(BookingError::Displaced))
+        ),
+        "{refused:?}"
+    );
+    // Another pass changes nothing.
+    worker.run_once(back).await.unwrap();
+    assert_eq!(
+        shop.bookings.get(later).await.unwrap().version,
+        stranded.version
+    );
+
+    // Staff bring the car home and give the booking its car back.
+    shop.bookings
+        .cars()
+        .execute(
+            &shop.car_id.to_string(),
+            CarCommand::Relocate {
+                branch: "LIS".into(),
+                now: back,
+            },
+            &staff,
+        )
+        .await
+        .unwrap();
+    let moved = shop
+        .bookings
+        .reassign(&staff, later, shop.car_id, "car brought back".into(), back)
+        .await
+        .unwrap();
+    assert!(!moved.state.displaced);
+    let car = shop.bookings.car(shop.car_id).await.unwrap();
+    assert!(car.blocks.iter().any(|b| b.booking() == Some(later)));
+}

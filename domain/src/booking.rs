@@ -107,6 +107,18 @@ pub enum BookingCommand {
         grace_minutes: i64,
         now: DateTime<Utc>,
     },
+    /// Staff moves a booking that has not started to another car (same window, same price).
+    Reassign {
+        car_id: Uuid,
+        reason: String,
+        now: DateTime<Utc>,
+    },
+    /// The booking's car was taken out of service over its window (urgent maintenance): it
+    /// waits for staff to reassign it.
+    Displace {
+        reason: String,
+        now: DateTime<Utc>,
+    },
     PickUp {
         odometer_km: f64,
         fuel_percent: f64,
@@ -172,6 +184,19 @@ pub enum BookingEvent {
     RentalOverdue {
         at: DateTime<Utc>,
     },
+    /// Staff moved the booking to another car; window and price stay.
+    BookingReassigned {
+        from_car: Uuid,
+        to_car: Uuid,
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    /// The booking's car was taken out of service over its window; the booking needs another.
+    BookingDisplaced {
+        car_id: Uuid,
+        reason: String,
+        at: DateTime<Utc>,
+    },
     RentalStarted {
         odometer_km: f64,
         fuel_percent: f64,
@@ -229,6 +254,8 @@ pub enum BookingError {
     CommentTooLong,
     #[error("feedback was already given")]
     FeedbackAlreadyGiven,
+    #[error("the booking's car was taken out of service: reassign it to another car first")]
+    Displaced,
     #[error("invalid {field}: {reason}")]
     Invalid {
         field: &'static str,
@@ -269,6 +296,9 @@ pub struct Booking {
     /// The car is late back (an ACTIVE rental past its return time and grace).
     #[serde(default)]
     pub overdue: bool,
+    /// Its car was taken out of service: it needs another (until reassigned).
+    #[serde(default)]
+    pub displaced: bool,
 }
 
 fn check_percent(field: &'static str, v: f64) -> Result<(), BookingError> {
@@ -280,6 +310,17 @@ fn check_percent(field: &'static str, v: f64) -> Result<(), BookingError> {
             reason: "must be between 0 and 100",
         })
     }
+}
+
+/// Why staff moved or flagged a booking: 1 to 500 characters.
+fn check_reason(reason: &str) -> Result<(), BookingError> {
+    if reason.trim().is_empty() || reason.chars().count() > 500 {
+        return Err(BookingError::Invalid {
+            field: "reason",
+            reason: "must be 1 to 500 characters",
+        });
+    }
+    Ok(())
 }
 
 fn check_odometer(v: f64) -> Result<(), BookingError> {
@@ -460,6 +501,10 @@ impl Aggregate for Booking {
                     return Ok(());
                 }
                 self.expect(&[Confirmed], "marked a no-show")?;
+                if self.displaced {
+                    // No car waited for the customer: not a no-show; staff settles it.
+                    return Ok(());
+                }
                 self.currency_ok(&fee)?;
                 let window = self.window.ok_or(BookingError::NotFound)?;
                 let from = window.start + Duration::minutes(grace_minutes.max(0));
@@ -482,6 +527,40 @@ impl Aggregate for Booking {
                 }
                 BookingEvent::RentalOverdue { at: now }
             }
+            BookingCommand::Reassign {
+                car_id,
+                reason,
+                now,
+            } => {
+                self.expect(&[Held, Confirmed], "reassigned")?;
+                let from_car = self.car_id.ok_or(BookingError::NotFound)?;
+                // A booking that lost its car may get the same car back (relocated home).
+                if from_car == car_id && !self.displaced {
+                    return Err(BookingError::Invalid {
+                        field: "carId",
+                        reason: "the booking already has this car",
+                    });
+                }
+                check_reason(&reason)?;
+                BookingEvent::BookingReassigned {
+                    from_car,
+                    to_car: car_id,
+                    reason,
+                    at: now,
+                }
+            }
+            BookingCommand::Displace { reason, now } => {
+                if self.displaced {
+                    return Ok(());
+                }
+                self.expect(&[Held, Confirmed], "displaced")?;
+                check_reason(&reason)?;
+                BookingEvent::BookingDisplaced {
+                    car_id: self.car_id.ok_or(BookingError::NotFound)?,
+                    reason,
+                    at: now,
+                }
+            }
             BookingCommand::PickUp {
                 odometer_km,
                 fuel_percent,
@@ -489,6 +568,9 @@ impl Aggregate for Booking {
                 now,
             } => {
                 self.expect(&[Confirmed], "picked up")?;
+                if self.displaced {
+                    return Err(BookingError::Displaced);
+                }
                 check_odometer(odometer_km)?;
                 check_percent("fuelPercent", fuel_percent)?;
                 if let Some(quote) = from_now {
@@ -633,6 +715,11 @@ impl Aggregate for Booking {
                 self.no_show_fee = Some(fee);
             }
             BookingEvent::RentalOverdue { .. } => self.overdue = true,
+            BookingEvent::BookingReassigned { to_car, .. } => {
+                self.car_id = Some(to_car);
+                self.displaced = false;
+            }
+            BookingEvent::BookingDisplaced { .. } => self.displaced = true,
             BookingEvent::RentalStarted {
                 odometer_km,
                 fuel_percent,
@@ -1042,6 +1129,108 @@ mod tests {
                 field: "returnAt",
                 reason: "an active rental's new return must be in the future; return the car instead",
             });
+    }
+
+    #[test]
+    fn staff_move_a_booking_that_has_not_started_to_another_car() {
+        let reassign = |car: u128| BookingCommand::Reassign {
+            car_id: Uuid::from_u128(car),
+            reason: "car at the wrong branch".into(),
+            now: now(),
+        };
+        BookingTest::with(())
+            .given(vec![held(), confirmed()])
+            .when(reassign(4))
+            .then_expect_events(vec![BookingEvent::BookingReassigned {
+                from_car: Uuid::from_u128(3),
+                to_car: Uuid::from_u128(4),
+                reason: "car at the wrong branch".into(),
+                at: now(),
+            }]);
+        BookingTest::with(())
+            .given(vec![held()])
+            .when(reassign(3))
+            .then_expect_error(BookingError::Invalid {
+                field: "carId",
+                reason: "the booking already has this car",
+            });
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), started()])
+            .when(reassign(4))
+            .then_expect_error(BookingError::InvalidTransition {
+                status: BookingStatus::Active,
+                action: "reassigned",
+            });
+        BookingTest::with(())
+            .given(vec![held()])
+            .when(BookingCommand::Reassign {
+                car_id: Uuid::from_u128(4),
+                reason: " ".into(),
+                now: now(),
+            })
+            .then_expect_error(BookingError::Invalid {
+                field: "reason",
+                reason: "must be 1 to 500 characters",
+            });
+    }
+
+    #[test]
+    fn a_booking_whose_car_was_withdrawn_waits_for_another_and_is_no_no_show() {
+        let displaced = BookingEvent::BookingDisplaced {
+            car_id: Uuid::from_u128(3),
+            reason: "engine warning".into(),
+            at: now(),
+        };
+        BookingTest::with(())
+            .given(vec![held(), confirmed()])
+            .when(BookingCommand::Displace {
+                reason: "engine warning".into(),
+                now: now(),
+            })
+            .then_expect_events(vec![displaced.clone()]);
+        // Nothing to hand over until it has another car.
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), displaced.clone()])
+            .when(BookingCommand::PickUp {
+                odometer_km: 1_000.0,
+                fuel_percent: 100.0,
+                from_now: None,
+                now: t(10, 9),
+            })
+            .then_expect_error(BookingError::Displaced);
+        // Nobody waited with a car: the customer is no no-show.
+        BookingTest::with(())
+            .given(vec![held(), confirmed(), displaced.clone()])
+            .when(BookingCommand::MarkNoShow {
+                fee: eur(4_599),
+                grace_minutes: 120,
+                now: t(10, 12),
+            })
+            .then_expect_events(vec![]);
+        // Reassigned, it can go out again.
+        BookingTest::with(())
+            .given(vec![
+                held(),
+                confirmed(),
+                displaced,
+                BookingEvent::BookingReassigned {
+                    from_car: Uuid::from_u128(3),
+                    to_car: Uuid::from_u128(4),
+                    reason: "replacement".into(),
+                    at: now(),
+                },
+            ])
+            .when(BookingCommand::PickUp {
+                odometer_km: 1_000.0,
+                fuel_percent: 100.0,
+                from_now: None,
+                now: t(10, 9),
+            })
+            .then_expect_events(vec![BookingEvent::RentalStarted {
+                odometer_km: 1_000.0,
+                fuel_percent: 100.0,
+                at: t(10, 9),
+            }]);
     }
 
     #[test]

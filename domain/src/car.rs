@@ -146,11 +146,15 @@ pub enum CarCommand {
         reason: String,
         now: DateTime<Utc>,
     },
+    /// Takes the car out over `window`. Not `urgent`, the window must be free; `urgent` (a
+    /// breakdown, a recall), bookings that have not started over it are displaced (their
+    /// reservations dropped, for staff to reassign); a rental in progress still refuses it.
     ScheduleMaintenance {
         maintenance_id: Uuid,
         window: TimeWindow,
         reason: String,
         buffer_minutes: i64,
+        urgent: bool,
         now: DateTime<Utc>,
     },
     /// Ends the maintenance in progress, or else the next one scheduled.
@@ -232,6 +236,9 @@ pub enum CarEvent {
         window: TimeWindow,
         reason: String,
         at: DateTime<Utc>,
+        /// Bookings whose reservations this urgent maintenance dropped.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        displaced: Vec<Uuid>,
     },
     MaintenanceCompleted {
         maintenance_id: Uuid,
@@ -353,7 +360,8 @@ pub struct Block {
 }
 
 impl Block {
-    fn booking(&self) -> Option<Uuid> {
+    /// The booking a reservation is for (`None` for maintenance).
+    pub fn booking(&self) -> Option<Uuid> {
         match self.kind {
             BlockKind::Rental { booking_id } => Some(booking_id),
             BlockKind::Maintenance { .. } => None,
@@ -439,6 +447,18 @@ impl Car {
 
     fn reservation_of(&self, booking_id: Uuid) -> Option<&Block> {
         self.blocks.iter().find(|b| b.booking() == Some(booking_id))
+    }
+
+    /// The bookings an urgent maintenance over `window` would displace: those whose
+    /// reservations overlap it (turnaround included) and whose rental has not started.
+    pub fn bookings_displaced_by(&self, window: &TimeWindow, buffer_minutes: i64) -> Vec<Uuid> {
+        let buffer = Duration::minutes(buffer_minutes.max(0));
+        self.blocks
+            .iter()
+            .filter(|b| b.window.overlaps(window, buffer))
+            .filter_map(Block::booking)
+            .filter(|id| self.rented_by != Some(*id))
+            .collect()
     }
 
     /// The car's status at `now`.
@@ -582,6 +602,7 @@ impl Aggregate for Car {
                 window,
                 reason,
                 buffer_minutes,
+                urgent,
                 now,
             } => {
                 self.registered_rate()?;
@@ -594,12 +615,28 @@ impl Aggregate for Car {
                         reason: "must be 1 to 500 characters",
                     });
                 }
-                self.ensure_free(&window, buffer_minutes, None)?;
+                let buffer = Duration::minutes(buffer_minutes.max(0));
+                // Not started yet: an urgent maintenance takes their place.
+                let displaced = if urgent {
+                    self.bookings_displaced_by(&window, buffer_minutes)
+                } else {
+                    Vec::new()
+                };
+                if let Some(block) = self.blocks.iter().find(|b| {
+                    b.window.overlaps(&window, buffer)
+                        && b.booking().is_none_or(|id| !displaced.contains(&id))
+                }) {
+                    return Err(CarError::NotAvailable {
+                        window,
+                        taken_by: block.describe(),
+                    });
+                }
                 CarEvent::MaintenanceScheduled {
                     maintenance_id,
                     window,
                     reason,
                     at: now,
+                    displaced,
                 }
             }
             CarCommand::CompleteMaintenance { now } => {
@@ -799,8 +836,13 @@ impl Aggregate for Car {
                 window,
                 reason,
                 at,
+                displaced,
             } => {
                 self.prune(at);
+                self.blocks.retain(|b| {
+                    b.booking()
+                        .is_none_or(|booking| !displaced.contains(&booking))
+                });
                 self.insert_block(Block {
                     kind: BlockKind::Maintenance {
                         maintenance_id,
@@ -1183,6 +1225,64 @@ mod tests {
     }
 
     #[test]
+    fn urgent_maintenance_displaces_bookings_that_have_not_started_but_never_a_rental() {
+        let broken = window((3, 0), (6, 0));
+        let schedule = |urgent| CarCommand::ScheduleMaintenance {
+            maintenance_id: b(9),
+            window: broken,
+            reason: "engine warning".into(),
+            buffer_minutes: 60,
+            urgent,
+            now: now(),
+        };
+        // Two bookings over the window (one within the turnaround of its end), one after it.
+        let (first, second, later) = (
+            window((2, 12), (3, 12)),
+            window((6, 0), (7, 0)),
+            window((9, 0), (10, 0)),
+        );
+        CarTest::with(())
+            .given(vec![
+                registered(),
+                reserved(1, first),
+                reserved(2, second),
+                reserved(3, later),
+            ])
+            .when(schedule(true))
+            .then_expect_events(vec![CarEvent::MaintenanceScheduled {
+                maintenance_id: b(9),
+                window: broken,
+                reason: "engine warning".into(),
+                at: now(),
+                displaced: vec![b(1), b(2)],
+            }]);
+        // Not urgent, the same window is refused.
+        CarTest::with(())
+            .given(vec![registered(), reserved(1, first)])
+            .when(schedule(false))
+            .then_expect_error(CarError::NotAvailable {
+                window: broken,
+                taken_by: "another booking".into(),
+            });
+        // A customer is out with the car: it cannot be taken from them.
+        CarTest::with(())
+            .given(vec![
+                registered(),
+                reserved(1, first),
+                CarEvent::CarPickedUp {
+                    booking_id: b(1),
+                    odometer_km: 10.0,
+                    at: day(2, 12),
+                },
+            ])
+            .when(schedule(true))
+            .then_expect_error(CarError::NotAvailable {
+                window: broken,
+                taken_by: "another booking".into(),
+            });
+    }
+
+    #[test]
     fn maintenance_blocks_reservations_and_completes() {
         let m = window((3, 0), (4, 0));
         let scheduled = CarEvent::MaintenanceScheduled {
@@ -1190,6 +1290,7 @@ mod tests {
             window: m,
             reason: "tyres".into(),
             at: now(),
+            displaced: vec![],
         };
         CarTest::with(())
             .given(vec![registered()])
@@ -1198,6 +1299,7 @@ mod tests {
                 window: m,
                 reason: "tyres".into(),
                 buffer_minutes: 60,
+                urgent: false,
                 now: now(),
             })
             .then_expect_events(vec![scheduled.clone()]);
@@ -1216,6 +1318,7 @@ mod tests {
                 window: m,
                 reason: "tyres".into(),
                 buffer_minutes: 60,
+                urgent: false,
                 now: now(),
             })
             .then_expect_error(CarError::NotAvailable {

@@ -387,7 +387,12 @@ fn apply_booking(
             b.days = i32::try_from(quote.days).unwrap_or(i32::MAX);
             Ok(true)
         }
-        BookingEvent::RentalOverdue { .. } => Ok(false),
+        BookingEvent::RentalOverdue { .. } | BookingEvent::BookingDisplaced { .. } => Ok(false),
+        // The booking's money and use go to the car it ends up on.
+        BookingEvent::BookingReassigned { to_car, .. } => {
+            b.car_id = to_car;
+            Ok(true)
+        }
         BookingEvent::BookingNoShow { fee, at } => {
             // The fee kept is earned on the day the no-show was marked.
             let day = day_of(at);

@@ -66,7 +66,7 @@ impl Projection for Availability {
         }
         let keys: Vec<Key> = decoded
             .iter()
-            .filter_map(|(car, e)| block_of(e).map(|b| (*car, b)))
+            .flat_map(|(car, e)| blocks_of(e).into_iter().map(|b| (*car, b)))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -115,8 +115,14 @@ impl Projection for Availability {
                     maintenance_id,
                     window,
                     reason,
+                    displaced,
                     ..
                 } => {
+                    // An urgent maintenance drops the reservations it displaced.
+                    for booking_id in displaced {
+                        current.remove(&(car, booking_id));
+                        dirty.insert((car, booking_id));
+                    }
                     let block = Block {
                         kind: "MAINTENANCE",
                         start: window.start,
@@ -210,16 +216,22 @@ impl Projection for Availability {
     }
 }
 
-/// The block an event is about.
-fn block_of(event: &CarEvent) -> Option<Uuid> {
+/// The blocks an event is about.
+fn blocks_of(event: &CarEvent) -> Vec<Uuid> {
     match event {
-        CarEvent::MaintenanceScheduled { maintenance_id, .. }
-        | CarEvent::MaintenanceCompleted { maintenance_id, .. } => Some(*maintenance_id),
+        CarEvent::MaintenanceScheduled {
+            maintenance_id,
+            displaced,
+            ..
+        } => std::iter::once(*maintenance_id)
+            .chain(displaced.iter().copied())
+            .collect(),
+        CarEvent::MaintenanceCompleted { maintenance_id, .. } => vec![*maintenance_id],
         CarEvent::CarReserved { booking_id, .. }
         | CarEvent::ReservationChanged { booking_id, .. }
         | CarEvent::ReservationReleased { booking_id, .. }
-        | CarEvent::CarReturned { booking_id, .. } => Some(*booking_id),
-        _ => None,
+        | CarEvent::CarReturned { booking_id, .. } => vec![*booking_id],
+        _ => Vec::new(),
     }
 }
 

@@ -65,6 +65,7 @@ struct BookingRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     overdue_at: Option<DateTime<Utc>>,
+    displaced_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -200,7 +201,7 @@ async fn load_bookings(
            return_branch, status, held_until, days, total_minor, currency, lines, payment_id, \
            cancelled_by, cancel_reason, cancel_fee_minor, picked_up_at, odometer_out_km, \
            fuel_out_percent, returned_at, odometer_in_km, fuel_in_percent, returned_branch, \
-           rating, comment, feedback_at, created_at, updated_at, overdue_at \
+           rating, comment, feedback_at, created_at, updated_at, overdue_at, displaced_at \
          FROM rm_bookings WHERE booking_id = ANY($1)",
     )
     .bind(&ids)
@@ -283,6 +284,7 @@ fn apply_booking(
                 created_at: held_at,
                 updated_at: at,
                 overdue_at: None,
+                displaced_at: None,
             },
         );
         return Ok(());
@@ -326,6 +328,11 @@ fn apply_booking(
             row.cancel_fee_minor = Some(fee.minor);
         }
         BookingEvent::RentalOverdue { at } => row.overdue_at = Some(at),
+        BookingEvent::BookingReassigned { to_car, .. } => {
+            row.car_id = to_car;
+            row.displaced_at = None;
+        }
+        BookingEvent::BookingDisplaced { at, .. } => row.displaced_at = Some(at),
         BookingEvent::RentalStarted {
             odometer_km,
             fuel_percent,
@@ -464,24 +471,27 @@ async fn write_bookings(conn: &mut PgConnection, rows: &[&BookingRow]) -> Result
            pickup_branch, return_branch, status, held_until, days, total_minor, currency, lines, \
            payment_id, cancelled_by, cancel_reason, cancel_fee_minor, picked_up_at, \
            odometer_out_km, fuel_out_percent, returned_at, odometer_in_km, fuel_in_percent, \
-           returned_branch, rating, comment, feedback_at, created_at, updated_at, overdue_at) \
+           returned_branch, rating, comment, feedback_at, created_at, updated_at, overdue_at, \
+           displaced_at) \
          SELECT booking_id, customer_id, car_id, pickup_at, return_at, pickup_branch, \
            return_branch, status, held_until, days, total_minor, currency, lines::jsonb, \
            payment_id, cancelled_by, cancel_reason, cancel_fee_minor, picked_up_at, \
            odometer_out_km, fuel_out_percent, returned_at, odometer_in_km, fuel_in_percent, \
-           returned_branch, rating, comment, feedback_at, created_at, updated_at, overdue_at \
+           returned_branch, rating, comment, feedback_at, created_at, updated_at, overdue_at, \
+           displaced_at \
          FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::timestamptz[], \
            $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::int[], $11::bigint[], \
            $12::text[], $13::text[], $14::uuid[], $15::text[], $16::text[], $17::bigint[], \
            $18::timestamptz[], $19::float8[], $20::float8[], $21::timestamptz[], $22::float8[], \
            $23::float8[], $24::text[], $25::int[], $26::text[], $27::timestamptz[], \
-           $28::timestamptz[], $29::timestamptz[], $30::timestamptz[]) \
+           $28::timestamptz[], $29::timestamptz[], $30::timestamptz[], $31::timestamptz[]) \
            AS u(booking_id, customer_id, car_id, pickup_at, return_at, pickup_branch, \
              return_branch, status, held_until, days, total_minor, currency, lines, payment_id, \
              cancelled_by, cancel_reason, cancel_fee_minor, picked_up_at, odometer_out_km, \
              fuel_out_percent, returned_at, odometer_in_km, fuel_in_percent, returned_branch, \
-             rating, comment, feedback_at, created_at, updated_at, overdue_at) \
-         ON CONFLICT (booking_id) DO UPDATE SET pickup_at = EXCLUDED.pickup_at, \
+             rating, comment, feedback_at, created_at, updated_at, overdue_at, displaced_at) \
+         ON CONFLICT (booking_id) DO UPDATE SET car_id = EXCLUDED.car_id, \
+           pickup_at = EXCLUDED.pickup_at, \
            return_at = EXCLUDED.return_at, status = EXCLUDED.status, \
            held_until = EXCLUDED.held_until, days = EXCLUDED.days, \
            total_minor = EXCLUDED.total_minor, currency = EXCLUDED.currency, \
@@ -493,7 +503,8 @@ async fn write_bookings(conn: &mut PgConnection, rows: &[&BookingRow]) -> Result
            odometer_in_km = EXCLUDED.odometer_in_km, fuel_in_percent = EXCLUDED.fuel_in_percent, \
            returned_branch = EXCLUDED.returned_branch, rating = EXCLUDED.rating, \
            comment = EXCLUDED.comment, feedback_at = EXCLUDED.feedback_at, \
-           updated_at = EXCLUDED.updated_at, overdue_at = EXCLUDED.overdue_at",
+           updated_at = EXCLUDED.updated_at, overdue_at = EXCLUDED.overdue_at, \
+           displaced_at = EXCLUDED.displaced_at",
     )
     .bind(column!(booking_id))
     .bind(column!(customer_id))
@@ -525,6 +536,7 @@ async fn write_bookings(conn: &mut PgConnection, rows: &[&BookingRow]) -> Result
     .bind(column!(created_at))
     .bind(column!(updated_at))
     .bind(column!(overdue_at))
+    .bind(column!(displaced_at))
     .execute(conn)
     .await?;
     Ok(())

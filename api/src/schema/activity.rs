@@ -36,6 +36,10 @@ pub(crate) enum ActivityKind {
     NoShow,
     /// The car was not back by the return time and its grace.
     Overdue,
+    /// The booking's car was taken out of service; staff will give it another (detail: why).
+    CarWithdrawn,
+    /// The booking was moved to another car, same window and price (detail: why).
+    CarChanged,
     PickedUp,
     /// The car came back (amount: the final total, fees included).
     Returned,
@@ -81,6 +85,8 @@ pub(crate) fn entry(event: &RecordedEvent) -> Option<BookingActivity> {
         "BookingExpired" => (ActivityKind::Expired, None, None),
         "BookingNoShow" => (ActivityKind::NoShow, money(&p["fee"]), None),
         "RentalOverdue" => (ActivityKind::Overdue, None, None),
+        "BookingDisplaced" => (ActivityKind::CarWithdrawn, None, text(p, "reason")),
+        "BookingReassigned" => (ActivityKind::CarChanged, None, text(p, "reason")),
         "RentalStarted" => (ActivityKind::PickedUp, None, None),
         "RentalCompleted" => (ActivityKind::Returned, money(&p["total"]), None),
         "PaymentRefunded" => (ActivityKind::Refunded, money(&p["amount"]), None),

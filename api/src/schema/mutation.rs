@@ -414,6 +414,10 @@ impl Mutation {
         car_after(s, id, &done.events).await
     }
 
+    /// Take a car out of service over a window (ADMIN). The window must be free of bookings
+    /// unless `urgent` (a breakdown, a recall): then the bookings that have not started over
+    /// it lose the car at once, each marked `displacedSince` for staff to `reassignBooking`.
+    /// A rental in progress always refuses it.
     async fn schedule_maintenance(
         &self,
         ctx: &Context<'_>,
@@ -421,7 +425,9 @@ impl Mutation {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
         reason: String,
+        urgent: Option<bool>,
     ) -> ApiResult<Car> {
+        let urgent = urgent.unwrap_or(false);
         caller(ctx)?.require(auth::ADMIN)?;
         let s = services(ctx)?;
         let window = window("start", start, "end", end)?;
@@ -429,21 +435,31 @@ impl Mutation {
         if reason.is_empty() {
             return Err(AppError::bad_input("reason", "must not be empty"));
         }
-        let done = s
-            .cars
-            .execute(
-                &id.to_string(),
-                CarCommand::ScheduleMaintenance {
-                    maintenance_id: Uuid::now_v7(),
-                    window,
-                    reason,
-                    buffer_minutes: s.bookings.config().turnaround_minutes,
-                    now: Utc::now(),
-                },
-                &context(ctx)?,
-            )
+        let (events, _) = s
+            .bookings
+            .schedule_maintenance(&context(ctx)?, id, window, reason, urgent, Utc::now())
             .await?;
-        car_after(s, id, &done.events).await
+        car_after(s, id, &events).await
+    }
+
+    /// Move a booking that has not started to another car of its class, at its pick-up
+    /// branch and free for its window (ADMIN): same window, same price. For a car taken out
+    /// of service, or one a one-way return left elsewhere.
+    async fn reassign_booking(
+        &self,
+        ctx: &Context<'_>,
+        booking_id: Uuid,
+        car_id: Uuid,
+        reason: String,
+    ) -> ApiResult<Booking> {
+        caller(ctx)?.require(auth::ADMIN)?;
+        let s = services(ctx)?;
+        let reason = text_arg("reason", &reason, 500)?;
+        let view = s
+            .bookings
+            .reassign(&context(ctx)?, booking_id, car_id, reason, Utc::now())
+            .await?;
+        booking_after(s, booking_id, &view.events).await
     }
 
     async fn complete_maintenance(&self, ctx: &Context<'_>, id: Uuid) -> ApiResult<Car> {

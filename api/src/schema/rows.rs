@@ -75,11 +75,12 @@ pub(crate) struct BookingRow {
     pub(crate) feedback_at: Option<DateTime<Utc>>,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) overdue_at: Option<DateTime<Utc>>,
+    pub(crate) displaced_at: Option<DateTime<Utc>>,
 }
 
 pub(crate) const BOOKING_COLUMNS: &str = "booking_id, customer_id, car_id, pickup_at, return_at, \
     pickup_branch, return_branch, status, held_until, total_minor, currency, lines, payment_id, \
-    cancel_fee_minor, rating, comment, feedback_at, created_at, overdue_at";
+    cancel_fee_minor, rating, comment, feedback_at, created_at, overdue_at, displaced_at";
 
 pub(crate) async fn booking(pool: &PgPool, id: Uuid) -> ApiResult<Option<BookingRow>> {
     let sql = format!("SELECT {BOOKING_COLUMNS} FROM rm_bookings WHERE booking_id = $1");

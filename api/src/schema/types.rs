@@ -415,6 +415,12 @@ impl Booking {
     async fn overdue_since(&self) -> Option<DateTime<Utc>> {
         self.0.overdue_at
     }
+    /// Set while the booking has no car: an urgent maintenance took its car out of service.
+    /// Staff find a free car of its class at its pick-up branch (`searchCars` with its window)
+    /// and `reassignBooking`; until then it cannot be picked up.
+    async fn displaced_since(&self) -> Option<DateTime<Utc>> {
+        self.0.displaced_at
+    }
     /// Set while HELD: the hold is released automatically after this instant.
     async fn held_until(&self) -> Option<DateTime<Utc>> {
         self.0.held_until
@@ -959,7 +965,8 @@ impl EventFilter {
 #[derive(SimpleObject, Clone, Debug)]
 pub struct StuckStep {
     pub id: Uuid,
-    /// `refund`, `settle_balance`, `confirm_payment`, `expire_hold`.
+    /// `refund`, `settle_balance`, `confirm_payment`, `expire_hold`, `no_show`, `overdue`,
+    /// `strand_check`.
     pub kind: String,
     pub booking_id: Uuid,
     pub attempts: i32,

@@ -472,6 +472,7 @@ pub async fn scripted_history(store: &EventStore) -> Script {
                 window: window(t(20, 8), t(22, 8)),
                 reason: "brakes".into(),
                 at: t(7, 8),
+                displaced: Vec::new(),
             },
             CarEvent::MaintenanceCompleted {
                 maintenance_id: s.maintenance,
