@@ -6,13 +6,35 @@ use anyhow::{Context, Result};
 use commands::accounts::{Accounts, Bootstrap, JwtKeys, Secret};
 use commands::booking::BookingConfig;
 use commands::locks::HotCarLock;
-use commands::payments::{DEFAULT_ATTEMPT_TIMEOUT, SandboxGateways};
+use commands::payments::{DEFAULT_ATTEMPT_TIMEOUT, GatewayRouter, SandboxGateways};
 use commands::worker::Worker;
 use eventstore::EventStore;
 use rand::Rng;
 use sqlx::PgPool;
 
 use crate::config::Config;
+
+/// The payment gateways `FLEETLEDGER_PAYMENT_GATEWAYS` names, in its order (checked when the
+/// configuration was read). None: every payment is refused as UNAVAILABLE, and the log says so.
+fn payment_gateways(config: &Config, pool: &PgPool) -> GatewayRouter {
+    let mut router = GatewayRouter::new(DEFAULT_ATTEMPT_TIMEOUT);
+    for name in &config.payment_gateways {
+        if name == "sandbox" {
+            tracing::warn!(
+                "payments go to the sandbox: test tokens pay (FLEETLEDGER_PAYMENT_GATEWAYS)"
+            );
+            // The sandbox's books live in the database: after a crash it still knows what it
+            // charged, and a payment interrupted there is finished by asking it.
+            router = router.extend(SandboxGateways::durable(pool).router(DEFAULT_ATTEMPT_TIMEOUT));
+        }
+    }
+    if config.payment_gateways.is_empty() {
+        tracing::warn!(
+            "no payment gateway is configured (FLEETLEDGER_PAYMENT_GATEWAYS): payments are refused"
+        );
+    }
+    router
+}
 
 /// The services one process runs.
 #[derive(Clone)]
@@ -25,9 +47,7 @@ pub(crate) struct App {
 
 impl App {
     pub(crate) fn build(config: &Config, pool: PgPool) -> Result<Self> {
-        // The sandbox's books live in the database: after a crash it still knows what it
-        // charged, and a payment interrupted there is finished by asking it.
-        let gateways = SandboxGateways::durable(&pool).router(DEFAULT_ATTEMPT_TIMEOUT);
+        let gateways = payment_gateways(config, &pool);
         let lock = match &config.redis_url {
             Some(url) => HotCarLock::new(url.expose(), "fleetledger:")
                 .context("REDIS_URL is not a valid Redis URL")?,

@@ -50,6 +50,11 @@ pub(crate) struct Config {
     /// `FLEETLEDGER_NO_SHOW_GRACE_MINUTES`: how long after a paid booking's pick-up time
     /// nobody came before it is a no-show (default 120).
     pub(crate) no_show_grace_minutes: i64,
+    /// `FLEETLEDGER_PAYMENT_GATEWAYS`: the payment providers, by name, in order (comma
+    /// separated). Known: `sandbox` (the built-in test gateways: `tok_success` pays). Default:
+    /// `sandbox` in development (the embedded database, no `DATABASE_URL`), none otherwise, so
+    /// a deployment never takes test tokens unless it names the sandbox.
+    pub(crate) payment_gateways: Vec<String>,
     /// `FLEETLEDGER_EARLY_RETURN`: `as-booked` (default: the booked days are charged) or
     /// `per-day-used` (the days used, the rest refunded less
     /// `FLEETLEDGER_EARLY_RETURN_FEE_MINOR`, in the rate's minor units, default 2500).
@@ -161,6 +166,7 @@ impl Config {
             session_ttl_seconds: env_or("FLEETLEDGER_SESSION_TTL", 30 * 86_400)?,
             early_pickup_minutes: env_or("FLEETLEDGER_EARLY_PICKUP_MINUTES", 60)?,
             early_return: early_return()?,
+            payment_gateways: payment_gateways(non_empty("DATABASE_URL").is_none())?,
             no_show_grace_minutes: env_or("FLEETLEDGER_NO_SHOW_GRACE_MINUTES", 120)?,
             bootstrap_admin_email: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL"),
             bootstrap_admin_password: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_PASSWORD").map(Secret),
@@ -209,6 +215,35 @@ impl Config {
     pub(crate) fn embedded_dir(&self) -> PathBuf {
         self.data_dir.join("postgres")
     }
+}
+
+/// The payment gateways that exist (`FLEETLEDGER_PAYMENT_GATEWAYS`).
+pub(crate) const PAYMENT_GATEWAYS: &[&str] = &["sandbox"];
+
+/// `FLEETLEDGER_PAYMENT_GATEWAYS`, checked against the known names; the sandbox by default in
+/// development only.
+fn payment_gateways(development: bool) -> Result<Vec<String>> {
+    let Some(list) = non_empty("FLEETLEDGER_PAYMENT_GATEWAYS") else {
+        return Ok(if development {
+            vec!["sandbox".to_owned()]
+        } else {
+            Vec::new()
+        });
+    };
+    let mut names = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if !PAYMENT_GATEWAYS.contains(&name) {
+            bail!(
+                "FLEETLEDGER_PAYMENT_GATEWAYS names {name:?}, which is not a payment gateway \
+                 (known: {})",
+                PAYMENT_GATEWAYS.join(", ")
+            );
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
 }
 
 /// `FLEETLEDGER_EARLY_RETURN` and its fee.

@@ -295,3 +295,80 @@ async fn fees_are_collected_and_revenue_is_money_captured_minus_refunded() {
     };
     assert_eq!(nonzero(cars_seen), nonzero(per_car));
 }
+
+#[tokio::test]
+async fn a_deployment_takes_payments_only_through_the_gateways_it_names() {
+    let db = TestDatabase::create().await;
+    // A database of its own (not the development default), and no gateway named.
+    let serve = Serve::start(&db.url(), &[("FLEETLEDGER_PAYMENT_GATEWAYS", "")]);
+    let desk = Desk {
+        addr: serve.addr.clone(),
+        admin: admin_token(&serve.addr).await,
+    };
+    gql(
+        &desk.addr,
+        Some(&desk.admin),
+        "mutation { addBranch(input: { code: \"LIS\", name: \"Lisboa\", city: \"Lisboa\",
+            position: { latitude: 38.72, longitude: -9.14 } }) { code } }",
+        json!({}),
+    )
+    .await;
+    let car = desk.car("Fiat").await;
+    let customer = customer_token(&desk.addr, "nogateway@fleet.test").await;
+    let booking = gql(
+        &desk.addr,
+        Some(&customer),
+        "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+        json!({ "i": { "carId": car, "pickupAt": in_days(2), "returnAt": in_days(4) } }),
+    )
+    .await["requestBooking"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The sandbox's test token pays nothing here: no gateway is set up.
+    let answer = common::gql_raw(
+        &desk.addr,
+        Some(&customer),
+        "mutation($b: UUID!) { payBooking(bookingId: $b, method: { kind: CARD, token: \"tok_success\" }) { status } }",
+        json!({ "b": booking }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "UNAVAILABLE",
+        "{answer}"
+    );
+    assert_eq!(
+        answer["errors"][0]["message"],
+        "no payment gateway is set up for CARD on this server"
+    );
+    let state = gql(
+        &desk.addr,
+        Some(&customer),
+        BALANCE,
+        json!({ "b": booking }),
+    )
+    .await;
+    assert_eq!(state["booking"]["status"], "HELD");
+    assert_eq!(state["booking"]["payments"], json!([]));
+    drop(serve);
+
+    // A name that is no gateway stops the server at start, saying which names exist.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetledger"))
+        .arg("serve")
+        .env("DATABASE_URL", db.url())
+        .env("FLEETLEDGER_HTTP_ADDR", "127.0.0.1:0")
+        .env("FLEETLEDGER_PAYMENT_GATEWAYS", "sandbox,stripe-live")
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(
+            "FLEETLEDGER_PAYMENT_GATEWAYS names \"stripe-live\", which is not a payment gateway \
+             (known: sandbox)"
+        ),
+        "{said}"
+    );
+}

@@ -74,10 +74,18 @@ pub enum AppError {
     InvalidToken(&'static str),
     Forbidden,
     NotFound(String),
-    BadInput { field: String, message: String },
+    BadInput {
+        field: String,
+        message: String,
+    },
     Conflict(String),
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
     Unavailable,
+    /// UNAVAILABLE for good: the server is not set up for it (e.g. no payment gateway);
+    /// retrying does not help, the operator must configure it.
+    Unconfigured(String),
     Internal,
 }
 
@@ -109,6 +117,7 @@ impl AppError {
                 format!("too many requests; retry after {retry_after_secs} s")
             }
             Self::Unavailable => "a dependency is unavailable; retry shortly".into(),
+            Self::Unconfigured(what) => format!("{what} on this server"),
             Self::Internal => "internal error".into(),
         }
     }
@@ -121,7 +130,7 @@ impl AppError {
             Self::BadInput { .. } => Code::BadUserInput,
             Self::Conflict(_) => Code::Conflict,
             Self::RateLimited { .. } => Code::RateLimited,
-            Self::Unavailable => Code::Unavailable,
+            Self::Unavailable | Self::Unconfigured(_) => Code::Unavailable,
             Self::Internal => Code::Internal,
         }
     }
@@ -332,7 +341,10 @@ impl From<PaymentServiceError> for AppError {
                 Self::Unavailable
             }
             PaymentServiceError::RefundDeclined { .. } => Self::Conflict(e.to_string()),
-            PaymentServiceError::NoGateway(_) => Self::internal(e),
+            PaymentServiceError::NoGateway(ref what) => {
+                tracing::error!(error = %e, "no payment gateway (FLEETLEDGER_PAYMENT_GATEWAYS)");
+                Self::Unconfigured(format!("no payment gateway is set up for {what}"))
+            }
             PaymentServiceError::Execute(x) => execute(x, |r| AppError::Conflict(r.to_string())),
         }
     }

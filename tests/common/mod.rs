@@ -30,6 +30,8 @@ impl Serve {
             .env("FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL", ADMIN)
             .env("FLEETLEDGER_BOOTSTRAP_ADMIN_PASSWORD", PASSWORD)
             .env("FLEETLEDGER_RATE_LIMIT", "100000")
+            // A deployment (DATABASE_URL) takes no test tokens unless it names the sandbox.
+            .env("FLEETLEDGER_PAYMENT_GATEWAYS", "sandbox")
             .env(
                 "FLEETLEDGER_JWT_SECRET",
                 "integration-test-secret-integration-test",

@@ -72,6 +72,15 @@ impl GatewayRouter {
         self
     }
 
+    /// Add `other`'s gateways after this router's, method by method: a provider named later
+    /// is a fallback to the ones before it.
+    pub fn extend(mut self, other: GatewayRouter) -> Self {
+        for (method, gateways) in other.routes {
+            self.routes.entry(method).or_default().extend(gateways);
+        }
+        self
+    }
+
     pub fn attempt_timeout(&self) -> Duration {
         self.attempt_timeout
     }
