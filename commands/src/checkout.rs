@@ -28,8 +28,9 @@ use crate::payments::{
 /// How long after an unreachable-gateway attempt the worker looks again, at most.
 const UNREACHED_RECHECK: Duration = Duration::seconds(60);
 
-/// How many charges for a balance (fees found at return, a longer booking) are tried before it
-/// is left to staff.
+/// How many declined charges for a balance (fees found at return, a longer booking) are tried
+/// before it is left to staff. Charges that went through do not count: a rental extended three
+/// times is charged three times.
 pub const MAX_FEE_CHARGES: u32 = 3;
 
 /// What settling a booking's balance came to.
@@ -294,8 +295,10 @@ impl Checkout {
     }
 
     /// The worker's `settle_balance` step, after a paid booking's total changed (a return
-    /// with fees, a modification of a paid booking): bring the money the booking holds
-    /// (captured minus refunded, over all its payments) to its total.
+    /// with fees, a modification of a paid booking), and its `refund` step after a
+    /// cancellation or a no-show: bring the money the booking holds (captured minus refunded,
+    /// over all its payments) to what it owes: its total, or the fee it keeps once cancelled or
+    /// a no-show (only refunded towards, never charged).
     ///
     /// - More is owed: the difference is charged to the payment method the gateway saved when
     ///   the booking was paid, without the customer present. Each charge is a payment of its
@@ -310,25 +313,42 @@ impl Checkout {
         booking_id: Uuid,
     ) -> Result<FeesCollected, CheckoutError> {
         let booking = self.bookings.get(booking_id).await?;
-        let settles = matches!(
-            booking.status(),
-            Some(BookingStatus::Confirmed | BookingStatus::Active | BookingStatus::Completed)
-        );
-        let (Some(total), Some(paid_with), true) =
-            (booking.state.total, booking.state.payment_id, settles)
-        else {
-            // Not paid, or cancelled (its refund step settles it).
+        let state = &booking.state;
+        // What the booking's money must come to: its total while it stands, the fee it keeps
+        // once cancelled or a no-show; an expired hold's payment is refunded by its own step.
+        let (Some(owed), Some(paid_with)) = (
+            match booking.status() {
+                Some(
+                    BookingStatus::Confirmed | BookingStatus::Active | BookingStatus::Completed,
+                ) => state.total,
+                Some(BookingStatus::Cancelled) => state
+                    .cancellation_fee
+                    .or(state.total.map(|t| Money::zero(t.currency))),
+                Some(BookingStatus::NoShow) => state.no_show_fee,
+                _ => None,
+            },
+            state.payment_id,
+        ) else {
+            // Not paid, or nothing to settle.
             return Ok(FeesCollected::Settled);
         };
+        let total = owed;
+        let ended = matches!(
+            booking.status(),
+            Some(BookingStatus::Cancelled | BookingStatus::NoShow)
+        );
         let mut holding = vec![paid_with];
         let mut held = self.held(paid_with).await?;
-        let mut charges = 0;
+        let (mut charges, mut declined) = (0, 0);
         while let Some(view) = self
             .payments
             .finish(payment_id(booking_id, &balance_key(charges + 1)?), ctx)
             .await?
         {
             charges += 1;
+            if view.status == PaymentStatus::Failed {
+                declined += 1;
+            }
             if view.status == PaymentStatus::Pending {
                 // No gateway could be reached for it: nothing was charged; the next charge
                 // takes its place.
@@ -345,16 +365,22 @@ impl Checkout {
         }
         let due = total.minor - held;
         if due < 0 {
-            self.refund_excess(ctx, &holding, Money::new(-due, total.currency))
+            let why = if ended {
+                "booking cancelled"
+            } else {
+                "the booking's total went down"
+            };
+            self.refund_excess(ctx, &holding, Money::new(-due, total.currency), why)
                 .await?;
             return Ok(FeesCollected::Settled);
         }
-        if due == 0 {
+        // A booking that ended keeps at most what it holds: its fee is not charged afresh.
+        if due == 0 || ended {
             return Ok(FeesCollected::Settled);
         }
-        if charges >= MAX_FEE_CHARGES {
+        if declined >= MAX_FEE_CHARGES {
             return Ok(FeesCollected::LeftToStaff {
-                reason: format!("{charges} charges for the balance were declined"),
+                reason: format!("{declined} charges for the balance were declined"),
             });
         }
         let Some(saved) = self.payments.saved_method(paid_with).await? else {
@@ -374,7 +400,7 @@ impl Checkout {
         Ok(match view.status {
             PaymentStatus::Failed => FeesCollected::Declined {
                 reason: view.failure_reason.unwrap_or_default(),
-                charges: charges + 1,
+                charges: declined + 1,
             },
             _ => FeesCollected::Settled,
         })
@@ -386,6 +412,7 @@ impl Checkout {
         ctx: &CommandContext,
         payments: &[Uuid],
         excess: Money,
+        why: &str,
     ) -> Result<(), CheckoutError> {
         let mut left = excess.minor;
         for id in payments {
@@ -398,12 +425,7 @@ impl Checkout {
             }
             let amount = holds.min(left);
             self.payments
-                .refund(
-                    *id,
-                    Some(Money::new(amount, excess.currency)),
-                    "the booking's total went down",
-                    ctx,
-                )
+                .refund(*id, Some(Money::new(amount, excess.currency)), why, ctx)
                 .await?;
             left -= amount;
         }
@@ -413,25 +435,5 @@ impl Checkout {
     /// What a payment holds of the customer's money (captured minus refunded).
     async fn held(&self, payment_id: Uuid) -> Result<i64, CheckoutError> {
         Ok(self.payments.get(payment_id).await?.map_or(0, |v| net(&v)))
-    }
-
-    /// The worker's `refund` step after a cancellation; skipped once refunded that far.
-    pub async fn refund_for_cancellation(
-        &self,
-        ctx: &CommandContext,
-        payment_id: Uuid,
-        amount: Money,
-    ) -> Result<(), CheckoutError> {
-        let Some(payment) = self.payments.get(payment_id).await? else {
-            return Ok(());
-        };
-        if payment.refunded.minor >= amount.minor {
-            return Ok(());
-        }
-        let remaining = Money::new(amount.minor - payment.refunded.minor, amount.currency);
-        self.payments
-            .refund(payment_id, Some(remaining), "booking cancelled", ctx)
-            .await?;
-        Ok(())
     }
 }

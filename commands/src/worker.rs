@@ -318,27 +318,14 @@ impl Worker {
                     }
                 };
             }
-            ("refund", Some(checkout), Some(payment_id)) => {
-                let amount = payload
-                    .get("amount_minor")
-                    .and_then(serde_json::Value::as_i64)
-                    .zip(
-                        payload
-                            .get("currency")
-                            .and_then(|c| serde_json::from_value(c.clone()).ok()),
-                    );
-                let Some((minor, currency)) = amount else {
-                    return Outcome::Stuck("refund step without an amount".into());
-                };
+            // A cancelled or no-show booking keeps its fee: the rest goes back, over all the
+            // payments it holds (a rental extended before was charged more than once).
+            ("refund", Some(checkout), _) => {
                 return failed_or(
                     checkout
-                        .refund_for_cancellation(
-                            ctx,
-                            payment_id,
-                            domain::Money::new(minor, currency),
-                        )
+                        .settle_balance(ctx, booking_id)
                         .await
-                        .map(|()| Outcome::Done),
+                        .map(|_| Outcome::Done),
                 );
             }
             _ => {}
