@@ -296,15 +296,15 @@ async fn held_and_owed(desk: &Desk, booking: Uuid) -> (i64, i64) {
     ids.dedup();
     let mut held = 0;
     for id in ids {
-        if let Some(p) = payments.get(id).await.unwrap() {
-            if matches!(
+        if let Some(p) = payments.get(id).await.unwrap()
+            && matches!(
                 p.status,
                 PaymentStatus::Captured
                     | PaymentStatus::PartiallyRefunded
                     | PaymentStatus::Refunded
-            ) {
-                held += p.amount.minor - p.refunded.minor;
-            }
+            )
+        {
+            held += p.amount.minor - p.refunded.minor;
         }
     }
     let s = &view.state;
