@@ -73,6 +73,7 @@ impl App {
                     no_show_grace_minutes: config.no_show_grace_minutes,
                     pricing: domain::pricing::PricingPolicy {
                         early_return: config.early_return,
+                        grace_minutes: config.return_grace_minutes.max(0),
                         ..domain::pricing::PricingPolicy::default()
                     },
                     ..BookingConfig::default()

@@ -50,6 +50,9 @@ pub(crate) struct Config {
     /// `FLEETLEDGER_NO_SHOW_GRACE_MINUTES`: how long after a paid booking's pick-up time
     /// nobody came before it is a no-show (default 120).
     pub(crate) no_show_grace_minutes: i64,
+    /// `FLEETLEDGER_RETURN_GRACE_MINUTES`: minutes past a return time (and past whole days of
+    /// a rental) that are not charged, and after which a car not back is overdue (default 59).
+    pub(crate) return_grace_minutes: i64,
     /// `FLEETLEDGER_PAYMENT_GATEWAYS`: the payment providers, by name, in order (comma
     /// separated). Known: `sandbox` (the built-in test gateways: `tok_success` pays). Default:
     /// `sandbox` in development (the embedded database, no `DATABASE_URL`), none otherwise, so
@@ -166,6 +169,7 @@ impl Config {
             session_ttl_seconds: env_or("FLEETLEDGER_SESSION_TTL", 30 * 86_400)?,
             early_pickup_minutes: env_or("FLEETLEDGER_EARLY_PICKUP_MINUTES", 60)?,
             early_return: early_return()?,
+            return_grace_minutes: env_or("FLEETLEDGER_RETURN_GRACE_MINUTES", 59)?,
             payment_gateways: payment_gateways(non_empty("DATABASE_URL").is_none())?,
             no_show_grace_minutes: env_or("FLEETLEDGER_NO_SHOW_GRACE_MINUTES", 120)?,
             bootstrap_admin_email: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL"),

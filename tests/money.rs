@@ -372,3 +372,135 @@ async fn a_deployment_takes_payments_only_through_the_gateways_it_names() {
         "{said}"
     );
 }
+
+/// An instant `seconds` from now, RFC 3339.
+fn in_seconds(seconds: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(seconds)).to_rfc3339()
+}
+
+#[tokio::test]
+async fn nobody_came_is_a_no_show_and_a_car_not_back_is_overdue_until_returned() {
+    let db = TestDatabase::create().await;
+    // No grace either way, so the clock need not wait for hours.
+    let serve = Serve::start(
+        &db.url(),
+        &[
+            ("FLEETLEDGER_NO_SHOW_GRACE_MINUTES", "0"),
+            ("FLEETLEDGER_RETURN_GRACE_MINUTES", "0"),
+        ],
+    );
+    let desk = Desk {
+        addr: serve.addr.clone(),
+        admin: admin_token(&serve.addr).await,
+    };
+    gql(
+        &desk.addr,
+        Some(&desk.admin),
+        "mutation { addBranch(input: { code: \"LIS\", name: \"Lisboa\", city: \"Lisboa\",
+            position: { latitude: 38.72, longitude: -9.14 } }) { code } }",
+        json!({}),
+    )
+    .await;
+    let (first, second) = (desk.car("Fiat").await, desk.car("Seat").await);
+    let customer = customer_token(&desk.addr, "late@fleet.test").await;
+    let book = |car: String, from: String, until: String| {
+        let (addr, customer) = (desk.addr.clone(), customer.clone());
+        async move {
+            let booking = gql(
+                &addr,
+                Some(&customer),
+                "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+                json!({ "i": { "carId": car, "pickupAt": from, "returnAt": until } }),
+            )
+            .await["requestBooking"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let paid = gql(
+                &addr,
+                Some(&customer),
+                "mutation($b: UUID!) { payBooking(bookingId: $b, method: { kind: CARD, token: \"tok_visa\" }) { status } }",
+                json!({ "b": booking }),
+            )
+            .await;
+            assert_eq!(paid["payBooking"]["status"], "CAPTURED");
+            booking
+        }
+    };
+    let state = |booking: String| {
+        let (addr, admin) = (desk.addr.clone(), desk.admin.clone());
+        async move {
+            gql(
+                &addr,
+                Some(&admin),
+                "query($b: UUID!) { booking(id: $b) { status overdueSince total { amount }
+                    balance { owed { amount } paid { amount } refunded { amount } due { amount } }
+                    activity { kind } } }",
+                json!({ "b": booking }),
+            )
+            .await["booking"]
+                .clone()
+        }
+    };
+
+    // Two days from three seconds on, paid 100.00; nobody comes.
+    let absent = book(first, in_seconds(3), in_seconds(2 * 86_400)).await;
+    // One day from three seconds on, picked up at once, not back three seconds later.
+    let kept = book(second, in_seconds(3), in_seconds(6)).await;
+    gql(
+        &desk.addr,
+        Some(&desk.admin),
+        "mutation($b: UUID!) { pickUpCar(bookingId: $b, odometerKm: 100, fuelPercent: 100) { status } }",
+        json!({ "b": kept }),
+    )
+    .await;
+
+    // The worker marks the no-show and keeps one day's rate: 50.00 goes back.
+    eventually(30, "the no-show is marked and refunded", || async {
+        let seen = state(absent.clone()).await;
+        seen["status"] == "NO_SHOW" && seen["balance"]["due"]["amount"] == "0.00"
+    })
+    .await;
+    let seen = state(absent.clone()).await;
+    assert_eq!(
+        seen["balance"],
+        json!({ "owed": { "amount": "50.00" }, "paid": { "amount": "100.00" },
+                "refunded": { "amount": "50.00" }, "due": { "amount": "0.00" } })
+    );
+    assert_eq!(
+        seen["activity"].as_array().unwrap().last().unwrap()["kind"],
+        "REFUNDED"
+    );
+
+    // The car not back is flagged for staff, and stays ACTIVE.
+    eventually(30, "the rental is overdue", || async {
+        state(kept.clone()).await["overdueSince"].is_string()
+    })
+    .await;
+    let seen = state(kept.clone()).await;
+    assert_eq!(seen["status"], "ACTIVE");
+    assert!(
+        seen["activity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "OVERDUE"),
+        "{seen}"
+    );
+    // Back now, seconds late (late hours start a whole minute past the grace): the day booked.
+    gql(
+        &desk.addr,
+        Some(&desk.admin),
+        "mutation($b: UUID!) { returnCar(bookingId: $b, odometerKm: 150, fuelPercent: 100, branchCode: \"LIS\") { status } }",
+        json!({ "b": kept }),
+    )
+    .await;
+    eventually(30, "the rental is completed and settled", || async {
+        state(kept.clone()).await["balance"]["due"]["amount"] == "0.00"
+            && state(kept.clone()).await["status"] == "COMPLETED"
+    })
+    .await;
+    let seen = state(kept.clone()).await;
+    assert_eq!(seen["total"]["amount"], "50.00");
+    assert_eq!(seen["balance"]["paid"]["amount"], "50.00");
+}
