@@ -415,6 +415,23 @@ async fn a_cancellation_is_quoted_before_and_charged_as_quoted() {
         cancelled["cancelBooking"],
         json!({ "status": "CANCELLED", "balance": { "owed": { "amount": "71.00" } } })
     );
+    // The booking now says what it costs: the booked price off, the fee on.
+    let priced = app
+        .ok(
+            Some(&customer),
+            "query($b: UUID!) { booking(id: $b) { total { amount } lines { label amount { amount } } } }",
+            json!({ "b": late }),
+        )
+        .await;
+    assert_eq!(priced["booking"]["total"], json!({ "amount": "71.00" }));
+    let lines = priced["booking"]["lines"].as_array().unwrap();
+    assert_eq!(
+        lines[lines.len() - 2..],
+        [
+            json!({ "label": "cancelled: the booked price is not charged", "amount": { "amount": "-142.00" } }),
+            json!({ "label": "cancellation fee", "amount": { "amount": "71.00" } }),
+        ]
+    );
     // Nothing left to preview.
     assert_eq!(
         app.code(Some(&customer), preview, json!({ "b": late }))

@@ -26,6 +26,24 @@ use crate::{aggregate_uuid, decode};
 
 pub struct History;
 
+/// A booking that ended before its rental (cancelled, a no-show) costs its fee: its lines say
+/// so (the booked price taken off, the fee added) and its total is the fee, as its balance.
+fn ends_for_a_fee(row: &mut BookingRow, why: &str, fee_label: &str, fee_minor: i64) {
+    let mut lines = match std::mem::take(&mut row.lines) {
+        Value::Array(lines) => lines,
+        _ => Vec::new(),
+    };
+    lines.push(
+        json!({ "label": format!("{why}: the booked price is not charged"),
+                       "amount_minor": -row.total_minor }),
+    );
+    if fee_minor != 0 {
+        lines.push(json!({ "label": fee_label, "amount_minor": fee_minor }));
+    }
+    row.lines = Value::Array(lines);
+    row.total_minor = fee_minor;
+}
+
 fn lines_json(lines: &[PriceLine]) -> Vec<Value> {
     lines
         .iter()
@@ -317,6 +335,7 @@ fn apply_booking(
             row.cancelled_by = Some(enum_name(&by));
             row.cancel_reason = reason;
             row.cancel_fee_minor = Some(fee.minor);
+            ends_for_a_fee(row, "cancelled", "cancellation fee", fee.minor);
         }
         BookingEvent::BookingExpired { .. } => {
             row.status = "EXPIRED".to_owned();
@@ -326,6 +345,7 @@ fn apply_booking(
             row.status = "NO_SHOW".to_owned();
             // What the booking keeps, as for a cancellation.
             row.cancel_fee_minor = Some(fee.minor);
+            ends_for_a_fee(row, "no-show", "no-show fee", fee.minor);
         }
         BookingEvent::RentalOverdue { at } => row.overdue_at = Some(at),
         BookingEvent::BookingReassigned { to_car, .. } => {

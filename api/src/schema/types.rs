@@ -425,9 +425,13 @@ impl Booking {
     async fn held_until(&self) -> Option<DateTime<Utc>> {
         self.0.held_until
     }
+    /// What the booking costs: its price, with the charges found at return once returned;
+    /// once cancelled or a no-show, the fee it keeps.
     async fn total(&self) -> Money {
         Money::new(self.0.total_minor, &self.0.currency)
     }
+    /// How `total` adds up, line by line (a cancellation takes the booked price off and adds
+    /// its fee).
     async fn lines(&self) -> ApiResult<Vec<PriceLine>> {
         stored_lines(&self.0.lines, &self.0.currency)
     }
