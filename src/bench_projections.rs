@@ -156,6 +156,7 @@ async fn measure(
         batch_size: options.batch_size,
         verify: false,
         swap: true,
+        ..RebuildOptions::default()
     };
     let mut sequential = Duration::ZERO;
     for projection in projections::all() {

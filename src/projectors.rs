@@ -173,6 +173,7 @@ async fn rebuild_command(store: EventStore, args: RebuildArgs) -> Result<ExitCod
         batch_size: args.batch_size,
         verify: args.verify,
         swap: !args.dry_run,
+        ..RebuildOptions::default()
     };
     let started = std::time::Instant::now();
     let refs: Vec<&dyn projections::Projection> = chosen.iter().map(|p| p.as_ref()).collect();

@@ -2,20 +2,27 @@
 //!
 //! The rebuilt tables are created in a schema of their own (`rebuild_<name>`) as copies of the
 //! live tables' definitions, and filled by the projection's own handler with `search_path`
-//! pointing there, while the live tables keep serving. The last step is one transaction that
-//! locks the live checkpoint row (the live projector's next batch waits on it, and locks it
-//! first, so the two never deadlock), brings the rebuilt tables to exactly the live position,
-//! compares the two sets of tables if asked, and swaps them: the live projector then carries on
-//! from the same checkpoint with the new tables. With `verify`, the rebuild is bounded by the
-//! live checkpoint throughout so that the comparison is exact.
+//! pointing there, while the live tables keep serving. Then, per projection: its live projector
+//! is paused between two batches by a session advisory lock (`fleetledger.swap:<name>`, which
+//! every batch takes shared before it writes), the rebuilt tables are brought to exactly the
+//! live position in batches of their own, compared with the live ones if asked, and swapped in
+//! by one short transaction of renames and the checkpoint; the live projector then carries on
+//! from the same checkpoint with the new tables. No transaction id is held while catching up or
+//! comparing (a session lock takes none), so the no-skip readers of everything else (the other
+//! projections, the relay, subscriptions, read-your-writes) keep seeing new events: the first
+//! version did all of it inside the transaction that locked the checkpoint row, and stalled
+//! the whole system for as long as the comparison took. With `verify`, the rebuild is bounded
+//! by the live checkpoint throughout so that the comparison is exact.
+
+use std::sync::Arc;
 
 use eventstore::{Checkpoint, EventStore, EventStoreError, RecordedEvent};
+use futures::future::BoxFuture;
 use serde::Serialize;
 use sqlx::{Connection, PgConnection, Row};
 
 use crate::runtime::{
-    ApplyError, Projection, apply_events, checkpoint_of, load_checkpoint, locate_failure,
-    store_checkpoint,
+    ApplyError, Projection, apply_events, load_checkpoint, locate_failure, store_checkpoint,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +49,19 @@ pub struct RebuildOptions {
     pub verify: bool,
     /// Swap the rebuilt tables in (false: build, compare, and throw away).
     pub swap: bool,
+    /// Called with the projection's name while its live projector is paused and the rebuilt
+    /// tables are caught up (and compared), just before the swap.
+    pub while_paused: Option<WhilePaused>,
+}
+
+/// A callback run while a projection's live projector is paused for its swap.
+#[derive(Clone)]
+pub struct WhilePaused(pub Arc<dyn Fn(String) -> BoxFuture<'static, ()> + Send + Sync>);
+
+impl std::fmt::Debug for WhilePaused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WhilePaused(..)")
+    }
 }
 
 impl Default for RebuildOptions {
@@ -50,9 +70,13 @@ impl Default for RebuildOptions {
             batch_size: 5_000,
             verify: false,
             swap: true,
+            while_paused: None,
         }
     }
 }
+
+/// The advisory lock key that pauses `name`'s live projector between batches: SQL over `$1`.
+pub(crate) const SWAP_LOCK: &str = "hashtextextended('fleetledger.swap:' || $1, 0)";
 
 /// Rows that differ between the rebuilt and the live version of one table.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -217,8 +241,30 @@ async fn apply_rebuilt(
     Ok(())
 }
 
-/// Bring the fresh tables to the live checkpoint under its row lock, compare, and swap.
+/// Pause the live projector, bring the fresh tables to its checkpoint, compare, and swap.
 async fn swap(
+    store: &EventStore,
+    projection: &dyn Projection,
+    schema: &str,
+    options: &RebuildOptions,
+    checkpoint: Checkpoint,
+    events: u64,
+) -> Result<RebuildReport, RebuildError> {
+    let pool = store.pool();
+    let name = projection.name();
+    // A session lock on a connection of its own: it holds no transaction id, and it ends
+    // with the connection whatever happens here.
+    let mut pause = PgConnection::connect_with(pool.connect_options().as_ref()).await?;
+    sqlx::query(&format!("SELECT pg_advisory_lock({SWAP_LOCK})"))
+        .bind(name)
+        .execute(&mut pause)
+        .await?;
+    let result = swap_paused(store, projection, schema, options, checkpoint, events).await;
+    let _ = pause.close().await;
+    result
+}
+
+async fn swap_paused(
     store: &EventStore,
     projection: &dyn Projection,
     schema: &str,
@@ -228,18 +274,8 @@ async fn swap(
 ) -> Result<RebuildReport, RebuildError> {
     let pool = store.pool();
     let name = projection.name();
-    // Lock the live checkpoint, catch up to it, compare, swap.
-    load_checkpoint(pool, name).await?;
-    let mut tx = pool.begin().await?;
-    let row = sqlx::query(
-        "SELECT transaction_id, global_position FROM projection_checkpoints \
-         WHERE name = $1 FOR UPDATE",
-    )
-    .bind(name)
-    .fetch_one(&mut *tx)
-    .await?;
-    let live = checkpoint_of(&row)?;
-    redirect(&mut tx, schema).await?;
+    // The live projector is between batches: its checkpoint stays where it is.
+    let live = load_checkpoint(pool, name).await?;
     while checkpoint < live {
         let batch = store
             .read_until(checkpoint, live, options.batch_size)
@@ -247,22 +283,25 @@ async fn swap(
         let Some(last) = batch.last().map(RecordedEvent::checkpoint) else {
             break;
         };
-        apply_or_report(pool, &mut tx, schema, projection, &batch).await?;
+        apply_rebuilt(pool, schema, projection, &batch).await?;
         checkpoint = last;
         events += batch.len() as u64;
     }
-    sqlx::query("SET LOCAL search_path TO public")
-        .execute(&mut *tx)
-        .await?;
     let mut differences = Vec::new();
     if options.verify {
+        // Plain reads: no transaction id.
+        let mut conn = pool.acquire().await?;
         for table in projection.tables() {
-            if let Some(diff) = compare(&mut tx, schema, table).await? {
+            if let Some(diff) = compare(&mut conn, schema, table).await? {
                 differences.push(diff);
             }
         }
     }
+    if let Some(hook) = &options.while_paused {
+        (hook.0)(name.to_owned()).await;
+    }
     if options.swap {
+        let mut tx = pool.begin().await?;
         for table in projection.tables() {
             sqlx::query(&format!("DROP TABLE public.{table}"))
                 .execute(&mut *tx)
@@ -282,8 +321,6 @@ async fn swap(
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-    } else {
-        tx.rollback().await?;
     }
     Ok(RebuildReport {
         projection: name.to_owned(),

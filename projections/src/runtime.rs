@@ -464,6 +464,7 @@ impl Projector {
                     batch_size: self.options.batch_size.max(1_000),
                     verify: false,
                     swap: true,
+                    while_paused: None,
                 };
                 match crate::rebuild::rebuild(
                     &self.store,
@@ -597,6 +598,15 @@ async fn apply_batch(
 ) -> Result<BatchOutcome, RuntimeError> {
     let to = batch.last().map_or(from, RecordedEvent::checkpoint);
     let mut tx = pool.begin().await?;
+    // A rebuild swapping this projection's tables pauses it here, before this transaction
+    // writes anything (so it waits without a transaction id).
+    sqlx::query(&format!(
+        "SELECT pg_advisory_xact_lock_shared({})",
+        crate::rebuild::SWAP_LOCK
+    ))
+    .bind(name)
+    .execute(&mut *tx)
+    .await?;
     lock_checkpoint(&mut tx, name, from).await?;
     let attempt = async {
         apply_events(&mut tx, projection, batch).await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::*;
 use domain::car::CarEvent;
 use eventstore::testing::TestDatabase;
-use eventstore::{EventMetadata, ExpectedVersion, StreamAppend, StreamId};
+use eventstore::{Checkpoint, EventMetadata, ExpectedVersion, StreamAppend, StreamId};
 use projections::rebuild::{RebuildOptions, rebuild};
 use projections::{Projector, RuntimeError};
 use tokio_util::sync::CancellationToken;
@@ -208,6 +208,7 @@ async fn rebuild_verify_finds_nothing_on_a_consistent_database_and_a_hand_edit_o
         verify: true,
         swap: false,
         batch_size: 5,
+        ..RebuildOptions::default()
     };
     for p in projections::all() {
         let report = rebuild(&store, p.as_ref(), &verify, &|_, _| {})
@@ -243,6 +244,7 @@ async fn rebuild_verify_finds_nothing_on_a_consistent_database_and_a_hand_edit_o
         verify: true,
         swap: true,
         batch_size: 5,
+        ..RebuildOptions::default()
     };
     rebuild(&store, search.as_ref(), &swap, &|_, _| {})
         .await
@@ -291,6 +293,7 @@ async fn a_rebuild_swaps_under_a_running_projector_without_losing_or_repeating()
         verify: false,
         swap: true,
         batch_size: 3,
+        ..RebuildOptions::default()
     };
     rebuild(&store, analytics.as_ref(), &swap, &|_, _| {})
         .await
@@ -314,11 +317,118 @@ async fn a_rebuild_swaps_under_a_running_projector_without_losing_or_repeating()
         verify: true,
         swap: false,
         batch_size: 50,
+        ..RebuildOptions::default()
     };
     let report = rebuild(&store, analytics.as_ref(), &verify, &|_, _| {})
         .await
         .unwrap();
     assert!(report.differences.is_empty(), "{:?}", report.differences);
+    token.cancel();
+}
+
+/// While a rebuild has paused a projection for its swap (caught up and compared), the rest of
+/// the system keeps seeing new events: an event appended then is applied by another live
+/// projection and read by a plain no-skip reader, and the paused one takes it up after the swap.
+#[tokio::test]
+async fn a_rebuild_with_verify_stalls_nobody_else_while_it_swaps() {
+    let db = TestDatabase::create().await;
+    let store = db.store();
+    scripted_history(&store).await;
+    let (analytics, search) = (
+        projections::by_name("analytics").unwrap(),
+        projections::by_name("search").unwrap(),
+    );
+    let token = CancellationToken::new();
+    for p in [analytics.clone(), search.clone()] {
+        let runner = Projector::postgres(store.clone(), p, options());
+        tokio::spawn(runner.run_until_cancelled(token.clone()));
+    }
+    let head = store.committed_head().await.unwrap();
+    let at = |name: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT global_position FROM projection_checkpoints WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    eventually(15, "both caught up", || async {
+        at("analytics").await == Some(head.global_position)
+            && at("search").await == Some(head.global_position)
+    })
+    .await;
+
+    let seen_while_paused = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let hook = {
+        let (store, db_pool, seen) = (store.clone(), db.pool.clone(), seen_while_paused.clone());
+        projections::rebuild::WhilePaused(std::sync::Arc::new(move |name: String| {
+            let (store, pool, seen) = (store.clone(), db_pool.clone(), seen.clone());
+            Box::pin(async move {
+                assert_eq!(name, "analytics");
+                let id = Uuid::now_v7();
+                append(&store, "car", id, vec![registered(id, "During")]).await;
+                let now = store.committed_head().await.unwrap();
+                // Another projection applies it, and a no-skip read returns it.
+                eventually(
+                    15,
+                    "search applies an event appended during the swap",
+                    || async {
+                        let at: i64 = sqlx::query_scalar(
+                        "SELECT global_position FROM projection_checkpoints WHERE name = 'search'",
+                    )
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                        at == now.global_position
+                    },
+                )
+                .await;
+                let read = store.read_all(Checkpoint::START, 10_000).await.unwrap();
+                assert_eq!(
+                    read.last().map(|e| e.global_position),
+                    Some(now.global_position)
+                );
+                // The paused projection has not applied it.
+                let paused: i64 = sqlx::query_scalar(
+                    "SELECT global_position FROM projection_checkpoints WHERE name = 'analytics'",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                assert!(paused < now.global_position);
+                seen.store(now.global_position, std::sync::atomic::Ordering::SeqCst);
+            })
+        }))
+    };
+    let swap = RebuildOptions {
+        verify: true,
+        swap: true,
+        batch_size: 3,
+        while_paused: Some(hook),
+    };
+    let report = rebuild(&store, analytics.as_ref(), &swap, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(report.differences.is_empty(), "{:?}", report.differences);
+    let during = seen_while_paused.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(during > 0, "the hook ran while paused");
+    // Resumed, the rebuilt projection takes up what came meanwhile.
+    eventually(15, "analytics resumes after the swap", || async {
+        at("analytics").await == Some(during)
+    })
+    .await;
+    let cars: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_analytics_cars")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        cars, 3,
+        "two scripted cars and the one appended during the swap"
+    );
     token.cancel();
 }
 
@@ -402,6 +512,7 @@ async fn batching_does_not_change_the_result() {
         verify: true,
         swap: false,
         batch_size: 10_000,
+        ..RebuildOptions::default()
     };
     for p in projections::all() {
         let report = rebuild(&store, p.as_ref(), &whole, &|_, _| {})
