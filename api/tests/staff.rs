@@ -729,3 +729,79 @@ async fn a_car_taken_out_urgently_leaves_its_bookings_to_staff_who_move_them_to_
     assert_eq!(reserved["car"]["reservations"].as_array().unwrap().len(), 1);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn booking_lists_page_by_keyset_so_changes_between_pages_repeat_or_skip_nothing() {
+    let app = TestApp::start().await;
+    let admin = app.admin_token.clone();
+    app.add_branch("LIS", 38.7223, -9.1393).await;
+    let car = app.add_car("LIS", "Fiat", "50.00").await;
+    let (customer, _) = app.register("pages@example.com").await;
+    let book = |day: i64| {
+        let customer = customer.clone();
+        let app = &app;
+        async move {
+            app.ok(
+                Some(&customer),
+                "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+                json!({ "i": { "carId": car, "pickupAt": at(day, 0), "returnAt": at(day, 5) } }),
+            )
+            .await["requestBooking"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let mut made = Vec::new();
+    for day in 1..=5 {
+        made.push(book(day).await);
+    }
+    let page = |after: Option<String>| {
+        let (app, customer) = (&app, customer.clone());
+        async move {
+            app.ok(
+                Some(&customer),
+                "query($a: String) { myBookings(first: 2, after: $a, status: [HELD]) { totalCount
+                    edges { cursor node { id } } pageInfo { hasNextPage endCursor } } }",
+                json!({ "a": after }),
+            )
+            .await["myBookings"]
+                .clone()
+        }
+    };
+    let ids = |page: &serde_json::Value| -> Vec<String> {
+        page["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["node"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = page(None).await;
+    assert_eq!(first["totalCount"], 5);
+    assert_eq!(ids(&first), [made[4].clone(), made[3].clone()]);
+    // Between pages: a new booking (newest, so before this page) and one of the first page
+    // cancelled (it leaves the HELD list): the next page starts where the first ended.
+    made.push(book(6).await);
+    app.ok(
+        Some(&customer),
+        "mutation($b: UUID!) { cancelBooking(id: $b) { status } }",
+        json!({ "b": made[3] }),
+    )
+    .await;
+    let second = page(first["pageInfo"]["endCursor"].as_str().map(str::to_owned)).await;
+    assert_eq!(ids(&second), [made[2].clone(), made[1].clone()]);
+    let third = page(second["pageInfo"]["endCursor"].as_str().map(str::to_owned)).await;
+    assert_eq!(ids(&third), [made[0].clone()]);
+    assert_eq!(third["pageInfo"]["hasNextPage"], false);
+    // Staff see every booking the same way; a cursor this API did not give is refused.
+    let code = app
+        .code(
+            Some(&admin),
+            "{ bookings(first: 2, after: \"o:3\") { totalCount } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, "BAD_USER_INPUT");
+    app.shutdown().await;
+}

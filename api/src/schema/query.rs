@@ -122,6 +122,37 @@ pub(crate) async fn visible_booking(ctx: &Context<'_>, id: Uuid) -> ApiResult<Bo
     Ok(row)
 }
 
+/// Matches counted at most, for a list's `totalCount` (exact below it; the count stops there).
+pub(crate) const COUNT_CAP: i64 = 10_000;
+
+/// A booking list's cursor: the row's place in the order `(created_at DESC, booking_id DESC)`.
+fn booking_cursor(row: &BookingRow) -> String {
+    format!(
+        "b:{}:{}",
+        row.created_at.timestamp_micros(),
+        row.booking_id.simple()
+    )
+}
+
+fn booking_after(after: Option<&str>) -> ApiResult<Option<(DateTime<Utc>, Uuid)>> {
+    let Some(cursor) = after else {
+        return Ok(None);
+    };
+    let bad = || AppError::bad_input("after", "not a cursor this API returned");
+    let rest = cursor.strip_prefix("b:").ok_or_else(bad)?;
+    let (micros, id) = rest.split_once(':').ok_or_else(bad)?;
+    let at = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(bad)?;
+    let id = Uuid::parse_str(id).map_err(|_| bad())?;
+    Ok(Some((at, id)))
+}
+
+/// Bookings newest first, paged by keyset on `(created_at, booking_id)`: a booking created,
+/// changed or expired between two pages is neither repeated nor skipped. `totalCount` is exact
+/// up to [`COUNT_CAP`] matches and stops counting there.
 async fn booking_page(
     ctx: &Context<'_>,
     status: Option<Vec<BookingStatus>>,
@@ -131,50 +162,47 @@ async fn booking_page(
     after: Option<String>,
 ) -> ApiResult<BookingConnection> {
     let limit = page_size(ctx, first, 20)?;
-    let offset = offset_from(after.as_deref())?;
+    let after = booking_after(after.as_deref())?;
     let statuses: Option<Vec<&str>> =
         status.map(|s| s.into_iter().map(BookingStatus::as_str).collect());
+    let pool = services(ctx)?.store.pool();
+    let filters = "($1::text[] IS NULL OR status = ANY($1)) AND ($2::uuid IS NULL OR car_id = $2) \
+           AND ($3::uuid IS NULL OR customer_id = $3)";
     let sql = format!(
-        "SELECT {BOOKING_COLUMNS}, count(*) OVER () AS total FROM rm_bookings \
-         WHERE ($1::text[] IS NULL OR status = ANY($1)) AND ($2::uuid IS NULL OR car_id = $2) \
-           AND ($3::uuid IS NULL OR customer_id = $3) \
-         ORDER BY created_at DESC, booking_id DESC LIMIT $4 OFFSET $5"
+        "SELECT {BOOKING_COLUMNS} FROM rm_bookings WHERE {filters} \
+           AND ($4::timestamptz IS NULL OR (created_at, booking_id) < ($4, $5)) \
+         ORDER BY created_at DESC, booking_id DESC LIMIT $6"
     );
-    let found = sqlx::query(&sql)
+    let found: Vec<BookingRow> = sqlx::query_as(&sql)
         .bind(&statuses)
         .bind(car_id)
         .bind(customer_id)
+        .bind(after.map(|a| a.0))
+        .bind(after.map(|a| a.1))
         .bind(limit + 1)
-        .bind(offset)
-        .fetch_all(services(ctx)?.store.pool())
+        .fetch_all(pool)
         .await?;
-    let total: i64 =
-        match found.first() {
-            Some(r) => r.try_get("total")?,
-            // Past the last page: count on its own.
-            None if offset > 0 => sqlx::query_scalar(
-                "SELECT count(*) FROM rm_bookings WHERE ($1::text[] IS NULL OR status = ANY($1)) \
-             AND ($2::uuid IS NULL OR car_id = $2) AND ($3::uuid IS NULL OR customer_id = $3)",
-            )
-            .bind(&statuses)
-            .bind(car_id)
-            .bind(customer_id)
-            .fetch_one(services(ctx)?.store.pool())
-            .await?,
-            None => 0,
-        };
+    let total: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM (SELECT 1 FROM rm_bookings WHERE {filters} LIMIT $4) AS capped"
+    ))
+    .bind(&statuses)
+    .bind(car_id)
+    .bind(customer_id)
+    .bind(COUNT_CAP)
+    .fetch_one(pool)
+    .await?;
     let has_next = found.len() as i64 > limit;
-    let mut edges = Vec::new();
-    for (i, row) in found.iter().take(limit as usize).enumerate() {
-        let booking: BookingRow = sqlx::FromRow::from_row(row)?;
-        edges.push(BookingEdge {
-            cursor: offset_cursor(offset + i as i64),
-            node: Booking(booking),
-        });
-    }
+    let edges: Vec<BookingEdge> = found
+        .into_iter()
+        .take(limit as usize)
+        .map(|row| BookingEdge {
+            cursor: booking_cursor(&row),
+            node: Booking(row),
+        })
+        .collect();
     let page_info = PageInfo {
         has_next_page: has_next,
-        has_previous_page: offset > 0,
+        has_previous_page: after.is_some(),
         start_cursor: edges.first().map(|e| e.cursor.clone()),
         end_cursor: edges.last().map(|e| e.cursor.clone()),
     };

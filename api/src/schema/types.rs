@@ -554,10 +554,13 @@ pub struct BookingEdge {
     pub node: Booking,
 }
 
+/// A page of bookings, newest first. Cursors hold the place in that order, so bookings made,
+/// changed or expired between two pages are neither repeated nor skipped.
 #[derive(SimpleObject)]
 pub struct BookingConnection {
     pub edges: Vec<BookingEdge>,
     pub page_info: PageInfo,
+    /// Bookings that match, counted up to 10,000 (10,000 means at least that many).
     pub total_count: i32,
 }
 
