@@ -579,10 +579,14 @@ impl Query {
             .push_bind(after.global_position)
             .push(") AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())");
         if let Some(types) = &filter.aggregate_types {
-            q.push(" AND e.aggregate_type = ANY(").push_bind(types).push(")");
+            q.push(" AND e.aggregate_type = ANY(")
+                .push_bind(types)
+                .push(")");
         }
         if let Some(types) = &filter.event_types {
-            q.push(" AND e.event_type = ANY(").push_bind(types).push(")");
+            q.push(" AND e.event_type = ANY(")
+                .push_bind(types)
+                .push(")");
         }
         if let Some(id) = &filter.aggregate_id {
             q.push(" AND e.aggregate_id = ").push_bind(id);
