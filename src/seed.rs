@@ -371,10 +371,11 @@ fn car_history(
         };
         let quote = Quote {
             days,
-            lines: vec![PriceLine {
-                label: format!("{days} day(s) × {}", eur(rate).minor),
-                amount: eur(rate * days),
-            }],
+            lines: vec![PriceLine::new(
+                domain::pricing::LineCode::RentalDays,
+                format!("{days} day(s) × {}", eur(rate)),
+                eur(rate * days),
+            )],
             total: eur(rate * days),
         };
         let held_until = created + Duration::minutes(5);
@@ -493,10 +494,11 @@ fn car_history(
                     }
                     odometer += driven;
                     let charges = if late {
-                        vec![PriceLine {
-                            label: "late return".to_owned(),
-                            amount: eur(rate),
-                        }]
+                        vec![PriceLine::new(
+                            domain::pricing::LineCode::LateDays,
+                            "late return, 1 day(s)",
+                            eur(rate),
+                        )]
                     } else {
                         vec![]
                     };

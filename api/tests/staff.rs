@@ -419,17 +419,19 @@ async fn a_cancellation_is_quoted_before_and_charged_as_quoted() {
     let priced = app
         .ok(
             Some(&customer),
-            "query($b: UUID!) { booking(id: $b) { total { amount } lines { label amount { amount } } } }",
+            "query($b: UUID!) { booking(id: $b) { total { amount } lines { code label amount { amount } } } }",
             json!({ "b": late }),
         )
         .await;
     assert_eq!(priced["booking"]["total"], json!({ "amount": "71.00" }));
     let lines = priced["booking"]["lines"].as_array().unwrap();
+    assert_eq!(lines[0]["code"], "RENTAL_DAYS");
     assert_eq!(
         lines[lines.len() - 2..],
         [
-            json!({ "label": "cancelled: the booked price is not charged", "amount": { "amount": "-142.00" } }),
-            json!({ "label": "cancellation fee", "amount": { "amount": "71.00" } }),
+            json!({ "code": "CANCELLATION_CREDIT", "label": "cancelled: the booked price is not charged",
+                    "amount": { "amount": "-142.00" } }),
+            json!({ "code": "CANCELLATION_FEE", "label": "cancellation fee", "amount": { "amount": "71.00" } }),
         ]
     );
     // Nothing left to preview.

@@ -776,10 +776,11 @@ mod tests {
     fn quote(total: i64) -> Quote {
         Quote {
             days: 3,
-            lines: vec![PriceLine {
-                label: "3 day(s)".into(),
-                amount: eur(total),
-            }],
+            lines: vec![PriceLine::new(
+                crate::pricing::LineCode::RentalDays,
+                "3 day(s)",
+                eur(total),
+            )],
             total: eur(total),
         }
     }
@@ -1321,10 +1322,11 @@ mod tests {
                 field: "fuelPercent",
                 reason: "must be between 0 and 100",
             });
-        let late = PriceLine {
-            label: "late return, 2 started hour(s)".into(),
-            amount: eur(2_300),
-        };
+        let late = PriceLine::new(
+            crate::pricing::LineCode::LateHours,
+            "late return, 2 started hour(s)",
+            eur(2_300),
+        );
         BookingTest::with(())
             .given(vec![held(), confirmed(), started()])
             .when(BookingCommand::Return {

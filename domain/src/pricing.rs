@@ -83,11 +83,109 @@ pub enum PricingError {
     Money(#[from] MoneyError),
 }
 
+/// What a price line is, stable for programs (its label is for people and may change).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+pub enum LineCode {
+    /// The days rented at the daily rate.
+    RentalDays,
+    LongRentalDiscount,
+    OneWayFee,
+    /// Whole days late, at the daily rate.
+    LateDays,
+    /// Started hours late beyond the whole days.
+    LateHours,
+    /// The unused days of a rental back early (negative), by the early-return policy.
+    EarlyReturnCredit,
+    EarlyReturnFee,
+    Refuelling,
+    /// A cancelled booking's price taken off (negative).
+    CancellationCredit,
+    CancellationFee,
+    /// A no-show's price taken off (negative).
+    NoShowCredit,
+    NoShowFee,
+    /// A line written before lines had codes, of no kind above.
+    Other,
+}
+
+impl LineCode {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// The code of a line written before lines had codes, from its label.
+    pub fn of_label(label: &str) -> Self {
+        let starts = |p: &str| label.starts_with(p);
+        if label.starts_with(|c: char| c.is_ascii_digit())
+            && (label.contains("day(s)") || label.contains(" days"))
+        {
+            Self::RentalDays
+        } else if starts("long-rental discount") {
+            Self::LongRentalDiscount
+        } else if starts("one-way fee") {
+            Self::OneWayFee
+        } else if starts("late return,") && label.contains("day(s)") {
+            Self::LateDays
+        } else if starts("late return") {
+            Self::LateHours
+        } else if starts("early return fee") {
+            Self::EarlyReturnFee
+        } else if starts("early return") {
+            Self::EarlyReturnCredit
+        } else if starts("refuelling") {
+            Self::Refuelling
+        } else if starts("cancellation fee") {
+            Self::CancellationFee
+        } else if starts("cancelled:") {
+            Self::CancellationCredit
+        } else if starts("no-show fee") {
+            Self::NoShowFee
+        } else if starts("no-show:") {
+            Self::NoShowCredit
+        } else {
+            Self::Other
+        }
+    }
+}
+
 /// One line of a quote or invoice.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PriceLine {
+    /// Absent in lines written before lines had codes: [`PriceLine::code`] then reads it
+    /// from the label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<LineCode>,
     pub label: String,
     pub amount: Money,
+}
+
+impl PriceLine {
+    pub fn new(code: LineCode, label: impl Into<String>, amount: Money) -> Self {
+        Self {
+            code: Some(code),
+            label: label.into(),
+            amount,
+        }
+    }
+
+    /// What the line is.
+    pub fn code(&self) -> LineCode {
+        self.code.unwrap_or_else(|| LineCode::of_label(&self.label))
+    }
 }
 
 /// An itemised price.
@@ -134,27 +232,30 @@ pub fn quote(
 ) -> Result<Quote, PricingError> {
     let days = rental_days(pickup, ret, policy)?;
     let base = daily_rate.checked_mul(days)?;
-    let mut lines = vec![PriceLine {
-        label: format!("{days} day(s) × {daily_rate}"),
-        amount: base,
-    }];
+    let mut lines = vec![PriceLine::new(
+        LineCode::RentalDays,
+        format!("{days} day(s) × {daily_rate}"),
+        base,
+    )];
     if days >= policy.long_rental_min_days && policy.long_rental_discount_bp > 0 {
         let discount = basis_points(base.minor, policy.long_rental_discount_bp)?;
-        lines.push(PriceLine {
-            label: format!(
+        lines.push(PriceLine::new(
+            LineCode::LongRentalDiscount,
+            format!(
                 "long-rental discount ({}+ days, {}.{:02}%)",
                 policy.long_rental_min_days,
                 policy.long_rental_discount_bp / 100,
                 policy.long_rental_discount_bp % 100
             ),
-            amount: Money::new(-discount, daily_rate.currency),
-        });
+            Money::new(-discount, daily_rate.currency),
+        ));
     }
     if one_way {
-        lines.push(PriceLine {
-            label: "one-way fee".into(),
-            amount: Money::new(policy.one_way_fee_minor, daily_rate.currency),
-        });
+        lines.push(PriceLine::new(
+            LineCode::OneWayFee,
+            "one-way fee",
+            Money::new(policy.one_way_fee_minor, daily_rate.currency),
+        ));
     }
     let total = total_of(&lines, Money::zero(daily_rate.currency))?;
     Ok(Quote { days, lines, total })
@@ -179,10 +280,11 @@ pub fn return_charges(
     if late_minutes > 0 {
         let (days, rest) = (late_minutes / 1_440, late_minutes % 1_440);
         if days > 0 {
-            lines.push(PriceLine {
-                label: format!("late return, {days} day(s) × {rate}"),
-                amount: rate.checked_mul(days)?,
-            });
+            lines.push(PriceLine::new(
+                LineCode::LateDays,
+                format!("late return, {days} day(s) × {rate}"),
+                rate.checked_mul(days)?,
+            ));
         }
         if rest > 0 {
             let hours = (rest + 59) / 60;
@@ -190,10 +292,11 @@ pub fn return_charges(
                 .checked_mul(hours)
                 .ok_or(MoneyError::Overflow)?
                 .min(rate.minor);
-            lines.push(PriceLine {
-                label: format!("late return, {hours} started hour(s)"),
-                amount: Money::new(fee, rate.currency),
-            });
+            lines.push(PriceLine::new(
+                LineCode::LateHours,
+                format!("late return, {hours} started hour(s)"),
+                Money::new(fee, rate.currency),
+            ));
         }
     }
     if let EarlyReturn::PerDayUsed { fee_minor } = policy.early_return
@@ -206,24 +309,27 @@ pub fn return_charges(
         let used = quote(rate, rental.booked_from, used_until, rental.one_way, policy)?;
         let unused = rental.booked_total.checked_sub(used.total)?;
         if unused.minor > fee_minor {
-            lines.push(PriceLine {
-                label: format!("early return, {} day(s) used", used.days),
-                amount: Money::new(-unused.minor, rate.currency),
-            });
-            lines.push(PriceLine {
-                label: "early return fee".into(),
-                amount: Money::new(fee_minor, rate.currency),
-            });
+            lines.push(PriceLine::new(
+                LineCode::EarlyReturnCredit,
+                format!("early return, {} day(s) used", used.days),
+                Money::new(-unused.minor, rate.currency),
+            ));
+            lines.push(PriceLine::new(
+                LineCode::EarlyReturnFee,
+                "early return fee",
+                Money::new(fee_minor, rate.currency),
+            ));
         }
     }
     // Whole missing percentage points; fuel levels are measurements, the charge is not.
     let missing = (rental.fuel_out_percent - rental.fuel_in_percent).floor();
     if missing >= 1.0 {
         let points = missing as i64;
-        lines.push(PriceLine {
-            label: format!("refuelling, {points}% of the tank"),
-            amount: Money::new(points * policy.refuel_per_percent_minor, rate.currency),
-        });
+        lines.push(PriceLine::new(
+            LineCode::Refuelling,
+            format!("refuelling, {points}% of the tank"),
+            Money::new(points * policy.refuel_per_percent_minor, rate.currency),
+        ));
     }
     Ok(lines)
 }
@@ -376,6 +482,50 @@ mod tests {
     }
 
     #[test]
+    fn lines_written_before_codes_get_theirs_from_the_label() {
+        let old = |label: &str| PriceLine {
+            code: None,
+            label: label.into(),
+            amount: Money::new(100, Currency::EUR),
+        };
+        let cases = [
+            ("5 day(s) × 105.00 EUR", LineCode::RentalDays),
+            ("5 day(s) × 10500", LineCode::RentalDays),
+            ("2 days", LineCode::RentalDays),
+            (
+                "long-rental discount (7+ days, 10.00%)",
+                LineCode::LongRentalDiscount,
+            ),
+            ("one-way fee", LineCode::OneWayFee),
+            ("late return, 3 day(s) × 45.99 EUR", LineCode::LateDays),
+            ("late return, 2 started hour(s)", LineCode::LateHours),
+            ("late return", LineCode::LateHours),
+            ("early return, 1 day(s) used", LineCode::EarlyReturnCredit),
+            ("early return fee", LineCode::EarlyReturnFee),
+            ("refuelling, 37% of the tank", LineCode::Refuelling),
+            ("a gift", LineCode::Other),
+        ];
+        for (label, code) in cases {
+            assert_eq!(old(label).code(), code, "{label}");
+        }
+        // A stored code wins over the label; it is written and read back as itself.
+        let line = PriceLine::new(
+            LineCode::OneWayFee,
+            "2 days",
+            Money::new(5_000, Currency::EUR),
+        );
+        assert_eq!(line.code(), LineCode::OneWayFee);
+        let json = serde_json::to_value(&line).unwrap();
+        assert_eq!(json["code"], "ONE_WAY_FEE");
+        assert_eq!(serde_json::from_value::<PriceLine>(json).unwrap(), line);
+        // Every code's wire name is the GraphQL enum's.
+        for code in <LineCode as strum::VariantArray>::VARIANTS {
+            let wire = serde_json::to_value(code).unwrap();
+            assert_eq!(wire, code.as_str());
+        }
+    }
+
+    #[test]
     fn refuelling_charges_whole_missing_points() {
         let tank = |out, back_in| RentalReturn {
             fuel_out_percent: out,
@@ -385,10 +535,11 @@ mod tests {
         let lines = return_charges(&tank(100.0, 62.5), &p()).unwrap();
         assert_eq!(
             lines,
-            vec![PriceLine {
-                label: "refuelling, 37% of the tank".into(),
-                amount: Money::new(5_550, Currency::EUR)
-            }]
+            vec![PriceLine::new(
+                LineCode::Refuelling,
+                "refuelling, 37% of the tank",
+                Money::new(5_550, Currency::EUR)
+            )]
         );
         assert!(return_charges(&tank(50.0, 70.0), &p()).unwrap().is_empty());
         assert_eq!(

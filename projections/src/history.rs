@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use domain::booking::BookingEvent;
 use domain::car::CarEvent;
 use domain::payment::PaymentEvent;
-use domain::pricing::PriceLine;
+use domain::pricing::{LineCode, PriceLine};
 use eventstore::RecordedEvent;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
@@ -26,19 +26,41 @@ use crate::{aggregate_uuid, decode};
 
 pub struct History;
 
+/// How a booking ended before its rental.
+#[derive(Clone, Copy)]
+enum Ended {
+    Cancelled,
+    NoShow,
+}
+
 /// A booking that ended before its rental (cancelled, a no-show) costs its fee: its lines say
 /// so (the booked price taken off, the fee added) and its total is the fee, as its balance.
-fn ends_for_a_fee(row: &mut BookingRow, why: &str, fee_label: &str, fee_minor: i64) {
+fn ends_for_a_fee(row: &mut BookingRow, ended: Ended, fee_minor: i64) {
+    let (why, fee_label, credit, fee) = match ended {
+        Ended::Cancelled => (
+            "cancelled",
+            "cancellation fee",
+            LineCode::CancellationCredit,
+            LineCode::CancellationFee,
+        ),
+        Ended::NoShow => (
+            "no-show",
+            "no-show fee",
+            LineCode::NoShowCredit,
+            LineCode::NoShowFee,
+        ),
+    };
     let mut lines = match std::mem::take(&mut row.lines) {
         Value::Array(lines) => lines,
         _ => Vec::new(),
     };
-    lines.push(
-        json!({ "label": format!("{why}: the booked price is not charged"),
-                       "amount_minor": -row.total_minor }),
-    );
+    lines.push(json!({
+        "code": credit.as_str(),
+        "label": format!("{why}: the booked price is not charged"),
+        "amount_minor": -row.total_minor,
+    }));
     if fee_minor != 0 {
-        lines.push(json!({ "label": fee_label, "amount_minor": fee_minor }));
+        lines.push(json!({ "code": fee.as_str(), "label": fee_label, "amount_minor": fee_minor }));
     }
     row.lines = Value::Array(lines);
     row.total_minor = fee_minor;
@@ -47,7 +69,7 @@ fn ends_for_a_fee(row: &mut BookingRow, why: &str, fee_label: &str, fee_minor: i
 fn lines_json(lines: &[PriceLine]) -> Vec<Value> {
     lines
         .iter()
-        .map(|l| json!({ "label": l.label, "amount_minor": l.amount.minor }))
+        .map(|l| json!({ "code": l.code().as_str(), "label": l.label, "amount_minor": l.amount.minor }))
         .collect()
 }
 
@@ -335,7 +357,7 @@ fn apply_booking(
             row.cancelled_by = Some(enum_name(&by));
             row.cancel_reason = reason;
             row.cancel_fee_minor = Some(fee.minor);
-            ends_for_a_fee(row, "cancelled", "cancellation fee", fee.minor);
+            ends_for_a_fee(row, Ended::Cancelled, fee.minor);
         }
         BookingEvent::BookingExpired { .. } => {
             row.status = "EXPIRED".to_owned();
@@ -345,7 +367,7 @@ fn apply_booking(
             row.status = "NO_SHOW".to_owned();
             // What the booking keeps, as for a cancellation.
             row.cancel_fee_minor = Some(fee.minor);
-            ends_for_a_fee(row, "no-show", "no-show fee", fee.minor);
+            ends_for_a_fee(row, Ended::NoShow, fee.minor);
         }
         BookingEvent::RentalOverdue { at } => row.overdue_at = Some(at),
         BookingEvent::BookingReassigned { to_car, .. } => {

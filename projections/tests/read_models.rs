@@ -130,8 +130,8 @@ async fn history_tracks_bookings_payments_and_timelines() {
     assert_eq!(
         done.get::<serde_json::Value, _>(7),
         serde_json::json!([
-            {"label": "2 days", "amount_minor": 12_000},
-            {"label": "late return", "amount_minor": 2_500}
+            {"code": "RENTAL_DAYS", "label": "2 days", "amount_minor": 12_000},
+            {"code": "LATE_HOURS", "label": "late return", "amount_minor": 2_500}
         ])
     );
     assert_eq!(done.get::<Option<Uuid>, _>(8), Some(s.payment));

@@ -465,14 +465,7 @@ impl Query {
             return_at,
             days: i32::try_from(quote.days).unwrap_or(i32::MAX),
             total: quote.total.into(),
-            lines: quote
-                .lines
-                .into_iter()
-                .map(|l| PriceLine {
-                    label: l.label,
-                    amount: l.amount.into(),
-                })
-                .collect(),
+            lines: quote.lines.into_iter().map(PriceLine::from).collect(),
         })
     }
 

@@ -353,10 +353,47 @@ pub struct CarConnection {
     pub total_count: i32,
 }
 
+/// What a price line is: stable for programs, while `label` is for people and may change.
+#[derive(async_graphql::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[graphql(remote = "domain::pricing::LineCode")]
+pub enum PriceLineCode {
+    /// The days rented at the daily rate.
+    RentalDays,
+    LongRentalDiscount,
+    OneWayFee,
+    /// Whole days late, at the daily rate.
+    LateDays,
+    /// Started hours late beyond the whole days.
+    LateHours,
+    /// The unused days of a rental back early (negative), by the early-return policy.
+    EarlyReturnCredit,
+    EarlyReturnFee,
+    Refuelling,
+    /// A cancelled booking's price taken off (negative).
+    CancellationCredit,
+    CancellationFee,
+    /// A no-show's price taken off (negative).
+    NoShowCredit,
+    NoShowFee,
+    /// A line of no kind above (written before lines had codes).
+    Other,
+}
+
 #[derive(SimpleObject, Clone, Debug)]
 pub struct PriceLine {
+    pub code: PriceLineCode,
     pub label: String,
     pub amount: Money,
+}
+
+impl From<domain::pricing::PriceLine> for PriceLine {
+    fn from(line: domain::pricing::PriceLine) -> Self {
+        Self {
+            code: line.code().into(),
+            label: line.label,
+            amount: line.amount.into(),
+        }
+    }
 }
 
 #[derive(SimpleObject)]
@@ -535,6 +572,8 @@ async fn timeline_events(
 pub(crate) fn stored_lines(lines: &serde_json::Value, currency: &str) -> ApiResult<Vec<PriceLine>> {
     #[derive(serde::Deserialize)]
     struct Line {
+        #[serde(default)]
+        code: Option<domain::pricing::LineCode>,
         label: String,
         amount_minor: i64,
     }
@@ -542,6 +581,11 @@ pub(crate) fn stored_lines(lines: &serde_json::Value, currency: &str) -> ApiResu
     Ok(lines
         .into_iter()
         .map(|l| PriceLine {
+            // Rows written before lines had codes: read it from the label.
+            code: l
+                .code
+                .unwrap_or_else(|| domain::pricing::LineCode::of_label(&l.label))
+                .into(),
             label: l.label,
             amount: Money::new(l.amount_minor, currency),
         })

@@ -47,10 +47,11 @@ pub fn details(make: &str, model: &str, features: &[&str]) -> CarDetails {
 pub fn quote(days: i64, daily: i64) -> Quote {
     Quote {
         days,
-        lines: vec![PriceLine {
-            label: format!("{days} days"),
-            amount: eur(days * daily),
-        }],
+        lines: vec![PriceLine::new(
+            domain::pricing::LineCode::RentalDays,
+            format!("{days} days"),
+            eur(days * daily),
+        )],
         total: eur(days * daily),
     }
 }
@@ -318,10 +319,11 @@ pub async fn scripted_history(store: &EventStore) -> Script {
                 odometer_km: 1_300.0,
                 fuel_percent: 80.0,
                 branch: "MUC".into(),
-                charges: vec![PriceLine {
-                    label: "late return".into(),
-                    amount: eur(2_500),
-                }],
+                charges: vec![PriceLine::new(
+                    domain::pricing::LineCode::LateHours,
+                    "late return",
+                    eur(2_500),
+                )],
                 total: eur(14_500),
                 at: t(4, 12),
             },
