@@ -34,13 +34,14 @@ impl Desk {
         data["addCar"]["id"].as_str().unwrap().to_owned()
     }
 
-    /// A two-day booking of `car` from `start` days ahead, paid with `token`.
-    async fn paid(&self, customer: &str, car: &str, token: &str, start: i64) -> String {
+    /// A two-day booking of `car` from `start_seconds` ahead, paid with `token`.
+    async fn paid(&self, customer: &str, car: &str, token: &str, start_seconds: i64) -> String {
         let booking = gql(
             &self.addr,
             Some(customer),
             "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
-            json!({ "i": { "carId": car, "pickupAt": in_days(start), "returnAt": in_days(start + 2) } }),
+            json!({ "i": { "carId": car, "pickupAt": in_seconds(start_seconds),
+                           "returnAt": in_seconds(start_seconds + 2 * 86_400) } }),
         )
         .await["requestBooking"]["id"]
             .as_str()
@@ -64,8 +65,8 @@ impl Desk {
             .clone()
     }
 
-    /// Picked up now (the car is free until the booking starts), returned now with 40 % of
-    /// the tank missing: a refuelling fee of 40 points.
+    /// Picked up now (within the hour before its time, so not re-priced), returned now with
+    /// 40 % of the tank missing: a refuelling fee of 40 points.
     async fn rented_and_returned_short_of_fuel(&self, booking: &str) {
         gql(
             &self.addr,
@@ -156,15 +157,16 @@ async fn fees_are_collected_and_revenue_is_money_captured_minus_refunded() {
     let customer = customer_token(&desk.addr, "money@fleet.test").await;
 
     // Returned short of fuel, the saved card pays the fee.
-    let settled = desk.paid(&customer, &cars[0], "tok_visa", 1).await;
+    // Both start within the hour, so their pick-up now is on time.
+    let settled = desk.paid(&customer, &cars[0], "tok_visa", 1_800).await;
     desk.rented_and_returned_short_of_fuel(&settled).await;
     // Returned short of fuel, the saved card refuses the fee.
     let owing = desk
-        .paid(&customer, &cars[1], "tok_chargeCustomerFail", 1)
+        .paid(&customer, &cars[1], "tok_chargeCustomerFail", 1_800)
         .await;
     desk.rented_and_returned_short_of_fuel(&owing).await;
     // Paid, then cancelled days before pick-up (free until 24 h before): refunded in full.
-    let cancelled = desk.paid(&customer, &cars[2], "tok_visa", 3).await;
+    let cancelled = desk.paid(&customer, &cars[2], "tok_visa", 3 * 86_400).await;
     gql(
         &desk.addr,
         Some(&customer),
