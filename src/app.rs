@@ -71,6 +71,7 @@ impl App {
                     hold_ttl: chrono::Duration::seconds(config.hold_ttl_seconds),
                     early_pickup_minutes: config.early_pickup_minutes,
                     no_show_grace_minutes: config.no_show_grace_minutes,
+                    fleet_currency: config.fleet_currency,
                     pricing: domain::pricing::PricingPolicy {
                         early_return: config.early_return,
                         grace_minutes: config.return_grace_minutes.max(0),

@@ -50,6 +50,9 @@ pub(crate) struct Config {
     /// `FLEETLEDGER_NO_SHOW_GRACE_MINUTES`: how long after a paid booking's pick-up time
     /// nobody came before it is a no-show (default 120).
     pub(crate) no_show_grace_minutes: i64,
+    /// `FLEETLEDGER_CURRENCY`: the fleet's currency, for cars added without one (ISO 4217 with
+    /// two minor units; default USD).
+    pub(crate) fleet_currency: domain::Currency,
     /// `FLEETLEDGER_RETURN_GRACE_MINUTES`: minutes past a return time (and past whole days of
     /// a rental) that are not charged, and after which a car not back is overdue (default 59).
     pub(crate) return_grace_minutes: i64,
@@ -170,6 +173,12 @@ impl Config {
             early_pickup_minutes: env_or("FLEETLEDGER_EARLY_PICKUP_MINUTES", 60)?,
             early_return: early_return()?,
             return_grace_minutes: env_or("FLEETLEDGER_RETURN_GRACE_MINUTES", 59)?,
+            fleet_currency: match non_empty("FLEETLEDGER_CURRENCY") {
+                Some(code) => domain::Currency::accept(code.trim()).with_context(|| {
+                    format!("FLEETLEDGER_CURRENCY={code:?} is not an ISO 4217 currency with cents")
+                })?,
+                None => domain::Currency::USD,
+            },
             payment_gateways: payment_gateways(non_empty("DATABASE_URL").is_none())?,
             no_show_grace_minutes: env_or("FLEETLEDGER_NO_SHOW_GRACE_MINUTES", 120)?,
             bootstrap_admin_email: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL"),

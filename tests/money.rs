@@ -507,3 +507,48 @@ async fn nobody_came_is_a_no_show_and_a_car_not_back_is_overdue_until_returned()
     assert_eq!(seen["total"]["amount"], "50.00");
     assert_eq!(seen["balance"]["paid"]["amount"], "50.00");
 }
+
+#[tokio::test]
+async fn cars_added_without_a_currency_are_priced_in_the_fleets() {
+    let db = TestDatabase::create().await;
+    let serve = Serve::start(&db.url(), &[("FLEETLEDGER_CURRENCY", "EUR")]);
+    let admin = admin_token(&serve.addr).await;
+    gql(
+        &serve.addr,
+        Some(&admin),
+        "mutation { addBranch(input: { code: \"LIS\", name: \"Lisboa\", city: \"Lisboa\",
+            position: { latitude: 38.72, longitude: -9.14 } }) { code } }",
+        json!({}),
+    )
+    .await;
+    let car = gql(
+        &serve.addr,
+        Some(&admin),
+        "mutation { addCar(input: { make: \"Fiat\", model: \"500\", year: 2025, class: ECONOMY,
+            seats: 4, transmission: MANUAL, fuel: PETROL, dailyRate: \"39.90\",
+            branchCode: \"LIS\" }) { dailyRate { amount currency } } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        car["addCar"]["dailyRate"],
+        json!({ "amount": "39.90", "currency": "EUR" })
+    );
+    drop(serve);
+
+    // A currency the fleet cannot price in stops the server at start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetledger"))
+        .arg("serve")
+        .env("DATABASE_URL", db.url())
+        .env("FLEETLEDGER_HTTP_ADDR", "127.0.0.1:0")
+        .env("FLEETLEDGER_CURRENCY", "JPY")
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("FLEETLEDGER_CURRENCY=\"JPY\" is not an ISO 4217 currency with cents"),
+        "{said}"
+    );
+}

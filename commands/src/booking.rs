@@ -43,6 +43,8 @@ pub struct BookingConfig {
     /// (`FLEETLEDGER_NO_SHOW_GRACE_MINUTES`, default 120).
     pub no_show_grace_minutes: i64,
     pub pricing: PricingPolicy,
+    /// The currency a car is priced in when none is given (`FLEETLEDGER_CURRENCY`, USD).
+    pub fleet_currency: domain::Currency,
     pub retry: RetryPolicy,
     /// How long the per-car Redis lock lives if its holder dies.
     pub lock_ttl: StdDuration,
@@ -58,6 +60,7 @@ impl Default for BookingConfig {
             early_pickup_minutes: 60,
             no_show_grace_minutes: 120,
             pricing: PricingPolicy::default(),
+            fleet_currency: domain::Currency::USD,
             retry: RetryPolicy {
                 max_attempts: 20,
                 ..RetryPolicy::default()

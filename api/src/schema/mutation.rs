@@ -293,9 +293,11 @@ impl Mutation {
     async fn add_car(&self, ctx: &Context<'_>, input: CarInput) -> ApiResult<Car> {
         caller(ctx)?.require(auth::ADMIN)?;
         let s = services(ctx)?;
-        let currency_code = input.currency.unwrap_or_else(|| "USD".into());
-        let currency = Currency::accept(&currency_code)
-            .map_err(|e| AppError::bad_input("currency", e.to_string()))?;
+        let currency = match input.currency {
+            Some(code) => Currency::accept(&code)
+                .map_err(|e| AppError::bad_input("currency", e.to_string()))?,
+            None => s.bookings.config().fleet_currency,
+        };
         if input.daily_rate.minor() <= 0 {
             return Err(AppError::bad_input("dailyRate", "must be positive"));
         }

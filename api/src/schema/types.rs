@@ -937,7 +937,8 @@ pub struct CarInput {
     #[graphql(default_with = "Some(Vec::new())")]
     pub features: Option<Vec<String>>,
     pub daily_rate: Decimal,
-    #[graphql(default_with = "Some(\"USD\".to_owned())")]
+    /// ISO 4217, two minor units; absent: the fleet's currency (`FLEETLEDGER_CURRENCY`, USD
+    /// unless set).
     pub currency: Option<String>,
     pub branch_code: String,
 }
