@@ -21,6 +21,23 @@ struct Desk {
 }
 
 impl Desk {
+    /// Signed in as the admin of `serve`, with the LIS branch added.
+    async fn open(serve: &Serve) -> Self {
+        let desk = Desk {
+            addr: serve.addr.clone(),
+            admin: admin_token(&serve.addr).await,
+        };
+        gql(
+            &desk.addr,
+            Some(&desk.admin),
+            "mutation { addBranch(input: { code: \"LIS\", name: \"Lisboa\", city: \"Lisboa\",
+                position: { latitude: 38.72, longitude: -9.14 } }) { code } }",
+            json!({}),
+        )
+        .await;
+        desk
+    }
+
     async fn car(&self, make: &str) -> String {
         let data = gql(
             &self.addr,
@@ -97,6 +114,20 @@ impl Desk {
     }
 }
 
+/// `serve` with `name=value` on `db` must stop at start: what it said.
+fn refused_at_start(db: &TestDatabase, name: &str, value: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetledger"))
+        .arg("serve")
+        .env("DATABASE_URL", db.url())
+        .env("FLEETLEDGER_HTTP_ADDR", "127.0.0.1:0")
+        .env(name, value)
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "serve started with {name}={value}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A Money's amount ("123.45") in minor units, exactly.
 fn amount(v: &Value) -> i64 {
     let text = v["amount"].as_str().unwrap();
@@ -136,18 +167,7 @@ async fn from_the_log(db: &TestDatabase) -> (BTreeMap<String, i64>, BTreeMap<Str
 async fn fees_are_collected_and_revenue_is_money_captured_minus_refunded() {
     let db = TestDatabase::create().await;
     let serve = Serve::start(&db.url(), &[]);
-    let desk = Desk {
-        addr: serve.addr.clone(),
-        admin: admin_token(&serve.addr).await,
-    };
-    gql(
-        &desk.addr,
-        Some(&desk.admin),
-        "mutation { addBranch(input: { code: \"LIS\", name: \"Lisboa\", city: \"Lisboa\",
-            position: { latitude: 38.72, longitude: -9.14 } }) { code } }",
-        json!({}),
-    )
-    .await;
+    let desk = Desk::open(&serve).await;
     let cars = [
         desk.car("Fiat").await,
         desk.car("Seat").await,
@@ -303,18 +323,7 @@ async fn a_deployment_takes_payments_only_through_the_gateways_it_names() {
     let db = TestDatabase::create().await;
     // A database of its own (not the development default), and no gateway named.
     let serve = Serve::start(&db.url(), &[("FLEETLEDGER_PAYMENT_GATEWAYS", "")]);
-    let desk = Desk {
-        addr: serve.addr.clone(),
-        admin: admin_token(&serve.addr).await,
-    };
-    gql(
-        &desk.addr,
-        Some(&desk.admin),
-        "mutation { addBranch(input: { code: \"LIS\", name: \"Lisboa\", city: \"Lisboa\",
-            position: { latitude: 38.72, longitude: -9.14 } }) { code } }",
-        json!({}),
-    )
-    .await;
+    let desk = Desk::open(&serve).await;
     let car = desk.car("Fiat").await;
     let customer = customer_token(&desk.addr, "nogateway@fleet.test").await;
     let booking = gql(
@@ -356,16 +365,7 @@ async fn a_deployment_takes_payments_only_through_the_gateways_it_names() {
     drop(serve);
 
     // A name that is no gateway stops the server at start, saying which names exist.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetledger"))
-        .arg("serve")
-        .env("DATABASE_URL", db.url())
-        .env("FLEETLEDGER_HTTP_ADDR", "127.0.0.1:0")
-        .env("FLEETLEDGER_PAYMENT_GATEWAYS", "sandbox,stripe-live")
-        .env_remove("REDIS_URL")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let said = String::from_utf8_lossy(&out.stderr);
+    let said = refused_at_start(&db, "FLEETLEDGER_PAYMENT_GATEWAYS", "sandbox,stripe-live");
     assert!(
         said.contains(
             "FLEETLEDGER_PAYMENT_GATEWAYS names \"stripe-live\", which is not a payment gateway \
@@ -391,18 +391,7 @@ async fn nobody_came_is_a_no_show_and_a_car_not_back_is_overdue_until_returned()
             ("FLEETLEDGER_RETURN_GRACE_MINUTES", "0"),
         ],
     );
-    let desk = Desk {
-        addr: serve.addr.clone(),
-        admin: admin_token(&serve.addr).await,
-    };
-    gql(
-        &desk.addr,
-        Some(&desk.admin),
-        "mutation { addBranch(input: { code: \"LIS\", name: \"Lisboa\", city: \"Lisboa\",
-            position: { latitude: 38.72, longitude: -9.14 } }) { code } }",
-        json!({}),
-    )
-    .await;
+    let desk = Desk::open(&serve).await;
     let (first, second) = (desk.car("Fiat").await, desk.car("Seat").await);
     let customer = customer_token(&desk.addr, "late@fleet.test").await;
     let book = |car: String, from: String, until: String| {
@@ -512,18 +501,10 @@ async fn nobody_came_is_a_no_show_and_a_car_not_back_is_overdue_until_returned()
 async fn cars_added_without_a_currency_are_priced_in_the_fleets() {
     let db = TestDatabase::create().await;
     let serve = Serve::start(&db.url(), &[("FLEETLEDGER_CURRENCY", "EUR")]);
-    let admin = admin_token(&serve.addr).await;
-    gql(
-        &serve.addr,
-        Some(&admin),
-        "mutation { addBranch(input: { code: \"LIS\", name: \"Lisboa\", city: \"Lisboa\",
-            position: { latitude: 38.72, longitude: -9.14 } }) { code } }",
-        json!({}),
-    )
-    .await;
+    let desk = Desk::open(&serve).await;
     let car = gql(
-        &serve.addr,
-        Some(&admin),
+        &desk.addr,
+        Some(&desk.admin),
         "mutation { addCar(input: { make: \"Fiat\", model: \"500\", year: 2025, class: ECONOMY,
             seats: 4, transmission: MANUAL, fuel: PETROL, dailyRate: \"39.90\",
             branchCode: \"LIS\" }) { dailyRate { amount currency } } }",
@@ -537,16 +518,7 @@ async fn cars_added_without_a_currency_are_priced_in_the_fleets() {
     drop(serve);
 
     // A currency the fleet cannot price in stops the server at start.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetledger"))
-        .arg("serve")
-        .env("DATABASE_URL", db.url())
-        .env("FLEETLEDGER_HTTP_ADDR", "127.0.0.1:0")
-        .env("FLEETLEDGER_CURRENCY", "JPY")
-        .env_remove("REDIS_URL")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let said = String::from_utf8_lossy(&out.stderr);
+    let said = refused_at_start(&db, "FLEETLEDGER_CURRENCY", "JPY");
     assert!(
         said.contains("FLEETLEDGER_CURRENCY=\"JPY\" is not an ISO 4217 currency with cents"),
         "{said}"

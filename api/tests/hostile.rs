@@ -490,7 +490,6 @@ fn ws_error_code(message: &Value) -> Option<String> {
 async fn a_websocket_flood_is_bounded_per_connection_and_per_address() {
     use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let app = TestApp::with(Options {
         websocket: api::websocket::WebSocketLimits {
             max_operations: 3,
@@ -540,16 +539,7 @@ async fn a_websocket_flood_is_bounded_per_connection_and_per_address() {
 
     // Two connections per address: the third upgrade is refused with 429.
     let second = ws_connect(&app, &admin).await;
-    let request = || {
-        let mut request = format!("ws://{}/graphql", app.addr)
-            .into_client_request()
-            .unwrap();
-        request.headers_mut().insert(
-            "sec-websocket-protocol",
-            "graphql-transport-ws".parse().unwrap(),
-        );
-        request
-    };
+    let request = || common::ws_request(&app);
     match tokio_tungstenite::connect_async(request()).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 429);

@@ -312,10 +312,8 @@ pub fn at(days: i64, hours: i64) -> String {
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A graphql-transport-ws connection, initialised with `token`, acknowledged.
-pub async fn ws_connect(app: &TestApp, token: &str) -> Ws {
-    use futures::SinkExt;
-    use tokio_tungstenite::tungstenite::Message;
+/// The upgrade request for a graphql-transport-ws connection to `app`.
+pub fn ws_request(app: &TestApp) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut request = format!("ws://{}/graphql", app.addr)
         .into_client_request()
@@ -324,7 +322,16 @@ pub async fn ws_connect(app: &TestApp, token: &str) -> Ws {
         "sec-websocket-protocol",
         "graphql-transport-ws".parse().unwrap(),
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    request
+}
+
+/// A graphql-transport-ws connection, initialised with `token`, acknowledged.
+pub async fn ws_connect(app: &TestApp, token: &str) -> Ws {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(app))
+        .await
+        .unwrap();
     ws.send(Message::text(
         json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } })
             .to_string(),
