@@ -387,6 +387,7 @@ async fn measure_lag(
                     booking_id: Uuid::now_v7(),
                     window,
                     at: Utc::now(),
+                    turnaround_minutes: 60,
                 };
                 let stream = StreamId::new("car", car.to_string());
                 let events = vec![commands::codec::encode(&event)?];

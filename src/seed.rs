@@ -383,6 +383,7 @@ fn car_history(
             booking_id: booking,
             window,
             at: created,
+            turnaround_minutes: domain::car::LEGACY_TURNAROUND_MINUTES,
         });
         let mut booking_events = vec![BookingEvent::BookingHeld {
             booking_id: booking,
@@ -547,6 +548,7 @@ fn car_history(
                 reason: "scheduled service".to_owned(),
                 at: ret,
                 displaced: Vec::new(),
+                turnaround_minutes: domain::car::LEGACY_TURNAROUND_MINUTES,
             });
             if until < now {
                 car_events.push(CarEvent::MaintenanceCompleted {

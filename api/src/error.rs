@@ -229,6 +229,7 @@ impl From<BranchError> for AppError {
         match e {
             BranchError::Invalid(i) => Self::bad_input(i.field, i.reason),
             BranchError::CodeTaken => Self::Conflict("branch code is already taken".into()),
+            BranchError::NotFound => Self::not_found("branch"),
             BranchError::Database(db) => Self::database(&db),
         }
     }

@@ -161,6 +161,7 @@ pub const RULES: &[Rule] = &[
         "never the caller's own role",
     ),
     rule("Mutation", "addBranch", Roles(auth::ADMIN)),
+    rule("Mutation", "updateBranch", Roles(auth::ADMIN)),
     rule("Mutation", "addCar", Roles(auth::ADMIN)),
     rule("Mutation", "updateCar", Roles(auth::ADMIN)),
     rule("Mutation", "changeDailyRate", Roles(auth::ADMIN)),

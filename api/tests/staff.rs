@@ -450,44 +450,65 @@ async fn a_cancellation_is_quoted_before_and_charged_as_quoted() {
     app.shutdown().await;
 }
 
-/// What availability offers can be booked, exactly at its edges: turnaround is applied where
-/// availability is answered just as where bookings are decided (a property test over random
-/// reservations and random picks).
+/// What availability offers can be booked, and no more: turnaround is each branch's (the one a
+/// rental returns to), applied where availability is answered just as where bookings are
+/// decided. A property test over random reservations (round trips and one-way, two branches
+/// with different turnarounds) and random picks at both edges of the ranges offered; one
+/// minute beyond an edge that a reservation makes must be refused.
 #[tokio::test]
 async fn every_range_availability_offers_can_be_booked() {
+    use chrono::{DateTime, TimeDelta, Utc};
     use rand::{Rng, SeedableRng};
     let app = TestApp::start().await;
+    let admin = app.admin_token.clone();
     app.add_branch("LIS", 38.72, -9.14).await;
+    app.add_branch("OPO", 41.15, -8.61).await;
+    // Lisbon cleans in half an hour, Porto takes four.
+    for (code, minutes) in [("LIS", 30), ("OPO", 240)] {
+        let branch = app
+            .ok(
+                Some(&admin),
+                "mutation($c: String!, $t: Int!) { updateBranch(code: $c, input: { turnaroundMinutes: $t }) { code turnaroundMinutes } }",
+                json!({ "c": code, "t": minutes }),
+            )
+            .await;
+        assert_eq!(
+            branch["updateBranch"],
+            json!({ "code": code, "turnaroundMinutes": minutes })
+        );
+    }
     let car = app.add_car("LIS", "Dacia", "29.90").await;
     let (customer, _) = app.register("gaps@fleet.test").await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let book = "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }";
-    let from = chrono::Utc::now() + chrono::TimeDelta::days(1);
-    let to = from + chrono::TimeDelta::days(30);
+    let request = |pickup: DateTime<Utc>, ret: DateTime<Utc>, to: &str| {
+        json!({ "i": { "carId": car, "pickupAt": pickup.to_rfc3339(), "returnAt": ret.to_rfc3339(),
+                       "returnBranchCode": to } })
+    };
+    let from = Utc::now() + TimeDelta::days(1);
+    let to = from + TimeDelta::days(30);
     // Random reservations make random gaps (some requests collide and are refused).
     for _ in 0..12 {
-        let start = from + chrono::TimeDelta::minutes(rng.random_range(0..29 * 24 * 60));
-        let end = start + chrono::TimeDelta::minutes(rng.random_range(60..4 * 24 * 60));
-        app.post(
-            Some(&customer),
-            book,
-            json!({ "i": { "carId": car, "pickupAt": start.to_rfc3339(), "returnAt": end.to_rfc3339() } }),
-        )
-        .await;
+        let start = from + TimeDelta::minutes(rng.random_range(0..29 * 24 * 60));
+        let end = start + TimeDelta::minutes(rng.random_range(60..4 * 24 * 60));
+        let branch = if rng.random_bool(0.5) { "LIS" } else { "OPO" };
+        app.post(Some(&customer), book, request(start, end, branch))
+            .await;
     }
-    let mut booked = 0;
+    let (mut booked, mut edges_tried) = (0, 0);
     for round in 0..15 {
+        let branch = if rng.random_bool(0.5) { "LIS" } else { "OPO" };
         let free = app
             .ok(
                 None,
-                "query($c: UUID!, $f: DateTime!, $t: DateTime!) { availability(carId: $c, from: $f, to: $t) { start end } }",
-                json!({ "c": car, "f": from.to_rfc3339(), "t": to.to_rfc3339() }),
+                "query($c: UUID!, $f: DateTime!, $t: DateTime!, $b: String) { availability(carId: $c, from: $f, to: $t, returnBranchCode: $b) { start end } }",
+                json!({ "c": car, "f": from.to_rfc3339(), "t": to.to_rfc3339(), "b": branch }),
             )
             .await["availability"]
             .as_array()
             .unwrap()
             .clone();
-        let ranges: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = free
+        let ranges: Vec<(DateTime<Utc>, DateTime<Utc>)> = free
             .iter()
             .map(|r| {
                 (
@@ -495,36 +516,48 @@ async fn every_range_availability_offers_can_be_booked() {
                     r["end"].as_str().unwrap().parse().unwrap(),
                 )
             })
-            .filter(
-                |(s, e): &(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)| {
-                    *e - *s >= chrono::TimeDelta::hours(2)
-                },
-            )
+            .filter(|(s, e): &(DateTime<Utc>, DateTime<Utc>)| *e - *s >= TimeDelta::hours(2))
             .collect();
         let Some(&(start, end)) = ranges.get(rng.random_range(0..ranges.len().max(1))) else {
             break;
         };
         // From the range's very start, or up to its very end.
         let hours = rng.random_range(1..=((end - start).num_hours().min(48)));
-        let (pickup, ret) = if rng.random_bool(0.5) {
-            (start, start + chrono::TimeDelta::hours(hours))
+        let length = TimeDelta::hours(hours);
+        let at_start = rng.random_bool(0.5);
+        let (pickup, ret) = if at_start {
+            (start, start + length)
         } else {
-            (end - chrono::TimeDelta::hours(hours), end)
+            (end - length, end)
         };
+        // A minute past an edge a reservation makes (not the edge of the question) is taken.
+        let minute = TimeDelta::minutes(1);
+        let beyond = if at_start && start > from {
+            Some((pickup - minute, ret - minute))
+        } else if !at_start && end < to {
+            Some((pickup + minute, ret + minute))
+        } else {
+            None
+        };
+        if let Some((p, r)) = beyond {
+            assert_eq!(
+                app.code(Some(&customer), book, request(p, r, branch)).await,
+                "CONFLICT",
+                "round {round}: availability offered {start} to {end} returning to {branch}, yet {p} to {r} was not refused"
+            );
+            edges_tried += 1;
+        }
         let (_, body) = app
-            .post(
-                Some(&customer),
-                book,
-                json!({ "i": { "carId": car, "pickupAt": pickup.to_rfc3339(), "returnAt": ret.to_rfc3339() } }),
-            )
+            .post(Some(&customer), book, request(pickup, ret, branch))
             .await;
         assert!(
             body.get("errors").is_none(),
-            "round {round}: availability offered {start} to {end}, booking {pickup} to {ret} was refused: {body:#}"
+            "round {round}: availability offered {start} to {end} returning to {branch}, booking {pickup} to {ret} was refused: {body:#}"
         );
         booked += 1;
     }
     assert!(booked >= 10, "only {booked} rounds found a free range");
+    assert!(edges_tried >= 5, "only {edges_tried} edges were tried");
     app.shutdown().await;
 }
 

@@ -33,8 +33,6 @@ use crate::locks::HotCarLock;
 pub struct BookingConfig {
     /// How long a HELD booking waits for payment (`FLEETLEDGER_HOLD_TTL`, default 300 s).
     pub hold_ttl: Duration,
-    /// Minutes that must separate two uses of a car.
-    pub turnaround_minutes: i64,
     /// How long before a booking's pick-up time the car may be handed over with no questions
     /// (`FLEETLEDGER_EARLY_PICKUP_MINUTES`, default 60); earlier, only if the car is free
     /// until then, and the booking then holds it from the hand-over.
@@ -56,7 +54,6 @@ impl Default for BookingConfig {
     fn default() -> Self {
         Self {
             hold_ttl: Duration::seconds(300),
-            turnaround_minutes: 60,
             early_pickup_minutes: 60,
             no_show_grace_minutes: 120,
             pricing: PricingPolicy::default(),
@@ -271,13 +268,37 @@ impl BookingService {
         )?)
     }
 
-    async fn branch_exists(&self, code: &str) -> Result<bool, BookingFlowError> {
-        Ok(
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM branches WHERE code = $1)")
+    /// The turnaround of the branch `code` (minutes a car returned there stays out for
+    /// cleaning), `None` when there is no such branch.
+    async fn branch_turnaround(&self, code: &str) -> Result<Option<i64>, BookingFlowError> {
+        let minutes: Option<i32> =
+            sqlx::query_scalar("SELECT turnaround_minutes FROM branches WHERE code = $1")
                 .bind(code)
-                .fetch_one(self.store.pool())
-                .await?,
-        )
+                .fetch_optional(self.store.pool())
+                .await?;
+        Ok(minutes.map(i64::from))
+    }
+
+    /// The turnaround after a rental returned to `code`: the branch's, or the one every
+    /// reservation had before it was per branch for a code missing from the table (a car
+    /// registered by an import that never added its branch).
+    async fn turnaround_at(&self, code: &str) -> Result<i64, BookingFlowError> {
+        Ok(self
+            .branch_turnaround(code)
+            .await?
+            .unwrap_or(domain::car::LEGACY_TURNAROUND_MINUTES))
+    }
+
+    /// The turnaround after `booking`: that of the branch it returns the car to.
+    async fn turnaround_after(&self, booking: &Booking) -> Result<i64, BookingFlowError> {
+        match booking
+            .return_branch
+            .as_deref()
+            .or(booking.pickup_branch.as_deref())
+        {
+            Some(code) => self.turnaround_at(code).await,
+            None => Ok(domain::car::LEGACY_TURNAROUND_MINUTES),
+        }
     }
 
     async fn load_car(&self, car_id: Uuid) -> Result<Loaded<Car>, BookingFlowError> {
@@ -345,18 +366,24 @@ impl BookingService {
                     .return_branch
                     .clone()
                     .unwrap_or_else(|| pickup_branch.clone());
-                if return_branch != pickup_branch && !self.branch_exists(&return_branch).await? {
-                    return Err(BookingFlowError::Invalid {
-                        field: "returnBranchCode",
-                        reason: format!("no branch {return_branch:?}"),
-                    });
-                }
+                let turnaround = match self.branch_turnaround(&return_branch).await? {
+                    Some(minutes) => minutes,
+                    None if return_branch == pickup_branch => {
+                        domain::car::LEGACY_TURNAROUND_MINUTES
+                    }
+                    None => {
+                        return Err(BookingFlowError::Invalid {
+                            field: "returnBranchCode",
+                            reason: format!("no branch {return_branch:?}"),
+                        });
+                    }
+                };
                 let quote = self.price(&car.state, request.window, Some(&return_branch))?;
                 let car_id = request.car_id.to_string();
                 let reserve = CarCommand::Reserve {
                     booking_id,
                     window: request.window,
-                    buffer_minutes: self.config.turnaround_minutes,
+                    turnaround_minutes: turnaround,
                     now,
                 };
                 let (_, car_append) = self.cars.decide(&car_id, &car, reserve).await?;
@@ -556,7 +583,7 @@ impl BookingService {
             .ok_or(BookingFlowError::BookingNotFound)?;
         let car = self.load_car(car_id).await?;
         let quote = self.price(&car.state, window, booking.state.return_branch.as_deref())?;
-        let turnaround = self.config.turnaround_minutes;
+        let turnaround = self.turnaround_after(&booking.state).await?;
         self.booking_and_car(
             ctx,
             booking_id,
@@ -571,7 +598,7 @@ impl BookingService {
                 Some(CarCommand::ChangeReservation {
                     booking_id,
                     window,
-                    buffer_minutes: turnaround,
+                    turnaround_minutes: turnaround,
                     now,
                 })
             },
@@ -607,10 +634,10 @@ impl BookingService {
         reason: String,
         now: DateTime<Utc>,
     ) -> Result<BookingView, BookingFlowError> {
-        let turnaround = self.config.turnaround_minutes;
         let (state, events) = self
             .transact(ctx, || async {
                 let booking = self.load_booking(booking_id).await?;
+                let turnaround = self.turnaround_after(&booking.state).await?;
                 let from_car = booking
                     .state
                     .car_id
@@ -652,7 +679,7 @@ impl BookingService {
                         CarCommand::Reserve {
                             booking_id,
                             window,
-                            buffer_minutes: turnaround,
+                            turnaround_minutes: turnaround,
                             now,
                         },
                     )
@@ -758,11 +785,15 @@ impl BookingService {
         urgent: bool,
         now: DateTime<Utc>,
     ) -> Result<(Vec<RecordedEvent>, Vec<Uuid>), BookingFlowError> {
-        let turnaround = self.config.turnaround_minutes;
         let maintenance_id = Uuid::now_v7();
         let (displaced, events) = self
             .transact_any(ctx, || async {
                 let car = self.load_car(car_id).await?;
+                // Maintenance ends where the car stands: that branch's turnaround follows it.
+                let turnaround = match car.state.branch.as_deref() {
+                    Some(code) => self.turnaround_at(code).await?,
+                    None => domain::car::LEGACY_TURNAROUND_MINUTES,
+                };
                 let (_, car_append) = self
                     .cars
                     .decide(
@@ -772,7 +803,7 @@ impl BookingService {
                             maintenance_id,
                             window,
                             reason: reason.clone(),
-                            buffer_minutes: turnaround,
+                            turnaround_minutes: turnaround,
                             urgent,
                             now,
                         },
@@ -854,7 +885,6 @@ impl BookingService {
                     booking_id,
                     odometer_km,
                     early_minutes: self.config.early_pickup_minutes,
-                    buffer_minutes: self.config.turnaround_minutes,
                     pickup_branch: booking.pickup_branch.clone().unwrap_or_default(),
                     now,
                 })

@@ -1,5 +1,9 @@
 //! Branches: the rental locations cars belong to. A plain reference table, not an aggregate.
 //!
+//! A branch's settings apply to what is decided from then on: its turnaround (minutes a car
+//! returned there stays out for cleaning) is read when a booking reserves a car and written
+//! into that reservation's event, so changing it never moves a reservation already made.
+//!
 //! Codes are 1 to 16 characters `A-Z`, `0-9` or `-`, taken as given (no case folding, so a
 //! code means the same thing in a lookup, a car's events and the API). Cars refer to branches
 //! by code; the table is written by ADMIN `addBranch` and read everywhere.
@@ -19,7 +23,23 @@ pub struct BranchInput {
     pub city: String,
     pub latitude: f64,
     pub longitude: f64,
+    /// Minutes a car returned here stays out before its next rental; `None`: the default
+    /// ([`DEFAULT_TURNAROUND_MINUTES`]).
+    pub turnaround_minutes: Option<i64>,
 }
+
+/// Changes to a branch; `None` keeps the current value. The code never changes (cars and
+/// events refer to it).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BranchPatch {
+    pub name: Option<String>,
+    pub city: Option<String>,
+    pub turnaround_minutes: Option<i64>,
+}
+
+/// A new branch's turnaround unless it says one: the hour every branch had before it was a
+/// setting.
+pub const DEFAULT_TURNAROUND_MINUTES: i64 = domain::car::LEGACY_TURNAROUND_MINUTES;
 
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
 pub struct Branch {
@@ -28,6 +48,7 @@ pub struct Branch {
     pub city: String,
     pub latitude: f64,
     pub longitude: f64,
+    pub turnaround_minutes: i32,
     pub created_at: DateTime<Utc>,
 }
 
@@ -37,6 +58,8 @@ pub enum BranchError {
     Invalid(#[from] InvalidInput),
     #[error("branch code is already taken")]
     CodeTaken,
+    #[error("no such branch")]
+    NotFound,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -68,6 +91,17 @@ fn text(field: &'static str, value: &str) -> Result<String, InvalidInput> {
     Ok(value.to_owned())
 }
 
+fn turnaround(minutes: i64) -> Result<i32, InvalidInput> {
+    if (0..=domain::car::MAX_TURNAROUND_MINUTES).contains(&minutes) {
+        Ok(minutes as i32)
+    } else {
+        Err(InvalidInput {
+            field: "turnaroundMinutes",
+            reason: "must be between 0 and 1440 (a day)",
+        })
+    }
+}
+
 fn coordinate(
     field: &'static str,
     value: f64,
@@ -82,7 +116,7 @@ fn coordinate(
     }
 }
 
-const COLUMNS: &str = "code, name, city, latitude, longitude, created_at";
+const COLUMNS: &str = "code, name, city, latitude, longitude, turnaround_minutes, created_at";
 
 /// The branches service. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -113,9 +147,14 @@ impl Branches {
             180.0,
             "must be between -180 and 180",
         )?;
+        let turnaround = turnaround(
+            input
+                .turnaround_minutes
+                .unwrap_or(DEFAULT_TURNAROUND_MINUTES),
+        )?;
         let sql = format!(
-            "INSERT INTO branches (code, name, city, latitude, longitude) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+            "INSERT INTO branches (code, name, city, latitude, longitude, turnaround_minutes) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
         );
         sqlx::query_as::<_, Branch>(&sql)
             .bind(&input.code)
@@ -123,6 +162,7 @@ impl Branches {
             .bind(city)
             .bind(latitude)
             .bind(longitude)
+            .bind(turnaround)
             .fetch_one(&self.pool)
             .await
             .map_err(
@@ -131,6 +171,37 @@ impl Branches {
                     _ => e.into(),
                 },
             )
+    }
+
+    /// Change a branch's name, city or turnaround; the branch as it is now. A new turnaround
+    /// applies to reservations made from now on.
+    #[tracing::instrument(skip_all, fields(branch.code = %code), err(level = "debug"))]
+    pub async fn update(&self, code: &str, patch: BranchPatch) -> Result<Branch, BranchError> {
+        let name = patch.name.as_deref().map(|v| text("name", v)).transpose()?;
+        let city = patch.city.as_deref().map(|v| text("city", v)).transpose()?;
+        let turnaround = patch.turnaround_minutes.map(turnaround).transpose()?;
+        let sql = format!(
+            "UPDATE branches SET name = coalesce($2, name), city = coalesce($3, city), \
+             turnaround_minutes = coalesce($4, turnaround_minutes) WHERE code = $1 \
+             RETURNING {COLUMNS}"
+        );
+        sqlx::query_as::<_, Branch>(&sql)
+            .bind(code)
+            .bind(name)
+            .bind(city)
+            .bind(turnaround)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(BranchError::NotFound)
+    }
+
+    /// The branches of `codes` that exist (one query, for a page of cars or bookings).
+    pub async fn get_many(&self, codes: &[String]) -> Result<Vec<Branch>, BranchError> {
+        let sql = format!("SELECT {COLUMNS} FROM branches WHERE code = ANY($1)");
+        Ok(sqlx::query_as::<_, Branch>(&sql)
+            .bind(codes)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     pub async fn get(&self, code: &str) -> Result<Option<Branch>, BranchError> {

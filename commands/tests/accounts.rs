@@ -8,7 +8,7 @@ use commands::accounts::{
     AccountError, Accounts, Bootstrap, Email, InvalidInput, JwtKeys, Password, ProfileUpdate,
     RegisterInput, Role, Secret,
 };
-use commands::branches::{BranchError, BranchInput, Branches};
+use commands::branches::{Branch, BranchError, BranchInput, BranchPatch, Branches};
 use eventstore::testing::TestDatabase;
 use uuid::Uuid;
 
@@ -538,6 +538,7 @@ mod branches {
             city: "Lisbon".into(),
             latitude: 38.7742,
             longitude: -9.1342,
+            turnaround_minutes: None,
         }
     }
 
@@ -557,6 +558,7 @@ mod branches {
                 city: "Porto".into(),
                 latitude: 41.1486,
                 longitude: -8.5856,
+                turnaround_minutes: None,
             })
             .await
             .unwrap();
@@ -568,12 +570,72 @@ mod branches {
                 city: "Amsterdam".into(),
                 latitude: 52.3105,
                 longitude: 4.7683,
+                turnaround_minutes: Some(90),
             })
             .await
             .unwrap();
+        // An hour unless the branch says otherwise.
+        assert_eq!((lis.turnaround_minutes, ams.turnaround_minutes), (60, 90));
         assert_eq!(branches.get("LIS-01").await.unwrap(), Some(lis.clone()));
         assert_eq!(branches.get("lis-01").await.unwrap(), None);
         assert_eq!(branches.list().await.unwrap(), vec![ams, lis, opo]);
+    }
+
+    #[tokio::test]
+    async fn a_branch_changes_its_name_and_turnaround_but_not_its_code() {
+        let db = TestDatabase::create().await;
+        let branches = Branches::new(db.pool.clone());
+        let lis = branches.add(lisbon()).await.unwrap();
+        let changed = branches
+            .update(
+                "LIS-01",
+                BranchPatch {
+                    turnaround_minutes: Some(0),
+                    name: Some(" Lisbon Oriente ".into()),
+                    ..BranchPatch::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            changed,
+            Branch {
+                name: "Lisbon Oriente".into(),
+                turnaround_minutes: 0,
+                ..lis
+            }
+        );
+        for (minutes, field) in [(-1, "turnaroundMinutes"), (1441, "turnaroundMinutes")] {
+            let err = branches
+                .update(
+                    "LIS-01",
+                    BranchPatch {
+                        turnaround_minutes: Some(minutes),
+                        ..BranchPatch::default()
+                    },
+                )
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, BranchError::Invalid(i) if i.field == field),
+                "{minutes}: {err:?}"
+            );
+        }
+        let err = branches
+            .add(BranchInput {
+                code: "DAY".into(),
+                turnaround_minutes: Some(24 * 60 + 1),
+                ..lisbon()
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BranchError::Invalid(_)), "{err:?}");
+        let missing = branches
+            .update("NOPE", BranchPatch::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(missing, BranchError::NotFound), "{missing:?}");
+        assert_eq!(branches.get("LIS-01").await.unwrap(), Some(changed));
     }
 
     #[tokio::test]

@@ -463,7 +463,7 @@ async fn completing_maintenance_restarts_the_service_interval() {
             maintenance_id: Uuid::now_v7(),
             window,
             reason: "service".into(),
-            buffer_minutes: 0,
+            turnaround_minutes: 0,
             urgent: false,
             now: now() - Duration::hours(2),
         },

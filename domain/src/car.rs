@@ -1,7 +1,8 @@
 //! The Car aggregate: a vehicle of the fleet, its details, daily rate, branch and lifecycle.
 //!
-//! A car holds its future reservation and maintenance windows and refuses any overlap,
-//! turnaround buffer included; a retired car accepts no reservation. Past windows are pruned
+//! A car holds its future reservation and maintenance windows and refuses any overlap; each
+//! window keeps the car for its turnaround after it (cleaning at the branch it ends at, a
+//! per-branch setting carried by the event), so nothing may start before that ends; a retired car accepts no reservation. Past windows are pruned
 //! as events carrying a later instant are applied, so the state stays small.
 
 use chrono::{DateTime, Duration, Utc};
@@ -153,7 +154,7 @@ pub enum CarCommand {
         maintenance_id: Uuid,
         window: TimeWindow,
         reason: String,
-        buffer_minutes: i64,
+        turnaround_minutes: i64,
         urgent: bool,
         now: DateTime<Utc>,
     },
@@ -161,19 +162,20 @@ pub enum CarCommand {
     CompleteMaintenance {
         now: DateTime<Utc>,
     },
-    /// Blocks `window` for a booking; `buffer_minutes` of turnaround must separate it from
-    /// every other block. Reserving the same window again for the same booking is a no-op.
+    /// Blocks `window` for a booking, and `turnaround_minutes` after it (the turnaround of the
+    /// branch the booking returns to). Neither may touch another block or the turnaround after
+    /// it. Reserving the same window again for the same booking is a no-op.
     Reserve {
         booking_id: Uuid,
         window: TimeWindow,
-        buffer_minutes: i64,
+        turnaround_minutes: i64,
         now: DateTime<Utc>,
     },
     /// Moves a booking's reservation: the old window is given up only if the new one fits.
     ChangeReservation {
         booking_id: Uuid,
         window: TimeWindow,
-        buffer_minutes: i64,
+        turnaround_minutes: i64,
         now: DateTime<Utc>,
     },
     /// Gives a booking's window back; a no-op when the booking holds none.
@@ -182,14 +184,13 @@ pub enum CarCommand {
         now: DateTime<Utc>,
     },
     /// Hands the car over for a booking. Up to `early_minutes` before the booking's window
-    /// that is a plain hand-over; earlier, the car must be free (turnaround of
-    /// `buffer_minutes` included) from `now` to the window, and the reservation then starts
-    /// at `now`, so nobody else can book a car that is already out.
+    /// that is a plain hand-over; earlier, the car must be free (turnarounds included) from
+    /// `now` to the window, and the reservation then starts at `now`, so nobody else can book a
+    /// car that is already out.
     HandOver {
         booking_id: Uuid,
         odometer_km: f64,
         early_minutes: i64,
-        buffer_minutes: i64,
         /// Where the booking picks the car up: the car must be there.
         pickup_branch: String,
         now: DateTime<Utc>,
@@ -239,6 +240,10 @@ pub enum CarEvent {
         /// Bookings whose reservations this urgent maintenance dropped.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         displaced: Vec<Uuid>,
+        /// Minutes the car stays out after the window (the branch's turnaround then; absent in
+        /// events written before turnaround was per branch: 60).
+        #[serde(default = "legacy_turnaround")]
+        turnaround_minutes: i64,
     },
     MaintenanceCompleted {
         maintenance_id: Uuid,
@@ -248,12 +253,19 @@ pub enum CarEvent {
         booking_id: Uuid,
         window: TimeWindow,
         at: DateTime<Utc>,
+        /// Minutes the car stays out after the window: the turnaround of the branch the
+        /// booking returns to (absent in events written before turnaround was per branch: 60).
+        #[serde(default = "legacy_turnaround")]
+        turnaround_minutes: i64,
     },
     ReservationChanged {
         booking_id: Uuid,
         from: TimeWindow,
         to: TimeWindow,
         at: DateTime<Utc>,
+        /// The turnaround after the new window (absent in older events: 60).
+        #[serde(default = "legacy_turnaround")]
+        turnaround_minutes: i64,
     },
     ReservationReleased {
         booking_id: Uuid,
@@ -357,6 +369,25 @@ pub enum BlockKind {
 pub struct Block {
     pub kind: BlockKind,
     pub window: TimeWindow,
+    /// Minutes the car stays out of use after the window (cleaning and preparation at the
+    /// branch it ends at): nothing else may start before `window.end` plus this.
+    #[serde(default = "legacy_turnaround")]
+    pub turnaround_minutes: i64,
+}
+
+/// The turnaround every reservation had before it became a per-branch setting: what events
+/// written then, which do not say theirs, mean.
+pub const LEGACY_TURNAROUND_MINUTES: i64 = 60;
+
+/// The longest turnaround a branch may set (a day): readers widen their index searches by it.
+pub const MAX_TURNAROUND_MINUTES: i64 = 24 * 60;
+
+fn legacy_turnaround() -> i64 {
+    LEGACY_TURNAROUND_MINUTES
+}
+
+fn minutes(m: i64) -> Duration {
+    Duration::minutes(m.clamp(0, MAX_TURNAROUND_MINUTES))
 }
 
 impl Block {
@@ -366,6 +397,18 @@ impl Block {
             BlockKind::Rental { booking_id } => Some(booking_id),
             BlockKind::Maintenance { .. } => None,
         }
+    }
+
+    /// When the car is next free after this block: its end plus its turnaround.
+    pub fn free_from(&self) -> DateTime<Utc> {
+        self.window.end + minutes(self.turnaround_minutes)
+    }
+
+    /// Whether `window`, followed by `turnaround_minutes` of its own turnaround, collides with
+    /// this block and the turnaround after it.
+    pub fn clashes(&self, window: &TimeWindow, turnaround_minutes: i64) -> bool {
+        window.start < self.free_from()
+            && self.window.start < window.end + minutes(turnaround_minutes)
     }
 
     fn describe(&self) -> String {
@@ -417,26 +460,27 @@ impl Car {
         self.daily_rate.ok_or(CarError::NotRegistered)
     }
 
-    /// The first block (other than `except`'s) that `window` would collide with.
+    /// The first block (other than `except`'s) that `window` and its turnaround would
+    /// collide with.
     fn collision(
         &self,
         window: &TimeWindow,
-        buffer: Duration,
+        turnaround_minutes: i64,
         except: Option<Uuid>,
     ) -> Option<&Block> {
         self.blocks
             .iter()
             .filter(|b| except.is_none() || b.booking() != except)
-            .find(|b| b.window.overlaps(window, buffer))
+            .find(|b| b.clashes(window, turnaround_minutes))
     }
 
     fn ensure_free(
         &self,
         window: &TimeWindow,
-        buffer_minutes: i64,
+        turnaround_minutes: i64,
         except: Option<Uuid>,
     ) -> Result<(), CarError> {
-        match self.collision(window, Duration::minutes(buffer_minutes.max(0)), except) {
+        match self.collision(window, turnaround_minutes, except) {
             Some(block) => Err(CarError::NotAvailable {
                 window: *window,
                 taken_by: block.describe(),
@@ -450,12 +494,11 @@ impl Car {
     }
 
     /// The bookings an urgent maintenance over `window` would displace: those whose
-    /// reservations overlap it (turnaround included) and whose rental has not started.
-    pub fn bookings_displaced_by(&self, window: &TimeWindow, buffer_minutes: i64) -> Vec<Uuid> {
-        let buffer = Duration::minutes(buffer_minutes.max(0));
+    /// reservations collide with it (turnarounds included) and whose rental has not started.
+    pub fn bookings_displaced_by(&self, window: &TimeWindow, turnaround_minutes: i64) -> Vec<Uuid> {
         self.blocks
             .iter()
-            .filter(|b| b.window.overlaps(window, buffer))
+            .filter(|b| b.clashes(window, turnaround_minutes))
             .filter_map(Block::booking)
             .filter(|id| self.rented_by != Some(*id))
             .collect()
@@ -484,11 +527,29 @@ impl Car {
         }
     }
 
-    /// Forget windows that ended before `at`, except the one of a rental still out.
+    /// Forget windows whose turnaround ended before `at`, except the one of a rental still out.
     fn prune(&mut self, at: DateTime<Utc>) {
         let out = self.rented_by;
         self.blocks
-            .retain(|b| b.window.end > at || (out.is_some() && b.booking() == out));
+            .retain(|b| b.free_from() > at || (out.is_some() && b.booking() == out));
+    }
+
+    /// Ends the block `which` picks at `at` if it would end later (its turnaround then
+    /// follows from `at`), and drops it if it had not started by then: a car back early, a
+    /// maintenance done early. The availability read model does the same.
+    fn cut(&mut self, which: impl Fn(&Block) -> bool, at: DateTime<Utc>) {
+        self.blocks.retain_mut(|b| {
+            if !which(b) {
+                return true;
+            }
+            if b.window.end > at {
+                match TimeWindow::new(b.window.start, at) {
+                    Ok(window) => b.window = window,
+                    Err(_) => return false,
+                }
+            }
+            true
+        });
     }
 
     fn insert_block(&mut self, block: Block) {
@@ -601,7 +662,7 @@ impl Aggregate for Car {
                 maintenance_id,
                 window,
                 reason,
-                buffer_minutes,
+                turnaround_minutes,
                 urgent,
                 now,
             } => {
@@ -615,15 +676,14 @@ impl Aggregate for Car {
                         reason: "must be 1 to 500 characters",
                     });
                 }
-                let buffer = Duration::minutes(buffer_minutes.max(0));
                 // Not started yet: an urgent maintenance takes their place.
                 let displaced = if urgent {
-                    self.bookings_displaced_by(&window, buffer_minutes)
+                    self.bookings_displaced_by(&window, turnaround_minutes)
                 } else {
                     Vec::new()
                 };
                 if let Some(block) = self.blocks.iter().find(|b| {
-                    b.window.overlaps(&window, buffer)
+                    b.clashes(&window, turnaround_minutes)
                         && b.booking().is_none_or(|id| !displaced.contains(&id))
                 }) {
                     return Err(CarError::NotAvailable {
@@ -637,6 +697,7 @@ impl Aggregate for Car {
                     reason,
                     at: now,
                     displaced,
+                    turnaround_minutes,
                 }
             }
             CarCommand::CompleteMaintenance { now } => {
@@ -660,7 +721,7 @@ impl Aggregate for Car {
             CarCommand::Reserve {
                 booking_id,
                 window,
-                buffer_minutes,
+                turnaround_minutes,
                 now,
             } => {
                 self.registered_rate()?;
@@ -676,17 +737,18 @@ impl Aggregate for Car {
                 if window.start < now {
                     return Err(CarError::WindowInPast);
                 }
-                self.ensure_free(&window, buffer_minutes, None)?;
+                self.ensure_free(&window, turnaround_minutes, None)?;
                 CarEvent::CarReserved {
                     booking_id,
                     window,
                     at: now,
+                    turnaround_minutes,
                 }
             }
             CarCommand::ChangeReservation {
                 booking_id,
                 window,
-                buffer_minutes,
+                turnaround_minutes,
                 now,
             } => {
                 self.registered_rate()?;
@@ -705,12 +767,13 @@ impl Aggregate for Car {
                 } else if window.start < now {
                     return Err(CarError::WindowInPast);
                 }
-                self.ensure_free(&window, buffer_minutes, Some(booking_id))?;
+                self.ensure_free(&window, turnaround_minutes, Some(booking_id))?;
                 CarEvent::ReservationChanged {
                     booking_id,
                     from,
                     to: window,
                     at: now,
+                    turnaround_minutes,
                 }
             }
             CarCommand::Release { booking_id, now } => {
@@ -726,7 +789,6 @@ impl Aggregate for Car {
                 booking_id,
                 odometer_km,
                 early_minutes,
-                buffer_minutes,
                 pickup_branch,
                 now,
             } => {
@@ -746,26 +808,26 @@ impl Aggregate for Car {
                         pickup: pickup_branch,
                     });
                 }
-                let window = self
+                let reservation = self
                     .reservation_of(booking_id)
-                    .ok_or(CarError::NoReservation(booking_id))?
-                    .window;
+                    .ok_or(CarError::NoReservation(booking_id))?;
+                let (window, own_turnaround) = (reservation.window, reservation.turnaround_minutes);
                 self.check_odometer(odometer_km)?;
                 if now < window.start - Duration::minutes(early_minutes.max(0)) {
                     // Out before its time: the extra time must be free, and becomes reserved.
                     let early =
                         TimeWindow::new(now, window.end).map_err(|_| CarError::WindowInPast)?;
-                    let buffer = Duration::minutes(buffer_minutes.max(0));
                     // The last block in the way decides when the car can go.
                     let in_the_way = self
                         .blocks
                         .iter()
                         .filter(|b| b.booking() != Some(booking_id))
-                        .filter(|b| b.window.overlaps(&early, buffer))
-                        .max_by_key(|b| b.window.end);
+                        .filter(|b| b.clashes(&early, own_turnaround))
+                        .max_by_key(|b| b.free_from());
                     if let Some(block) = in_the_way {
                         return Err(CarError::TooEarly {
-                            possible_from: (block.window.end + buffer)
+                            possible_from: block
+                                .free_from()
                                 .min(window.start - Duration::minutes(early_minutes.max(0))),
                             taken_by: block.describe(),
                         });
@@ -776,6 +838,7 @@ impl Aggregate for Car {
                             from: window,
                             to: early,
                             at: now,
+                            turnaround_minutes: own_turnaround,
                         },
                         self,
                     )
@@ -837,6 +900,7 @@ impl Aggregate for Car {
                 reason,
                 at,
                 displaced,
+                turnaround_minutes,
             } => {
                 self.prune(at);
                 self.blocks.retain(|b| {
@@ -849,31 +913,42 @@ impl Aggregate for Car {
                         reason,
                     },
                     window,
+                    turnaround_minutes,
                 });
             }
             CarEvent::MaintenanceCompleted { maintenance_id, at } => {
-                self.blocks.retain(|b| !matches!(b.kind, BlockKind::Maintenance { maintenance_id: m, .. } if m == maintenance_id));
+                self.cut(
+                    |b| matches!(b.kind, BlockKind::Maintenance { maintenance_id: m, .. } if m == maintenance_id),
+                    at,
+                );
                 self.prune(at);
             }
             CarEvent::CarReserved {
                 booking_id,
                 window,
                 at,
+                turnaround_minutes,
             } => {
                 self.prune(at);
                 self.insert_block(Block {
                     kind: BlockKind::Rental { booking_id },
                     window,
+                    turnaround_minutes,
                 });
             }
             CarEvent::ReservationChanged {
-                booking_id, to, at, ..
+                booking_id,
+                to,
+                at,
+                turnaround_minutes,
+                ..
             } => {
                 self.blocks.retain(|b| b.booking() != Some(booking_id));
                 self.prune(at);
                 self.insert_block(Block {
                     kind: BlockKind::Rental { booking_id },
                     window: to,
+                    turnaround_minutes,
                 });
             }
             CarEvent::ReservationReleased { booking_id, at } => {
@@ -898,7 +973,7 @@ impl Aggregate for Car {
                 self.rented_by = None;
                 self.odometer_km = Some(odometer_km);
                 self.branch = Some(branch);
-                self.blocks.retain(|b| b.booking() != Some(booking_id));
+                self.cut(|b| b.booking() == Some(booking_id), at);
                 self.prune(at);
             }
         }
@@ -984,6 +1059,7 @@ mod tests {
             booking_id: b(booking),
             window: w,
             at: now(),
+            turnaround_minutes: 60,
         }
     }
 
@@ -991,7 +1067,7 @@ mod tests {
         CarCommand::Reserve {
             booking_id: b(booking),
             window: w,
-            buffer_minutes: 60,
+            turnaround_minutes: 60,
             now: now(),
         }
     }
@@ -1196,6 +1272,114 @@ mod tests {
             .then_expect_events(vec![]);
     }
 
+    fn reserved_with(booking: u128, w: TimeWindow, turnaround_minutes: i64) -> CarEvent {
+        CarEvent::CarReserved {
+            booking_id: b(booking),
+            window: w,
+            at: now(),
+            turnaround_minutes,
+        }
+    }
+
+    fn reserve_with(booking: u128, w: TimeWindow, turnaround_minutes: i64) -> CarCommand {
+        CarCommand::Reserve {
+            booking_id: b(booking),
+            window: w,
+            turnaround_minutes,
+            now: now(),
+        }
+    }
+
+    #[test]
+    fn each_reservation_keeps_the_turnaround_of_the_branch_it_returns_to() {
+        // Returned to a branch that cleans for three hours: the car is out until 13:00.
+        let first = window((5, 8), (5, 10));
+        let at_noon = window((5, 12), (6, 12));
+        CarTest::with(())
+            .given(vec![registered(), reserved_with(1, first, 180)])
+            .when(reserve_with(2, at_noon, 30))
+            .then_expect_error(CarError::NotAvailable {
+                window: at_noon,
+                taken_by: "another booking".into(),
+            });
+        let at_one = window((5, 13), (6, 12));
+        CarTest::with(())
+            .given(vec![registered(), reserved_with(1, first, 180)])
+            .when(reserve_with(2, at_one, 30))
+            .then_expect_events(vec![reserved_with(2, at_one, 30)]);
+        // Before it, the new rental's own turnaround decides: ending at 6:00 with half an hour
+        // of cleaning fits before 8:00, with three hours it does not.
+        let before = window((4, 10), (5, 6));
+        CarTest::with(())
+            .given(vec![registered(), reserved_with(1, first, 180)])
+            .when(reserve_with(3, before, 30))
+            .then_expect_events(vec![reserved_with(3, before, 30)]);
+        CarTest::with(())
+            .given(vec![registered(), reserved_with(1, first, 180)])
+            .when(reserve_with(3, before, 180))
+            .then_expect_error(CarError::NotAvailable {
+                window: before,
+                taken_by: "another booking".into(),
+            });
+    }
+
+    #[test]
+    fn a_car_back_early_is_free_after_its_turnaround_from_the_return() {
+        let booked = window((3, 10), (6, 10));
+        let picked = CarEvent::CarPickedUp {
+            booking_id: b(1),
+            odometer_km: 1_000.0,
+            at: day(3, 10),
+        };
+        let back = CarEvent::CarReturned {
+            booking_id: b(1),
+            odometer_km: 1_200.0,
+            branch: "LIS".into(),
+            at: day(4, 10),
+        };
+        let history = vec![registered(), reserved_with(1, booked, 120), picked, back];
+        // Back on the 4th at 10:00 with two hours of cleaning: noon, not 11:00.
+        let at_eleven = window((4, 11), (5, 10));
+        CarTest::with(())
+            .given(history.clone())
+            .when(CarCommand::Reserve {
+                booking_id: b(2),
+                window: at_eleven,
+                turnaround_minutes: 60,
+                now: day(4, 10),
+            })
+            .then_expect_error(CarError::NotAvailable {
+                window: at_eleven,
+                taken_by: "another booking".into(),
+            });
+        let at_noon = window((4, 12), (5, 10));
+        CarTest::with(())
+            .given(history)
+            .when(CarCommand::Reserve {
+                booking_id: b(2),
+                window: at_noon,
+                turnaround_minutes: 60,
+                now: day(4, 10),
+            })
+            .then_expect_events(vec![CarEvent::CarReserved {
+                booking_id: b(2),
+                window: at_noon,
+                at: day(4, 10),
+                turnaround_minutes: 60,
+            }]);
+    }
+
+    #[test]
+    fn events_from_before_turnaround_was_per_branch_mean_an_hour() {
+        let stored = serde_json::json!({ "CarReserved": {
+            "booking_id": b(1),
+            "window": { "start": day(3, 10), "end": day(5, 10) },
+            "at": now(),
+        }});
+        let event: CarEvent = serde_json::from_value(stored).unwrap();
+        assert_eq!(event, reserved_with(1, window((3, 10), (5, 10)), 60));
+    }
+
     #[test]
     fn refuses_overlaps_including_the_turnaround_buffer() {
         let taken = window((3, 10), (5, 10));
@@ -1231,7 +1415,7 @@ mod tests {
             maintenance_id: b(9),
             window: broken,
             reason: "engine warning".into(),
-            buffer_minutes: 60,
+            turnaround_minutes: 60,
             urgent,
             now: now(),
         };
@@ -1255,6 +1439,7 @@ mod tests {
                 reason: "engine warning".into(),
                 at: now(),
                 displaced: vec![b(1), b(2)],
+                turnaround_minutes: 60,
             }]);
         // Not urgent, the same window is refused.
         CarTest::with(())
@@ -1291,6 +1476,7 @@ mod tests {
             reason: "tyres".into(),
             at: now(),
             displaced: vec![],
+            turnaround_minutes: 60,
         };
         CarTest::with(())
             .given(vec![registered()])
@@ -1298,7 +1484,7 @@ mod tests {
                 maintenance_id: b(9),
                 window: m,
                 reason: "tyres".into(),
-                buffer_minutes: 60,
+                turnaround_minutes: 60,
                 urgent: false,
                 now: now(),
             })
@@ -1317,7 +1503,7 @@ mod tests {
                 maintenance_id: b(9),
                 window: m,
                 reason: "tyres".into(),
-                buffer_minutes: 60,
+                turnaround_minutes: 60,
                 urgent: false,
                 now: now(),
             })
@@ -1360,7 +1546,7 @@ mod tests {
             .when(CarCommand::ChangeReservation {
                 booking_id: b(1),
                 window: moved,
-                buffer_minutes: 60,
+                turnaround_minutes: 60,
                 now: now(),
             })
             .then_expect_events(vec![CarEvent::ReservationChanged {
@@ -1368,6 +1554,7 @@ mod tests {
                 from: w1,
                 to: moved,
                 at: now(),
+                turnaround_minutes: 60,
             }]);
         let clash = window((9, 10), (11, 10));
         CarTest::with(())
@@ -1375,7 +1562,7 @@ mod tests {
             .when(CarCommand::ChangeReservation {
                 booking_id: b(1),
                 window: clash,
-                buffer_minutes: 60,
+                turnaround_minutes: 60,
                 now: now(),
             })
             .then_expect_error(CarError::NotAvailable {
@@ -1387,7 +1574,7 @@ mod tests {
             .when(CarCommand::ChangeReservation {
                 booking_id: b(1),
                 window: clash,
-                buffer_minutes: 60,
+                turnaround_minutes: 60,
                 now: now(),
             })
             .then_expect_error(CarError::NoReservation(b(1)));
@@ -1447,7 +1634,6 @@ mod tests {
                 booking_id: b(1),
                 odometer_km: 1_000.0,
                 early_minutes: 60,
-                buffer_minutes: 60,
                 pickup_branch: "LIS".into(),
                 now: day(3, 10),
             })
@@ -1458,7 +1644,6 @@ mod tests {
                 booking_id: b(2),
                 odometer_km: 1_000.0,
                 early_minutes: 60,
-                buffer_minutes: 60,
                 pickup_branch: "LIS".into(),
                 now: day(3, 10),
             })
@@ -1509,6 +1694,7 @@ mod tests {
             booking_id: b(3),
             window: window((20, 10), (21, 10)),
             at: day(6, 0),
+            turnaround_minutes: 60,
         });
         let left: Vec<_> = car.blocks.iter().filter_map(Block::booking).collect();
         assert_eq!(left, [b(2), b(3)]);
@@ -1521,7 +1707,6 @@ mod tests {
             booking_id: b(booking),
             odometer_km: 1_000.0,
             early_minutes: 60,
-            buffer_minutes: 60,
             pickup_branch: "LIS".into(),
             now: at,
         }
@@ -1592,6 +1777,7 @@ mod tests {
                     from: w,
                     to: window((7, 10), (28, 10)),
                     at: day(7, 10),
+                    turnaround_minutes: 60,
                 },
                 CarEvent::CarPickedUp {
                     booking_id: b(1),
@@ -1609,6 +1795,7 @@ mod tests {
                     from: w,
                     to: window((7, 10), (28, 10)),
                     at: day(7, 10),
+                    turnaround_minutes: 60,
                 },
                 CarEvent::CarPickedUp {
                     booking_id: b(1),
@@ -1619,7 +1806,7 @@ mod tests {
             .when(CarCommand::Reserve {
                 booking_id: b(2),
                 window: window((10, 10), (12, 10)),
-                buffer_minutes: 60,
+                turnaround_minutes: 60,
                 now: day(7, 11),
             })
             .then_expect_error(CarError::NotAvailable {

@@ -2,7 +2,9 @@
 //!
 //! Mirrors the Car aggregate's blocks: a reservation appears with `CarReserved`, moves with
 //! `ReservationChanged`, disappears with `ReservationReleased`, and is cut at the actual return
-//! instant when the car comes back early; maintenance is cut when it completes early. Windows
+//! instant when the car comes back early; maintenance is cut when it completes early. Each
+//! block keeps its turnaround (minutes the car stays out after it, from its event): readers
+//! treat a block as holding the car until `upper(period) + turnaround_minutes`. Windows
 //! that ended stay (staff see past reservations), which never conflicts with new ones since the
 //! aggregate only reserves ahead.
 //!
@@ -28,6 +30,8 @@ struct Block {
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     reason: Option<String>,
+    /// Minutes the car stays out after `end` (from the event; 60 in older events).
+    turnaround_minutes: i32,
 }
 
 type Key = (Uuid, Uuid);
@@ -78,8 +82,10 @@ impl Projection for Availability {
             DateTime<Utc>,
             DateTime<Utc>,
             Option<String>,
+            i32,
         )> = sqlx::query_as(
-            "SELECT b.car_id, b.block_id, b.kind, lower(b.period), upper(b.period), b.reason \
+            "SELECT b.car_id, b.block_id, b.kind, lower(b.period), upper(b.period), b.reason, \
+                    b.turnaround_minutes \
                  FROM rm_availability_blocks b \
                  JOIN unnest($1::uuid[], $2::uuid[]) AS k(car_id, block_id) \
                    ON b.car_id = k.car_id AND b.block_id = k.block_id",
@@ -91,22 +97,25 @@ impl Projection for Availability {
         let stored: HashSet<Key> = rows.iter().map(|r| (r.0, r.1)).collect();
         let mut current: HashMap<Key, Block> = rows
             .into_iter()
-            .map(|(car, block, kind, start, end, reason)| {
-                let kind = if kind == "MAINTENANCE" {
-                    "MAINTENANCE"
-                } else {
-                    "RESERVATION"
-                };
-                (
-                    (car, block),
-                    Block {
-                        kind,
-                        start,
-                        end,
-                        reason,
-                    },
-                )
-            })
+            .map(
+                |(car, block, kind, start, end, reason, turnaround_minutes)| {
+                    let kind = if kind == "MAINTENANCE" {
+                        "MAINTENANCE"
+                    } else {
+                        "RESERVATION"
+                    };
+                    (
+                        (car, block),
+                        Block {
+                            kind,
+                            start,
+                            end,
+                            reason,
+                            turnaround_minutes,
+                        },
+                    )
+                },
+            )
             .collect();
         let mut dirty = HashSet::new();
         for (car, event) in decoded {
@@ -116,6 +125,7 @@ impl Projection for Availability {
                     window,
                     reason,
                     displaced,
+                    turnaround_minutes,
                     ..
                 } => {
                     // An urgent maintenance drops the reservations it displaced.
@@ -128,26 +138,37 @@ impl Projection for Availability {
                         start: window.start,
                         end: window.end,
                         reason: Some(reason),
+                        turnaround_minutes: minutes(turnaround_minutes),
                     };
                     insert(&mut current, (car, maintenance_id), block)?;
                     dirty.insert((car, maintenance_id));
                 }
                 CarEvent::CarReserved {
-                    booking_id, window, ..
+                    booking_id,
+                    window,
+                    turnaround_minutes,
+                    ..
                 } => {
                     let block = Block {
                         kind: "RESERVATION",
                         start: window.start,
                         end: window.end,
                         reason: None,
+                        turnaround_minutes: minutes(turnaround_minutes),
                     };
                     insert(&mut current, (car, booking_id), block)?;
                     dirty.insert((car, booking_id));
                 }
-                CarEvent::ReservationChanged { booking_id, to, .. } => {
+                CarEvent::ReservationChanged {
+                    booking_id,
+                    to,
+                    turnaround_minutes,
+                    ..
+                } => {
                     if let Some(block) = current.get_mut(&(car, booking_id)) {
                         block.start = to.start;
                         block.end = to.end;
+                        block.turnaround_minutes = minutes(turnaround_minutes);
                         dirty.insert((car, booking_id));
                     }
                 }
@@ -193,11 +214,13 @@ impl Projection for Availability {
             return Ok(());
         }
         sqlx::query(
-            "INSERT INTO rm_availability_blocks (car_id, block_id, kind, period, reason) \
-             SELECT car_id, block_id, kind, tstzrange(s, e, '[)'), reason \
+            "INSERT INTO rm_availability_blocks \
+               (car_id, block_id, kind, period, reason, turnaround_minutes) \
+             SELECT car_id, block_id, kind, tstzrange(s, e, '[)'), reason, t \
              FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], \
-               $5::timestamptz[], $6::text[]) AS u(car_id, block_id, kind, s, e, reason) \
-             ON CONFLICT (car_id, block_id) DO UPDATE SET period = EXCLUDED.period",
+               $5::timestamptz[], $6::text[], $7::int4[]) AS u(car_id, block_id, kind, s, e, reason, t) \
+             ON CONFLICT (car_id, block_id) DO UPDATE \
+               SET period = EXCLUDED.period, turnaround_minutes = EXCLUDED.turnaround_minutes",
         )
         .bind(upserts.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
         .bind(upserts.iter().map(|(k, _)| k.1).collect::<Vec<_>>())
@@ -208,6 +231,12 @@ impl Projection for Availability {
             upserts
                 .iter()
                 .map(|(_, b)| b.reason.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            upserts
+                .iter()
+                .map(|(_, b)| b.turnaround_minutes)
                 .collect::<Vec<_>>(),
         )
         .execute(conn)
@@ -244,6 +273,11 @@ fn insert(current: &mut HashMap<Key, Block>, key: Key, block: Block) -> Result<(
     }
     current.insert(key, block);
     Ok(())
+}
+
+/// An event's turnaround, as the column keeps it (the aggregate bounds it to a day).
+fn minutes(turnaround: i64) -> i32 {
+    turnaround.clamp(0, domain::car::MAX_TURNAROUND_MINUTES) as i32
 }
 
 /// End a block at `at` if it would end later; drop it if it had not started by then.

@@ -536,6 +536,7 @@ async fn an_overlap_the_aggregate_would_refuse_stops_availability_at_that_event(
         booking_id: booking,
         window: window(t(10, 10), t(12, 10)),
         at: t(1, 10),
+        turnaround_minutes: 60,
     };
     append(
         &store,

@@ -7,23 +7,20 @@ use async_graphql::dataloader::{DataLoader, Loader};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::rows::{BranchRow, CAR_COLUMNS, CarRow};
+use commands::branches::{Branch, Branches};
+
+use super::rows::{CAR_COLUMNS, CarRow};
 use crate::error::AppError;
 
 /// Branches by code.
-pub(crate) struct BranchLoader(pub(crate) PgPool);
+pub(crate) struct BranchLoader(pub(crate) Branches);
 
 impl Loader<String> for BranchLoader {
-    type Value = BranchRow;
+    type Value = Branch;
     type Error = AppError;
 
-    async fn load(&self, keys: &[String]) -> Result<HashMap<String, BranchRow>, AppError> {
-        let rows: Vec<BranchRow> = sqlx::query_as(
-            "SELECT code, name, city, latitude, longitude FROM branches WHERE code = ANY($1)",
-        )
-        .bind(keys)
-        .fetch_all(&self.0)
-        .await?;
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Branch>, AppError> {
+        let rows = self.0.get_many(keys).await?;
         Ok(rows.into_iter().map(|b| (b.code.clone(), b)).collect())
     }
 }
@@ -48,6 +45,9 @@ pub(crate) fn register(
     pool: &PgPool,
 ) -> async_graphql::SchemaBuilder<super::Query, super::Mutation, super::Subscription> {
     builder
-        .data(DataLoader::new(BranchLoader(pool.clone()), tokio::spawn))
+        .data(DataLoader::new(
+            BranchLoader(Branches::new(pool.clone())),
+            tokio::spawn,
+        ))
         .data(DataLoader::new(CarLoader(pool.clone()), tokio::spawn))
 }

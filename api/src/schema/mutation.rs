@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use commands::CommandContext;
 use commands::accounts::{ProfileUpdate, RegisterInput as AccountsRegister, Role as AccountRole};
 use commands::booking::BookingRequest;
-use commands::branches::BranchInput as NewBranch;
+use commands::branches::{BranchInput as NewBranch, BranchPatch};
 use domain::booking::CancelledBy;
 use domain::car::{CarCommand, CarDetails, CarDetailsPatch};
 use domain::telemetry::{GeoPoint as DomainPoint, Reading, TelemetryCommand, TelemetryEvent};
@@ -285,7 +285,31 @@ impl Mutation {
                 city: input.city,
                 latitude: input.position.latitude,
                 longitude: input.position.longitude,
+                turnaround_minutes: input.turnaround_minutes.map(i64::from),
             })
+            .await?;
+        Ok(branch.into())
+    }
+
+    /// Change a branch's name, city or turnaround (ADMIN). A new turnaround applies to
+    /// bookings made from now on: reservations already made keep the one they were made with.
+    async fn update_branch(
+        &self,
+        ctx: &Context<'_>,
+        code: String,
+        input: BranchUpdateInput,
+    ) -> ApiResult<Branch> {
+        caller(ctx)?.require(auth::ADMIN)?;
+        let branch = services(ctx)?
+            .branches
+            .update(
+                &super::branch_code(&code),
+                BranchPatch {
+                    name: input.name,
+                    city: input.city,
+                    turnaround_minutes: input.turnaround_minutes.map(i64::from),
+                },
+            )
             .await?;
         Ok(branch.into())
     }

@@ -278,7 +278,6 @@ impl Query {
             Some(t) => Some(text_arg("text", t, 200)?).filter(|t| !t.is_empty()),
             None => None,
         };
-        let buffer = s.bookings.config().turnaround_minutes;
         let mut q: QueryBuilder<'_, Postgres> = QueryBuilder::new("SELECT ");
         q.push(CAR_COLUMNS).push(", count(*) OVER () AS total, ");
         match filter.near {
@@ -287,15 +286,23 @@ impl Query {
                 q.push("NULL::double precision");
             }
         };
+        // Free as booking decides: no block may reach the pick-up with its turnaround, and the
+        // rental with the turnaround of its branch (where a round trip returns the car) may
+        // reach no block. The `&&` on `period` (widened by the longest turnaround) is what the
+        // GiST index answers; the exact test follows.
         q.push(
             " AS distance_km FROM rm_search_cars c JOIN branches br ON br.code = c.branch_code \
                  WHERE NOT c.retired AND NOT EXISTS (SELECT 1 FROM rm_availability_blocks b \
                  WHERE b.car_id = c.car_id AND b.period && tstzrange(",
         );
-        q.push_bind(filter.pickup_at - chrono::Duration::minutes(buffer))
-            .push(", ")
-            .push_bind(filter.return_at + chrono::Duration::minutes(buffer))
-            .push("))");
+        q.push_bind(
+            filter.pickup_at - chrono::Duration::minutes(domain::car::MAX_TURNAROUND_MINUTES),
+        )
+        .push(", ")
+        .push_bind(filter.return_at)
+        .push(" + make_interval(mins => br.turnaround_minutes)) AND upper(b.period) + make_interval(mins => b.turnaround_minutes) > ")
+        .push_bind(filter.pickup_at)
+        .push(")");
         if let Some(code) = &filter.branch_code {
             q.push(" AND c.branch_code = ")
                 .push_bind(super::branch_code(code));
@@ -375,13 +382,17 @@ impl Query {
         Ok(rows::car(services(ctx)?.store.pool(), id).await?.map(Car))
     }
 
-    /// Free windows of one car inside [from, to).
+    /// Free windows of one car inside [from, to): each can be booked as it is, for a rental
+    /// returned to `returnBranchCode` (default: the car's branch, a round trip). A range ends
+    /// where the rental's own turnaround (that branch's) would reach the next reservation, and
+    /// starts when the one before it and its turnaround are over.
     async fn availability(
         &self,
         ctx: &Context<'_>,
         car_id: Uuid,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
+        return_branch_code: Option<String>,
     ) -> ApiResult<Vec<TimeRange>> {
         check_window("from", from, "to", to)?;
         let s = services(ctx)?;
@@ -392,24 +403,40 @@ impl Query {
         if car.status == "RETIRED" {
             return Ok(Vec::new());
         }
-        // Each block keeps the turnaround free on both sides, as booking does: a range
-        // answered here can be booked as it is.
-        let buffer = chrono::Duration::minutes(s.bookings.config().turnaround_minutes.max(0));
-        let blocks: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT lower(period), upper(period) FROM rm_availability_blocks \
+        let return_branch = match return_branch_code.as_deref() {
+            Some(code) => super::branch_code(code),
+            None => car.branch_code.clone(),
+        };
+        let own = match s.branches.get(&return_branch).await? {
+            Some(branch) => chrono::Duration::minutes(branch.turnaround_minutes.into()),
+            None if return_branch_code.is_some() => {
+                return Err(AppError::bad_input(
+                    "returnBranchCode",
+                    format!("no branch {return_branch:?}"),
+                ));
+            }
+            None => chrono::Duration::minutes(domain::car::LEGACY_TURNAROUND_MINUTES),
+        };
+        // Blocks that end up to the longest turnaround before `from` may still hold the car.
+        let blocks: Vec<(DateTime<Utc>, DateTime<Utc>, i32)> = sqlx::query_as(
+            "SELECT lower(period), upper(period), turnaround_minutes FROM rm_availability_blocks \
              WHERE car_id = $1 AND period && tstzrange($2, $3) ORDER BY lower(period)",
         )
         .bind(car_id)
-        .bind(from - buffer)
-        .bind(to + buffer)
+        .bind(from - chrono::Duration::minutes(domain::car::MAX_TURNAROUND_MINUTES))
+        .bind(to + own)
         .fetch_all(pool)
         .await?;
         let mut free = Vec::new();
         let mut cursor = from;
-        for (start, end) in blocks
-            .into_iter()
-            .map(|(start, end)| (start - buffer, end + buffer))
-        {
+        // Taken: from where this rental's turnaround would reach the block, to the end of the
+        // block's own.
+        for (start, end) in blocks.into_iter().map(|(start, end, turnaround)| {
+            (
+                start - own,
+                end + chrono::Duration::minutes(turnaround.into()),
+            )
+        }) {
             if start > cursor {
                 free.push(TimeRange {
                     start: cursor,

@@ -44,15 +44,6 @@ pub(crate) async fn car(pool: &PgPool, id: Uuid) -> ApiResult<Option<CarRow>> {
     Ok(sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?)
 }
 
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub(crate) struct BranchRow {
-    pub(crate) code: String,
-    pub(crate) name: String,
-    pub(crate) city: String,
-    pub(crate) latitude: f64,
-    pub(crate) longitude: f64,
-}
-
 /// `rm_bookings`.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub(crate) struct BookingRow {

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::activity::{self, BookingActivity};
 use super::loaders::{BranchLoader, CarLoader};
-use super::rows::{self, BookingRow, BranchRow, CarRow, PaymentRow, TelemetryRow};
+use super::rows::{self, BookingRow, CarRow, PaymentRow, TelemetryRow};
 use super::scalars::Decimal;
 use super::{offset_cursor, offset_from, page_size, services, weighted};
 use crate::auth::{self, caller};
@@ -106,20 +106,9 @@ pub struct Branch {
     pub name: String,
     pub city: String,
     pub position: GeoPoint,
-}
-
-impl From<BranchRow> for Branch {
-    fn from(b: BranchRow) -> Self {
-        Self {
-            code: b.code,
-            name: b.name,
-            city: b.city,
-            position: GeoPoint {
-                latitude: b.latitude,
-                longitude: b.longitude,
-            },
-        }
-    }
+    /// Minutes a car returned here stays out (cleaning) before its next rental starts:
+    /// `availability`, `searchCars` and booking all keep it free after each rental.
+    pub turnaround_minutes: i32,
 }
 
 impl From<commands::branches::Branch> for Branch {
@@ -132,6 +121,7 @@ impl From<commands::branches::Branch> for Branch {
                 latitude: b.latitude,
                 longitude: b.longitude,
             },
+            turnaround_minutes: b.turnaround_minutes,
         }
     }
 }
@@ -961,6 +951,18 @@ pub struct BranchInput {
     pub name: String,
     pub city: String,
     pub position: GeoPointInput,
+    /// Minutes a car returned here stays out before its next rental (0 to 1440; 60 if not
+    /// given).
+    pub turnaround_minutes: Option<i32>,
+}
+
+/// Changes to a branch; a field left out keeps its value.
+#[derive(InputObject, Clone, Debug)]
+pub struct BranchUpdateInput {
+    pub name: Option<String>,
+    pub city: Option<String>,
+    /// Applies to bookings made from now on; reservations already made keep theirs.
+    pub turnaround_minutes: Option<i32>,
 }
 
 #[derive(InputObject, Clone, Debug)]

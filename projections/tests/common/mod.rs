@@ -208,6 +208,7 @@ pub async fn scripted_history(store: &EventStore) -> Script {
             booking_id: s.completed,
             window: w1,
             at: t(1, 9),
+            turnaround_minutes: 60,
         }],
     )
     .await;
@@ -364,6 +365,7 @@ pub async fn scripted_history(store: &EventStore) -> Script {
             booking_id: s.cancelled,
             window: w2,
             at: t(5, 9),
+            turnaround_minutes: 60,
         }],
     )
     .await;
@@ -417,12 +419,14 @@ pub async fn scripted_history(store: &EventStore) -> Script {
                 booking_id: s.expired,
                 window: w3,
                 at: t(6, 9),
+                turnaround_minutes: 60,
             },
             CarEvent::ReservationChanged {
                 booking_id: s.expired,
                 from: w3,
                 to: window(t(17, 10), t(18, 10)),
                 at: t(6, 9),
+                turnaround_minutes: 60,
             },
         ],
     )
@@ -475,6 +479,7 @@ pub async fn scripted_history(store: &EventStore) -> Script {
                 reason: "brakes".into(),
                 at: t(7, 8),
                 displaced: Vec::new(),
+                turnaround_minutes: 60,
             },
             CarEvent::MaintenanceCompleted {
                 maintenance_id: s.maintenance,
