@@ -8,6 +8,7 @@ pub mod http;
 pub mod pages;
 pub mod policy;
 pub mod ratelimit;
+pub mod read_side;
 pub mod schema;
 pub mod services;
 pub mod websocket;

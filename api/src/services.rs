@@ -75,37 +75,54 @@ impl Services {
 
     /// Wait until every projection in `names` has applied `target` (read-your-writes), polling
     /// the checkpoints cheaply with a growing pause, up to the configured deadline. Past it the
-    /// command stands (it was committed) and the caller gets UNAVAILABLE: retry the read.
+    /// caller gets UNAVAILABLE: retry the read. For a query or a subscription's start; a
+    /// command's answer uses [`Services::projections_behind`] and answers from the log instead.
     pub async fn wait_for_projections(
         &self,
         names: &[&str],
         target: Option<Checkpoint>,
     ) -> ApiResult<()> {
+        if self.projections_behind(names, target).await?.is_empty() {
+            Ok(())
+        } else {
+            Err(AppError::Unavailable)
+        }
+    }
+
+    /// Wait as [`Services::wait_for_projections`] does; the projections of `names` still
+    /// behind `target` at the deadline (empty: all caught up).
+    pub async fn projections_behind(
+        &self,
+        names: &[&str],
+        target: Option<Checkpoint>,
+    ) -> ApiResult<Vec<String>> {
         let Some(target) = target else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let deadline = tokio::time::Instant::now() + self.read_your_writes_timeout;
         let mut pause = Duration::from_millis(2);
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         loop {
-            let behind: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM unnest($1::text[]) AS n(name) \
+            let behind: Vec<String> = sqlx::query_scalar(
+                "SELECT n.name FROM unnest($1::text[]) AS n(name) \
                  LEFT JOIN projection_checkpoints c ON c.name = n.name \
                  WHERE c.name IS NULL \
-                    OR (c.transaction_id, c.global_position) < ($2, $3)",
+                    OR (c.transaction_id, c.global_position) < ($2, $3) \
+                 ORDER BY n.name",
             )
             .bind(&names)
             .bind(eventstore::Xid8(target.transaction_id))
             .bind(target.global_position)
-            .fetch_one(self.store.pool())
+            .fetch_all(self.store.pool())
             .await?;
-            if behind == 0 {
-                return Ok(());
+            if behind.is_empty() {
+                return Ok(behind);
             }
             if tokio::time::Instant::now() + pause > deadline {
-                tracing::warn!(projections = ?names, target = %target,
+                tracing::warn!(projections = ?behind, target = %target,
                     "read models did not reach the command's position in time");
-                return Err(AppError::Unavailable);
+                metrics::counter!("fleetledger_read_your_writes_timeouts_total").increment(1);
+                return Ok(behind);
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));

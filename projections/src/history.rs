@@ -73,54 +73,148 @@ fn lines_json(lines: &[PriceLine]) -> Vec<Value> {
         .collect()
 }
 
-#[derive(Clone, Debug, sqlx::FromRow)]
-struct BookingRow {
-    booking_id: Uuid,
-    customer_id: Uuid,
-    car_id: Uuid,
-    pickup_at: DateTime<Utc>,
-    return_at: DateTime<Utc>,
-    pickup_branch: String,
-    return_branch: String,
-    status: String,
-    held_until: Option<DateTime<Utc>>,
-    days: i32,
-    total_minor: i64,
-    currency: String,
-    lines: Value,
-    payment_id: Option<Uuid>,
-    cancelled_by: Option<String>,
-    cancel_reason: Option<String>,
-    cancel_fee_minor: Option<i64>,
-    picked_up_at: Option<DateTime<Utc>>,
-    odometer_out_km: Option<f64>,
-    fuel_out_percent: Option<f64>,
-    returned_at: Option<DateTime<Utc>>,
-    odometer_in_km: Option<f64>,
-    fuel_in_percent: Option<f64>,
-    returned_branch: Option<String>,
-    rating: Option<i32>,
-    comment: Option<String>,
-    feedback_at: Option<DateTime<Utc>>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    overdue_at: Option<DateTime<Utc>>,
-    displaced_at: Option<DateTime<Utc>>,
+/// A row of `rm_bookings`: a booking as the history read model keeps it.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct BookingRow {
+    pub booking_id: Uuid,
+    pub customer_id: Uuid,
+    pub car_id: Uuid,
+    pub pickup_at: DateTime<Utc>,
+    pub return_at: DateTime<Utc>,
+    pub pickup_branch: String,
+    pub return_branch: String,
+    pub status: String,
+    pub held_until: Option<DateTime<Utc>>,
+    pub days: i32,
+    pub total_minor: i64,
+    pub currency: String,
+    pub lines: Value,
+    pub payment_id: Option<Uuid>,
+    pub cancelled_by: Option<String>,
+    pub cancel_reason: Option<String>,
+    pub cancel_fee_minor: Option<i64>,
+    pub picked_up_at: Option<DateTime<Utc>>,
+    pub odometer_out_km: Option<f64>,
+    pub fuel_out_percent: Option<f64>,
+    pub returned_at: Option<DateTime<Utc>>,
+    pub odometer_in_km: Option<f64>,
+    pub fuel_in_percent: Option<f64>,
+    pub returned_branch: Option<String>,
+    pub rating: Option<i32>,
+    pub comment: Option<String>,
+    pub feedback_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub overdue_at: Option<DateTime<Utc>>,
+    pub displaced_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Clone, Debug, sqlx::FromRow)]
-struct PaymentRow {
-    payment_id: Uuid,
-    booking_id: Uuid,
-    amount_minor: i64,
-    refunded_minor: i64,
-    currency: String,
-    method: String,
-    status: String,
-    gateway: Option<String>,
-    failure_reason: Option<String>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
+/// A row of `rm_payments`.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct PaymentRow {
+    pub payment_id: Uuid,
+    pub booking_id: Uuid,
+    pub amount_minor: i64,
+    pub refunded_minor: i64,
+    pub currency: String,
+    pub method: String,
+    pub status: String,
+    pub gateway: Option<String>,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The columns of [`BookingRow`].
+pub const BOOKING_COLUMNS: &str = "booking_id, customer_id, car_id, pickup_at, return_at, \
+    pickup_branch, return_branch, status, held_until, days, total_minor, currency, lines, \
+    payment_id, cancelled_by, cancel_reason, cancel_fee_minor, picked_up_at, odometer_out_km, \
+    fuel_out_percent, returned_at, odometer_in_km, fuel_in_percent, returned_branch, rating, \
+    comment, feedback_at, created_at, updated_at, overdue_at, displaced_at";
+
+/// The columns of [`PaymentRow`].
+pub const PAYMENT_COLUMNS: &str = "payment_id, booking_id, amount_minor, refunded_minor, \
+    currency, method, status, gateway, failure_reason, created_at, updated_at";
+
+impl PaymentRow {
+    /// Money this payment holds: captured minus refunded (zero unless it was captured).
+    pub fn held_minor(&self) -> i64 {
+        match self.status.as_str() {
+            "CAPTURED" | "PARTIALLY_REFUNDED" | "REFUNDED" => {
+                self.amount_minor - self.refunded_minor
+            }
+            _ => 0,
+        }
+    }
+
+    /// Money captured (before refunds).
+    pub fn captured_minor(&self) -> i64 {
+        if self.held_minor() != 0 || self.status == "REFUNDED" {
+            self.amount_minor
+        } else {
+            0
+        }
+    }
+}
+
+/// One booking's row, from the read model.
+pub async fn booking(
+    conn: impl sqlx::PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<BookingRow>, sqlx::Error> {
+    let sql = format!("SELECT {BOOKING_COLUMNS} FROM rm_bookings WHERE booking_id = $1");
+    sqlx::query_as(&sql).bind(id).fetch_optional(conn).await
+}
+
+/// One payment's row, from the read model.
+pub async fn payment(
+    conn: impl sqlx::PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<PaymentRow>, sqlx::Error> {
+    let sql = format!("SELECT {PAYMENT_COLUMNS} FROM rm_payments WHERE payment_id = $1");
+    sqlx::query_as(&sql).bind(id).fetch_optional(conn).await
+}
+
+/// Booking `id`'s row folded from events alone, exactly as this projection writes it: its
+/// stream's events, and payment events naming it (what set its `payment_id` before it was
+/// confirmed); anything else is passed over. `None` when no `BookingHeld` is among them. This is
+/// the write side's answer when the read model is behind: the same row, from the log.
+pub fn booking_from_events(
+    id: Uuid,
+    events: &[RecordedEvent],
+) -> Result<Option<BookingRow>, ApplyError> {
+    let mut bookings = HashMap::new();
+    for event in events {
+        match event.aggregate_type.as_str() {
+            "booking" if aggregate_uuid(event)? == id => {
+                apply_booking(&mut bookings, id, decode(event)?, event.recorded_at)?;
+            }
+            "payment" => {
+                if let PaymentEvent::PaymentRequested { booking_id, .. } = decode(event)?
+                    && booking_id == id
+                    && let Some(row) = bookings.get_mut(&id)
+                {
+                    row.payment_id = Some(aggregate_uuid(event)?);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(bookings.remove(&id))
+}
+
+/// Payment `id`'s row folded from its stream's events, as this projection writes it.
+pub fn payment_from_events(
+    id: Uuid,
+    events: &[RecordedEvent],
+) -> Result<Option<PaymentRow>, ApplyError> {
+    let mut payments = HashMap::new();
+    for event in events {
+        if event.aggregate_type == "payment" && aggregate_uuid(event)? == id {
+            apply_payment(&mut payments, id, decode(event)?, event.recorded_at)?;
+        }
+    }
+    Ok(payments.remove(&id))
 }
 
 enum Decoded {
@@ -236,20 +330,14 @@ async fn load_bookings(
     ids: HashSet<Uuid>,
 ) -> Result<HashMap<Uuid, BookingRow>, ApplyError> {
     let ids: Vec<Uuid> = ids.into_iter().collect();
-    Ok(sqlx::query_as::<_, BookingRow>(
-        "SELECT booking_id, customer_id, car_id, pickup_at, return_at, pickup_branch, \
-           return_branch, status, held_until, days, total_minor, currency, lines, payment_id, \
-           cancelled_by, cancel_reason, cancel_fee_minor, picked_up_at, odometer_out_km, \
-           fuel_out_percent, returned_at, odometer_in_km, fuel_in_percent, returned_branch, \
-           rating, comment, feedback_at, created_at, updated_at, overdue_at, displaced_at \
-         FROM rm_bookings WHERE booking_id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(conn)
-    .await?
-    .into_iter()
-    .map(|row| (row.booking_id, row))
-    .collect())
+    let sql = format!("SELECT {BOOKING_COLUMNS} FROM rm_bookings WHERE booking_id = ANY($1)");
+    Ok(sqlx::query_as::<_, BookingRow>(&sql)
+        .bind(&ids)
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .map(|row| (row.booking_id, row))
+        .collect())
 }
 
 async fn load_payments(
@@ -257,17 +345,14 @@ async fn load_payments(
     ids: HashSet<Uuid>,
 ) -> Result<HashMap<Uuid, PaymentRow>, ApplyError> {
     let ids: Vec<Uuid> = ids.into_iter().collect();
-    Ok(sqlx::query_as::<_, PaymentRow>(
-        "SELECT payment_id, booking_id, amount_minor, refunded_minor, currency, method, status, \
-           gateway, failure_reason, created_at, updated_at \
-         FROM rm_payments WHERE payment_id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(conn)
-    .await?
-    .into_iter()
-    .map(|row| (row.payment_id, row))
-    .collect())
+    let sql = format!("SELECT {PAYMENT_COLUMNS} FROM rm_payments WHERE payment_id = ANY($1)");
+    Ok(sqlx::query_as::<_, PaymentRow>(&sql)
+        .bind(&ids)
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .map(|row| (row.payment_id, row))
+        .collect())
 }
 
 fn apply_booking(

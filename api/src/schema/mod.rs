@@ -86,6 +86,7 @@ pub fn build_with(
         .extension(crate::ratelimit::OperationQuota)
         .extension(crate::websocket::OpenOperationsCap)
         .extension(crate::policy::PolicyGuard)
+        .extension(crate::read_side::ReadSideNotes)
         .limit_complexity(limits.max_complexity)
         .finish()
 }

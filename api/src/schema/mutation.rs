@@ -44,22 +44,65 @@ async fn car_after(s: &Services, id: Uuid, events: &[RecordedEvent]) -> ApiResul
         .ok_or_else(|| AppError::not_found("car"))
 }
 
-async fn booking_after(s: &Services, id: Uuid, events: &[RecordedEvent]) -> ApiResult<Booking> {
-    s.wait_for_projections(p::BOOKINGS, target(s, events).await?)
+/// The booking as the command left it: read back from the read model once it has applied the
+/// command, or else (it lags, or has stopped) from the log: the booking's stream, and the
+/// command's own payment events, folded exactly as the history projection folds them, with a
+/// note in the answer that the read side is behind. A committed command is never answered as
+/// a failure. (A HELD booking's `payment_id`, set by a payment request of an earlier command,
+/// is the one field the booking's own stream does not carry.)
+async fn booking_after(
+    ctx: &Context<'_>,
+    s: &Services,
+    id: Uuid,
+    events: &[RecordedEvent],
+) -> ApiResult<Booking> {
+    let behind = s
+        .projections_behind(p::BOOKINGS, target(s, events).await?)
         .await?;
-    rows::booking(s.store.pool(), id)
-        .await?
+    if behind.is_empty() {
+        return rows::booking(s.store.pool(), id)
+            .await?
+            .map(Booking)
+            .ok_or_else(|| AppError::not_found("booking"));
+    }
+    crate::read_side::behind(ctx, &behind);
+    let stream = eventstore::StreamId::new("booking", id.to_string());
+    let mut log = s.store.read_stream(&stream, 1, None).await?;
+    log.extend(
+        events
+            .iter()
+            .filter(|e| e.aggregate_type == "payment")
+            .cloned(),
+    );
+    projections::history::booking_from_events(id, &log)
+        .map_err(folding_failed)?
         .map(Booking)
         .ok_or_else(|| AppError::not_found("booking"))
 }
 
-async fn payment_after(s: &Services, id: Uuid) -> ApiResult<Payment> {
+/// The payment as it stands, read back as [`booking_after`] reads a booking.
+async fn payment_after(ctx: &Context<'_>, s: &Services, id: Uuid) -> ApiResult<Payment> {
     let head = s.store.committed_head().await?;
-    s.wait_for_projections(p::PAYMENTS, Some(head)).await?;
-    rows::payment(s.store.pool(), id)
-        .await?
+    let behind = s.projections_behind(p::PAYMENTS, Some(head)).await?;
+    if behind.is_empty() {
+        return rows::payment(s.store.pool(), id)
+            .await?
+            .map(Payment)
+            .ok_or_else(|| AppError::not_found("payment"));
+    }
+    crate::read_side::behind(ctx, &behind);
+    let stream = eventstore::StreamId::new("payment", id.to_string());
+    let log = s.store.read_stream(&stream, 1, None).await?;
+    projections::history::payment_from_events(id, &log)
+        .map_err(folding_failed)?
         .map(Payment)
         .ok_or_else(|| AppError::not_found("payment"))
+}
+
+/// An event of the log that its own projection's fold refuses: a defect, logged in full.
+fn folding_failed(e: projections::ApplyError) -> AppError {
+    tracing::error!(error = %e, "the log's events did not fold into a read-model row");
+    AppError::Internal
 }
 
 async fn require_branch(s: &Services, field: &str, code: &str) -> ApiResult<()> {
@@ -485,7 +528,7 @@ impl Mutation {
             .bookings
             .reassign(&context(ctx)?, booking_id, car_id, reason, Utc::now())
             .await?;
-        booking_after(s, booking_id, &view.events).await
+        booking_after(ctx, s, booking_id, &view.events).await
     }
 
     async fn complete_maintenance(&self, ctx: &Context<'_>, id: Uuid) -> ApiResult<Car> {
@@ -552,7 +595,7 @@ impl Mutation {
                 Utc::now(),
             )
             .await?;
-        booking_after(s, view.id, &view.events).await
+        booking_after(ctx, s, view.id, &view.events).await
     }
 
     /// Pays a HELD booking; on success it becomes CONFIRMED, on decline it stays HELD until heldUntil.
@@ -584,9 +627,11 @@ impl Mutation {
                 Utc::now(),
             )
             .await?;
-        s.wait_for_projections(p::BOOKINGS, target(s, &paid.booking.events).await?)
+        let behind = s
+            .projections_behind(p::BOOKINGS, target(s, &paid.booking.events).await?)
             .await?;
-        payment_after(s, paid.payment.id).await
+        crate::read_side::behind(ctx, &behind);
+        payment_after(ctx, s, paid.payment.id).await
     }
 
     /// Move a booking to a new window on the same car, re-priced at the car's rate; a paid
@@ -607,7 +652,7 @@ impl Mutation {
             .bookings
             .modify(&context(ctx)?, id, window, Utc::now())
             .await?;
-        booking_after(s, id, &view.events).await
+        booking_after(ctx, s, id, &view.events).await
     }
 
     async fn cancel_booking(
@@ -628,7 +673,7 @@ impl Mutation {
             .bookings
             .cancel(&context(ctx)?, id, by, reason, Utc::now())
             .await?;
-        booking_after(s, id, &view.events).await
+        booking_after(ctx, s, id, &view.events).await
     }
 
     /// Staff hands the car over (ADMIN). More than an hour before the booked pick-up
@@ -648,7 +693,7 @@ impl Mutation {
             .bookings
             .pick_up(&context(ctx)?, booking_id, odometer, fuel, Utc::now())
             .await?;
-        booking_after(s, booking_id, &view.events).await
+        booking_after(ctx, s, booking_id, &view.events).await
     }
 
     /// Staff takes the car back (ADMIN); late return and fuel fees are charged.
@@ -676,7 +721,7 @@ impl Mutation {
                 Utc::now(),
             )
             .await?;
-        booking_after(s, booking_id, &view.events).await
+        booking_after(ctx, s, booking_id, &view.events).await
     }
 
     /// Send a stuck step back to the worker: due at once, with a fresh retry budget.
@@ -712,7 +757,7 @@ impl Mutation {
         payments
             .refund(payment_id, amount, "refund by staff", &context(ctx)?)
             .await?;
-        payment_after(s, payment_id).await
+        payment_after(ctx, s, payment_id).await
     }
 
     async fn submit_feedback(
@@ -737,22 +782,22 @@ impl Mutation {
             .bookings
             .submit_feedback(&context(ctx)?, booking_id, rating, comment, Utc::now())
             .await?;
-        s.wait_for_projections(&[p::HISTORY, p::SEARCH], target(s, &view.events).await?)
+        // The answer is the booking's own state (what its event holds); the wait is for the
+        // reads that follow (the car's rating, the booking's history).
+        let behind = s
+            .projections_behind(&[p::HISTORY, p::SEARCH], target(s, &view.events).await?)
             .await?;
-        let row = rows::booking(s.store.pool(), booking_id)
-            .await?
-            .ok_or_else(|| AppError::not_found("booking"))?;
-        match (row.rating, row.feedback_at) {
-            (Some(rating), Some(submitted_at)) => Ok(Feedback {
-                booking_id,
-                rating,
-                comment: row.comment,
-                submitted_at,
-            }),
-            _ => Err(AppError::internal(
-                "feedback missing from the read model after its event",
-            )),
-        }
+        crate::read_side::behind(ctx, &behind);
+        let feedback = view
+            .state
+            .feedback
+            .ok_or_else(|| AppError::internal("a booking without feedback after its feedback"))?;
+        Ok(Feedback {
+            booking_id,
+            rating: feedback.rating.into(),
+            comment: feedback.comment,
+            submitted_at: feedback.submitted_at,
+        })
     }
 
     async fn record_telemetry(

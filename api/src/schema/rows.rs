@@ -44,61 +44,14 @@ pub(crate) async fn car(pool: &PgPool, id: Uuid) -> ApiResult<Option<CarRow>> {
     Ok(sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?)
 }
 
-/// `rm_bookings`.
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub(crate) struct BookingRow {
-    pub(crate) booking_id: Uuid,
-    pub(crate) customer_id: Uuid,
-    pub(crate) car_id: Uuid,
-    pub(crate) pickup_at: DateTime<Utc>,
-    pub(crate) return_at: DateTime<Utc>,
-    pub(crate) pickup_branch: String,
-    pub(crate) return_branch: String,
-    pub(crate) status: String,
-    pub(crate) held_until: Option<DateTime<Utc>>,
-    pub(crate) total_minor: i64,
-    pub(crate) currency: String,
-    pub(crate) lines: serde_json::Value,
-    pub(crate) payment_id: Option<Uuid>,
-    pub(crate) cancel_fee_minor: Option<i64>,
-    pub(crate) rating: Option<i32>,
-    pub(crate) comment: Option<String>,
-    pub(crate) feedback_at: Option<DateTime<Utc>>,
-    pub(crate) created_at: DateTime<Utc>,
-    pub(crate) overdue_at: Option<DateTime<Utc>>,
-    pub(crate) displaced_at: Option<DateTime<Utc>>,
-}
-
-pub(crate) const BOOKING_COLUMNS: &str = "booking_id, customer_id, car_id, pickup_at, return_at, \
-    pickup_branch, return_branch, status, held_until, total_minor, currency, lines, payment_id, \
-    cancel_fee_minor, rating, comment, feedback_at, created_at, overdue_at, displaced_at";
+pub(crate) use projections::history::{BOOKING_COLUMNS, BookingRow, PAYMENT_COLUMNS, PaymentRow};
 
 pub(crate) async fn booking(pool: &PgPool, id: Uuid) -> ApiResult<Option<BookingRow>> {
-    let sql = format!("SELECT {BOOKING_COLUMNS} FROM rm_bookings WHERE booking_id = $1");
-    Ok(sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?)
+    Ok(projections::history::booking(pool, id).await?)
 }
-
-/// `rm_payments`.
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub(crate) struct PaymentRow {
-    pub(crate) payment_id: Uuid,
-    pub(crate) booking_id: Uuid,
-    pub(crate) amount_minor: i64,
-    pub(crate) refunded_minor: i64,
-    pub(crate) currency: String,
-    pub(crate) method: String,
-    pub(crate) status: String,
-    pub(crate) gateway: Option<String>,
-    pub(crate) failure_reason: Option<String>,
-    pub(crate) created_at: DateTime<Utc>,
-}
-
-const PAYMENT_COLUMNS: &str = "payment_id, booking_id, amount_minor, refunded_minor, currency, \
-    method, status, gateway, failure_reason, created_at";
 
 pub(crate) async fn payment(pool: &PgPool, id: Uuid) -> ApiResult<Option<PaymentRow>> {
-    let sql = format!("SELECT {PAYMENT_COLUMNS} FROM rm_payments WHERE payment_id = $1");
-    Ok(sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?)
+    Ok(projections::history::payment(pool, id).await?)
 }
 
 /// Every payment of a booking, oldest first (a booking has a handful: its payment, retries
@@ -109,27 +62,6 @@ pub(crate) async fn booking_payments(pool: &PgPool, booking: Uuid) -> ApiResult<
          ORDER BY created_at, payment_id LIMIT 100"
     );
     Ok(sqlx::query_as(&sql).bind(booking).fetch_all(pool).await?)
-}
-
-impl PaymentRow {
-    /// Money this payment holds: captured minus refunded (zero unless it was captured).
-    pub(crate) fn held_minor(&self) -> i64 {
-        match self.status.as_str() {
-            "CAPTURED" | "PARTIALLY_REFUNDED" | "REFUNDED" => {
-                self.amount_minor - self.refunded_minor
-            }
-            _ => 0,
-        }
-    }
-
-    /// Money captured (before refunds).
-    pub(crate) fn captured_minor(&self) -> i64 {
-        if self.held_minor() != 0 || self.status == "REFUNDED" {
-            self.amount_minor
-        } else {
-            0
-        }
-    }
 }
 
 /// `rm_telemetry_latest` / `rm_telemetry_readings`.

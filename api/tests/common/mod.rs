@@ -59,6 +59,8 @@ pub struct Options {
     pub body_limit: usize,
     pub request_budget: Duration,
     pub websocket: api::websocket::WebSocketLimits,
+    /// How long a command's answer waits for the read models before answering from the log.
+    pub read_your_writes: Duration,
 }
 
 impl Default for Options {
@@ -69,6 +71,7 @@ impl Default for Options {
             body_limit: 64 * 1024,
             request_budget: Duration::from_secs(30),
             websocket: api::websocket::WebSocketLimits::default(),
+            read_your_writes: Duration::from_secs(10),
         }
     }
 }
@@ -106,7 +109,7 @@ impl TestApp {
                 )
                 .unwrap(),
                 gateways: SandboxGateways::new().router(Duration::from_secs(2)),
-                read_your_writes_timeout: Duration::from_secs(10),
+                read_your_writes_timeout: options.read_your_writes,
             },
         );
         services
