@@ -13,6 +13,7 @@ pub mod error;
 pub mod hash;
 pub mod json;
 pub mod model;
+pub mod quiet;
 pub mod store;
 pub mod subscribe;
 #[cfg(feature = "testing")]

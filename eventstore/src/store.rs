@@ -384,9 +384,10 @@ impl EventStore {
 
     /// Up to `limit` events after `after`, in commit order, upcast.
     ///
-    /// Only events of transactions older than every transaction still running are returned
-    /// (`transaction_id < pg_snapshot_xmin(pg_current_snapshot())`): an event whose
-    /// transaction is still open holds back everything after it instead of being skipped.
+    /// Only events of transactions older than every transaction still running that may append
+    /// events are returned (`transaction_id < log_horizon()`, see [`crate::quiet`]): an event
+    /// whose transaction is still open holds back everything after it instead of being
+    /// skipped.
     pub async fn read_all(&self, after: Checkpoint, limit: i64) -> Result<Vec<RecordedEvent>> {
         self.read_all_raw(after, limit)
             .await?
@@ -458,7 +459,7 @@ impl EventStore {
     pub async fn visible_head(&self) -> Result<Checkpoint> {
         let row = sqlx::query(
             "SELECT transaction_id, global_position FROM events \
-             WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             WHERE transaction_id < (SELECT log_horizon()) \
              ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
         )
         .fetch_optional(&self.inner.pool)
@@ -594,12 +595,12 @@ where
         "SELECT {COLUMNS} FROM ( \
            (SELECT * FROM events \
              WHERE transaction_id = $1 AND global_position > $2 \
-               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+               AND transaction_id < (SELECT log_horizon()) \
              ORDER BY global_position LIMIT $3) \
            UNION ALL \
            (SELECT * FROM events \
              WHERE transaction_id > $1 \
-               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+               AND transaction_id < (SELECT log_horizon()) \
              ORDER BY transaction_id, global_position LIMIT $3) \
          ) AS tail \
          ORDER BY transaction_id, global_position \

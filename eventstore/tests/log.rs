@@ -515,6 +515,58 @@ async fn a_late_commit_is_never_skipped() {
     sub.abort();
 }
 
+/// A transaction that declares it appends no events (a projector's batch) holds back no reader
+/// of the log, however long it stays open; the same transaction undeclared holds them all back.
+#[tokio::test]
+async fn a_quiet_transaction_holds_back_no_reader() {
+    let db = TestDatabase::create().await;
+    let store = db.store();
+    let mut quiet = db.pool.begin().await.unwrap();
+    eventstore::quiet::declare(&mut quiet).await.unwrap();
+    // It has a transaction id, as a projector's batch has once it writes its rows.
+    let _: eventstore::Xid8 = sqlx::query_scalar("SELECT pg_current_xact_id()")
+        .fetch_one(&mut *quiet)
+        .await
+        .unwrap();
+    let first = store
+        .append(
+            &[append(&car("q"), ExpectedVersion::NoStream, vec![ev(1)])],
+            &meta(),
+        )
+        .await
+        .unwrap();
+    wait_visible(&store, first[0].checkpoint()).await;
+    let read: Vec<_> = store
+        .read_all(Checkpoint::START, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(read, [first[0].event_id]);
+
+    // Not declared, an open transaction with an id holds every reader back.
+    let mut loud = db.pool.begin().await.unwrap();
+    let _: eventstore::Xid8 = sqlx::query_scalar("SELECT pg_current_xact_id()")
+        .fetch_one(&mut *loud)
+        .await
+        .unwrap();
+    let second = store
+        .append(
+            &[append(&car("r"), ExpectedVersion::NoStream, vec![ev(2)])],
+            &meta(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read_all(first[0].checkpoint(), 10).await.unwrap(),
+        Vec::<RecordedEvent>::new()
+    );
+    loud.rollback().await.unwrap();
+    wait_visible(&store, second[0].checkpoint()).await;
+    quiet.rollback().await.unwrap();
+}
+
 /// Positions taken in one order, transactions started in the other: commit order wins.
 #[tokio::test]
 async fn commit_order_follows_transactions_not_positions() {

@@ -235,6 +235,7 @@ async fn apply_rebuilt(
     batch: &[RecordedEvent],
 ) -> Result<(), RebuildError> {
     let mut tx = pool.begin().await?;
+    eventstore::quiet::declare(&mut tx).await?;
     redirect(&mut tx, schema).await?;
     apply_or_report(pool, &mut tx, schema, projection, batch).await?;
     tx.commit().await?;
@@ -302,6 +303,7 @@ async fn swap_paused(
     }
     if options.swap {
         let mut tx = pool.begin().await?;
+        eventstore::quiet::declare(&mut tx).await?;
         for table in projection.tables() {
             sqlx::query(&format!("DROP TABLE public.{table}"))
                 .execute(&mut *tx)

@@ -598,6 +598,8 @@ async fn apply_batch(
 ) -> Result<BatchOutcome, RuntimeError> {
     let to = batch.last().map_or(from, RecordedEvent::checkpoint);
     let mut tx = pool.begin().await?;
+    // It appends no events: readers of the log need not wait for it, even stuck.
+    eventstore::quiet::declare(&mut tx).await?;
     // A rebuild swapping this projection's tables pauses it here, before this transaction
     // writes anything (so it waits without a transaction id).
     sqlx::query(&format!(
@@ -623,6 +625,7 @@ async fn apply_batch(
         }
     }
     let mut tx = pool.begin().await?;
+    eventstore::quiet::declare(&mut tx).await?;
     lock_checkpoint(&mut tx, name, from).await?;
     sqlx::query("SET CONSTRAINTS ALL IMMEDIATE")
         .execute(&mut *tx)
@@ -757,6 +760,7 @@ async fn advance_external(
     to: Checkpoint,
 ) -> Result<(), RuntimeError> {
     let mut tx = pool.begin().await?;
+    eventstore::quiet::declare(&mut tx).await?;
     lock_checkpoint(&mut tx, name, from).await?;
     store_checkpoint(&mut tx, name, to).await?;
     tx.commit().await?;

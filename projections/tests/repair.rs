@@ -80,6 +80,13 @@ async fn checkpoints_moved_back_by_the_text_ordered_reader_are_repaired_after_th
     .execute(&pool)
     .await
     .unwrap();
+    // And the log's horizon function today's reader calls.
+    let horizon = eventstore::MIGRATOR
+        .migrations
+        .iter()
+        .find(|m| m.version == 20261207000015)
+        .expect("the log_horizon migration");
+    sqlx::raw_sql(&horizon.sql).execute(&pool).await.unwrap();
     let store = cluster.store();
 
     // A small history whose transactions straddle 10,000.

@@ -597,7 +597,7 @@ impl Query {
             .push_bind(eventstore::Xid8(after.transaction_id))
             .push(", ")
             .push_bind(after.global_position)
-            .push(") AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())");
+            .push(") AND e.transaction_id < (SELECT log_horizon())");
         if let Some(types) = &filter.aggregate_types {
             q.push(" AND e.aggregate_type = ANY(")
                 .push_bind(types)
