@@ -561,6 +561,12 @@ async fn healthz() -> impl IntoResponse {
 
 /// The process can serve: the database answers within a second, and every read-model
 /// projection is running (not failed, stopped or catching up).
+/// Ready while this instance can serve: the database answers, so commands run and the read
+/// models can be read. Each read model's state is reported beside (`running`, `catching_up`,
+/// `stalled`, `failed`, …; `absent` before its first run), and a read model that is not running
+/// makes the answer `degraded`, not unavailable: read models are shared by every instance, so
+/// one that failed would otherwise take every instance out of its load balancer while the log
+/// and the command side work. Only the fields it serves are affected.
 async fn readyz(State(state): State<AppState>) -> Response {
     let pool = state.services.store.pool();
     let names: Vec<String> = projections::names()
@@ -579,16 +585,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 .iter()
                 .map(|(name, s)| (name.clone(), json!(s.as_deref().unwrap_or("absent"))))
                 .collect();
-            let ready = rows.iter().all(|(_, s)| s.as_deref() == Some("running"));
-            let status = if ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
+            let all_running = rows.iter().all(|(_, s)| s.as_deref() == Some("running"));
             (
-                status,
+                StatusCode::OK,
                 axum::Json(json!({
-                    "status": if ready { "ready" } else { "unavailable" },
+                    "status": if all_running { "ready" } else { "degraded" },
                     "database": "ok",
                     "projections": states,
                 })),

@@ -322,6 +322,14 @@ async fn swap_paused(
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        // A live projector that had failed carries on from here, without a restart.
+        sqlx::query(
+            "UPDATE projection_status SET state = 'resuming', updated_at = now() \
+             WHERE name = $1 AND state = 'failed'",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
     }
     Ok(RebuildReport {

@@ -161,6 +161,8 @@ pub enum RuntimeError {
     LeaseLost(String),
     #[error("projection {0}: a rebuild of it is running elsewhere; waiting for it")]
     Busy(String),
+    #[error("projection {0}: asked to resume; starting again from its checkpoint")]
+    Resumed(String),
     #[error("projection {name} stopped at position {position}: {reason}")]
     Poisoned {
         name: String,
@@ -175,7 +177,7 @@ impl RuntimeError {
         match self {
             Self::Database(e) => eventstore::error::is_transient_sqlx(e),
             Self::Store(e) => e.is_transient(),
-            Self::Fenced(_) | Self::LeaseLost(_) | Self::Busy(_) => true,
+            Self::Fenced(_) | Self::LeaseLost(_) | Self::Busy(_) | Self::Resumed(_) => true,
             Self::Poisoned { .. } => false,
         }
     }
@@ -368,7 +370,7 @@ impl Projector {
                     status::set_failed(&pool, &name, checkpoint, None, &reason).await?;
                     tracing::error!(projection = %name, checkpoint = %checkpoint, error = %reason,
                         "projection stopped: the next event cannot be read");
-                    return idle_failed(&mut lease, &name, token, &self.options).await;
+                    return idle_failed(&mut lease, &name, token, &self.options, &pool).await;
                 }
             };
             if batch.is_empty() {
@@ -417,7 +419,7 @@ impl Projector {
                     tracing::error!(projection = %name, position = event.global_position,
                         event.id = %event.event_id, event.type = %event.event_type, error = %reason,
                         checkpoint = %applied, "projection stopped at an event it cannot apply");
-                    return idle_failed(&mut lease, &name, token, &self.options).await;
+                    return idle_failed(&mut lease, &name, token, &self.options, &pool).await;
                 }
                 Err(e) if matches!(&e, RuntimeError::Database(db) if eventstore::error::is_transient_sqlx(db)) =>
                 {
@@ -484,7 +486,7 @@ impl Projector {
                         let reason = format!("repair stopped at position {position}: {reason}");
                         status::set_failed(pool, name, Checkpoint::START, None, &reason).await?;
                         tracing::error!(projection = %name, error = %reason, "repair failed");
-                        idle_failed(lease, name, token, &self.options).await?;
+                        idle_failed(lease, name, token, &self.options, pool).await?;
                         return Ok(Some(()));
                     }
                     Err(crate::rebuild::RebuildError::Busy(_)) => {
@@ -809,17 +811,24 @@ pub(crate) fn checkpoint_of_columns(
 }
 
 /// Stay failed (holding the lease, so a standby does not fail the same way) until shutdown.
+/// Hold the lease of a failed projection (so no other instance retries the same event), until
+/// it is asked to resume ([`status::request_resume`]): then start again from the checkpoint.
 async fn idle_failed(
     lease: &mut Lease,
     name: &str,
     token: &CancellationToken,
     options: &RunOptions,
+    pool: &PgPool,
 ) -> Result<(), RuntimeError> {
     loop {
-        if sleep_or_cancel(options.lease_poll.max(Duration::from_secs(1)), token).await {
+        if sleep_or_cancel(options.lease_poll.min(Duration::from_secs(1)), token).await {
             return Ok(());
         }
         lease.check(name).await?;
+        if status::resume_requested(pool, name).await? {
+            tracing::warn!(projection = %name, "asked to resume; starting again from the checkpoint");
+            return Err(RuntimeError::Resumed(name.to_owned()));
+        }
     }
 }
 

@@ -22,8 +22,12 @@ pub enum State {
     Running,
     /// The target refuses the batch for now (broker down); retrying.
     Stalled,
-    /// Stopped at an event it cannot apply; needs a fix and a restart.
+    /// Stopped at an event it cannot apply; needs a fix (a new version, an upcaster, a
+    /// rebuild), then `fleetledger projections resume` (a rebuild resumes it itself).
     Failed,
+    /// Asked to carry on after a failure: the instance holding the lease starts again from the
+    /// checkpoint within a second or so.
+    Resuming,
     /// No instance holds the lease.
     Stopped,
     /// Rebuilding its checkpoint's state once before carrying on (a repair the schema
@@ -38,6 +42,7 @@ impl State {
             Self::Running => "running",
             Self::Stalled => "stalled",
             Self::Failed => "failed",
+            Self::Resuming => "resuming",
             Self::Stopped => "stopped",
             Self::Repairing => "repairing",
         }
@@ -130,6 +135,30 @@ pub(crate) async fn set_failed(
 pub const LAG_COUNT_CAP: i64 = 100_000;
 
 /// Every projection that has a checkpoint, with its lag, ordered by name.
+/// Ask a failed projection to carry on from its checkpoint (after a fix, or once a rebuild
+/// swapped in tables past the event it failed at): the running instance that holds its lease
+/// takes it up without a restart. `false` when it had not failed.
+pub async fn request_resume(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE projection_status SET state = 'resuming', updated_at = now() \
+         WHERE name = $1 AND state = 'failed'",
+    )
+    .bind(name)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Whether someone asked `name` to resume ([`request_resume`]).
+pub(crate) async fn resume_requested(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM projection_status WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+    Ok(state.as_deref() == Some("resuming"))
+}
+
 pub async fn list(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
     list_where(pool, None).await
 }

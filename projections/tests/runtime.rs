@@ -569,3 +569,106 @@ async fn an_overlap_the_aggregate_would_refuse_stops_availability_at_that_event(
         .unwrap();
     assert_eq!(blocks, 1, "the first reservation was kept");
 }
+
+/// A read model that cannot apply one event until a fix is "deployed" (the flag).
+struct Picky {
+    fixed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    refuse: Uuid,
+}
+
+#[async_trait::async_trait]
+impl projections::Projection for Picky {
+    fn name(&self) -> &'static str {
+        "picky"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_picky"]
+    }
+
+    fn wants(&self, event: &eventstore::RecordedEvent) -> bool {
+        event.aggregate_type == "car"
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        events: &[&eventstore::RecordedEvent],
+    ) -> Result<(), projections::ApplyError> {
+        for event in events {
+            if event.event_id == self.refuse
+                && !self.fixed.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(projections::ApplyError::Invalid("not yet".into()));
+            }
+            sqlx::query("INSERT INTO rm_picky (event_id) VALUES ($1)")
+                .bind(event.event_id)
+                .execute(&mut *conn)
+                .await
+                .map_err(projections::ApplyError::from)?;
+        }
+        Ok(())
+    }
+}
+
+/// A failed projection carries on from its checkpoint when asked (`projections resume`), on
+/// the instance holding it, without a restart; asking one that has not failed does nothing.
+#[tokio::test]
+async fn a_failed_projection_resumes_when_asked_without_a_restart() {
+    let db = TestDatabase::create().await;
+    let store = db.store();
+    sqlx::query("CREATE TABLE rm_picky (event_id uuid PRIMARY KEY)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (one, two) = (Uuid::now_v7(), Uuid::now_v7());
+    append(&store, "car", one, vec![registered(one, "One")]).await;
+    let refused = append(&store, "car", two, vec![registered(two, "Two")]).await;
+    let fixed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let picky = Picky {
+        fixed: fixed.clone(),
+        refuse: refused[0].event_id,
+    };
+    let token = CancellationToken::new();
+    tokio::spawn(
+        Projector::postgres(store.clone(), std::sync::Arc::new(picky), options())
+            .run_until_cancelled(token.clone()),
+    );
+    let state = || async {
+        sqlx::query_scalar::<_, String>("SELECT state FROM projection_status WHERE name = 'picky'")
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap()
+    };
+    eventually(15, "picky fails at the second car", || async {
+        state().await.as_deref() == Some("failed")
+    })
+    .await;
+    assert_eq!(
+        status_of(&db, "picky").await.failed_position,
+        Some(refused[0].global_position)
+    );
+
+    fixed.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        projections::status::request_resume(&db.pool, "picky")
+            .await
+            .unwrap()
+    );
+    eventually(15, "picky runs again and has applied both", || async {
+        let s = status_of(&db, "picky").await;
+        s.state == "running" && s.lag_events == 0
+    })
+    .await;
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_picky")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 2);
+    assert!(
+        !projections::status::request_resume(&db.pool, "picky")
+            .await
+            .unwrap()
+    );
+    token.cancel();
+}
