@@ -42,6 +42,9 @@ pub enum Code {
     /// A client address already holds as many WebSocket connections as it may (HTTP 429;
     /// `extensions.limit` = `connections`).
     TooManyConnections,
+    /// A read model this field is answered from stopped at an event it cannot apply
+    /// (`extensions.readModels` names them); other fields and every command still work.
+    ReadModelFailed,
 }
 
 impl Code {
@@ -61,6 +64,7 @@ impl Code {
             Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::TooManyOperations => "TOO_MANY_OPERATIONS",
             Self::TooManyConnections => "TOO_MANY_CONNECTIONS",
+            Self::ReadModelFailed => "READ_MODEL_FAILED",
         }
     }
 }
@@ -86,6 +90,8 @@ pub enum AppError {
     /// UNAVAILABLE for good: the server is not set up for it (e.g. no payment gateway);
     /// retrying does not help, the operator must configure it.
     Unconfigured(String),
+    /// The read models a field is answered from that have failed.
+    ReadModelFailed(Vec<String>),
     Internal,
 }
 
@@ -118,6 +124,11 @@ impl AppError {
             }
             Self::Unavailable => "a dependency is unavailable; retry shortly".into(),
             Self::Unconfigured(what) => format!("{what} on this server"),
+            Self::ReadModelFailed(names) => format!(
+                "this field is answered from the read model(s) {}, which stopped at an event \
+                 they cannot apply; operators have been alerted. Other fields and commands work",
+                names.join(", ")
+            ),
             Self::Internal => "internal error".into(),
         }
     }
@@ -131,6 +142,7 @@ impl AppError {
             Self::Conflict(_) => Code::Conflict,
             Self::RateLimited { .. } => Code::RateLimited,
             Self::Unavailable | Self::Unconfigured(_) => Code::Unavailable,
+            Self::ReadModelFailed(_) => Code::ReadModelFailed,
             Self::Internal => Code::Internal,
         }
     }
@@ -174,6 +186,7 @@ impl AppError {
             match self {
                 Self::BadInput { field, .. } => ext.set("field", field.as_str()),
                 Self::RateLimited { retry_after_secs } => ext.set("retryAfter", *retry_after_secs),
+                Self::ReadModelFailed(names) => ext.set("readModels", names.clone()),
                 _ => {}
             }
         })

@@ -350,7 +350,7 @@ pub fn markdown() -> String {
 }
 
 /// The refusal of a field, at its path.
-fn refused(error: AppError, info: &ResolveInfo<'_>) -> async_graphql::ServerError {
+pub(crate) fn refused(error: AppError, info: &ResolveInfo<'_>) -> async_graphql::ServerError {
     let mut error = error
         .to_graphql()
         .into_server_error(async_graphql::Pos::default());
@@ -416,27 +416,10 @@ impl Extension for PolicyGuardExtension {
 mod tests {
     use std::collections::BTreeSet;
 
-    use async_graphql::parser::types::{TypeKind, TypeSystemDefinition};
-
     use super::*;
 
-    /// Every field of every object type of the schema, as `Type.field`.
     fn schema_fields() -> BTreeSet<(String, String)> {
-        let doc = async_graphql::parser::parse_schema(crate::sdl()).unwrap();
-        let mut out = BTreeSet::new();
-        for def in doc.definitions {
-            if let TypeSystemDefinition::Type(t) = def
-                && let TypeKind::Object(object) = &t.node.kind
-            {
-                for field in &object.fields {
-                    out.insert((
-                        t.node.name.node.to_string(),
-                        field.node.name.node.to_string(),
-                    ));
-                }
-            }
-        }
-        out
+        crate::schema::object_fields()
     }
 
     #[test]

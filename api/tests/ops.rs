@@ -49,6 +49,28 @@ async fn a_failed_read_model_degrades_readiness_without_failing_it() {
             "analytics": "running", "availability": "running", "history": "failed",
             "search": "running", "telemetry": "running" } })
     );
+    // Fields answered from history say so (and nothing stale); the others answer.
+    let (_, answer) = app
+        .post(
+            Some(&app.admin_token),
+            "query($b: UUID!) { booking(id: $b) { id } branches { code } }",
+            json!({ "b": uuid::Uuid::now_v7() }),
+        )
+        .await;
+    assert_eq!(answer["data"], json!({ "branches": [] }));
+    assert_eq!(answer["errors"][0]["path"], json!(["booking"]));
+    assert_eq!(
+        answer["errors"][0]["extensions"],
+        json!({ "code": "READ_MODEL_FAILED", "readModels": ["history"] })
+    );
+    let search = app
+        .ok(
+            None,
+            "query($p: DateTime!, $r: DateTime!) { searchCars(filter: { pickupAt: $p, returnAt: $r }) { totalCount } }",
+            json!({ "p": common::at(2, 0), "r": common::at(3, 0) }),
+        )
+        .await;
+    assert_eq!(search["searchCars"]["totalCount"], 0);
     app.shutdown().await;
 }
 

@@ -87,6 +87,8 @@ pub fn build_with(
         .extension(crate::websocket::OpenOperationsCap)
         .extension(crate::policy::PolicyGuard)
         .extension(crate::read_side::ReadSideNotes)
+        .extension(crate::read_side::ReadModelGuard)
+        .data(crate::read_side::FailedReadModels::default())
         .limit_complexity(limits.max_complexity)
         .finish()
 }
@@ -94,6 +96,28 @@ pub fn build_with(
 /// The schema's SDL, as `fleetledger schema` prints it and docs/schema.graphql holds it.
 pub fn sdl() -> String {
     Schema::build(Query, Mutation, Subscription).finish().sdl()
+}
+
+/// Every field of every object type of the schema, as `(Type, field)`: what tests check that
+/// the schema-wide tables (access policy, read models served) cover.
+#[cfg(test)]
+pub(crate) fn object_fields() -> std::collections::BTreeSet<(String, String)> {
+    use async_graphql::parser::types::{TypeKind, TypeSystemDefinition};
+    let doc = async_graphql::parser::parse_schema(sdl()).expect("the schema's own SDL parses");
+    let mut out = std::collections::BTreeSet::new();
+    for def in doc.definitions {
+        if let TypeSystemDefinition::Type(t) = def
+            && let TypeKind::Object(object) = &t.node.kind
+        {
+            for field in &object.fields {
+                out.insert((
+                    t.node.name.node.to_string(),
+                    field.node.name.node.to_string(),
+                ));
+            }
+        }
+    }
+    out
 }
 
 pub(crate) fn services<'a>(ctx: &'a Context<'_>) -> ApiResult<&'a Services> {
