@@ -175,7 +175,9 @@ impl Config {
             return_grace_minutes: env_or("FLEETLEDGER_RETURN_GRACE_MINUTES", 59)?,
             fleet_currency: match non_empty("FLEETLEDGER_CURRENCY") {
                 Some(code) => domain::Currency::accept(code.trim()).with_context(|| {
-                    format!("FLEETLEDGER_CURRENCY={code:?} is not an ISO 4217 currency with cents")
+                    format!(
+                        "FLEETLEDGER_CURRENCY={code:?} is not an ISO 4217 currency with minor units"
+                    )
                 })?,
                 None => domain::Currency::USD,
             },

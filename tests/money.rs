@@ -518,9 +518,70 @@ async fn cars_added_without_a_currency_are_priced_in_the_fleets() {
     drop(serve);
 
     // A currency the fleet cannot price in stops the server at start.
-    let said = refused_at_start(&db, "FLEETLEDGER_CURRENCY", "JPY");
+    let said = refused_at_start(&db, "FLEETLEDGER_CURRENCY", "XAU");
     assert!(
-        said.contains("FLEETLEDGER_CURRENCY=\"JPY\" is not an ISO 4217 currency with cents"),
+        said.contains("FLEETLEDGER_CURRENCY=\"XAU\" is not an ISO 4217 currency with minor units"),
         "{said}"
+    );
+}
+
+/// Yen have no minor unit and dinars three: amounts are taken, charged and shown with the
+/// currency's own decimals, never as hundredths.
+#[tokio::test]
+async fn a_yen_fleet_prices_in_whole_yen() {
+    let db = TestDatabase::create().await;
+    let serve = Serve::start(&db.url(), &[("FLEETLEDGER_CURRENCY", "JPY")]);
+    let desk = Desk::open(&serve).await;
+    let add = |rate: &str, currency: Option<&str>| {
+        let mut input = json!({ "make": "Toyota", "model": "Yaris", "year": 2025,
+            "class": "ECONOMY", "seats": 4, "transmission": "MANUAL", "fuel": "PETROL",
+            "features": [], "dailyRate": rate, "branchCode": "LIS" });
+        if let Some(c) = currency {
+            input["currency"] = json!(c);
+        }
+        common::gql_raw(
+            &desk.addr,
+            Some(&desk.admin),
+            "mutation($i: CarInput!) { addCar(input: $i) { id dailyRate { amount currency } } }",
+            json!({ "i": input }),
+        )
+    };
+    let added = add("5000", None).await.unwrap();
+    assert_eq!(
+        added["data"]["addCar"]["dailyRate"],
+        json!({ "amount": "5000", "currency": "JPY" })
+    );
+    let car = added["data"]["addCar"]["id"].as_str().unwrap().to_owned();
+    // Half a yen, or a car priced in a currency with cents (the fleet's fees are in yen).
+    for (rate, currency, said) in [
+        (
+            "5000.5",
+            None,
+            "invalid dailyRate: JPY has no minor unit: give a whole amount",
+        ),
+        (
+            "39.90",
+            Some("EUR"),
+            "invalid currency: EUR has 2 decimal(s) and the fleet's JPY 0",
+        ),
+    ] {
+        let refused = add(rate, currency).await.unwrap();
+        assert_eq!(refused["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+        let message = refused["errors"][0]["message"].as_str().unwrap();
+        assert!(message.starts_with(said), "{message}");
+    }
+    // Two days: 10000 yen, charged as such.
+    let customer = customer_token(&desk.addr, "yen@fleet.test").await;
+    let booked = gql(
+        &desk.addr,
+        Some(&customer),
+        "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { total { amount currency } lines { label amount { amount } } } }",
+        json!({ "i": { "carId": car, "pickupAt": in_days(2), "returnAt": in_days(4) } }),
+    )
+    .await;
+    assert_eq!(
+        booked["requestBooking"],
+        json!({ "total": { "amount": "10000", "currency": "JPY" },
+                "lines": [{ "label": "2 day(s) × 5000 JPY", "amount": { "amount": "10000" } }] })
     );
 }

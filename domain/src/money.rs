@@ -25,16 +25,26 @@ impl Currency {
         }
     }
 
-    /// A currency new prices may be set in: an ISO 4217 code in use with two minor units (the
-    /// precision amounts are written and shown with). `parse` stays lenient, so that every
-    /// stored event keeps decoding; this is the check for input.
+    /// A currency new prices may be set in: an ISO 4217 code in use, with its minor units
+    /// (JPY 0, EUR 2, BHD 3). Codes without minor units (gold, special drawing rights, the
+    /// testing codes) are refused. `parse` stays lenient, so that every stored event keeps
+    /// decoding; this is the check for input.
     pub fn accept(code: &str) -> Result<Self, MoneyError> {
         let currency = Self::parse(code)?;
         match iso_currency::Currency::from_code(code).map(iso_currency::Currency::exponent) {
-            Some(Some(2)) => Ok(currency),
+            Some(Some(0..=3)) => Ok(currency),
             Some(_) => Err(MoneyError::UnsupportedCurrency(code.to_owned())),
             None => Err(MoneyError::Currency(code.to_owned())),
         }
+    }
+
+    /// Digits after the decimal point (ISO 4217's minor unit): amounts are integers of
+    /// `10^-exponent` of the currency. 2 for a code ISO 4217 does not list (stored before
+    /// codes were checked: amounts were always written in hundredths then).
+    pub fn exponent(&self) -> u32 {
+        iso_currency::Currency::from_code(self.as_str())
+            .and_then(iso_currency::Currency::exponent)
+            .map_or(2, u32::from)
     }
 
     pub fn as_str(&self) -> &str {
@@ -66,10 +76,7 @@ impl fmt::Display for Currency {
 pub enum MoneyError {
     #[error("{0:?} is not an ISO 4217 currency code (e.g. EUR, USD, GBP)")]
     Currency(String),
-    #[error(
-        "{0} does not have two minor units; prices are kept to the cent, so only such currencies \
-         are accepted for now"
-    )]
+    #[error("{0} has no minor unit (it is not money a rental is paid in)")]
     UnsupportedCurrency(String),
     #[error("amount must not be negative")]
     Negative,
@@ -131,36 +138,64 @@ impl Money {
     }
 }
 
+impl Money {
+    /// The amount as a decimal number with the currency's minor units: "129.90" (EUR),
+    /// "5000" (JPY), "1.250" (BHD).
+    pub fn decimal(&self) -> String {
+        decimal(self.minor, self.currency.exponent())
+    }
+}
+
+/// `minor` units of `10^-exponent` as a decimal number, every minor digit written.
+pub fn decimal(minor: i64, exponent: u32) -> String {
+    let sign = if minor < 0 { "-" } else { "" };
+    let abs = minor.unsigned_abs();
+    match 10u64.checked_pow(exponent) {
+        Some(scale) if exponent > 0 => {
+            let width = exponent as usize;
+            format!("{sign}{}.{:0width$}", abs / scale, abs % scale)
+        }
+        _ => format!("{sign}{abs}"),
+    }
+}
+
 impl fmt::Display for Money {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sign = if self.minor < 0 { "-" } else { "" };
-        let abs = self.minor.unsigned_abs();
-        write!(f, "{sign}{}.{:02} {}", abs / 100, abs % 100, self.currency)
+        write!(f, "{} {}", self.decimal(), self.currency)
     }
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn new_prices_take_iso_currencies_with_cents() {
-        for ok in ["EUR", "USD", "GBP", "CHF"] {
-            assert_eq!(
-                Currency::accept(ok).map(|c| c.to_string()),
-                Ok(ok.to_owned())
-            );
+    fn new_prices_take_iso_currencies_with_their_minor_units() {
+        for (ok, exponent) in [("EUR", 2), ("USD", 2), ("GBP", 2), ("JPY", 0), ("BHD", 3)] {
+            let currency = Currency::accept(ok).unwrap();
+            assert_eq!((currency.as_str(), currency.exponent()), (ok, exponent));
         }
         assert_eq!(
             Currency::accept("XYZ"),
             Err(MoneyError::Currency("XYZ".into()))
         );
-        for other in ["JPY", "BHD"] {
+        for other in ["XAU", "XXX"] {
             assert_eq!(
                 Currency::accept(other),
                 Err(MoneyError::UnsupportedCurrency(other.into()))
             );
         }
-        // Stored events keep decoding whatever they hold.
-        assert!(Currency::parse("XYZ").is_ok());
+        // Stored events keep decoding whatever they hold, in hundredths.
+        assert_eq!(Currency::parse("XYZ").map(|c| c.exponent()), Ok(2));
+    }
+
+    #[test]
+    fn amounts_are_shown_with_the_currency_minor_units() {
+        let jpy = Currency::parse("JPY").unwrap();
+        let bhd = Currency::parse("BHD").unwrap();
+        assert_eq!(Money::new(5_000, jpy).to_string(), "5000 JPY");
+        assert_eq!(Money::new(1_250, bhd).to_string(), "1.250 BHD");
+        assert_eq!(Money::new(-5, bhd).to_string(), "-0.005 BHD");
+        assert_eq!(Money::new(12_990, Currency::EUR).to_string(), "129.90 EUR");
+        assert_eq!(Money::new(i64::MIN, jpy).decimal(), "-9223372036854775808");
     }
 
     use super::*;

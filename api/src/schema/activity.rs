@@ -79,7 +79,7 @@ pub(crate) fn entry(event: &RecordedEvent) -> Option<BookingActivity> {
         "BookingConfirmed" => (ActivityKind::Confirmed, None, None),
         "BookingCancelled" => (
             ActivityKind::Cancelled,
-            money(&p["fee"]).filter(|m| m.amount.0 != 0),
+            money(&p["fee"]).filter(|m| !m.amount.is_zero()),
             text(p, "reason"),
         ),
         "BookingExpired" => (ActivityKind::Expired, None, None),

@@ -365,7 +365,24 @@ impl Mutation {
                 .map_err(|e| AppError::bad_input("currency", e.to_string()))?,
             None => s.bookings.config().fleet_currency,
         };
-        if input.daily_rate.minor() <= 0 {
+        let fleet = s.bookings.config().fleet_currency;
+        if currency.exponent() != fleet.exponent() {
+            // The pricing policy's fees are minor units of whatever a car is priced in.
+            return Err(AppError::bad_input(
+                "currency",
+                format!(
+                    "{currency} has {} decimal(s) and the fleet's {fleet} {}: the fees of the \
+                     pricing policy, set in the fleet's minor units, would be off by a power of ten",
+                    currency.exponent(),
+                    fleet.exponent()
+                ),
+            ));
+        }
+        let rate = input
+            .daily_rate
+            .to_minor(currency)
+            .map_err(|e| AppError::bad_input("dailyRate", e))?;
+        if rate <= 0 {
             return Err(AppError::bad_input("dailyRate", "must be positive"));
         }
         let branch = super::branch_code(&input.branch_code);
@@ -388,7 +405,7 @@ impl Mutation {
                 CarCommand::Register {
                     id,
                     details,
-                    daily_rate: DomainMoney::new(input.daily_rate.minor(), currency),
+                    daily_rate: DomainMoney::new(rate, currency),
                     branch,
                 },
                 &context(ctx)?,
@@ -437,21 +454,24 @@ impl Mutation {
     ) -> ApiResult<Car> {
         caller(ctx)?.require(auth::ADMIN)?;
         let s = services(ctx)?;
-        if daily_rate.minor() <= 0 {
-            return Err(AppError::bad_input("dailyRate", "must be positive"));
-        }
         let car = s.cars.load(&id.to_string()).await?;
         let currency = car
             .state
             .daily_rate
             .map(|m| m.currency)
             .ok_or_else(|| AppError::not_found("car"))?;
+        let rate = daily_rate
+            .to_minor(currency)
+            .map_err(|e| AppError::bad_input("dailyRate", e))?;
+        if rate <= 0 {
+            return Err(AppError::bad_input("dailyRate", "must be positive"));
+        }
         let done = s
             .cars
             .execute(
                 &id.to_string(),
                 CarCommand::ChangeDailyRate {
-                    daily_rate: DomainMoney::new(daily_rate.minor(), currency),
+                    daily_rate: DomainMoney::new(rate, currency),
                 },
                 &context(ctx)?,
             )
@@ -748,10 +768,15 @@ impl Mutation {
             .await?
             .ok_or_else(|| AppError::not_found("payment"))?;
         let amount = match amount {
-            Some(a) if a.minor() <= 0 => {
-                return Err(AppError::bad_input("amount", "must be positive"));
+            Some(a) => {
+                let minor = a
+                    .to_minor(current.amount.currency)
+                    .map_err(|e| AppError::bad_input("amount", e))?;
+                if minor <= 0 {
+                    return Err(AppError::bad_input("amount", "must be positive"));
+                }
+                Some(DomainMoney::new(minor, current.amount.currency))
             }
-            Some(a) => Some(DomainMoney::new(a.minor(), current.amount.currency)),
             None => None,
         };
         payments

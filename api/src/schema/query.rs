@@ -320,10 +320,18 @@ impl Query {
             q.push(" AND c.seats >= ").push_bind(seats);
         }
         if let Some(max) = filter.max_daily_rate {
-            if max.minor() < 0 {
+            // In the fleet's currency: prices in another cannot be compared without a rate.
+            let fleet = s.bookings.config().fleet_currency;
+            let max = max
+                .to_minor(fleet)
+                .map_err(|e| AppError::bad_input("maxDailyRate", e))?;
+            if max < 0 {
                 return Err(AppError::bad_input("maxDailyRate", "must not be negative"));
             }
-            q.push(" AND c.daily_rate_minor <= ").push_bind(max.minor());
+            q.push(" AND c.currency = ")
+                .push_bind(fleet.as_str().to_owned())
+                .push(" AND c.daily_rate_minor <= ")
+                .push_bind(max);
         }
         if let Some(t) = filter.transmission {
             q.push(" AND c.transmission = ").push_bind(t.as_str());

@@ -1,13 +1,21 @@
-//! The `Decimal` scalar: money as a decimal string ("129.90"), held as integer minor units.
+//! The `Decimal` scalar: money as a decimal string ("129.90", "5000" yen, "1.250" dinars), held
+//! exactly as integer units of a power of ten. Never a float.
 
 use async_graphql::{InputValueError, InputValueResult, Scalar, ScalarType, Value};
+use domain::Currency;
 
-/// An amount with at most two decimals, as integer hundredths. Never a float.
+/// The most decimals an amount may have (ISO 4217 minor units go up to 3).
+const MAX_SCALE: u32 = 3;
+
+/// An exact decimal amount: `units × 10^-scale`, as written or as a currency's minor units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Decimal(pub i64);
+pub struct Decimal {
+    units: i64,
+    scale: u32,
+}
 
 impl Decimal {
-    /// Parse "129.9", "129.90", "-3", "0.05"; refuse exponents, more than two decimals and
+    /// Parse "129.9", "129.90", "-3", "0.005"; refuse exponents, more than three decimals and
     /// amounts beyond 10^15.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let raw = raw.trim();
@@ -19,40 +27,61 @@ impl Decimal {
         let valid = !whole.is_empty()
             && whole.len() <= 15
             && whole.bytes().all(|b| b.is_ascii_digit())
-            && fraction.len() <= 2
+            && fraction.len() <= MAX_SCALE as usize
             && fraction.bytes().all(|b| b.is_ascii_digit())
             && !(digits.contains('.') && fraction.is_empty());
         if !valid {
             return Err(format!(
-                "{raw:?} is not a decimal amount with at most two decimals, like \"129.90\""
+                "{raw:?} is not a decimal amount with at most three decimals, like \"129.90\""
             ));
         }
-        let whole: i64 = whole
+        let units: i64 = format!("{whole}{fraction}")
             .parse()
             .map_err(|_| "amount out of range".to_owned())?;
-        let cents: i64 = match fraction.len() {
-            0 => 0,
-            1 => fraction.parse::<i64>().unwrap_or(0) * 10,
-            _ => fraction.parse::<i64>().unwrap_or(0),
-        };
-        let minor = whole * 100 + cents;
-        Ok(Self(if negative { -minor } else { minor }))
+        Ok(Self {
+            units: if negative { -units } else { units },
+            scale: fraction.len() as u32,
+        })
     }
 
-    pub fn minor(self) -> i64 {
-        self.0
+    /// `minor` units of a currency with `exponent` decimals.
+    pub fn of_minor(minor: i64, exponent: u32) -> Self {
+        Self {
+            units: minor,
+            scale: exponent,
+        }
+    }
+
+    /// The amount in `currency`'s minor units; more decimals than it has (a fraction of a yen)
+    /// is an error saying so.
+    pub fn to_minor(self, currency: Currency) -> Result<i64, String> {
+        let exponent = currency.exponent();
+        let Some(shift) = exponent.checked_sub(self.scale) else {
+            return Err(match exponent {
+                0 => format!("{currency} has no minor unit: give a whole amount"),
+                n => format!("{currency} has {n} decimal(s) at most"),
+            });
+        };
+        10i64
+            .checked_pow(shift)
+            .and_then(|factor| self.units.checked_mul(factor))
+            .ok_or_else(|| "amount out of range".to_owned())
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.units == 0
     }
 }
 
 impl std::fmt::Display for Decimal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sign = if self.0 < 0 { "-" } else { "" };
-        let abs = self.0.unsigned_abs();
-        write!(f, "{sign}{}.{:02}", abs / 100, abs % 100)
+        f.write_str(&domain::money::decimal(self.units, self.scale))
     }
 }
 
-/// A decimal string such as "129.90" (numbers are accepted on input too).
+/// An amount as a decimal string, with its currency's minor units: "129.90" euros, "5000"
+/// yen, "1.250" dinars (numbers are accepted on input too; more decimals than the currency
+/// has are refused).
 #[Scalar(name = "Decimal")]
 impl ScalarType for Decimal {
     fn parse(value: Value) -> InputValueResult<Self> {
@@ -71,19 +100,42 @@ impl ScalarType for Decimal {
 
 #[cfg(test)]
 mod tests {
+    use domain::Currency;
+
     use super::Decimal;
 
     #[test]
-    fn decimals_parse_to_exact_minor_units() {
-        assert_eq!(Decimal::parse("129.90"), Ok(Decimal(12_990)));
-        assert_eq!(Decimal::parse("129.9"), Ok(Decimal(12_990)));
-        assert_eq!(Decimal::parse("-3"), Ok(Decimal(-300)));
-        assert_eq!(Decimal::parse("0.05"), Ok(Decimal(5)));
+    fn decimals_convert_exactly_to_each_currency_minor_units() {
+        let (eur, jpy, bhd) = (
+            Currency::EUR,
+            Currency::parse("JPY").unwrap(),
+            Currency::parse("BHD").unwrap(),
+        );
+        let minor = |raw: &str, c: Currency| Decimal::parse(raw).and_then(|d| d.to_minor(c));
+        assert_eq!(minor("129.90", eur), Ok(12_990));
+        assert_eq!(minor("129.9", eur), Ok(12_990));
+        assert_eq!(minor("-3", eur), Ok(-300));
+        assert_eq!(minor("0.05", eur), Ok(5));
+        assert_eq!(minor("5000", jpy), Ok(5_000));
+        assert_eq!(minor("1.25", bhd), Ok(1_250));
+        assert_eq!(minor("0.005", bhd), Ok(5));
+        assert_eq!(
+            minor("5000.5", jpy),
+            Err("JPY has no minor unit: give a whole amount".into())
+        );
+        assert_eq!(
+            minor("0.005", eur),
+            Err("EUR has 2 decimal(s) at most".into())
+        );
+        assert_eq!(
+            minor("999999999999999.999", bhd),
+            Ok(999_999_999_999_999_999)
+        );
         for bad in [
             "",
             "1.",
             ".5",
-            "1.234",
+            "1.2345",
             "1e3",
             "abc",
             "1,5",
@@ -91,7 +143,9 @@ mod tests {
         ] {
             assert!(Decimal::parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(Decimal(12_990).to_string(), "129.90");
-        assert_eq!(Decimal(-5).to_string(), "-0.05");
+        assert_eq!(Decimal::of_minor(12_990, 2).to_string(), "129.90");
+        assert_eq!(Decimal::of_minor(-5, 2).to_string(), "-0.05");
+        assert_eq!(Decimal::of_minor(5_000, 0).to_string(), "5000");
+        assert_eq!(Decimal::of_minor(1_250, 3).to_string(), "1.250");
     }
 }

@@ -80,10 +80,13 @@ pub struct Money {
 }
 
 impl Money {
+    /// `minor` units of `currency`, shown with its minor units ("5000" yen, "129.90" euros).
     pub fn new(minor: i64, currency: impl Into<String>) -> Self {
+        let currency = currency.into();
+        let exponent = domain::Currency::parse(&currency).map_or(2, |c| c.exponent());
         Self {
-            amount: Decimal(minor),
-            currency: currency.into(),
+            amount: Decimal::of_minor(minor, exponent),
+            currency,
         }
     }
 }
@@ -892,6 +895,7 @@ pub struct CarSearchInput {
     pub radius_km: Option<f64>,
     pub classes: Option<Vec<CarClass>>,
     pub min_seats: Option<i32>,
+    /// In the fleet's currency; cars priced in another do not match (no exchange rates here).
     pub max_daily_rate: Option<Decimal>,
     pub transmission: Option<Transmission>,
     pub fuel: Option<FuelType>,
