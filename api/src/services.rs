@@ -28,6 +28,8 @@ pub struct Services {
     pub fleet: Fleet,
     /// How long a mutation waits for the read models to reflect it.
     pub read_your_writes_timeout: Duration,
+    /// The process's one reader of the log, which every GraphQL subscription follows.
+    pub tail: eventstore::LogTail,
 }
 
 /// What [`Services::build`] needs beyond the database.
@@ -69,6 +71,15 @@ impl Services {
             telemetry,
             telemetry_policy,
             read_your_writes_timeout: config.read_your_writes_timeout,
+            // Woken by this process's appends at once, by others' through LISTEN (one
+            // connection for the process) or, failing that, the poll.
+            tail: eventstore::LogTail::new(
+                store.clone(),
+                eventstore::SubscribeOptions {
+                    poll_interval: Duration::from_millis(250),
+                    ..eventstore::SubscribeOptions::default()
+                },
+            ),
             store,
         }
     }

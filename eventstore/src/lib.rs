@@ -16,6 +16,7 @@ pub mod model;
 pub mod quiet;
 pub mod store;
 pub mod subscribe;
+pub mod tail;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod upcast;
@@ -28,6 +29,7 @@ pub use model::{
 };
 pub use store::{EventStore, NOTIFY_CHANNEL};
 pub use subscribe::{SubscribeOptions, Subscription};
+pub use tail::LogTail;
 pub use upcast::UpcasterRegistry;
 pub use xid8::Xid8;
 

@@ -1,7 +1,8 @@
-//! Subscriptions over the event log's no-skip catch-up-then-live subscription.
+//! Subscriptions over the process's one tail of the log (`eventstore::LogTail`): each keeps the
+//! events its filter wants, from the tail in memory, so open subscriptions cost no database
+//! reads of their own while they wait.
 
 use async_graphql::{Context, Subscription as GqlSubscription};
-use eventstore::SubscribeOptions;
 use futures::{Stream, StreamExt};
 use uuid::Uuid;
 
@@ -11,17 +12,6 @@ use super::services;
 use super::types::*;
 use crate::auth::{self, caller};
 use crate::error::{ApiResult, AppError};
-
-/// How API subscriptions follow the log: woken in-process by this process's appends, and by
-/// polling for other processes' (no LISTEN connection per subscriber, so a thousand open
-/// WebSockets do not take a thousand database connections).
-fn options() -> SubscribeOptions {
-    SubscribeOptions {
-        listen: false,
-        poll_interval: std::time::Duration::from_millis(250),
-        ..SubscribeOptions::default()
-    }
-}
 
 pub struct Subscription;
 
@@ -37,17 +27,10 @@ impl Subscription {
         caller(ctx)?.require(auth::EVENT_READERS)?;
         let after = checkpoint_after(ctx, after_position.as_deref()).await?;
         let filter = filter.unwrap_or_default();
-        let store = services(ctx)?.store.clone();
-        Ok(store
-            .subscribe_with(after, options())
-            .into_stream()
-            .filter_map(move |item| {
-                let keep = match &item {
-                    Ok(e) => filter.matches(e),
-                    Err(_) => true,
-                };
-                async move { keep.then(|| item.map(EventRecord).map_err(AppError::from)) }
-            }))
+        Ok(services(ctx)?
+            .tail
+            .subscribe(after, move |e| filter.matches(e))
+            .map(|item| item.map(EventRecord).map_err(AppError::from)))
     }
 
     /// A booking's status as it changes (owner, ADMIN). The current state comes first, so a
@@ -74,16 +57,10 @@ impl Subscription {
             .map(Booking)
             .ok_or_else(|| AppError::not_found("booking"))?;
         let id = booking_id.to_string();
-        let store = s.store.clone();
-        let live = store
-            .subscribe_with(from, options())
-            .into_stream()
-            .filter(move |item| {
-                let keep = match item {
-                    Ok(e) => e.aggregate_type == "booking" && e.aggregate_id == id,
-                    Err(_) => true,
-                };
-                async move { keep }
+        let live = s
+            .tail
+            .subscribe(from, move |e| {
+                e.aggregate_type == "booking" && e.aggregate_id == id
             })
             .then(move |item| {
                 let s = s.clone();
@@ -126,28 +103,27 @@ impl Subscription {
                 latest.push(Ok(TelemetryReading::from(row)));
             }
         }
-        let ids: Vec<String> = car_ids.iter().map(Uuid::to_string).collect();
-        let live = store
-            .subscribe_with(from, options())
-            .into_stream()
+        let ids: std::collections::HashSet<String> = car_ids.iter().map(Uuid::to_string).collect();
+        let live = s
+            .tail
+            .subscribe(from, move |e| {
+                e.aggregate_type == "telemetry" && ids.contains(&e.aggregate_id)
+            })
             .flat_map(move |item| {
                 let readings: Vec<ApiResult<TelemetryReading>> = match item {
                     Err(e) => vec![Err(AppError::from(e))],
-                    Ok(e) if e.aggregate_type == "telemetry" && ids.contains(&e.aggregate_id) => {
-                        match commands::codec::decode::<domain::telemetry::Telemetry>(&e) {
-                            Ok(domain::telemetry::TelemetryEvent::ReadingsRecorded {
-                                car_id,
-                                readings,
-                                ..
-                            }) => readings
-                                .iter()
-                                .map(|r| Ok(TelemetryReading::from_domain(car_id, r)))
-                                .collect(),
-                            Ok(_) => Vec::new(),
-                            Err(err) => vec![Err(AppError::internal(err))],
-                        }
-                    }
-                    Ok(_) => Vec::new(),
+                    Ok(e) => match commands::codec::decode::<domain::telemetry::Telemetry>(&e) {
+                        Ok(domain::telemetry::TelemetryEvent::ReadingsRecorded {
+                            car_id,
+                            readings,
+                            ..
+                        }) => readings
+                            .iter()
+                            .map(|r| Ok(TelemetryReading::from_domain(car_id, r)))
+                            .collect(),
+                        Ok(_) => Vec::new(),
+                        Err(err) => vec![Err(AppError::internal(err))],
+                    },
                 };
                 futures::stream::iter(readings)
             });
