@@ -137,3 +137,55 @@ async fn commands_answer_from_the_log_while_the_read_side_is_behind() {
     assert!(fresh.get("extensions").is_none(), "{fresh:#}");
     app.shutdown().await;
 }
+
+/// A staff command on a car answers from the Car aggregate while the search model is stalled,
+/// and the read model catches up to exactly that answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_car_command_answers_from_the_aggregate_while_search_is_behind() {
+    let app = TestApp::with(Options {
+        read_your_writes: Duration::from_secs(2),
+        ..Options::default()
+    })
+    .await;
+    let admin = app.admin_token.clone();
+    app.add_branch("LIS", 38.72, -9.14).await;
+    let car = app.add_car("LIS", "Fiat", "40.00").await;
+    const CAR: &str = "id make dailyRate { amount currency } branch { code } status odometerKm";
+    let mut blocker = app.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE rm_search_cars IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let (_, changed) = app
+        .post(
+            Some(&admin),
+            &format!("mutation($c: UUID!) {{ changeDailyRate(id: $c, dailyRate: \"45.50\") {{ {CAR} }} }}"),
+            json!({ "c": car }),
+        )
+        .await;
+    assert!(changed.get("errors").is_none(), "{changed:#}");
+    assert_eq!(
+        changed["extensions"],
+        json!({ "readSide": { "behind": ["search"] } })
+    );
+    let answered = changed["data"]["changeDailyRate"].clone();
+    assert_eq!(
+        answered,
+        json!({ "id": car, "make": "Fiat", "dailyRate": { "amount": "45.50", "currency": "USD" },
+                "branch": { "code": "LIS" }, "status": "AVAILABLE", "odometerKm": null })
+    );
+    blocker.commit().await.unwrap();
+    let caught_up = eventually(30, || async {
+        let now = app
+            .ok(
+                None,
+                &format!("query($c: UUID!) {{ car(id: $c) {{ {CAR} }} }}"),
+                json!({ "c": car }),
+            )
+            .await;
+        (now["car"]["dailyRate"]["amount"] == "45.50").then_some(now)
+    })
+    .await;
+    assert_eq!(caught_up["car"], answered);
+    app.shutdown().await;
+}

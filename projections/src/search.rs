@@ -25,7 +25,7 @@ use crate::{aggregate_uuid, decode};
 pub struct Search;
 
 /// An enum's wire name (`SCREAMING_SNAKE_CASE`, as serde writes it).
-pub(crate) fn enum_name<T: Serialize>(value: &T) -> String {
+pub fn enum_name<T: Serialize>(value: &T) -> String {
     match serde_json::to_value(value) {
         Ok(serde_json::Value::String(s)) => s,
         _ => String::new(),

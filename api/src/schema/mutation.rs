@@ -35,13 +35,50 @@ async fn target(s: &Services, events: &[RecordedEvent]) -> ApiResult<Option<Chec
     }
 }
 
-async fn car_after(s: &Services, id: Uuid, events: &[RecordedEvent]) -> ApiResult<Car> {
-    s.wait_for_projections(p::CARS, target(s, events).await?)
+/// The car as the command left it: from the read models once they have applied the command,
+/// or else from the Car aggregate itself (what the command decided: details, rate, branch,
+/// status by the domain's own rule), with the rating and odometer the search model last had
+/// (no car command changes them), and a note that the read side is behind.
+async fn car_after(
+    ctx: &Context<'_>,
+    s: &Services,
+    id: Uuid,
+    events: &[RecordedEvent],
+) -> ApiResult<Car> {
+    let behind = s
+        .projections_behind(p::CARS, target(s, events).await?)
         .await?;
-    rows::car(s.store.pool(), id)
-        .await?
-        .map(Car)
-        .ok_or_else(|| AppError::not_found("car"))
+    let stale = rows::car(s.store.pool(), id).await?;
+    if behind.is_empty() {
+        return stale.map(Car).ok_or_else(|| AppError::not_found("car"));
+    }
+    crate::read_side::behind(ctx, &behind);
+    let car = s.cars.load(&id.to_string()).await?.state;
+    let (Some(details), Some(rate)) = (car.details.as_ref(), car.daily_rate) else {
+        return Err(AppError::not_found("car"));
+    };
+    use projections::search::enum_name as name;
+    Ok(Car(rows::CarRow {
+        car_id: id,
+        make: details.make.clone(),
+        model: details.model.clone(),
+        year: details.year,
+        class: name(&details.class),
+        seats: i32::from(details.seats),
+        transmission: name(&details.transmission),
+        fuel: name(&details.fuel),
+        features: details.features.clone(),
+        daily_rate_minor: rate.minor,
+        currency: rate.currency.as_str().to_owned(),
+        branch_code: car.branch.clone().unwrap_or_default(),
+        odometer_km: match (car.odometer_km, stale.as_ref().and_then(|r| r.odometer_km)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        },
+        rating_sum: stale.as_ref().map_or(0, |r| r.rating_sum),
+        review_count: stale.as_ref().map_or(0, |r| r.review_count),
+        status: name(&car.status_at(Utc::now())),
+    }))
 }
 
 /// The booking as the command left it: read back from the read model once it has applied the
@@ -411,7 +448,7 @@ impl Mutation {
                 &context(ctx)?,
             )
             .await?;
-        car_after(s, id, &done.events).await
+        car_after(ctx, s, id, &done.events).await
     }
 
     async fn update_car(
@@ -443,7 +480,7 @@ impl Mutation {
                 &context(ctx)?,
             )
             .await?;
-        car_after(s, id, &done.events).await
+        car_after(ctx, s, id, &done.events).await
     }
 
     async fn change_daily_rate(
@@ -476,7 +513,7 @@ impl Mutation {
                 &context(ctx)?,
             )
             .await?;
-        car_after(s, id, &done.events).await
+        car_after(ctx, s, id, &done.events).await
     }
 
     async fn relocate_car(
@@ -500,7 +537,7 @@ impl Mutation {
                 &context(ctx)?,
             )
             .await?;
-        car_after(s, id, &done.events).await
+        car_after(ctx, s, id, &done.events).await
     }
 
     /// Take a car out of service over a window (ADMIN). The window must be free of bookings
@@ -528,7 +565,7 @@ impl Mutation {
             .bookings
             .schedule_maintenance(&context(ctx)?, id, window, reason, urgent, Utc::now())
             .await?;
-        car_after(s, id, &events).await
+        car_after(ctx, s, id, &events).await
     }
 
     /// Move a booking that has not started to another car of its class, at its pick-up
@@ -558,7 +595,7 @@ impl Mutation {
             .fleet
             .complete_maintenance(&context(ctx)?, id, Utc::now())
             .await?;
-        car_after(s, id, &events).await
+        car_after(ctx, s, id, &events).await
     }
 
     async fn retire_car(&self, ctx: &Context<'_>, id: Uuid, reason: String) -> ApiResult<Car> {
@@ -579,7 +616,7 @@ impl Mutation {
                 &context(ctx)?,
             )
             .await?;
-        car_after(s, id, &done.events).await
+        car_after(ctx, s, id, &done.events).await
     }
 
     /// Reserves the car at once and returns a HELD booking with heldUntil; never overbooks.
