@@ -840,3 +840,88 @@ async fn booking_lists_page_by_keyset_so_changes_between_pages_repeat_or_skip_no
     assert_eq!(code, "BAD_USER_INPUT");
     app.shutdown().await;
 }
+
+/// A branch may price in its own currency: its cars are priced in it, and no car priced in
+/// another is added, moved or returned there; a branch without one takes any (the fleet's by
+/// default).
+#[tokio::test]
+async fn a_branch_in_its_own_currency_keeps_its_cars_in_it() {
+    let app = TestApp::start().await;
+    let admin = app.admin_token.clone();
+    app.add_branch("LIS", 38.72, -9.14).await;
+    let add_branch = |code: &str, currency: &str| {
+        json!({ "i": { "code": code, "name": "London", "city": "London",
+                       "position": { "latitude": 51.47, "longitude": -0.45 },
+                       "currency": currency } })
+    };
+    let branch = "mutation($i: BranchInput!) { addBranch(input: $i) { code currency } }";
+    let lhr = app.ok(Some(&admin), branch, add_branch("LHR", "GBP")).await;
+    assert_eq!(
+        lhr["addBranch"],
+        json!({ "code": "LHR", "currency": "GBP" })
+    );
+    // Yen have no cents, and the fleet's fees are in cents.
+    assert_eq!(
+        app.code(Some(&admin), branch, add_branch("NRT", "JPY"))
+            .await,
+        "BAD_USER_INPUT"
+    );
+    let listed = app
+        .ok(None, "{ branches { code currency } }", json!({}))
+        .await;
+    assert_eq!(
+        listed["branches"],
+        json!([{ "code": "LHR", "currency": "GBP" }, { "code": "LIS", "currency": "USD" }])
+    );
+
+    let car = |currency: Option<&str>| {
+        let mut input = json!({ "make": "Mini", "model": "Cooper", "year": 2025,
+            "class": "COMPACT", "seats": 4, "transmission": "MANUAL", "fuel": "PETROL",
+            "dailyRate": "45.00", "branchCode": "LHR" });
+        if let Some(c) = currency {
+            input["currency"] = json!(c);
+        }
+        json!({ "i": input })
+    };
+    let add = "mutation($i: CarInput!) { addCar(input: $i) { id dailyRate { amount currency } } }";
+    let mini = app.ok(Some(&admin), add, car(None)).await;
+    assert_eq!(
+        mini["addCar"]["dailyRate"],
+        json!({ "amount": "45.00", "currency": "GBP" })
+    );
+    let (_, euro) = app.post(Some(&admin), add, car(Some("EUR"))).await;
+    assert_eq!(euro["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+    assert_eq!(
+        euro["errors"][0]["message"],
+        "invalid currency: branch LHR prices in GBP"
+    );
+
+    // A dollar car from Lisbon neither moves to London nor is left there by a one-way rental.
+    let dollars = app.add_car("LIS", "Fiat", "30.00").await;
+    let (_, moved) = app
+        .post(
+            Some(&admin),
+            "mutation($c: UUID!) { relocateCar(id: $c, branchCode: \"LHR\") { id } }",
+            json!({ "c": dollars }),
+        )
+        .await;
+    assert_eq!(
+        moved["errors"][0]["message"],
+        "invalid branchCode: branch LHR prices in GBP, this car in USD"
+    );
+    let (customer, _) = app.register("pounds@fleet.test").await;
+    let (_, one_way) = app
+        .post(
+            Some(&customer),
+            "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+            json!({ "i": { "carId": dollars, "pickupAt": at(2, 0), "returnAt": at(4, 0),
+                           "returnBranchCode": "LHR" } }),
+        )
+        .await;
+    assert_eq!(one_way["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+    assert_eq!(
+        one_way["errors"][0]["message"],
+        "invalid returnBranchCode: branch LHR prices in GBP, this car in USD"
+    );
+    app.shutdown().await;
+}

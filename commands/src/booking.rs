@@ -269,14 +269,18 @@ impl BookingService {
     }
 
     /// The turnaround of the branch `code` (minutes a car returned there stays out for
-    /// cleaning), `None` when there is no such branch.
-    async fn branch_turnaround(&self, code: &str) -> Result<Option<i64>, BookingFlowError> {
-        let minutes: Option<i32> =
-            sqlx::query_scalar("SELECT turnaround_minutes FROM branches WHERE code = $1")
+    /// cleaning) and the currency it set for its cars, if it did; `None` when there is no such
+    /// branch.
+    async fn branch_settings(
+        &self,
+        code: &str,
+    ) -> Result<Option<(i64, Option<String>)>, BookingFlowError> {
+        let row: Option<(i32, Option<String>)> =
+            sqlx::query_as("SELECT turnaround_minutes, currency FROM branches WHERE code = $1")
                 .bind(code)
                 .fetch_optional(self.store.pool())
                 .await?;
-        Ok(minutes.map(i64::from))
+        Ok(row.map(|(minutes, currency)| (i64::from(minutes), currency)))
     }
 
     /// The turnaround after a rental returned to `code`: the branch's, or the one every
@@ -284,9 +288,11 @@ impl BookingService {
     /// registered by an import that never added its branch).
     async fn turnaround_at(&self, code: &str) -> Result<i64, BookingFlowError> {
         Ok(self
-            .branch_turnaround(code)
+            .branch_settings(code)
             .await?
-            .unwrap_or(domain::car::LEGACY_TURNAROUND_MINUTES))
+            .map_or(domain::car::LEGACY_TURNAROUND_MINUTES, |(minutes, _)| {
+                minutes
+            }))
     }
 
     /// The turnaround after `booking`: that of the branch it returns the car to.
@@ -366,8 +372,26 @@ impl BookingService {
                     .return_branch
                     .clone()
                     .unwrap_or_else(|| pickup_branch.clone());
-                let turnaround = match self.branch_turnaround(&return_branch).await? {
-                    Some(minutes) => minutes,
+                let turnaround = match self.branch_settings(&return_branch).await? {
+                    // A car priced in one currency is not left where prices are in another.
+                    Some((_, Some(currency)))
+                        if return_branch != pickup_branch
+                            && car
+                                .state
+                                .daily_rate
+                                .is_some_and(|r| r.currency.as_str() != currency) =>
+                    {
+                        return Err(BookingFlowError::Invalid {
+                            field: "returnBranchCode",
+                            reason: format!(
+                                "branch {return_branch} prices in {currency}, this car in {}",
+                                car.state
+                                    .daily_rate
+                                    .map_or_else(String::new, |r| r.currency.to_string())
+                            ),
+                        });
+                    }
+                    Some((minutes, _)) => minutes,
                     None if return_branch == pickup_branch => {
                         domain::car::LEGACY_TURNAROUND_MINUTES
                     }

@@ -26,6 +26,10 @@ pub struct BranchInput {
     /// Minutes a car returned here stays out before its next rental; `None`: the default
     /// ([`DEFAULT_TURNAROUND_MINUTES`]).
     pub turnaround_minutes: Option<i64>,
+    /// The currency cars here are priced in; `None`: none set, cars default to the fleet's and
+    /// may be priced in another. Set when the branch is added (its cars are priced in it, so it
+    /// does not change).
+    pub currency: Option<domain::Currency>,
 }
 
 /// Changes to a branch; `None` keeps the current value. The code never changes (cars and
@@ -49,7 +53,19 @@ pub struct Branch {
     pub latitude: f64,
     pub longitude: f64,
     pub turnaround_minutes: i32,
+    /// `None`: the fleet's currency.
+    pub currency: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+impl Branch {
+    /// The currency cars here are priced in: the branch's, or else `fleet`.
+    pub fn currency_or(&self, fleet: domain::Currency) -> domain::Currency {
+        self.currency
+            .as_deref()
+            .and_then(|c| domain::Currency::parse(c).ok())
+            .unwrap_or(fleet)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +132,8 @@ fn coordinate(
     }
 }
 
-const COLUMNS: &str = "code, name, city, latitude, longitude, turnaround_minutes, created_at";
+const COLUMNS: &str =
+    "code, name, city, latitude, longitude, turnaround_minutes, currency, created_at";
 
 /// The branches service. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -153,8 +170,9 @@ impl Branches {
                 .unwrap_or(DEFAULT_TURNAROUND_MINUTES),
         )?;
         let sql = format!(
-            "INSERT INTO branches (code, name, city, latitude, longitude, turnaround_minutes) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
+            "INSERT INTO branches \
+               (code, name, city, latitude, longitude, turnaround_minutes, currency) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
         );
         sqlx::query_as::<_, Branch>(&sql)
             .bind(&input.code)
@@ -163,6 +181,7 @@ impl Branches {
             .bind(latitude)
             .bind(longitude)
             .bind(turnaround)
+            .bind(input.currency.map(|c| c.as_str().to_owned()))
             .fetch_one(&self.pool)
             .await
             .map_err(

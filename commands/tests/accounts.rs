@@ -539,6 +539,7 @@ mod branches {
             latitude: 38.7742,
             longitude: -9.1342,
             turnaround_minutes: None,
+            currency: None,
         }
     }
 
@@ -559,6 +560,7 @@ mod branches {
                 latitude: 41.1486,
                 longitude: -8.5856,
                 turnaround_minutes: None,
+                currency: None,
             })
             .await
             .unwrap();
@@ -571,11 +573,20 @@ mod branches {
                 latitude: 52.3105,
                 longitude: 4.7683,
                 turnaround_minutes: Some(90),
+                currency: Some(domain::Currency::EUR),
             })
             .await
             .unwrap();
         // An hour unless the branch says otherwise.
         assert_eq!((lis.turnaround_minutes, ams.turnaround_minutes), (60, 90));
+        // The fleet's currency unless the branch has its own.
+        assert_eq!(
+            (
+                lis.currency_or(domain::Currency::USD),
+                ams.currency_or(domain::Currency::USD)
+            ),
+            (domain::Currency::USD, domain::Currency::EUR)
+        );
         assert_eq!(branches.get("LIS-01").await.unwrap(), Some(lis.clone()));
         assert_eq!(branches.get("lis-01").await.unwrap(), None);
         assert_eq!(branches.list().await.unwrap(), vec![ams, lis, opo]);

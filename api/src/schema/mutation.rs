@@ -142,6 +142,26 @@ fn folding_failed(e: projections::ApplyError) -> AppError {
     AppError::Internal
 }
 
+/// A currency new prices may be set in here: ISO 4217, with as many decimals as the fleet's
+/// (the pricing policy's fees are minor units of whatever a car is priced in).
+fn priced_in(s: &Services, code: &str) -> ApiResult<Currency> {
+    let currency =
+        Currency::accept(code).map_err(|e| AppError::bad_input("currency", e.to_string()))?;
+    let fleet = s.bookings.config().fleet_currency;
+    if currency.exponent() != fleet.exponent() {
+        return Err(AppError::bad_input(
+            "currency",
+            format!(
+                "{currency} has {} decimal(s) and the fleet's {fleet} {}: the fees of the \
+                 pricing policy, set in the fleet's minor units, would be off by a power of ten",
+                currency.exponent(),
+                fleet.exponent()
+            ),
+        ));
+    }
+    Ok(currency)
+}
+
 async fn require_branch(s: &Services, field: &str, code: &str) -> ApiResult<()> {
     match s.branches.get(code).await? {
         Some(_) => Ok(()),
@@ -357,6 +377,10 @@ impl Mutation {
     async fn add_branch(&self, ctx: &Context<'_>, input: BranchInput) -> ApiResult<Branch> {
         caller(ctx)?.require(auth::ADMIN)?;
         input.position.check("position")?;
+        let currency = match &input.currency {
+            Some(code) => Some(priced_in(services(ctx)?, code)?),
+            None => None,
+        };
         let branch = services(ctx)?
             .branches
             .add(NewBranch {
@@ -366,9 +390,13 @@ impl Mutation {
                 latitude: input.position.latitude,
                 longitude: input.position.longitude,
                 turnaround_minutes: input.turnaround_minutes.map(i64::from),
+                currency,
             })
             .await?;
-        Ok(branch.into())
+        Ok(Branch::of(
+            branch,
+            services(ctx)?.bookings.config().fleet_currency,
+        ))
     }
 
     /// Change a branch's name, city or turnaround (ADMIN). A new turnaround applies to
@@ -391,28 +419,32 @@ impl Mutation {
                 },
             )
             .await?;
-        Ok(branch.into())
+        Ok(Branch::of(
+            branch,
+            services(ctx)?.bookings.config().fleet_currency,
+        ))
     }
 
     async fn add_car(&self, ctx: &Context<'_>, input: CarInput) -> ApiResult<Car> {
         caller(ctx)?.require(auth::ADMIN)?;
         let s = services(ctx)?;
+        let branch = super::branch_code(&input.branch_code);
+        let here =
+            s.branches.get(&branch).await?.ok_or_else(|| {
+                AppError::bad_input("branchCode", format!("no branch {branch:?}"))
+            })?;
+        // In the branch's currency (the fleet's by default); one the branch set is the only
+        // one its cars may be priced in.
         let currency = match input.currency {
-            Some(code) => Currency::accept(&code)
-                .map_err(|e| AppError::bad_input("currency", e.to_string()))?,
-            None => s.bookings.config().fleet_currency,
+            Some(code) => priced_in(s, &code)?,
+            None => here.currency_or(s.bookings.config().fleet_currency),
         };
-        let fleet = s.bookings.config().fleet_currency;
-        if currency.exponent() != fleet.exponent() {
-            // The pricing policy's fees are minor units of whatever a car is priced in.
+        if let Some(here) = here.currency.as_deref()
+            && here != currency.as_str()
+        {
             return Err(AppError::bad_input(
                 "currency",
-                format!(
-                    "{currency} has {} decimal(s) and the fleet's {fleet} {}: the fees of the \
-                     pricing policy, set in the fleet's minor units, would be off by a power of ten",
-                    currency.exponent(),
-                    fleet.exponent()
-                ),
+                format!("branch {branch} prices in {here}"),
             ));
         }
         let rate = input
@@ -422,8 +454,6 @@ impl Mutation {
         if rate <= 0 {
             return Err(AppError::bad_input("dailyRate", "must be positive"));
         }
-        let branch = super::branch_code(&input.branch_code);
-        require_branch(s, "branchCode", &branch).await?;
         let id = Uuid::now_v7();
         let details = CarDetails {
             make: input.make,
@@ -525,7 +555,27 @@ impl Mutation {
         caller(ctx)?.require(auth::ADMIN)?;
         let s = services(ctx)?;
         let branch_code = super::branch_code(&branch_code);
-        require_branch(s, "branchCode", &branch_code).await?;
+        let there = s
+            .branches
+            .get(&branch_code)
+            .await?
+            .ok_or_else(|| AppError::bad_input("branchCode", format!("no branch {branch_code:?}")))?
+            .currency;
+        let priced = s
+            .cars
+            .load(&id.to_string())
+            .await?
+            .state
+            .daily_rate
+            .map(|r| r.currency);
+        if let (Some(priced), Some(there)) = (priced, there.as_deref())
+            && priced.as_str() != there
+        {
+            return Err(AppError::bad_input(
+                "branchCode",
+                format!("branch {branch_code} prices in {there}, this car in {priced}"),
+            ));
+        }
         let done = s
             .cars
             .execute(

@@ -240,7 +240,8 @@ impl Query {
 
     async fn branches(&self, ctx: &Context<'_>) -> ApiResult<Vec<Branch>> {
         let list = services(ctx)?.branches.list().await?;
-        Ok(list.into_iter().map(Branch::from).collect())
+        let fleet = services(ctx)?.bookings.config().fleet_currency;
+        Ok(list.into_iter().map(|b| Branch::of(b, fleet)).collect())
     }
 
     #[graphql(complexity = "weighted(first, 20, child_complexity)")]

@@ -112,10 +112,15 @@ pub struct Branch {
     /// Minutes a car returned here stays out (cleaning) before its next rental starts:
     /// `availability`, `searchCars` and booking all keep it free after each rental.
     pub turnaround_minutes: i32,
+    /// The currency cars added here are priced in (the fleet's unless the branch set its own;
+    /// one it set is the only one its cars, and cars moved or returned to it, may have).
+    pub currency: String,
 }
 
-impl From<commands::branches::Branch> for Branch {
-    fn from(b: commands::branches::Branch) -> Self {
+impl Branch {
+    /// The branch as the API shows it, its currency resolved against the fleet's.
+    pub(crate) fn of(b: commands::branches::Branch, fleet: domain::Currency) -> Self {
+        let currency = b.currency_or(fleet).as_str().to_owned();
         Self {
             code: b.code,
             name: b.name,
@@ -125,6 +130,7 @@ impl From<commands::branches::Branch> for Branch {
                 longitude: b.longitude,
             },
             turnaround_minutes: b.turnaround_minutes,
+            currency,
         }
     }
 }
@@ -133,10 +139,11 @@ pub(crate) async fn branch_by_code(ctx: &Context<'_>, code: &str) -> ApiResult<B
     let loader = ctx
         .data::<DataLoader<BranchLoader>>()
         .map_err(|e| AppError::internal(e.message))?;
+    let fleet = services(ctx)?.bookings.config().fleet_currency;
     loader
         .load_one(code.to_owned())
         .await?
-        .map(Branch::from)
+        .map(|b| Branch::of(b, fleet))
         .ok_or_else(|| AppError::internal(format!("branch {code:?} is referenced but missing")))
 }
 
@@ -958,6 +965,9 @@ pub struct BranchInput {
     /// Minutes a car returned here stays out before its next rental (0 to 1440; 60 if not
     /// given).
     pub turnaround_minutes: Option<i32>,
+    /// The ISO 4217 currency cars here are priced in (the fleet's if not given; with as many
+    /// decimals as the fleet's). Fixed once the branch exists.
+    pub currency: Option<String>,
 }
 
 /// Changes to a branch; a field left out keeps its value.
