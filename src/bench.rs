@@ -111,6 +111,10 @@ pub(crate) struct AppendOptions {
     /// Also write the markdown report to this file.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Print one JSON object (each scenario's median rate per system and our ratios to the
+    /// others) instead of the markdown report.
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) async fn append(
@@ -163,7 +167,11 @@ pub(crate) async fn append(
     };
 
     let report = render(&results, &facts, &executor, &options);
-    println!("{report}");
+    if options.json {
+        println!("{}", as_json(&results));
+    } else {
+        println!("{report}");
+    }
     if let Some(path) = &options.output {
         std::fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("report written to {}", path.display());
@@ -185,6 +193,43 @@ pub(crate) async fn append(
 struct Names {
     ours: String,
     pges: String,
+}
+
+/// `{"append": {"sequential": {"ours": …, "postgres_es": …, "raw": …, "ratio_raw": …,
+/// "ratio_postgres_es": …}, "distinct": …, "hot": …}, "failed": …}`: median commands/s over the
+/// rounds, and ours divided by each baseline.
+fn as_json(results: &Results) -> Value {
+    let mut scenarios = serde_json::Map::new();
+    for scenario in Scenario::ALL {
+        let rate = |system| results.median_rate(system, scenario);
+        let (ours, pges, raw) = (
+            rate(System::Ours),
+            rate(System::PostgresEs),
+            rate(System::Raw),
+        );
+        let ratio = |base: Option<f64>| match (ours, base) {
+            (Some(o), Some(b)) if b > 0.0 => Some(o / b),
+            _ => None,
+        };
+        let name = match scenario {
+            Scenario::Sequential => "sequential",
+            Scenario::Distinct => "distinct",
+            Scenario::Hot => "hot",
+        };
+        scenarios.insert(
+            name.to_owned(),
+            serde_json::json!({
+                "ours": ours, "postgres_es": pges, "raw": raw,
+                "ratio_raw": ratio(raw), "ratio_postgres_es": ratio(pges),
+            }),
+        );
+    }
+    let failed: usize = Scenario::ALL
+        .iter()
+        .flat_map(|s| results.get(System::Ours, *s))
+        .map(|m| m.failed)
+        .sum();
+    serde_json::json!({ "append": scenarios, "failed": failed })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

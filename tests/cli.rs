@@ -402,3 +402,58 @@ async fn worker_status_lists_the_steps_that_wait_for_staff() {
         )
     );
 }
+
+/// `bench append --json` prints one JSON object: each scenario's median rate for us and both
+/// baselines, and our ratio to each (a tiny run: the shape is what is checked, not speed).
+#[tokio::test]
+async fn bench_append_prints_its_figures_as_json() {
+    let db = TestDatabase::create().await;
+    let out = fleetledger()
+        .args([
+            "bench",
+            "append",
+            "--sequential",
+            "10",
+            "--tasks",
+            "2",
+            "--per-task",
+            "3",
+            "--hot-per-task",
+            "3",
+            "--rounds",
+            "1",
+            "--warmup",
+            "1",
+            "--json",
+        ])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let figures: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(figures["failed"], 0);
+    for scenario in ["sequential", "distinct", "hot"] {
+        let s = &figures["append"][scenario];
+        for key in [
+            "ours",
+            "postgres_es",
+            "raw",
+            "ratio_raw",
+            "ratio_postgres_es",
+        ] {
+            assert!(
+                s[key].as_f64().is_some_and(|v| v > 0.0),
+                "{scenario}.{key}: {s}"
+            );
+        }
+        let ratio = s["ours"].as_f64().unwrap() / s["raw"].as_f64().unwrap();
+        assert!(
+            (ratio - s["ratio_raw"].as_f64().unwrap()).abs() < 1e-9,
+            "{s}"
+        );
+    }
+}
