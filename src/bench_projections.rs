@@ -54,6 +54,10 @@ pub(crate) struct ProjectionBenchOptions {
     /// Also write the markdown report here.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Print one JSON object (every rate, ratio and lag figure, named) instead of the markdown
+    /// report.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `server_url` is how a child process reaches the same server (`None`: the embedded
@@ -76,8 +80,12 @@ pub(crate) async fn run(
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     drop_databases(&mut admin, &created).await?;
-    let report = result?;
-    println!("{report}");
+    let (report, figures) = result?;
+    if options.json {
+        println!("{figures}");
+    } else {
+        println!("{report}");
+    }
     if let Some(path) = &options.output {
         std::fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -89,7 +97,7 @@ async fn measure(
     server_url: Option<&str>,
     database: &str,
     options: &ProjectionBenchOptions,
-) -> Result<String> {
+) -> Result<(String, serde_json::Value)> {
     let pool = open_pool(server, database, 16, true, "fleetledger-bench").await?;
     eventstore::MIGRATOR.run(&pool).await?;
     let store = EventStore::new(pool.clone());
@@ -137,6 +145,11 @@ async fn measure(
         reader_rate = reader_read(&store, options.batch_size).await?;
     }
     eprintln!("raw read: COPY {copy_rate:.0} events/s, reader {reader_rate:.0} events/s");
+    let rated = |rate: f64| {
+        serde_json::json!({ "events_per_s": rate, "ratio_copy": rate / copy_rate,
+                            "ratio_reader": rate / reader_rate })
+    };
+    let mut rebuilds = serde_json::Map::new();
 
     writeln!(out)?;
     writeln!(
@@ -166,6 +179,7 @@ async fn measure(
         sequential += took;
         let rate = report.events as f64 / took.as_secs_f64();
         eprintln!("rebuild {}: {rate:.0} events/s", projection.name());
+        rebuilds.insert(projection.name().to_owned(), rated(rate));
         writeln!(
             out,
             "| rebuild `{}` | {rate:.0} | {:.2}× | {:.2}× |",
@@ -175,6 +189,7 @@ async fn measure(
         )?;
     }
     let rate = events as f64 / sequential.as_secs_f64();
+    rebuilds.insert("all_one_after_another".to_owned(), rated(rate));
     writeln!(
         out,
         "| rebuild all five, one after another | {rate:.0} | {:.2}× | {:.2}× |",
@@ -187,6 +202,7 @@ async fn measure(
     rebuild_many(&store, &refs, &rebuild_options, &|_, _| {}).await?;
     let rate = events as f64 / started.elapsed().as_secs_f64();
     eprintln!("rebuild all, one shared read: {rate:.0} events/s");
+    rebuilds.insert("all_one_shared_read".to_owned(), rated(rate));
     writeln!(
         out,
         "| **rebuild all five, one shared read** (`projections rebuild --all`) | {rate:.0} | {:.2}× | {:.2}× |",
@@ -202,16 +218,25 @@ async fn measure(
         options.lag_rate, options.lag_seconds, lag.appended
     )?;
     writeln!(out, "| Reader | p50 | p99 | max |\n|---|---:|---:|---:|")?;
-    for (label, samples) in [
+    let mut lags = serde_json::Map::new();
+    for (key, label, samples) in [
         (
+            "subscription",
             "no-skip subscription (baseline, no apply)",
             &lag.subscription,
         ),
-        ("search projection", &lag.search),
-        ("availability projection", &lag.availability),
+        ("search", "search projection", &lag.search),
+        ("availability", "availability projection", &lag.availability),
     ] {
         let mut sorted = samples.clone();
         sorted.sort_unstable();
+        let millis = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1_000.0);
+        lags.insert(
+            key.to_owned(),
+            serde_json::json!({ "p50": millis(percentile(&sorted, 50.0)),
+                                "p99": millis(percentile(&sorted, 99.0)),
+                                "max": millis(sorted.last().copied()) }),
+        );
         writeln!(
             out,
             "| {label} | {} | {} | {} |",
@@ -225,7 +250,18 @@ async fn measure(
         "\nAchieved append rate: {:.0} events/s.",
         lag.achieved_rate
     )?;
-    Ok(out)
+    let figures = serde_json::json!({
+        "projections": {
+            "events": events,
+            "read": { "copy_events_per_s": copy_rate, "reader_events_per_s": reader_rate,
+                      "ratio_reader_copy": reader_rate / copy_rate },
+            "rebuild": rebuilds,
+            "lag_ms": lags,
+            "lag_rate": { "asked_events_per_s": options.lag_rate,
+                          "achieved_events_per_s": lag.achieved_rate },
+        }
+    });
+    Ok((out, figures))
 }
 
 async fn copy_read(pool: &PgPool, events: u64) -> Result<f64> {

@@ -56,6 +56,10 @@ pub(crate) struct RelayBenchOptions {
     /// Also write the markdown report to this file.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Print one JSON object (the rates, every round's, and the ratio) instead of the markdown
+    /// report.
+    #[arg(long)]
+    json: bool,
 }
 
 struct Message {
@@ -85,9 +89,13 @@ pub(crate) async fn run(
     };
     let cleanup = drop_databases(&mut admin, &created).await;
     let _ = admin.close().await;
-    let report = outcome?;
+    let (report, figures) = outcome?;
     cleanup?;
-    println!("{report}");
+    if options.json {
+        println!("{figures}");
+    } else {
+        println!("{report}");
+    }
     if let Some(path) = &options.output {
         std::fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -101,7 +109,7 @@ async fn measure(
     created: &mut Vec<String>,
     kafka: &RelayConfig,
     options: &RelayBenchOptions,
-) -> Result<String> {
+) -> Result<(String, serde_json::Value)> {
     sqlx::raw_sql(&format!("CREATE DATABASE {}", quote_ident(name)))
         .execute(&mut *admin)
         .await
@@ -192,7 +200,18 @@ async fn measure(
         "\nAll rates: relay {relay_rates:.0?}, raw {raw_rates:.0?} (events/s). Measured {}.",
         Utc::now().format("%Y-%m-%d %H:%M UTC")
     );
-    Ok(report)
+    let figures = serde_json::json!({
+        "relay": {
+            "events": messages.len(),
+            "average_message_bytes": bytes / messages.len().max(1),
+            "batch": options.batch,
+            "ours_events_per_s": relayed,
+            "raw_produce_events_per_s": raw,
+            "ratio_raw": relayed / raw,
+            "rounds": { "ours": relay_rates, "raw": raw_rates },
+        }
+    });
+    Ok((report, figures))
 }
 
 async fn read_everything(store: &EventStore, head: Checkpoint) -> Result<Vec<RecordedEvent>> {

@@ -457,3 +457,65 @@ async fn bench_append_prints_its_figures_as_json() {
         );
     }
 }
+
+/// `bench projections --json` names every figure: read rates, each rebuild with its ratios,
+/// and the lag percentiles of each reader (a tiny run: the shape is what is checked).
+#[tokio::test]
+async fn bench_projections_prints_its_figures_as_json() {
+    let db = TestDatabase::create().await;
+    let out = fleetledger()
+        .args([
+            "bench",
+            "projections",
+            "--bookings",
+            "50",
+            "--cars",
+            "10",
+            "--lag-rate",
+            "100",
+            "--lag-seconds",
+            "1",
+            "--json",
+        ])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let figures: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &figures["projections"];
+    assert!(p["events"].as_u64().is_some_and(|n| n > 0), "{p}");
+    let ratio = p["read"]["reader_events_per_s"].as_f64().unwrap()
+        / p["read"]["copy_events_per_s"].as_f64().unwrap();
+    assert!((ratio - p["read"]["ratio_reader_copy"].as_f64().unwrap()).abs() < 1e-9);
+    let mut rebuilt: Vec<&str> = p["rebuild"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    rebuilt.sort_unstable();
+    assert_eq!(
+        rebuilt,
+        [
+            "all_one_after_another",
+            "all_one_shared_read",
+            "analytics",
+            "availability",
+            "history",
+            "search",
+            "telemetry"
+        ]
+    );
+    for reader in ["subscription", "search", "availability"] {
+        for q in ["p50", "p99", "max"] {
+            assert!(
+                p["lag_ms"][reader][q].as_f64().is_some(),
+                "{reader}.{q}: {p}"
+            );
+        }
+    }
+}
