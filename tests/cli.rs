@@ -403,29 +403,13 @@ async fn worker_status_lists_the_steps_that_wait_for_staff() {
     );
 }
 
-/// `bench append --json` prints one JSON object: each scenario's median rate for us and both
-/// baselines, and our ratio to each (a tiny run: the shape is what is checked, not speed).
-#[tokio::test]
-async fn bench_append_prints_its_figures_as_json() {
+/// `fleetledger bench <args> --json` on a fresh database: its one JSON object.
+async fn bench_json(args: &[&str]) -> serde_json::Value {
     let db = TestDatabase::create().await;
     let out = fleetledger()
-        .args([
-            "bench",
-            "append",
-            "--sequential",
-            "10",
-            "--tasks",
-            "2",
-            "--per-task",
-            "3",
-            "--hot-per-task",
-            "3",
-            "--rounds",
-            "1",
-            "--warmup",
-            "1",
-            "--json",
-        ])
+        .arg("bench")
+        .args(args)
+        .arg("--json")
         .env("DATABASE_URL", db.url())
         .output()
         .unwrap();
@@ -434,7 +418,29 @@ async fn bench_append_prints_its_figures_as_json() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let figures: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `bench append --json` prints one JSON object: each scenario's median rate for us and both
+/// baselines, and our ratio to each (a tiny run: the shape is what is checked, not speed).
+#[tokio::test]
+async fn bench_append_prints_its_figures_as_json() {
+    let figures = bench_json(&[
+        "append",
+        "--sequential",
+        "10",
+        "--tasks",
+        "2",
+        "--per-task",
+        "3",
+        "--hot-per-task",
+        "3",
+        "--rounds",
+        "1",
+        "--warmup",
+        "1",
+    ])
+    .await;
     assert_eq!(figures["failed"], 0);
     for scenario in ["sequential", "distinct", "hot"] {
         let s = &figures["append"][scenario];
@@ -462,30 +468,18 @@ async fn bench_append_prints_its_figures_as_json() {
 /// and the lag percentiles of each reader (a tiny run: the shape is what is checked).
 #[tokio::test]
 async fn bench_projections_prints_its_figures_as_json() {
-    let db = TestDatabase::create().await;
-    let out = fleetledger()
-        .args([
-            "bench",
-            "projections",
-            "--bookings",
-            "50",
-            "--cars",
-            "10",
-            "--lag-rate",
-            "100",
-            "--lag-seconds",
-            "1",
-            "--json",
-        ])
-        .env("DATABASE_URL", db.url())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let figures: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let figures = bench_json(&[
+        "projections",
+        "--bookings",
+        "50",
+        "--cars",
+        "10",
+        "--lag-rate",
+        "100",
+        "--lag-seconds",
+        "1",
+    ])
+    .await;
     let p = &figures["projections"];
     assert!(p["events"].as_u64().is_some_and(|n| n > 0), "{p}");
     let ratio = p["read"]["reader_events_per_s"].as_f64().unwrap()
