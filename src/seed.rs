@@ -14,7 +14,7 @@ use chrono::{DateTime, Duration, Utc};
 use domain::booking::{BookingEvent, CancelledBy};
 use domain::car::{CarClass, CarDetails, CarEvent, FuelType, Transmission};
 use domain::payment::{IdempotencyKey, PaymentEvent, PaymentMethodKind};
-use domain::pricing::{PriceLine, Quote};
+use domain::pricing::PriceLine;
 use domain::telemetry::{GeoPoint, Reading, TelemetryEvent};
 use domain::{Currency, Money, TimeWindow};
 use eventstore::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamAppend, StreamId};
@@ -351,33 +351,48 @@ fn car_history(
     }];
     let mut telemetry = Vec::new();
     let mut odometer = f64::from(rng.random_range(1_000..60_000));
-    let mut cursor = start + Duration::hours(rng.random_range(1..48));
+    // The car's bookings spread over the whole span, from the start of the history to a month
+    // ahead, one per slot: rentals in the past, one out now here and there, bookings to come.
     let horizon = now + Duration::days(30);
-    for _ in 0..bookings {
-        if cursor > horizon {
-            break;
-        }
+    // A day's rental and a gap need a day and a half: a calendar holds no more.
+    let fits = u32::try_from(((horizon - start).num_hours() / 36).max(1)).unwrap_or(u32::MAX);
+    let bookings = bookings.min(fits);
+    let slot = (horizon - start) / i32::try_from(bookings.max(1)).unwrap_or(i32::MAX);
+    let slot_hours = slot.num_hours().max(2);
+    for index in 0..bookings {
         let booking = uuid(rng);
         let customer = customers[rng.random_range(0..customers.len())];
-        let days = rng.random_range(1..=7);
-        let pickup = cursor;
+        // A rental takes at most about two thirds of its slot, so the gaps stay real.
+        let days = rng.random_range(1..=(slot_hours * 2 / 3 / 24).clamp(1, 7));
+        let pickup = start
+            + slot * i32::try_from(index).unwrap_or(i32::MAX)
+            + Duration::hours(rng.random_range(1..=(slot_hours / 6).max(1)));
         let ret = pickup + Duration::days(days);
-        let created = (pickup - Duration::hours(rng.random_range(2..240))).max(start);
+        let next_slot = start + slot * i32::try_from(index + 1).unwrap_or(i32::MAX);
+        // Booked some days before, and never after now; a few of the coming ones are still
+        // held, waiting for payment.
+        let held_now = pickup > now && rng.random_bool(0.05);
+        let created = if held_now {
+            now - Duration::minutes(rng.random_range(1..4))
+        } else {
+            (pickup - Duration::hours(rng.random_range(2..240)))
+                .max(start)
+                .min(now - Duration::minutes(rng.random_range(15..600)))
+        };
         let window = TimeWindow::new(pickup, ret).context("seed window")?;
         let return_branch = if rng.random_bool(0.2) {
             BRANCHES[rng.random_range(0..BRANCHES.len())].0.to_owned()
         } else {
             branch.clone()
         };
-        let quote = Quote {
-            days,
-            lines: vec![PriceLine::new(
-                domain::pricing::LineCode::RentalDays,
-                format!("{days} day(s) × {}", eur(rate)),
-                eur(rate * days),
-            )],
-            total: eur(rate * days),
-        };
+        // Priced by the real rules (long-rental discount, one-way fee), as booking would.
+        let quote = domain::pricing::quote(
+            eur(rate),
+            pickup,
+            ret,
+            return_branch != branch,
+            &domain::pricing::PricingPolicy::default(),
+        )?;
         let held_until = created + Duration::minutes(5);
         car_events.push(CarEvent::CarReserved {
             booking_id: booking,
@@ -457,7 +472,8 @@ fn car_history(
                     fuel_percent: 100.0,
                     at: pickup,
                 });
-                let late = rng.random_bool(0.1);
+                // Late now and then, never into the next booking's slot.
+                let late = rng.random_bool(0.1) && ret + Duration::hours(20) < next_slot;
                 let returned = if late {
                     ret + Duration::hours(rng.random_range(2..20))
                 } else {
@@ -536,12 +552,12 @@ fn car_history(
             out.push("payment", payment, &events)?;
         }
         out.bookings += 1;
-        cursor = ret + Duration::hours(rng.random_range(24..96));
-        // Now and then, maintenance in the gap before the next booking.
-        if rng.random_bool(0.05) {
+        // Now and then, maintenance in the gap before the next booking, where it fits (with
+        // the turnarounds on both sides).
+        let from = ret + Duration::hours(22);
+        let until = from + Duration::hours(12);
+        if until + Duration::hours(2) < next_slot && rng.random_bool(0.05) {
             let maintenance = uuid(rng);
-            let from = ret + Duration::hours(22);
-            let until = from + Duration::hours(12);
             car_events.push(CarEvent::MaintenanceScheduled {
                 maintenance_id: maintenance,
                 window: TimeWindow::new(from, until).context("seed maintenance")?,
@@ -556,10 +572,13 @@ fn car_history(
                     at: until,
                 });
             }
-            cursor = cursor.max(until + Duration::hours(2));
         }
     }
+    // The car first: its bookings' feedback counts toward a car the read models already know
+    // (pushed after them, every seeded rating was dropped).
+    let bookings_and_payments = std::mem::take(&mut out.streams);
     out.push("car", car, &car_events)?;
+    out.streams.extend(bookings_and_payments);
     out.push("telemetry", car, &telemetry)?;
     Ok(out)
 }

@@ -1,5 +1,6 @@
 //! Demo data whose numbers are true: seeded cars are in service before their first booking, so
-//! a past day's metrics count what the log says happened that day.
+//! a past day's metrics count what the log says happened that day; and a present that looks
+//! like a business: rentals out now, bookings to come, ratings that count, prices by the rules.
 
 use std::process::Command;
 
@@ -68,4 +69,77 @@ async fn a_seeded_past_days_metrics_agree_with_the_log() {
     .unwrap();
     assert_eq!(in_service, 5, "cars in service on {day}");
     assert!(rented_seconds > 0, "cars were rented on {day}");
+}
+
+#[tokio::test]
+async fn seeded_data_has_a_present_ratings_that_count_and_real_prices() {
+    let db = TestDatabase::create().await;
+    let seeded = Command::new(env!("CARGO_BIN_EXE_fleetledger"))
+        .args([
+            "seed",
+            "--cars",
+            "20",
+            "--customers",
+            "5",
+            "--bookings",
+            "160",
+            "--days",
+            "60",
+            "--seed",
+            "7",
+        ])
+        .env("DATABASE_URL", db.url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        seeded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+    for name in ["search", "history"] {
+        let projection = projections::by_name(name).unwrap();
+        Projector::postgres(db.store(), projection, RunOptions::default())
+            .catch_up()
+            .await
+            .unwrap();
+    }
+    let count = |sql: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    // Out now, and paid bookings to come.
+    let active = count("SELECT count(*) FROM rm_bookings WHERE status = 'ACTIVE'").await;
+    let coming =
+        count("SELECT count(*) FROM rm_bookings WHERE status = 'CONFIRMED' AND pickup_at > now()")
+            .await;
+    assert!(active > 0 && coming > 0, "{active} active, {coming} coming");
+    // Every rating in the log counts toward its car.
+    let ratings = count("SELECT count(*) FROM events WHERE event_type = 'FeedbackSubmitted'").await;
+    let reviews = count("SELECT sum(review_count)::int8 FROM rm_search_cars").await;
+    assert!(ratings > 0);
+    assert_eq!(reviews, ratings);
+    // Prices by the pricing rules: one-way rentals carry the one-way fee, long ones the discount.
+    let one_way_without_fee = count(
+        "SELECT count(*) FROM rm_bookings WHERE pickup_branch <> return_branch \
+           AND status NOT IN ('CANCELLED', 'EXPIRED') \
+           AND NOT lines @> '[{\"code\": \"ONE_WAY_FEE\"}]'",
+    )
+    .await;
+    let one_way =
+        count("SELECT count(*) FROM rm_bookings WHERE pickup_branch <> return_branch").await;
+    assert!(one_way > 0);
+    assert_eq!(one_way_without_fee, 0);
+    // Nothing booked after now.
+    let from_the_future = count(
+        "SELECT count(*) FROM events WHERE event_type = 'BookingHeld' \
+           AND (payload->>'at')::timestamptz > now()",
+    )
+    .await;
+    assert_eq!(from_the_future, 0);
 }
