@@ -24,6 +24,50 @@ use crate::{aggregate_uuid, decode};
 
 pub struct Search;
 
+/// A car as searches and lookups read it: its `rm_search_cars` row and its status now (the
+/// availability blocks that contain this instant), as the read side's answer.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct CarView {
+    pub car_id: Uuid,
+    pub make: String,
+    pub model: String,
+    pub year: i32,
+    pub class: String,
+    pub seats: i32,
+    pub transmission: String,
+    pub fuel: String,
+    pub features: Vec<String>,
+    pub daily_rate_minor: i64,
+    pub currency: String,
+    pub branch_code: String,
+    pub odometer_km: Option<f64>,
+    pub rating_sum: i64,
+    pub review_count: i32,
+    pub status: String,
+}
+
+/// The columns of [`CarView`] over `rm_search_cars c`. The status follows `Car::status_at`:
+/// retired, out on a rental, in maintenance now, reserved now, else available.
+pub const CAR_COLUMNS: &str = "c.car_id, c.make, c.model, c.year, c.class, c.seats, \
+    c.transmission, c.fuel, c.features, c.daily_rate_minor, c.currency, c.branch_code, \
+    c.odometer_km, c.rating_sum, c.review_count, \
+    CASE WHEN c.retired THEN 'RETIRED' \
+         WHEN c.rented_booking IS NOT NULL THEN 'RENTED' \
+         WHEN EXISTS (SELECT 1 FROM rm_availability_blocks b WHERE b.car_id = c.car_id \
+                      AND b.kind = 'MAINTENANCE' AND b.period @> now()) THEN 'MAINTENANCE' \
+         WHEN EXISTS (SELECT 1 FROM rm_availability_blocks b WHERE b.car_id = c.car_id \
+                      AND b.kind = 'RESERVATION' AND b.period @> now()) THEN 'RESERVED' \
+         ELSE 'AVAILABLE' END AS status";
+
+/// One car, from the read models.
+pub async fn car(
+    conn: impl sqlx::PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<CarView>, sqlx::Error> {
+    let sql = format!("SELECT {CAR_COLUMNS} FROM rm_search_cars c WHERE c.car_id = $1");
+    sqlx::query_as(&sql).bind(id).fetch_optional(conn).await
+}
+
 /// An enum's wire name (`SCREAMING_SNAKE_CASE`, as serde writes it).
 pub fn enum_name<T: Serialize>(value: &T) -> String {
     match serde_json::to_value(value) {

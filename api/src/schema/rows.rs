@@ -6,42 +6,10 @@ use uuid::Uuid;
 
 use crate::error::ApiResult;
 
-/// `rm_search_cars` plus the status computed as the table's comment says.
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub(crate) struct CarRow {
-    pub(crate) car_id: Uuid,
-    pub(crate) make: String,
-    pub(crate) model: String,
-    pub(crate) year: i32,
-    pub(crate) class: String,
-    pub(crate) seats: i32,
-    pub(crate) transmission: String,
-    pub(crate) fuel: String,
-    pub(crate) features: Vec<String>,
-    pub(crate) daily_rate_minor: i64,
-    pub(crate) currency: String,
-    pub(crate) branch_code: String,
-    pub(crate) odometer_km: Option<f64>,
-    pub(crate) rating_sum: i64,
-    pub(crate) review_count: i32,
-    pub(crate) status: String,
-}
-
-/// The columns of [`CarRow`] over `rm_search_cars c`.
-pub(crate) const CAR_COLUMNS: &str = "c.car_id, c.make, c.model, c.year, c.class, c.seats, \
-    c.transmission, c.fuel, c.features, c.daily_rate_minor, c.currency, c.branch_code, \
-    c.odometer_km, c.rating_sum, c.review_count, \
-    CASE WHEN c.retired THEN 'RETIRED' \
-         WHEN c.rented_booking IS NOT NULL THEN 'RENTED' \
-         WHEN EXISTS (SELECT 1 FROM rm_availability_blocks b WHERE b.car_id = c.car_id \
-                      AND b.kind = 'MAINTENANCE' AND b.period @> now()) THEN 'MAINTENANCE' \
-         WHEN EXISTS (SELECT 1 FROM rm_availability_blocks b WHERE b.car_id = c.car_id \
-                      AND b.kind = 'RESERVATION' AND b.period @> now()) THEN 'RESERVED' \
-         ELSE 'AVAILABLE' END AS status";
+pub(crate) use projections::search::{CAR_COLUMNS, CarView as CarRow};
 
 pub(crate) async fn car(pool: &PgPool, id: Uuid) -> ApiResult<Option<CarRow>> {
-    let sql = format!("SELECT {CAR_COLUMNS} FROM rm_search_cars c WHERE c.car_id = $1");
-    Ok(sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?)
+    Ok(projections::search::car(pool, id).await?)
 }
 
 pub(crate) use projections::history::{BOOKING_COLUMNS, BookingRow, PAYMENT_COLUMNS, PaymentRow};
