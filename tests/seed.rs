@@ -7,12 +7,28 @@ use std::process::Command;
 use eventstore::testing::TestDatabase;
 use projections::{Projector, RunOptions};
 
+/// `fleetledger seed <args>` into `db`, which must succeed.
+fn seed(db: &TestDatabase, args: &[&str]) {
+    let seeded = Command::new(env!("CARGO_BIN_EXE_fleetledger"))
+        .arg("seed")
+        .args(args)
+        .env("DATABASE_URL", db.url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        seeded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+}
+
 #[tokio::test]
 async fn a_seeded_past_days_metrics_agree_with_the_log() {
     let db = TestDatabase::create().await;
-    let seeded = Command::new(env!("CARGO_BIN_EXE_fleetledger"))
-        .args([
-            "seed",
+    seed(
+        &db,
+        &[
             "--cars",
             "5",
             "--customers",
@@ -23,15 +39,7 @@ async fn a_seeded_past_days_metrics_agree_with_the_log() {
             "30",
             "--seed",
             "11",
-        ])
-        .env("DATABASE_URL", db.url())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        seeded.status.success(),
-        "{}",
-        String::from_utf8_lossy(&seeded.stderr)
+        ],
     );
     let analytics = projections::by_name("analytics").unwrap();
     Projector::postgres(db.store(), analytics, RunOptions::default())
@@ -74,9 +82,9 @@ async fn a_seeded_past_days_metrics_agree_with_the_log() {
 #[tokio::test]
 async fn seeded_data_has_a_present_ratings_that_count_and_real_prices() {
     let db = TestDatabase::create().await;
-    let seeded = Command::new(env!("CARGO_BIN_EXE_fleetledger"))
-        .args([
-            "seed",
+    seed(
+        &db,
+        &[
             "--cars",
             "20",
             "--customers",
@@ -87,15 +95,7 @@ async fn seeded_data_has_a_present_ratings_that_count_and_real_prices() {
             "60",
             "--seed",
             "7",
-        ])
-        .env("DATABASE_URL", db.url())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        seeded.status.success(),
-        "{}",
-        String::from_utf8_lossy(&seeded.stderr)
+        ],
     );
     for name in ["search", "history"] {
         let projection = projections::by_name(name).unwrap();

@@ -569,20 +569,7 @@ async fn a_car_out_early_is_priced_from_then_and_an_active_rental_is_extended() 
     let car = app.add_car("LIS", "Fiat", "50.00").await;
     let (customer, _) = app.register("early@example.com").await;
     // Two days, from the day after tomorrow on: 100.00, paid.
-    let held = app
-        .ok(
-            Some(&customer),
-            "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
-            json!({ "i": { "carId": car, "pickupAt": at(2, 0), "returnAt": at(4, 0) } }),
-        )
-        .await;
-    let booking = held["requestBooking"]["id"].as_str().unwrap().to_owned();
-    app.ok(
-        Some(&customer),
-        "mutation($b: UUID!) { payBooking(bookingId: $b, method: { kind: CARD, token: \"tok_success\" }) { status } }",
-        json!({ "b": booking }),
-    )
-    .await;
+    let booking = app.book_and_pay(&customer, car, &at(2, 0), &at(4, 0)).await;
     let shown =
         "id status total { amount } balance { owed { amount } paid { amount } due { amount } }";
 
@@ -659,20 +646,9 @@ async fn a_car_taken_out_urgently_leaves_its_bookings_to_staff_who_move_them_to_
     let spare = app.add_car("LIS", "Seat", "55.00").await;
     let elsewhere = app.add_car("OPO", "Opel", "50.00").await;
     let (customer, _) = app.register("stranded@example.com").await;
-    let held = app
-        .ok(
-            Some(&customer),
-            "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
-            json!({ "i": { "carId": broken, "pickupAt": at(3, 0), "returnAt": at(5, 0) } }),
-        )
+    let booking = app
+        .book_and_pay(&customer, broken, &at(3, 0), &at(5, 0))
         .await;
-    let booking = held["requestBooking"]["id"].as_str().unwrap().to_owned();
-    app.ok(
-        Some(&customer),
-        "mutation($b: UUID!) { payBooking(bookingId: $b, method: { kind: CARD, token: \"tok_success\" }) { status } }",
-        json!({ "b": booking }),
-    )
-    .await;
     let maintain = "mutation($c: UUID!, $s: DateTime!, $e: DateTime!, $u: Boolean) { \
         scheduleMaintenance(id: $c, start: $s, end: $e, reason: \"engine warning\", urgent: $u) { id } }";
 

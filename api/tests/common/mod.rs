@@ -292,6 +292,25 @@ impl TestApp {
         data["addCar"]["id"].as_str().unwrap().parse().unwrap()
     }
 
+    /// A booking of `car` from `pickup` to `ret` by the holder of `token`, paid by card: its id.
+    pub async fn book_and_pay(&self, token: &str, car: Uuid, pickup: &str, ret: &str) -> String {
+        let held = self
+            .ok(
+                Some(token),
+                "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+                json!({ "i": { "carId": car, "pickupAt": pickup, "returnAt": ret } }),
+            )
+            .await;
+        let booking = held["requestBooking"]["id"].as_str().unwrap().to_owned();
+        self.ok(
+            Some(token),
+            "mutation($b: UUID!) { payBooking(bookingId: $b, method: { kind: CARD, token: \"tok_success\" }) { status } }",
+            json!({ "b": booking }),
+        )
+        .await;
+        booking
+    }
+
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM events")
             .fetch_one(&self.pool)
