@@ -74,6 +74,8 @@ impl App {
                     fleet_currency: config.fleet_currency,
                     pricing: domain::pricing::PricingPolicy {
                         early_return: config.early_return,
+                        extras: config.extras.clone(),
+                        mileage: config.mileage,
                         grace_minutes: config.return_grace_minutes.max(0),
                         ..domain::pricing::PricingPolicy::default()
                     },

@@ -65,6 +65,15 @@ pub(crate) struct Config {
     /// `per-day-used` (the days used, the rest refunded less
     /// `FLEETLEDGER_EARLY_RETURN_FEE_MINOR`, in the rate's minor units, default 2500).
     pub(crate) early_return: domain::pricing::EarlyReturn,
+    /// `FLEETLEDGER_EXTRAS`: the extras on offer and their prices, in the rate's minor units:
+    /// `KIND=PER_DAY[/MAX_PER_RENTAL][xMAX_QUANTITY]`, comma separated (`none`: no extras);
+    /// default `CHILD_SEAT=800/6000x3,ADDITIONAL_DRIVER=1000x4,COLLISION_DAMAGE_WAIVER=1500,
+    /// GPS=700/5000`.
+    pub(crate) extras: Vec<domain::pricing::ExtraPrice>,
+    /// `FLEETLEDGER_MILEAGE_KM_PER_DAY` included per charged day (0: unlimited; default 300)
+    /// and `FLEETLEDGER_MILEAGE_EXCESS_PER_KM_MINOR` charged per whole kilometre beyond, in the
+    /// rate's minor units (default 25).
+    pub(crate) mileage: domain::pricing::Mileage,
     /// `FLEETLEDGER_JWT_TTL` seconds an access token lives (default 900).
     pub(crate) jwt_ttl_seconds: u64,
     /// `FLEETLEDGER_SESSION_TTL` seconds a session (and its refresh tokens) lives at most
@@ -172,6 +181,11 @@ impl Config {
             session_ttl_seconds: env_or("FLEETLEDGER_SESSION_TTL", 30 * 86_400)?,
             early_pickup_minutes: env_or("FLEETLEDGER_EARLY_PICKUP_MINUTES", 60)?,
             early_return: early_return()?,
+            extras: match non_empty("FLEETLEDGER_EXTRAS") {
+                Some(spec) => extras(&spec).with_context(|| format!("FLEETLEDGER_EXTRAS={spec:?}"))?,
+                None => domain::pricing::default_extras(),
+            },
+            mileage: mileage()?,
             return_grace_minutes: env_or("FLEETLEDGER_RETURN_GRACE_MINUTES", 59)?,
             fleet_currency: match non_empty("FLEETLEDGER_CURRENCY") {
                 Some(code) => domain::Currency::accept(code.trim()).with_context(|| {
@@ -261,6 +275,92 @@ fn payment_gateways(development: bool) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// `FLEETLEDGER_EXTRAS`: `KIND=PER_DAY[/MAX_PER_RENTAL][xMAX_QUANTITY]`, comma separated, or
+/// `none`.
+fn extras(spec: &str) -> Result<Vec<domain::pricing::ExtraPrice>> {
+    use domain::pricing::{ExtraKind, ExtraPrice};
+    if spec.trim() == "none" {
+        return Ok(Vec::new());
+    }
+    let amount = |v: &str, what: &str| -> Result<i64> {
+        let n: i64 = v
+            .trim()
+            .parse()
+            .with_context(|| format!("{what} {v:?} is not a whole number of minor units"))?;
+        if n < 0 {
+            bail!("{what} {n} must not be negative");
+        }
+        Ok(n)
+    };
+    let mut offers: Vec<ExtraPrice> = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (kind, price) = item
+            .split_once('=')
+            .with_context(|| format!("{item:?} is not KIND=PER_DAY[/MAX][xQUANTITY]"))?;
+        let kind: ExtraKind = kind.trim().parse().map_err(|_| {
+            anyhow::anyhow!(
+                "{kind:?} is not an extra (known: {})",
+                ExtraKind::ALL
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        let (price, quantity) = match price.split_once('x') {
+            Some((price, quantity)) => (
+                price,
+                quantity
+                    .trim()
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|q| *q >= 1)
+                    .with_context(|| format!("{item:?}: the quantity must be 1 to 255"))?,
+            ),
+            None => (price, 1),
+        };
+        let (per_day, cap) = match price.split_once('/') {
+            Some((per_day, cap)) => (per_day, Some(amount(cap, "the cap")?)),
+            None => (price, None),
+        };
+        if offers.iter().any(|o| o.kind == kind) {
+            bail!("{} is listed twice", kind.as_str());
+        }
+        offers.push(ExtraPrice {
+            kind,
+            per_day_minor: amount(per_day, "the price per day")?,
+            max_per_rental_minor: cap,
+            max_quantity: quantity,
+        });
+    }
+    Ok(offers)
+}
+
+/// `FLEETLEDGER_MILEAGE_KM_PER_DAY` (0: unlimited) and `_EXCESS_PER_KM_MINOR`.
+fn mileage() -> Result<domain::pricing::Mileage> {
+    use domain::pricing::Mileage;
+    let Mileage::PerDay {
+        km_per_day: default_km,
+        excess_per_km_minor: default_fee,
+    } = Mileage::default()
+    else {
+        return Ok(Mileage::Unlimited);
+    };
+    let km_per_day: i64 = env_or("FLEETLEDGER_MILEAGE_KM_PER_DAY", default_km)?;
+    let excess_per_km_minor: i64 = env_or("FLEETLEDGER_MILEAGE_EXCESS_PER_KM_MINOR", default_fee)?;
+    if km_per_day < 0 || excess_per_km_minor < 0 {
+        bail!("FLEETLEDGER_MILEAGE_KM_PER_DAY and _EXCESS_PER_KM_MINOR must not be negative");
+    }
+    Ok(if km_per_day == 0 {
+        Mileage::Unlimited
+    } else {
+        Mileage::PerDay {
+            km_per_day,
+            excess_per_km_minor,
+        }
+    })
+}
+
 /// `FLEETLEDGER_EARLY_RETURN` and its fee.
 fn early_return() -> Result<domain::pricing::EarlyReturn> {
     use domain::pricing::EarlyReturn;
@@ -324,5 +424,56 @@ where
             .parse()
             .with_context(|| format!("{name}={v:?} is not valid")),
         _ => Ok(default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::pricing::{ExtraKind, ExtraPrice, default_extras};
+
+    use super::extras;
+
+    #[test]
+    fn extras_are_read_from_their_compact_form() {
+        let offers = extras("CHILD_SEAT=800/6000x3, GPS=700 ,ADDITIONAL_DRIVER=1000x4").unwrap();
+        assert_eq!(
+            offers,
+            [
+                ExtraPrice {
+                    kind: ExtraKind::ChildSeat,
+                    per_day_minor: 800,
+                    max_per_rental_minor: Some(6_000),
+                    max_quantity: 3
+                },
+                ExtraPrice {
+                    kind: ExtraKind::Gps,
+                    per_day_minor: 700,
+                    max_per_rental_minor: None,
+                    max_quantity: 1
+                },
+                ExtraPrice {
+                    kind: ExtraKind::AdditionalDriver,
+                    per_day_minor: 1_000,
+                    max_per_rental_minor: None,
+                    max_quantity: 4
+                },
+            ]
+        );
+        assert!(extras("none").unwrap().is_empty());
+        // The documented default reads as the built-in one.
+        let documented =
+            "CHILD_SEAT=800/6000x3,ADDITIONAL_DRIVER=1000x4,COLLISION_DAMAGE_WAIVER=1500,GPS=700/5000";
+        assert_eq!(extras(documented).unwrap(), default_extras());
+        for (bad, says) in [
+            ("SUNROOF=100", "is not an extra"),
+            ("GPS", "is not KIND=PER_DAY"),
+            ("GPS=-5", "must not be negative"),
+            ("GPS=7.5", "not a whole number"),
+            ("GPS=700x0", "quantity must be 1 to 255"),
+            ("GPS=700,GPS=800", "listed twice"),
+        ] {
+            let error = format!("{:#}", extras(bad).unwrap_err());
+            assert!(error.contains(says), "{bad}: {error}");
+        }
     }
 }

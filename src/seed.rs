@@ -14,7 +14,7 @@ use chrono::{DateTime, Duration, Utc};
 use domain::booking::{BookingEvent, CancelledBy};
 use domain::car::{CarClass, CarDetails, CarEvent, FuelType, Transmission};
 use domain::payment::{IdempotencyKey, PaymentEvent, PaymentMethodKind};
-use domain::pricing::PriceLine;
+use domain::pricing::{Extra, ExtraKind};
 use domain::telemetry::{GeoPoint, Reading, TelemetryEvent};
 use domain::{Currency, Money, TimeWindow};
 use eventstore::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamAppend, StreamId};
@@ -385,13 +385,26 @@ fn car_history(
         } else {
             branch.clone()
         };
-        // Priced by the real rules (long-rental discount, one-way fee), as booking would.
+        // Priced by the real rules (long-rental discount, one-way fee, extras, mileage), as
+        // booking would; some renters take a child seat or the damage waiver.
+        let policy = domain::pricing::PricingPolicy::default();
+        let mut extras = Vec::new();
+        for (kind, share) in [
+            (ExtraKind::ChildSeat, 0.15),
+            (ExtraKind::AdditionalDriver, 0.1),
+            (ExtraKind::CollisionDamageWaiver, 0.3),
+        ] {
+            if rng.random_bool(share) {
+                extras.push(Extra { kind, quantity: 1 });
+            }
+        }
         let quote = domain::pricing::quote(
             eur(rate),
             pickup,
             ret,
             return_branch != branch,
-            &domain::pricing::PricingPolicy::default(),
+            &extras,
+            &policy,
         )?;
         let held_until = created + Duration::minutes(5);
         car_events.push(CarEvent::CarReserved {
@@ -509,16 +522,30 @@ fn car_history(
                             rejected: vec![],
                         });
                     }
-                    odometer += driven;
-                    let charges = if late {
-                        vec![PriceLine::new(
-                            domain::pricing::LineCode::LateDays,
-                            "late return, 1 day(s)",
-                            eur(rate),
-                        )]
+                    // Most come back full; the others pay to refuel.
+                    let fuel_in = if rng.random_bool(0.8) {
+                        100.0
                     } else {
-                        vec![]
+                        f64::from(rng.random_range(40..100))
                     };
+                    let charges = domain::pricing::return_charges(
+                        &domain::pricing::RentalReturn {
+                            daily_rate: eur(rate),
+                            booked_from: pickup,
+                            booked_until: ret,
+                            booked_total: quote.total,
+                            one_way: return_branch != branch,
+                            returned,
+                            fuel_out_percent: 100.0,
+                            fuel_in_percent: fuel_in,
+                            odometer_out_km: odometer,
+                            odometer_in_km: odometer + driven,
+                            extras: quote.extras.clone(),
+                            mileage: quote.mileage,
+                        },
+                        &policy,
+                    )?;
+                    odometer += driven;
                     let total = eur(
                         quote.total.minor + charges.iter().map(|c| c.amount.minor).sum::<i64>()
                     );
@@ -530,7 +557,7 @@ fn car_history(
                     });
                     booking_events.push(BookingEvent::RentalCompleted {
                         odometer_km: odometer,
-                        fuel_percent: 40.0,
+                        fuel_percent: fuel_in,
                         branch: return_branch.clone(),
                         charges,
                         total,

@@ -91,6 +91,7 @@ async fn a_hold_expires_on_time_after_its_worker_is_killed() {
                 window: TimeWindow::new(start, start + Duration::days(1)).unwrap(),
                 pickup_branch: None,
                 return_branch: None,
+                extras: Vec::new(),
             },
             None,
             Utc::now(),

@@ -330,6 +330,13 @@ impl From<BookingFlowError> for AppError {
             BookingFlowError::Pricing(p) => match p {
                 P::EmptyWindow => Self::bad_input("returnAt", p.to_string()),
                 P::FuelOutOfRange => Self::bad_input("fuelPercent", p.to_string()),
+                P::ExtraNotOffered(_) | P::ExtraQuantity { .. } | P::ExtraTwice(_) => {
+                    Self::bad_input("extras", p.to_string())
+                }
+                P::OdometerBackwards => Self::bad_input(
+                    "odometerKm",
+                    "the odometer cannot read less than at the pick-up",
+                ),
                 P::Money(m) => Self::bad_input("amount", m.to_string()),
             },
             BookingFlowError::Invalid { field, reason } => Self::bad_input(field, reason),

@@ -88,6 +88,7 @@ pub const RULES: &[Rule] = &[
     rule("Query", "car", Anyone),
     rule("Query", "availability", Anyone),
     rule("Query", "quote", Anyone),
+    rule("Query", "extrasOffered", Anyone),
     rule(
         "Query",
         "booking",
@@ -270,6 +271,9 @@ pub const RULES: &[Rule] = &[
     rule("Money", "*", WithParent),
     rule("PriceLine", "*", WithParent),
     rule("Quote", "*", WithParent),
+    rule("Extra", "*", WithParent),
+    rule("ExtraOffer", "*", WithParent),
+    rule("MileageTerms", "*", WithParent),
     rule("TimeRange", "*", WithParent),
     rule("PageInfo", "*", WithParent),
     rule("BookingConnection", "*", WithParent),

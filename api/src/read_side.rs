@@ -84,6 +84,7 @@ pub const SERVED_BY: &[(&str, &[&str])] = {
         ("car", &[SEARCH, AVAILABILITY]),
         ("availability", &[SEARCH, AVAILABILITY]),
         ("quote", &[SEARCH]),
+        ("extrasOffered", &[]),
         ("cancellationQuote", &[HISTORY]),
         ("booking", &[HISTORY]),
         ("myBookings", &[HISTORY]),

@@ -318,18 +318,29 @@ async fn a_car_is_handed_over_only_where_it_is_and_never_moved_from_under_a_book
 }
 
 /// A quote is what booking then charges: for random windows (an hour to ten days, at any
-/// hour) and return branches (none, the car's own, another one), `quote` and `requestBooking`
-/// give the same total and the same lines.
+/// hour), return branches (none, the car's own, another one) and extras (any of the kinds, in
+/// any order and quantity offered), `quote` and `requestBooking` give the same total, lines,
+/// extras and mileage allowance.
 #[tokio::test]
 async fn a_quote_equals_what_booking_charges() {
+    use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
     let app = TestApp::start().await;
     app.add_branch("LIS", 38.72, -9.14).await;
     app.add_branch("OPO", 41.15, -8.61).await;
     let car = app.add_car("LIS", "Renault", "37.45").await;
     let (customer, _) = app.register("quotes@fleet.test").await;
+    let offered = app
+        .ok(None, "{ extrasOffered { kind maxQuantity } }", json!({}))
+        .await["extrasOffered"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(offered.len(), 4, "{offered:?}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_207);
     let base = chrono::Utc::now() + chrono::TimeDelta::days(2);
+    let fields = "total { amount currency } lines { code label amount { amount currency } }
+        extras { kind quantity } mileage { kmIncluded kmPerDay excessPerKm { amount currency } }";
     for slot in 0..20_i64 {
         // Slots of 14 days never overlap (turnaround included).
         let start = base
@@ -337,32 +348,181 @@ async fn a_quote_equals_what_booking_charges() {
             + chrono::TimeDelta::minutes(rng.random_range(0..24 * 60));
         let end = start + chrono::TimeDelta::minutes(rng.random_range(60..10 * 24 * 60));
         let return_branch = [None, Some("LIS"), Some("opo")][rng.random_range(0..3)];
+        let mut extras = Vec::new();
+        for offer in &offered {
+            if rng.random_bool(0.4) {
+                let max = offer["maxQuantity"].as_i64().unwrap_or(1);
+                extras.push(json!({ "kind": offer["kind"], "quantity": rng.random_range(1..=max) }));
+            }
+        }
+        extras.shuffle(&mut rng);
         let (pickup, ret) = (start.to_rfc3339(), end.to_rfc3339());
         let quoted = app
             .ok(
                 Some(&customer),
-                "query($c: UUID!, $p: DateTime!, $r: DateTime!, $b: String) {
-                    quote(carId: $c, pickupAt: $p, returnAt: $r, returnBranchCode: $b) {
-                        total { amount currency } lines { label amount { amount currency } } } }",
-                json!({ "c": car, "p": pickup, "r": ret, "b": return_branch }),
+                &format!(
+                    "query($c: UUID!, $p: DateTime!, $r: DateTime!, $b: String, $e: [ExtraInput!]) {{
+                        quote(carId: $c, pickupAt: $p, returnAt: $r, returnBranchCode: $b,
+                              extras: $e) {{ {fields} }} }}"
+                ),
+                json!({ "c": car, "p": pickup, "r": ret, "b": return_branch, "e": extras }),
             )
             .await["quote"]
             .clone();
         let booked = app
             .ok(
                 Some(&customer),
-                "mutation($i: BookingRequestInput!) { requestBooking(input: $i) {
-                    total { amount currency } lines { label amount { amount currency } } } }",
+                &format!(
+                    "mutation($i: BookingRequestInput!) {{ requestBooking(input: $i) {{ {fields} }} }}"
+                ),
                 json!({ "i": { "carId": car, "pickupAt": pickup, "returnAt": ret,
-                    "returnBranchCode": return_branch } }),
+                    "returnBranchCode": return_branch, "extras": extras } }),
             )
             .await["requestBooking"]
             .clone();
         assert_eq!(
             quoted, booked,
-            "slot {slot}: {pickup} to {ret}, return {return_branch:?}"
+            "slot {slot}: {pickup} to {ret}, return {return_branch:?}, extras {extras:?}"
+        );
+        assert_eq!(
+            quoted["extras"].as_array().map(Vec::len),
+            Some(extras.len()),
+            "{quoted:#}"
         );
     }
+    app.shutdown().await;
+}
+
+/// Extras are priced per day with their caps, kept through a modification (re-priced with
+/// the window), replaced when the modification names them, and refused when not offered in
+/// that quantity; a car driven beyond its allowance pays per kilometre at return.
+#[tokio::test]
+async fn extras_and_mileage_are_charged_as_booked() {
+    let app = TestApp::start().await;
+    app.add_branch("LIS", 38.72, -9.14).await;
+    let car = app.add_car("LIS", "Renault", "40.00").await;
+    let (customer, _) = app.register("extras@fleet.test").await;
+    let admin = app.admin_token.clone();
+    let pickup = chrono::Utc::now() + chrono::TimeDelta::minutes(30);
+    let ret = pickup + chrono::TimeDelta::days(3);
+    let booking = app
+        .ok(
+            Some(&customer),
+            "mutation($i: BookingRequestInput!) { requestBooking(input: $i) {
+                id total { amount } lines { code amount { amount } } extras { kind quantity }
+                mileage { kmIncluded excessPerKm { amount } } } }",
+            json!({ "i": { "carId": car, "pickupAt": pickup.to_rfc3339(),
+                "returnAt": ret.to_rfc3339(),
+                "extras": [{ "kind": "COLLISION_DAMAGE_WAIVER" },
+                           { "kind": "CHILD_SEAT", "quantity": 2 }] } }),
+        )
+        .await["requestBooking"]
+        .clone();
+    // 3 days × 40.00, two seats 3 × 8.00 each, the waiver 3 × 15.00.
+    assert_eq!(
+        booking["lines"],
+        json!([
+            { "code": "RENTAL_DAYS", "amount": { "amount": "120.00" } },
+            { "code": "CHILD_SEAT", "amount": { "amount": "48.00" } },
+            { "code": "COLLISION_DAMAGE_WAIVER", "amount": { "amount": "45.00" } },
+        ])
+    );
+    assert_eq!(booking["total"]["amount"], "213.00");
+    assert_eq!(
+        booking["extras"],
+        json!([{ "kind": "CHILD_SEAT", "quantity": 2 },
+               { "kind": "COLLISION_DAMAGE_WAIVER", "quantity": 1 }])
+    );
+    assert_eq!(
+        booking["mileage"],
+        json!({ "kmIncluded": 900, "excessPerKm": { "amount": "0.25" } })
+    );
+    let id = booking["id"].as_str().unwrap_or_default().to_owned();
+
+    // Four seats are more than offered: refused, nothing changes.
+    let (_, body) = app
+        .post(
+            Some(&customer),
+            "mutation($b: UUID!, $p: DateTime!, $r: DateTime!) {
+                modifyBooking(id: $b, pickupAt: $p, returnAt: $r,
+                              extras: [{ kind: CHILD_SEAT, quantity: 4 }]) { id } }",
+            json!({ "b": id, "p": pickup.to_rfc3339(), "r": ret.to_rfc3339() }),
+        )
+        .await;
+    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{body:#}");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "extras", "{body:#}");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "invalid extras: CHILD_SEAT may be taken at most 3 time(s) (and at least once)"
+    );
+
+    // A day longer: the extras stay and are priced for four days.
+    let longer = ret + chrono::TimeDelta::days(1);
+    let modified = app
+        .ok(
+            Some(&customer),
+            "mutation($b: UUID!, $p: DateTime!, $r: DateTime!) {
+                modifyBooking(id: $b, pickupAt: $p, returnAt: $r) {
+                    total { amount } extras { kind quantity } mileage { kmIncluded } } }",
+            json!({ "b": id, "p": pickup.to_rfc3339(), "r": longer.to_rfc3339() }),
+        )
+        .await["modifyBooking"]
+        .clone();
+    assert_eq!(modified["total"]["amount"], "284.00", "{modified:#}");
+    assert_eq!(modified["extras"].as_array().map(Vec::len), Some(2));
+    assert_eq!(modified["mileage"]["kmIncluded"], 1200);
+    // Naming the extras replaces them: the waiver only.
+    let modified = app
+        .ok(
+            Some(&customer),
+            "mutation($b: UUID!, $p: DateTime!, $r: DateTime!) {
+                modifyBooking(id: $b, pickupAt: $p, returnAt: $r,
+                              extras: [{ kind: COLLISION_DAMAGE_WAIVER }]) {
+                    total { amount } extras { kind quantity } } }",
+            json!({ "b": id, "p": pickup.to_rfc3339(), "r": longer.to_rfc3339() }),
+        )
+        .await["modifyBooking"]
+        .clone();
+    assert_eq!(modified["total"]["amount"], "220.00", "{modified:#}");
+    assert_eq!(
+        modified["extras"],
+        json!([{ "kind": "COLLISION_DAMAGE_WAIVER", "quantity": 1 }])
+    );
+
+    // Paid, out with 10,000 km, back on time with 11,250: 50 km beyond the 1,200 included.
+    app.ok(
+        Some(&customer),
+        "mutation($b: UUID!) { payBooking(bookingId: $b,
+            method: { kind: CARD, token: \"tok_success\" }) { status } }",
+        json!({ "b": id }),
+    )
+    .await;
+    app.ok(
+        Some(&admin),
+        "mutation($b: UUID!) { pickUpCar(bookingId: $b, odometerKm: 10000, fuelPercent: 100) { id } }",
+        json!({ "b": id }),
+    )
+    .await;
+    let returned = app
+        .ok(
+            Some(&admin),
+            "mutation($b: UUID!) { returnCar(bookingId: $b, odometerKm: 11250.6, fuelPercent: 100,
+                branchCode: \"LIS\") { total { amount } lines { code label amount { amount } } } }",
+            json!({ "b": id }),
+        )
+        .await["returnCar"]
+        .clone();
+    let last = returned["lines"]
+        .as_array()
+        .and_then(|l| l.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        last,
+        json!({ "code": "MILEAGE_EXCESS", "label": "mileage, 50 km beyond the 1200 km included",
+                "amount": { "amount": "12.50" } })
+    );
+    assert_eq!(returned["total"]["amount"], "232.50", "{returned:#}");
     app.shutdown().await;
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, Utc};
 use domain::booking::{Booking, BookingCommand, BookingError, BookingStatus, CancelledBy};
 use domain::car::{Car, CarCommand, CarError};
-use domain::pricing::{self, PricingError, PricingPolicy, Quote};
+use domain::pricing::{self, Extra, PricingError, PricingPolicy, Quote};
 use domain::{Money, TimeWindow};
 use eventstore::{EventStore, EventStoreError, RecordedEvent, StreamAppend};
 use serde::Serialize;
@@ -77,6 +77,8 @@ pub struct BookingRequest {
     pub pickup_branch: Option<String>,
     /// Defaults to the pickup branch; another branch adds the one-way fee.
     pub return_branch: Option<String>,
+    /// Extras and coverage, priced per day by the policy.
+    pub extras: Vec<Extra>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,9 +226,10 @@ impl BookingService {
         car_id: Uuid,
         window: TimeWindow,
         return_branch: Option<&str>,
+        extras: &[Extra],
     ) -> Result<Quote, BookingFlowError> {
         let car = self.load_car(car_id).await?;
-        self.price(&car.state, window, return_branch)
+        self.price(&car.state, window, return_branch, extras)
     }
 
     /// What cancelling `booking` at `now` costs: nothing while HELD (nothing was paid), then
@@ -256,6 +259,7 @@ impl BookingService {
         car: &Car,
         window: TimeWindow,
         return_branch: Option<&str>,
+        extras: &[Extra],
     ) -> Result<Quote, BookingFlowError> {
         let rate = car.daily_rate.ok_or(BookingFlowError::CarNotFound)?;
         let one_way = return_branch.is_some_and(|r| Some(r) != car.branch.as_deref());
@@ -264,6 +268,7 @@ impl BookingService {
             window.start,
             window.end,
             one_way,
+            extras,
             &self.config.pricing,
         )?)
     }
@@ -402,7 +407,12 @@ impl BookingService {
                         });
                     }
                 };
-                let quote = self.price(&car.state, request.window, Some(&return_branch))?;
+                let quote = self.price(
+                    &car.state,
+                    request.window,
+                    Some(&return_branch),
+                    &request.extras,
+                )?;
                 let car_id = request.car_id.to_string();
                 let reserve = CarCommand::Reserve {
                     booking_id,
@@ -600,13 +610,32 @@ impl BookingService {
         window: TimeWindow,
         now: DateTime<Utc>,
     ) -> Result<BookingView, BookingFlowError> {
+        self.modify_with(ctx, booking_id, window, None, now).await
+    }
+
+    /// [`modify`](Self::modify), also replacing the booking's extras when `extras` is given
+    /// (kept otherwise); the booking is priced again either way.
+    pub async fn modify_with(
+        &self,
+        ctx: &CommandContext,
+        booking_id: Uuid,
+        window: TimeWindow,
+        extras: Option<Vec<Extra>>,
+        now: DateTime<Utc>,
+    ) -> Result<BookingView, BookingFlowError> {
         let booking = self.load_booking(booking_id).await?;
         let car_id = booking
             .state
             .car_id
             .ok_or(BookingFlowError::BookingNotFound)?;
         let car = self.load_car(car_id).await?;
-        let quote = self.price(&car.state, window, booking.state.return_branch.as_deref())?;
+        let extras = extras.unwrap_or_else(|| booking.state.extras().to_vec());
+        let quote = self.price(
+            &car.state,
+            window,
+            booking.state.return_branch.as_deref(),
+            &extras,
+        )?;
         let turnaround = self.turnaround_after(&booking.state).await?;
         self.booking_and_car(
             ctx,
@@ -618,8 +647,9 @@ impl BookingService {
                     now,
                 })
             },
-            |_| {
-                Some(CarCommand::ChangeReservation {
+            // Only the extras changed: the car's reservation stays as it is.
+            |before| {
+                (before.window != Some(window)).then_some(CarCommand::ChangeReservation {
                     booking_id,
                     window,
                     turnaround_minutes: turnaround,
@@ -889,7 +919,12 @@ impl BookingService {
                         field: "pickupAt",
                         reason: "the pick-up must be before the booked return".into(),
                     })?;
-                Some(self.price(&car.state, extended, booking.state.return_branch.as_deref())?)
+                Some(self.price(
+                    &car.state,
+                    extended,
+                    booking.state.return_branch.as_deref(),
+                    booking.state.extras(),
+                )?)
             }
             _ => None,
         };
@@ -969,6 +1004,10 @@ impl BookingService {
                         returned: now,
                         fuel_out_percent: b.pickup_fuel_percent.unwrap_or(100.0),
                         fuel_in_percent: fuel_percent,
+                        odometer_out_km: b.pickup_odometer_km.unwrap_or(0.0),
+                        odometer_in_km: odometer_km,
+                        extras: b.extras().to_vec(),
+                        mileage: b.quote.as_ref().and_then(|q| q.mileage),
                     },
                     &policy,
                 )?;

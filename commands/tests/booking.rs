@@ -96,6 +96,7 @@ fn request(car_id: Uuid, window: TimeWindow) -> BookingRequest {
         window,
         pickup_branch: None,
         return_branch: None,
+        extras: Vec::new(),
     }
 }
 

@@ -116,6 +116,7 @@ async fn hold(shop: &Shop, customer: Uuid) -> Uuid {
         window,
         pickup_branch: None,
         return_branch: None,
+        extras: Vec::new(),
     };
     shop.bookings
         .request_booking(
@@ -835,6 +836,7 @@ async fn an_early_pick_up_and_an_extended_rental_are_priced_and_charged() {
                 window: TimeWindow::new(now + Duration::days(1), now + Duration::days(2)).unwrap(),
                 pickup_branch: None,
                 return_branch: None,
+                extras: Vec::new(),
             },
             None,
             now,
@@ -985,6 +987,7 @@ async fn a_car_returned_elsewhere_strands_its_next_booking_until_staff_move_it()
                 window: TimeWindow::new(start, start + Duration::days(2)).unwrap(),
                 pickup_branch: None,
                 return_branch: Some("OPO".into()),
+                extras: Vec::new(),
             },
             None,
             Utc::now(),
@@ -1003,6 +1006,7 @@ async fn a_car_returned_elsewhere_strands_its_next_booking_until_staff_move_it()
                     .unwrap(),
                 pickup_branch: None,
                 return_branch: None,
+                extras: Vec::new(),
             },
             None,
             Utc::now(),

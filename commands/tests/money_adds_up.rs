@@ -163,6 +163,7 @@ async fn play(desk: &Desk, acts: &[Act], start: DateTime<Utc>) -> Vec<(Uuid, Uui
                     window,
                     pickup_branch: None,
                     return_branch: None,
+                    extras: Vec::new(),
                 };
                 let ctx = CommandContext::new(customer.to_string());
                 if let Ok(view) = desk

@@ -265,6 +265,8 @@ pub enum BookingError {
     OdometerBackwards { pickup: String, given: String },
     #[error("amounts must be in the booking's currency")]
     CurrencyMismatch,
+    #[error("nothing to change")]
+    Unchanged,
     #[error("not before {0}: the pick-up time and its grace have not passed")]
     NoShowTooEarly(DateTime<Utc>),
     #[error("not before {0}: the return time and its grace have not passed")]
@@ -341,6 +343,11 @@ impl Booking {
         let quote = self.quote.as_ref()?;
         let base = quote.lines.first()?;
         (quote.days > 0).then(|| Money::new(base.amount.minor / quote.days, base.amount.currency))
+    }
+
+    /// The extras the booking was priced with.
+    pub fn extras(&self) -> &[crate::pricing::Extra] {
+        self.quote.as_ref().map_or(&[], |q| q.extras.as_slice())
     }
 
     fn status(&self) -> Result<BookingStatus, BookingError> {
@@ -450,6 +457,9 @@ impl Aggregate for Booking {
                     return Err(BookingError::PickupInPast);
                 }
                 self.currency_ok(&quote.total)?;
+                if from == window && self.quote.as_ref() == Some(&quote) {
+                    return Err(BookingError::Unchanged);
+                }
                 BookingEvent::BookingModified {
                     from,
                     to: window,
@@ -782,6 +792,8 @@ mod tests {
                 eur(total),
             )],
             total: eur(total),
+            extras: Vec::new(),
+            mileage: None,
         }
     }
 
@@ -1087,6 +1099,41 @@ mod tests {
                 status: BookingStatus::Completed,
                 action: "modified",
             });
+    }
+
+    #[test]
+    fn a_modification_may_change_only_the_extras_but_not_nothing() {
+        use crate::pricing::{Extra, ExtraKind};
+        let with_seat = Quote {
+            extras: vec![Extra {
+                kind: ExtraKind::ChildSeat,
+                quantity: 1,
+            }],
+            ..quote(16_197)
+        };
+        // Same window, a seat added: the new price is the booking's.
+        BookingTest::with(())
+            .given(vec![held(), confirmed()])
+            .when(BookingCommand::Modify {
+                window: window(),
+                quote: with_seat.clone(),
+                now: now(),
+            })
+            .then_expect_events(vec![BookingEvent::BookingModified {
+                from: window(),
+                to: window(),
+                quote: with_seat,
+                at: now(),
+            }]);
+        // Same window, same price and extras: refused, nothing is written.
+        BookingTest::with(())
+            .given(vec![held(), confirmed()])
+            .when(BookingCommand::Modify {
+                window: window(),
+                quote: quote(13_797),
+                now: now(),
+            })
+            .then_expect_error(BookingError::Unchanged);
     }
 
     #[test]

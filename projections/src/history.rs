@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use domain::booking::BookingEvent;
 use domain::car::CarEvent;
 use domain::payment::PaymentEvent;
-use domain::pricing::{LineCode, PriceLine};
+use domain::pricing::{LineCode, PriceLine, Quote};
 use eventstore::RecordedEvent;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
@@ -66,6 +66,14 @@ fn ends_for_a_fee(row: &mut BookingRow, ended: Ended, fee_minor: i64) {
     row.total_minor = fee_minor;
 }
 
+fn extras_json(quote: &Quote) -> Value {
+    serde_json::to_value(&quote.extras).unwrap_or_else(|_| Value::Array(Vec::new()))
+}
+
+fn mileage_json(quote: &Quote) -> Option<Value> {
+    quote.mileage.and_then(|m| serde_json::to_value(m).ok())
+}
+
 fn lines_json(lines: &[PriceLine]) -> Vec<Value> {
     lines
         .iter()
@@ -107,6 +115,10 @@ pub struct BookingRow {
     pub updated_at: DateTime<Utc>,
     pub overdue_at: Option<DateTime<Utc>>,
     pub displaced_at: Option<DateTime<Utc>>,
+    /// The extras priced in: `[{"kind": "CHILD_SEAT", "quantity": 2}]`.
+    pub extras: Value,
+    /// The mileage terms priced in (`MileageTerms`); NULL: unlimited.
+    pub mileage: Option<Value>,
 }
 
 /// A row of `rm_payments`.
@@ -130,7 +142,7 @@ pub const BOOKING_COLUMNS: &str = "booking_id, customer_id, car_id, pickup_at, r
     pickup_branch, return_branch, status, held_until, days, total_minor, currency, lines, \
     payment_id, cancelled_by, cancel_reason, cancel_fee_minor, picked_up_at, odometer_out_km, \
     fuel_out_percent, returned_at, odometer_in_km, fuel_in_percent, returned_branch, rating, \
-    comment, feedback_at, created_at, updated_at, overdue_at, displaced_at";
+    comment, feedback_at, created_at, updated_at, overdue_at, displaced_at, extras, mileage";
 
 /// The columns of [`PaymentRow`].
 pub const PAYMENT_COLUMNS: &str = "payment_id, booking_id, amount_minor, refunded_minor, \
@@ -392,6 +404,8 @@ fn apply_booking(
                 total_minor: quote.total.minor,
                 currency: quote.total.currency.as_str().to_owned(),
                 lines: Value::Array(lines_json(&quote.lines)),
+                extras: extras_json(&quote),
+                mileage: mileage_json(&quote),
                 payment_id: None,
                 cancelled_by: None,
                 cancel_reason: None,
@@ -433,6 +447,8 @@ fn apply_booking(
             row.total_minor = quote.total.minor;
             row.currency = quote.total.currency.as_str().to_owned();
             row.lines = Value::Array(lines_json(&quote.lines));
+            row.extras = extras_json(&quote);
+            row.mileage = mileage_json(&quote);
         }
         BookingEvent::BookingCancelled {
             by, reason, fee, ..
@@ -593,30 +609,37 @@ async fn write_bookings(conn: &mut PgConnection, rows: &[&BookingRow]) -> Result
         };
     }
     let lines: Vec<String> = rows.iter().map(|r| r.lines.to_string()).collect();
+    let extras: Vec<String> = rows.iter().map(|r| r.extras.to_string()).collect();
+    let mileage: Vec<Option<String>> = rows
+        .iter()
+        .map(|r| r.mileage.as_ref().map(Value::to_string))
+        .collect();
     sqlx::query(
         "INSERT INTO rm_bookings (booking_id, customer_id, car_id, pickup_at, return_at, \
            pickup_branch, return_branch, status, held_until, days, total_minor, currency, lines, \
            payment_id, cancelled_by, cancel_reason, cancel_fee_minor, picked_up_at, \
            odometer_out_km, fuel_out_percent, returned_at, odometer_in_km, fuel_in_percent, \
            returned_branch, rating, comment, feedback_at, created_at, updated_at, overdue_at, \
-           displaced_at) \
+           displaced_at, extras, mileage) \
          SELECT booking_id, customer_id, car_id, pickup_at, return_at, pickup_branch, \
            return_branch, status, held_until, days, total_minor, currency, lines::jsonb, \
            payment_id, cancelled_by, cancel_reason, cancel_fee_minor, picked_up_at, \
            odometer_out_km, fuel_out_percent, returned_at, odometer_in_km, fuel_in_percent, \
            returned_branch, rating, comment, feedback_at, created_at, updated_at, overdue_at, \
-           displaced_at \
+           displaced_at, extras::jsonb, mileage::jsonb \
          FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::timestamptz[], \
            $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::int[], $11::bigint[], \
            $12::text[], $13::text[], $14::uuid[], $15::text[], $16::text[], $17::bigint[], \
            $18::timestamptz[], $19::float8[], $20::float8[], $21::timestamptz[], $22::float8[], \
            $23::float8[], $24::text[], $25::int[], $26::text[], $27::timestamptz[], \
-           $28::timestamptz[], $29::timestamptz[], $30::timestamptz[], $31::timestamptz[]) \
+           $28::timestamptz[], $29::timestamptz[], $30::timestamptz[], $31::timestamptz[], \
+           $32::text[], $33::text[]) \
            AS u(booking_id, customer_id, car_id, pickup_at, return_at, pickup_branch, \
              return_branch, status, held_until, days, total_minor, currency, lines, payment_id, \
              cancelled_by, cancel_reason, cancel_fee_minor, picked_up_at, odometer_out_km, \
              fuel_out_percent, returned_at, odometer_in_km, fuel_in_percent, returned_branch, \
-             rating, comment, feedback_at, created_at, updated_at, overdue_at, displaced_at) \
+             rating, comment, feedback_at, created_at, updated_at, overdue_at, displaced_at, \
+             extras, mileage) \
          ON CONFLICT (booking_id) DO UPDATE SET car_id = EXCLUDED.car_id, \
            pickup_at = EXCLUDED.pickup_at, \
            return_at = EXCLUDED.return_at, status = EXCLUDED.status, \
@@ -631,7 +654,8 @@ async fn write_bookings(conn: &mut PgConnection, rows: &[&BookingRow]) -> Result
            returned_branch = EXCLUDED.returned_branch, rating = EXCLUDED.rating, \
            comment = EXCLUDED.comment, feedback_at = EXCLUDED.feedback_at, \
            updated_at = EXCLUDED.updated_at, overdue_at = EXCLUDED.overdue_at, \
-           displaced_at = EXCLUDED.displaced_at",
+           displaced_at = EXCLUDED.displaced_at, extras = EXCLUDED.extras, \
+           mileage = EXCLUDED.mileage",
     )
     .bind(column!(booking_id))
     .bind(column!(customer_id))
@@ -664,6 +688,8 @@ async fn write_bookings(conn: &mut PgConnection, rows: &[&BookingRow]) -> Result
     .bind(column!(updated_at))
     .bind(column!(overdue_at))
     .bind(column!(displaced_at))
+    .bind(extras)
+    .bind(mileage)
     .execute(conn)
     .await?;
     Ok(())

@@ -697,6 +697,7 @@ impl Mutation {
                     window,
                     pickup_branch: input.pickup_branch_code.as_deref().map(super::branch_code),
                     return_branch: input.return_branch_code.as_deref().map(super::branch_code),
+                    extras: extras_input(input.extras)?.unwrap_or_default(),
                 },
                 key.as_deref(),
                 Utc::now(),
@@ -744,20 +745,24 @@ impl Mutation {
     /// Move a booking to a new window on the same car, re-priced at the car's rate; a paid
     /// booking's difference is charged to the card it was paid with, or refunded. An ACTIVE
     /// rental (the car is out) keeps its `pickupAt` and moves only its return, which must
-    /// still be in the future: that is how a rental is extended or shortened.
+    /// still be in the future: that is how a rental is extended or shortened. `extras`, when
+    /// given, replaces the booking's extras (an empty list removes them); they are re-priced
+    /// with the window either way.
     async fn modify_booking(
         &self,
         ctx: &Context<'_>,
         id: Uuid,
         pickup_at: DateTime<Utc>,
         return_at: DateTime<Utc>,
+        extras: Option<Vec<ExtraInput>>,
     ) -> ApiResult<Booking> {
         own_booking(ctx, id).await?;
         let s = services(ctx)?;
         let window = window("pickupAt", pickup_at, "returnAt", return_at)?;
+        let extras = extras_input(extras)?;
         let view = s
             .bookings
-            .modify(&context(ctx)?, id, window, Utc::now())
+            .modify_with(&context(ctx)?, id, window, extras, Utc::now())
             .await?;
         booking_after(ctx, s, id, &view.events).await
     }

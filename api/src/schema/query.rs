@@ -466,7 +466,7 @@ impl Query {
 
     /// What booking the car for this window costs, line by line: the same computation
     /// `requestBooking` charges (with `returnBranchCode`, a one-way fee when it is not the car's
-    /// branch).
+    /// branch; with `extras`, each priced per day).
     async fn quote(
         &self,
         ctx: &Context<'_>,
@@ -474,7 +474,9 @@ impl Query {
         pickup_at: DateTime<Utc>,
         return_at: DateTime<Utc>,
         return_branch_code: Option<String>,
+        extras: Option<Vec<ExtraInput>>,
     ) -> ApiResult<Quote> {
+        let extras = extras_input(extras)?.unwrap_or_default();
         check_window("pickupAt", pickup_at, "returnAt", return_at)?;
         let s = services(ctx)?;
         let window = domain::TimeWindow::new(pickup_at, return_at)
@@ -490,7 +492,7 @@ impl Query {
         }
         let quote = s
             .bookings
-            .quote(car_id, window, return_branch.as_deref())
+            .quote(car_id, window, return_branch.as_deref(), &extras)
             .await?;
         let car = rows::car(s.store.pool(), car_id)
             .await?
@@ -501,8 +503,35 @@ impl Query {
             return_at,
             days: i32::try_from(quote.days).unwrap_or(i32::MAX),
             total: quote.total.into(),
+            extras: quote.extras.iter().copied().map(Extra::from).collect(),
+            mileage: quote
+                .mileage
+                .map(|m| MileageTerms::of(m, quote.total.currency.as_str())),
             lines: quote.lines.into_iter().map(PriceLine::from).collect(),
         })
+    }
+
+    /// The extras and coverage a booking may add, with their prices in the fleet's currency
+    /// (a car priced in another currency of the same decimals charges the same amounts in its
+    /// own).
+    async fn extras_offered(&self, ctx: &Context<'_>) -> ApiResult<Vec<ExtraOffer>> {
+        let s = services(ctx)?;
+        let config = s.bookings.config();
+        let currency = config.fleet_currency.as_str();
+        Ok(config
+            .pricing
+            .extras
+            .iter()
+            .map(|offer| ExtraOffer {
+                kind: offer.kind.into(),
+                label: offer.kind.label().to_owned(),
+                per_day: Money::new(offer.per_day_minor, currency),
+                max_per_rental: offer
+                    .max_per_rental_minor
+                    .map(|cap| Money::new(cap, currency)),
+                max_quantity: i32::from(offer.max_quantity),
+            })
+            .collect())
     }
 
     /// What cancelling the booking now would cost, before deciding: the fee kept and what

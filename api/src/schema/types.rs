@@ -375,8 +375,112 @@ pub enum PriceLineCode {
     /// A no-show's price taken off (negative).
     NoShowCredit,
     NoShowFee,
+    ChildSeat,
+    AdditionalDriver,
+    CollisionDamageWaiver,
+    Gps,
+    /// Kilometres driven beyond the rental's allowance.
+    MileageExcess,
     /// A line of no kind above (written before lines had codes).
     Other,
+}
+
+/// An extra or a coverage a booking may add, priced per day (`extrasOffered`).
+#[derive(async_graphql::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[graphql(remote = "domain::pricing::ExtraKind")]
+pub enum ExtraKind {
+    ChildSeat,
+    /// A second (third...) person allowed to drive.
+    AdditionalDriver,
+    /// Collision damage waiver: the renter's liability for damage to the car is waived.
+    CollisionDamageWaiver,
+    Gps,
+}
+
+/// An extra taken with a booking.
+#[derive(SimpleObject, Clone, Copy, Debug)]
+pub struct Extra {
+    pub kind: ExtraKind,
+    pub quantity: i32,
+}
+
+impl From<domain::pricing::Extra> for Extra {
+    fn from(e: domain::pricing::Extra) -> Self {
+        Self {
+            kind: e.kind.into(),
+            quantity: i32::from(e.quantity),
+        }
+    }
+}
+
+/// An extra asked for: its kind and how many (1 unless said).
+#[derive(InputObject, Clone, Copy, Debug)]
+pub struct ExtraInput {
+    pub kind: ExtraKind,
+    #[graphql(default = 1)]
+    pub quantity: i32,
+}
+
+/// The extras asked for, as the pricing rules take them (at most one entry per kind, so at
+/// most as many entries as kinds).
+pub(crate) fn extras_input(
+    extras: Option<Vec<ExtraInput>>,
+) -> ApiResult<Option<Vec<domain::pricing::Extra>>> {
+    let Some(extras) = extras else {
+        return Ok(None);
+    };
+    let kinds = domain::pricing::ExtraKind::ALL.len();
+    if extras.len() > kinds {
+        return Err(AppError::bad_input(
+            "extras",
+            format!("at most {kinds} entries, one per kind"),
+        ));
+    }
+    extras
+        .into_iter()
+        .map(|e| {
+            let quantity = u8::try_from(e.quantity).map_err(|_| {
+                AppError::bad_input("extras", "a quantity is between 1 and the kind's maximum")
+            })?;
+            Ok(domain::pricing::Extra {
+                kind: e.kind.into(),
+                quantity,
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()
+        .map(Some)
+}
+
+/// What an extra costs (`extrasOffered`).
+#[derive(SimpleObject, Clone, Debug)]
+pub struct ExtraOffer {
+    pub kind: ExtraKind,
+    /// How it reads on a price line.
+    pub label: String,
+    /// Per charged day, for each one taken.
+    pub per_day: Money,
+    /// At most this much a rental for each one taken, however long; null: no cap.
+    pub max_per_rental: Option<Money>,
+    pub max_quantity: i32,
+}
+
+/// How far a booking may drive for its price: `kmIncluded` over its charged days; each whole
+/// kilometre beyond costs `excessPerKm` at return. Null where a booking has unlimited mileage.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct MileageTerms {
+    pub km_included: i64,
+    pub km_per_day: i64,
+    pub excess_per_km: Money,
+}
+
+impl MileageTerms {
+    pub(crate) fn of(terms: domain::pricing::MileageTerms, currency: &str) -> Self {
+        Self {
+            km_included: terms.km_included,
+            km_per_day: terms.km_per_day,
+            excess_per_km: Money::new(terms.excess_per_km_minor, currency),
+        }
+    }
 }
 
 #[derive(SimpleObject, Clone, Debug)]
@@ -404,6 +508,10 @@ pub struct Quote {
     pub days: i32,
     pub total: Money,
     pub lines: Vec<PriceLine>,
+    /// The extras priced in.
+    pub extras: Vec<Extra>,
+    /// The mileage allowance priced in; null: unlimited.
+    pub mileage: Option<MileageTerms>,
 }
 
 /// A booking, from the history read model.
@@ -461,6 +569,24 @@ impl Booking {
     /// Set while HELD: the hold is released automatically after this instant.
     async fn held_until(&self) -> Option<DateTime<Utc>> {
         self.0.held_until
+    }
+    /// The extras and coverage taken (priced in `lines`): what the desk prepares.
+    async fn extras(&self) -> ApiResult<Vec<Extra>> {
+        let extras: Vec<domain::pricing::Extra> =
+            serde_json::from_value(self.0.extras.clone()).map_err(AppError::internal)?;
+        Ok(extras.into_iter().map(Extra::from).collect())
+    }
+    /// The kilometres included and the fee beyond, as booked; null: unlimited.
+    async fn mileage(&self) -> ApiResult<Option<MileageTerms>> {
+        self.0
+            .mileage
+            .clone()
+            .map(|m| {
+                serde_json::from_value::<domain::pricing::MileageTerms>(m)
+                    .map(|terms| MileageTerms::of(terms, &self.0.currency))
+                    .map_err(AppError::internal)
+            })
+            .transpose()
     }
     /// What the booking costs: its price, with the charges found at return once returned;
     /// once cancelled or a no-show, the fee it keeps.
@@ -986,6 +1112,8 @@ pub struct BookingRequestInput {
     pub return_at: DateTime<Utc>,
     pub pickup_branch_code: Option<String>,
     pub return_branch_code: Option<String>,
+    /// Extras and coverage (child seat, additional driver, damage waiver...), priced per day.
+    pub extras: Option<Vec<ExtraInput>>,
 }
 
 #[derive(InputObject, Clone)]

@@ -53,6 +53,8 @@ pub fn quote(days: i64, daily: i64) -> Quote {
             eur(days * daily),
         )],
         total: eur(days * daily),
+        extras: Vec::new(),
+        mileage: None,
     }
 }
 
