@@ -182,7 +182,9 @@ impl Config {
             early_pickup_minutes: env_or("FLEETLEDGER_EARLY_PICKUP_MINUTES", 60)?,
             early_return: early_return()?,
             extras: match non_empty("FLEETLEDGER_EXTRAS") {
-                Some(spec) => extras(&spec).with_context(|| format!("FLEETLEDGER_EXTRAS={spec:?}"))?,
+                Some(spec) => {
+                    extras(&spec).with_context(|| format!("FLEETLEDGER_EXTRAS={spec:?}"))?
+                }
                 None => domain::pricing::default_extras(),
             },
             mileage: mileage()?,
@@ -461,8 +463,7 @@ mod tests {
         );
         assert!(extras("none").unwrap().is_empty());
         // The documented default reads as the built-in one.
-        let documented =
-            "CHILD_SEAT=800/6000x3,ADDITIONAL_DRIVER=1000x4,COLLISION_DAMAGE_WAIVER=1500,GPS=700/5000";
+        let documented = "CHILD_SEAT=800/6000x3,ADDITIONAL_DRIVER=1000x4,COLLISION_DAMAGE_WAIVER=1500,GPS=700/5000";
         assert_eq!(extras(documented).unwrap(), default_extras());
         for (bad, says) in [
             ("SUNROOF=100", "is not an extra"),

@@ -352,7 +352,8 @@ async fn a_quote_equals_what_booking_charges() {
         for offer in &offered {
             if rng.random_bool(0.4) {
                 let max = offer["maxQuantity"].as_i64().unwrap_or(1);
-                extras.push(json!({ "kind": offer["kind"], "quantity": rng.random_range(1..=max) }));
+                extras
+                    .push(json!({ "kind": offer["kind"], "quantity": rng.random_range(1..=max) }));
             }
         }
         extras.shuffle(&mut rng);
@@ -449,8 +450,14 @@ async fn extras_and_mileage_are_charged_as_booked() {
             json!({ "b": id, "p": pickup.to_rfc3339(), "r": ret.to_rfc3339() }),
         )
         .await;
-    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{body:#}");
-    assert_eq!(body["errors"][0]["extensions"]["field"], "extras", "{body:#}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body:#}"
+    );
+    assert_eq!(
+        body["errors"][0]["extensions"]["field"], "extras",
+        "{body:#}"
+    );
     assert_eq!(
         body["errors"][0]["message"],
         "invalid extras: CHILD_SEAT may be taken at most 3 time(s) (and at least once)"

@@ -453,7 +453,9 @@ pub fn quote(
             .per_day_minor
             .checked_mul(days)
             .ok_or(MoneyError::Overflow)?;
-        let capped = offer.max_per_rental_minor.map_or(per_one, |cap| per_one.min(cap));
+        let capped = offer
+            .max_per_rental_minor
+            .map_or(per_one, |cap| per_one.min(cap));
         let amount = capped
             .checked_mul(i64::from(extra.quantity))
             .ok_or(MoneyError::Overflow)?;
@@ -461,7 +463,11 @@ pub fn quote(
         let label = match (extra.quantity, capped < per_one) {
             (1, false) => format!("{}, {days} day(s) × {unit}", extra.kind.label()),
             (n, false) => format!("{n} × {}, {days} day(s) × {unit}", extra.kind.label()),
-            (1, true) => format!("{}, at most {}", extra.kind.label(), Money::new(capped, currency)),
+            (1, true) => format!(
+                "{}, at most {}",
+                extra.kind.label(),
+                Money::new(capped, currency)
+            ),
             (n, true) => format!(
                 "{n} × {}, at most {} each",
                 extra.kind.label(),
@@ -862,10 +868,7 @@ mod tests {
         // Ten days: a seat costs at most 60.00, GPS at most 50.00; the discount is on the
         // days only.
         let q = quote(rate(), at(1, 9, 0), at(11, 9, 0), false, &extras, &p()).unwrap();
-        assert_eq!(
-            amounts(&q.lines),
-            [45_990, -4_599, 12_000, 15_000, 5_000]
-        );
+        assert_eq!(amounts(&q.lines), [45_990, -4_599, 12_000, 15_000, 5_000]);
         assert_eq!(q.lines[2].label, "2 × child seat, at most 60.00 EUR each");
         assert_eq!(q.lines[4].label, "GPS navigation, at most 50.00 EUR");
     }
@@ -890,10 +893,7 @@ mod tests {
             })
         );
         assert_eq!(
-            ask(
-                &[extra(ExtraKind::Gps, 1), extra(ExtraKind::Gps, 1)],
-                &p()
-            ),
+            ask(&[extra(ExtraKind::Gps, 1), extra(ExtraKind::Gps, 1)], &p()),
             Err(PricingError::ExtraTwice(ExtraKind::Gps))
         );
         let no_gps = PricingPolicy {
@@ -947,7 +947,11 @@ mod tests {
             ..back(returned)
         };
         let on_time = at(5, 10, 0);
-        assert!(return_charges(&driven(1_200.9, on_time), &p()).unwrap().is_empty());
+        assert!(
+            return_charges(&driven(1_200.9, on_time), &p())
+                .unwrap()
+                .is_empty()
+        );
         let lines = return_charges(&driven(1_250.7, on_time), &p()).unwrap();
         assert_eq!(
             lines,
@@ -961,7 +965,11 @@ mod tests {
         let lines = return_charges(&driven(1_850.0, at(6, 12, 0)), &p()).unwrap();
         assert_eq!(
             lines.iter().map(PriceLine::code).collect::<Vec<_>>(),
-            [LineCode::LateDays, LineCode::LateHours, LineCode::MileageExcess]
+            [
+                LineCode::LateDays,
+                LineCode::LateHours,
+                LineCode::MileageExcess
+            ]
         );
         assert_eq!(lines[2].amount, Money::new(50 * 25, Currency::EUR));
         // Unlimited (and every booking priced before allowances): never charged.
