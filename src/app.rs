@@ -14,6 +14,30 @@ use sqlx::PgPool;
 
 use crate::config::Config;
 
+/// Spare cars for displaced bookings, as the search and availability read models show them.
+struct ReadSideSpares(PgPool);
+
+#[async_trait::async_trait]
+impl commands::booking::SpareCars for ReadSideSpares {
+    async fn spare_cars(
+        &self,
+        wanted: &commands::booking::SpareCarWanted,
+    ) -> Result<Vec<uuid::Uuid>, commands::booking::BookingFlowError> {
+        Ok(projections::search::free_cars(
+            &self.0,
+            &wanted.branch,
+            &wanted.class,
+            &wanted.currency,
+            wanted.window.start,
+            wanted.window.end,
+            wanted.turnaround_minutes,
+            wanted.exclude,
+            wanted.limit,
+        )
+        .await?)
+    }
+}
+
 /// The payment gateways `FLEETLEDGER_PAYMENT_GATEWAYS` names, in its order (checked when the
 /// configuration was read). None: every payment is refused as UNAVAILABLE, and the log says so.
 fn payment_gateways(config: &Config, pool: &PgPool) -> GatewayRouter {
@@ -48,6 +72,7 @@ pub(crate) struct App {
 impl App {
     pub(crate) fn build(config: &Config, pool: PgPool) -> Result<Self> {
         let gateways = payment_gateways(config, &pool);
+        let pool_for_spares = pool.clone();
         let lock = match &config.redis_url {
             Some(url) => HotCarLock::new(url.expose(), "fleetledger:")
                 .context("REDIS_URL is not a valid Redis URL")?,
@@ -87,8 +112,9 @@ impl App {
                 read_your_writes_timeout: Duration::from_millis(config.read_your_writes_ms),
             },
         );
-        let worker =
-            Worker::new(services.bookings.clone()).with_checkout(services.checkout.clone());
+        let worker = Worker::new(services.bookings.clone())
+            .with_checkout(services.checkout.clone())
+            .with_spare_cars(std::sync::Arc::new(ReadSideSpares(pool_for_spares)));
         Ok(Self {
             store: services.store.clone(),
             accounts: services.accounts.clone(),

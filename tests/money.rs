@@ -585,3 +585,148 @@ async fn a_yen_fleet_prices_in_whole_yen() {
                 "lines": [{ "label": "2 day(s) × 5000 JPY", "amount": { "amount": "10000" } }] })
     );
 }
+
+/// A car that breaks down takes nothing from its customer when a spare exists: the worker moves
+/// the booking to the cheapest car of its class at its branch that is free over its window, at
+/// the price booked (not the busy one, not a cheaper car of another class); when none is free,
+/// the booking waits, displaced, for staff.
+#[tokio::test]
+async fn a_booking_whose_car_breaks_down_moves_to_a_free_spare_of_its_class_by_itself() {
+    let db = TestDatabase::create().await;
+    let serve = Serve::start(&db.url(), &[]);
+    let desk = Desk::open(&serve).await;
+    let car = |make: &'static str, class: &'static str, rate: &'static str| {
+        let (addr, admin) = (desk.addr.clone(), desk.admin.clone());
+        async move {
+            gql(
+                &addr,
+                Some(&admin),
+                "mutation($i: CarInput!) { addCar(input: $i) { id } }",
+                json!({ "i": { "make": make, "model": "Any", "year": 2025, "class": class,
+                    "seats": 4, "transmission": "MANUAL", "fuel": "PETROL", "features": [],
+                    "dailyRate": rate, "currency": "EUR", "branchCode": "LIS" } }),
+            )
+            .await["addCar"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let broken = car("Fiat", "ECONOMY", "50.00").await;
+    let busy = car("Seat", "ECONOMY", "60.00").await;
+    let spare = car("Opel", "ECONOMY", "70.00").await;
+    let _other_class = car("Dacia", "SUV", "30.00").await;
+    let customer = customer_token(&desk.addr, "breakdown@fleet.test").await;
+    let other = customer_token(&desk.addr, "busy@fleet.test").await;
+    let (from, until) = (in_days(3), in_days(5));
+    let book = |token: String, car: String| {
+        let (addr, from, until) = (desk.addr.clone(), from.clone(), until.clone());
+        async move {
+            let id = gql(
+                &addr,
+                Some(&token),
+                "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+                json!({ "i": { "carId": car, "pickupAt": from, "returnAt": until } }),
+            )
+            .await["requestBooking"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let paid = gql(
+                &addr,
+                Some(&token),
+                "mutation($b: UUID!) { payBooking(bookingId: $b,
+                    method: { kind: CARD, token: \"tok_visa\" }) { status } }",
+                json!({ "b": id }),
+            )
+            .await;
+            assert_eq!(paid["payBooking"]["status"], "CAPTURED");
+            id
+        }
+    };
+    let booking = book(customer.clone(), broken.clone()).await;
+    book(other, busy.clone()).await;
+    // The read side shows the busy car taken before anything breaks.
+    eventually(
+        20,
+        "the busy car's reservation is in the read model",
+        || async {
+            let found = gql(
+                &desk.addr,
+                Some(&desk.admin),
+                "query($f: DateTime!, $t: DateTime!) { searchCars(filter: { pickupAt: $f,
+                returnAt: $t, branchCode: \"LIS\" }) { edges { node { id } } } }",
+                json!({ "f": from, "t": until }),
+            )
+            .await;
+            let ids: Vec<&str> = found["searchCars"]["edges"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e["node"]["id"].as_str())
+                .collect();
+            !ids.contains(&busy.as_str()) && !ids.contains(&broken.as_str())
+        },
+    )
+    .await;
+
+    let maintain = "mutation($c: UUID!, $s: DateTime!, $e: DateTime!) {
+        scheduleMaintenance(id: $c, start: $s, end: $e, reason: \"engine warning\", urgent: true) { id } }";
+    let shown = "query($b: UUID!) { booking(id: $b) { status car { id } displacedSince
+        total { amount } activity { kind detail } } }";
+    gql(
+        &desk.addr,
+        Some(&desk.admin),
+        maintain,
+        json!({ "c": broken, "s": in_days(1), "e": in_days(10) }),
+    )
+    .await;
+    eventually(20, "the booking moved to the spare", || async {
+        let b = gql(&desk.addr, Some(&customer), shown, json!({ "b": booking })).await;
+        b["booking"]["car"]["id"] == spare.as_str()
+    })
+    .await;
+    let moved =
+        gql(&desk.addr, Some(&customer), shown, json!({ "b": booking })).await["booking"].clone();
+    assert_eq!(moved["status"], "CONFIRMED");
+    assert_eq!(moved["displacedSince"], Value::Null);
+    assert_eq!(moved["total"]["amount"], "100.00");
+    let activity = moved["activity"].as_array().unwrap();
+    assert_eq!(
+        activity[activity.len() - 2..],
+        [
+            json!({ "kind": "CAR_WITHDRAWN", "detail": "engine warning" }),
+            json!({ "kind": "CAR_CHANGED",
+                    "detail": "moved automatically to a free car of its class at LIS" }),
+        ]
+    );
+
+    // The spare breaks down too: no car of the class is free, the booking waits for staff.
+    gql(
+        &desk.addr,
+        Some(&desk.admin),
+        maintain,
+        json!({ "c": spare, "s": in_days(1), "e": in_days(10) }),
+    )
+    .await;
+    let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
+    eventually(20, "the second search for a spare ran", || async {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM workflow_steps WHERE kind = 'rehome' AND done_at IS NULL",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let runs: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM workflow_steps WHERE kind = 'rehome'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        open == 0 && runs == 2
+    })
+    .await;
+    let waiting =
+        gql(&desk.addr, Some(&customer), shown, json!({ "b": booking })).await["booking"].clone();
+    assert_eq!(waiting["car"]["id"], spare.as_str());
+    assert!(waiting["displacedSince"].is_string(), "{waiting}");
+}

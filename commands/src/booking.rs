@@ -28,6 +28,16 @@ use crate::context::CommandContext;
 use crate::executor::{ExecuteError, Executor, Loaded, RetryPolicy};
 use crate::locks::HotCarLock;
 
+/// The worker's step that looks for another car for a booking that lost its own.
+fn rehome_step(booking_id: Uuid, now: DateTime<Utc>) -> Step {
+    Step {
+        kind: "rehome",
+        booking_id,
+        payload: json!({}),
+        due_at: now,
+    }
+}
+
 /// Settings of the booking path.
 #[derive(Clone, Debug)]
 pub struct BookingConfig {
@@ -79,6 +89,28 @@ pub struct BookingRequest {
     pub return_branch: Option<String>,
     /// Extras and coverage, priced per day by the policy.
     pub extras: Vec<Extra>,
+}
+
+/// What a booking that lost its car needs of another: where and when, its class and currency.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpareCarWanted {
+    pub branch: String,
+    /// The class's wire name (`COMPACT`, `SUV`...).
+    pub class: String,
+    pub currency: String,
+    pub window: TimeWindow,
+    /// The turnaround after the booking (its return branch's).
+    pub turnaround_minutes: i64,
+    /// The car it lost.
+    pub exclude: Uuid,
+    pub limit: i64,
+}
+
+/// Where a booking that lost its car may find another: cars the read side shows free for it,
+/// best first. Only a proposal: the car's aggregate decides when the booking moves to it.
+#[async_trait::async_trait]
+pub trait SpareCars: Send + Sync {
+    async fn spare_cars(&self, wanted: &SpareCarWanted) -> Result<Vec<Uuid>, BookingFlowError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -771,6 +803,69 @@ impl BookingService {
         Ok(self.view(booking_id, state, events))
     }
 
+    /// The worker's `rehome` step, after a booking lost its car (urgent maintenance, a car
+    /// left at another branch): move it to a spare car of its class at its pick-up branch,
+    /// free over its window, at the price booked (`reassign`), trying the cars `spares`
+    /// proposes in turn. The car it moved to; `None` when it no longer needs one or no spare
+    /// took it (it then stays displaced, for staff). Idempotent.
+    pub async fn rehome(
+        &self,
+        ctx: &CommandContext,
+        booking_id: Uuid,
+        spares: &dyn SpareCars,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Uuid>, BookingFlowError> {
+        let booking = self.load_booking(booking_id).await?;
+        let state = &booking.state;
+        let waiting = matches!(
+            state.status,
+            Some(BookingStatus::Held | BookingStatus::Confirmed)
+        );
+        let (true, true, Some(lost), Some(window), Some(total)) = (
+            state.displaced,
+            waiting,
+            state.car_id,
+            state.window,
+            state.total,
+        ) else {
+            return Ok(None);
+        };
+        let class = self
+            .load_car(lost)
+            .await?
+            .state
+            .details
+            .as_ref()
+            .and_then(|d| serde_json::to_value(d.class).ok())
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .ok_or(BookingFlowError::CarNotFound)?;
+        let branch = state.pickup_branch.clone().unwrap_or_default();
+        let wanted = SpareCarWanted {
+            branch: branch.clone(),
+            class,
+            currency: total.currency.as_str().to_owned(),
+            window,
+            turnaround_minutes: self.turnaround_after(state).await?,
+            exclude: lost,
+            limit: 10,
+        };
+        let reason = format!("moved automatically to a free car of its class at {branch}");
+        for candidate in spares.spare_cars(&wanted).await? {
+            match self
+                .reassign(ctx, booking_id, candidate, reason.clone(), now)
+                .await
+            {
+                Ok(_) => return Ok(Some(candidate)),
+                // Taken since the read side looked, or not what it seemed: the next one.
+                Err(BookingFlowError::Car(_) | BookingFlowError::Invalid { .. }) => {}
+                // Moved or ended meanwhile: nothing left to do.
+                Err(BookingFlowError::Booking(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
     /// After a car came back to another branch than it left from (the worker's
     /// `strand_check` step, stored with the return): each later booking that expects it at
     /// another branch loses it (`BookingDisplaced`, and the car's `ReservationReleased`, one
@@ -818,7 +913,7 @@ impl BookingService {
                     })
                 },
                 |_| Some(CarCommand::Release { booking_id, now }),
-                |_| Vec::new(),
+                |_| vec![rehome_step(booking_id, now)],
             )
             .await?;
             displaced.push(booking_id);
@@ -885,7 +980,11 @@ impl BookingService {
                         .await?;
                     appends.extend(append);
                 }
-                Ok((displaced, appends, Vec::new()))
+                let steps = displaced
+                    .iter()
+                    .map(|booking_id| rehome_step(*booking_id, now))
+                    .collect();
+                Ok((displaced, appends, steps))
             })
             .await?;
         self.cars.forget(&car_id.to_string()).await;

@@ -17,7 +17,7 @@ use domain::booking::BookingError;
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::booking::{BookingFlowError, BookingService};
+use crate::booking::{BookingFlowError, BookingService, SpareCars};
 use crate::checkout::{Checkout, FeesCollected, Finished};
 use crate::claims::Claims;
 use crate::context::CommandContext;
@@ -33,6 +33,8 @@ pub struct Pass {
 pub struct Worker {
     bookings: BookingService,
     checkout: Option<Checkout>,
+    /// Where displaced bookings look for another car; without it they wait for staff.
+    spares: Option<std::sync::Arc<dyn SpareCars>>,
     batch: i64,
     claims: Claims,
 }
@@ -133,6 +135,7 @@ impl Worker {
         Self {
             bookings,
             checkout: None,
+            spares: None,
             batch: 50,
             claims,
         }
@@ -140,6 +143,12 @@ impl Worker {
 
     /// Also run the payment steps (finish a payment, refund after cancellation), sharing the
     /// checkout's claims so the worker never runs a step a request of this process is on.
+    /// Let the `rehome` step move displaced bookings to the spare cars `spares` proposes.
+    pub fn with_spare_cars(mut self, spares: std::sync::Arc<dyn SpareCars>) -> Self {
+        self.spares = Some(spares);
+        self
+    }
+
     pub fn with_checkout(mut self, checkout: Checkout) -> Self {
         self.claims = checkout.claims().clone();
         self.checkout = Some(checkout);
@@ -331,6 +340,24 @@ impl Worker {
             _ => {}
         }
         match kind {
+            "rehome" => {
+                let Some(spares) = &self.spares else {
+                    return Outcome::Done;
+                };
+                match self
+                    .bookings
+                    .rehome(ctx, booking_id, spares.as_ref(), now)
+                    .await
+                {
+                    Ok(Some(car)) => {
+                        metrics::counter!("fleetledger_bookings_rehomed_total").increment(1);
+                        tracing::info!(booking.id = %booking_id, car.id = %car, "displaced booking moved to a spare car");
+                        Outcome::Done
+                    }
+                    Ok(None) => Outcome::Done,
+                    Err(e) => Outcome::Retry(e.to_string()),
+                }
+            }
             "strand_check" => match self.bookings.displace_stranded(ctx, booking_id, now).await {
                 Ok(displaced) => {
                     for booking in displaced {

@@ -68,6 +68,51 @@ pub async fn car(
     sqlx::query_as(&sql).bind(id).fetch_optional(conn).await
 }
 
+/// Cars of `class` at `branch`, priced in `currency`, not retired, with no reservation or
+/// maintenance that keeps them over `[from, to)` followed by `turnaround_minutes`, cheapest
+/// first (then by id), at most `limit`; `exclude` left out. What the read side shows free: the
+/// car's aggregate has the last word when one is reserved.
+#[allow(clippy::too_many_arguments)]
+pub async fn free_cars(
+    conn: impl sqlx::PgExecutor<'_>,
+    branch: &str,
+    class: &str,
+    currency: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    turnaround_minutes: i64,
+    exclude: Uuid,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    // A block clashes when it starts before this rental's end plus its turnaround and its own
+    // turnaround reaches past this rental's start (`Block::clashes`); the `&&` is widened by
+    // the longest turnaround so the GiST index answers, then the exact test.
+    sqlx::query_scalar(
+        "SELECT c.car_id FROM rm_search_cars c \
+         WHERE NOT c.retired AND c.branch_code = $1 AND c.class = $2 AND c.currency = $3 \
+           AND c.car_id <> $7 \
+           AND NOT EXISTS (SELECT 1 FROM rm_availability_blocks b WHERE b.car_id = c.car_id \
+             AND b.period && tstzrange($4 - make_interval(mins => $9), \
+                                       $5 + make_interval(mins => $6::int)) \
+             AND upper(b.period) + make_interval(mins => b.turnaround_minutes) > $4) \
+         ORDER BY c.daily_rate_minor, c.car_id LIMIT $8",
+    )
+    .bind(branch)
+    .bind(class)
+    .bind(currency)
+    .bind(from)
+    .bind(to)
+    .bind(
+        i32::try_from(turnaround_minutes.clamp(0, domain::car::MAX_TURNAROUND_MINUTES))
+            .unwrap_or(0),
+    )
+    .bind(exclude)
+    .bind(limit.clamp(1, 100))
+    .bind(i32::try_from(domain::car::MAX_TURNAROUND_MINUTES).unwrap_or(1_440))
+    .fetch_all(conn)
+    .await
+}
+
 /// An enum's wire name (`SCREAMING_SNAKE_CASE`, as serde writes it).
 pub fn enum_name<T: Serialize>(value: &T) -> String {
     match serde_json::to_value(value) {

@@ -592,8 +592,9 @@ impl Mutation {
 
     /// Take a car out of service over a window (ADMIN). The window must be free of bookings
     /// unless `urgent` (a breakdown, a recall): then the bookings that have not started over
-    /// it lose the car at once, each marked `displacedSince` for staff to `reassignBooking`.
-    /// A rental in progress always refuses it.
+    /// it lose the car at once, each marked `displacedSince`; the worker moves each to a free
+    /// car of its class at its pick-up branch when there is one (at the price booked), else it
+    /// waits for staff to `reassignBooking`. A rental in progress always refuses it.
     async fn schedule_maintenance(
         &self,
         ctx: &Context<'_>,
