@@ -573,12 +573,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         .into_iter()
         .map(str::to_owned)
         .collect();
-    let check = sqlx::query_as::<_, (String, Option<String>)>(
-        "SELECT n.name, s.state FROM unnest($1::text[]) AS n(name) \
-         LEFT JOIN projection_status s ON s.name = n.name ORDER BY n.name",
-    )
-    .bind(&names)
-    .fetch_all(pool);
+    let check = projections::status::states(pool, &names);
     match tokio::time::timeout(Duration::from_secs(1), check).await {
         Ok(Ok(rows)) => {
             let states: serde_json::Map<String, serde_json::Value> = rows

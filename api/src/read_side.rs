@@ -124,11 +124,7 @@ impl FailedReadModels {
         let failed = match cached.as_ref() {
             Some((at, failed)) if at.elapsed() < Self::FRESH_FOR => failed,
             _ => {
-                let failed: Vec<String> = sqlx::query_scalar(
-                    "SELECT name FROM projection_status WHERE state = 'failed' ORDER BY name",
-                )
-                .fetch_all(pool)
-                .await?;
+                let failed = projections::status::failed(pool).await?;
                 &cached.insert((std::time::Instant::now(), failed)).1
             }
         };

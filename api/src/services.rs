@@ -114,18 +114,7 @@ impl Services {
         let mut pause = Duration::from_millis(2);
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         loop {
-            let behind: Vec<String> = sqlx::query_scalar(
-                "SELECT n.name FROM unnest($1::text[]) AS n(name) \
-                 LEFT JOIN projection_checkpoints c ON c.name = n.name \
-                 WHERE c.name IS NULL \
-                    OR (c.transaction_id, c.global_position) < ($2, $3) \
-                 ORDER BY n.name",
-            )
-            .bind(&names)
-            .bind(eventstore::Xid8(target.transaction_id))
-            .bind(target.global_position)
-            .fetch_all(self.store.pool())
-            .await?;
+            let behind = ::projections::status::behind(self.store.pool(), &names, target).await?;
             if behind.is_empty() {
                 return Ok(behind);
             }

@@ -22,7 +22,7 @@ use domain::booking::BookingEvent;
 use domain::car::CarEvent;
 use domain::payment::PaymentEvent;
 use eventstore::RecordedEvent;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::runtime::{ApplyError, Projection};
@@ -641,4 +641,125 @@ async fn write_sums(conn: &mut PgConnection, sums: Sums) -> Result<(), ApplyErro
         .await?;
     }
     Ok(())
+}
+
+/// One day's figures in one currency, summed over the branches asked for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DayFigures {
+    pub day: NaiveDate,
+    pub currency: String,
+    pub bookings_created: i64,
+    pub bookings_cancelled: i64,
+    pub rentals_started: i64,
+    pub rentals_completed: i64,
+    pub revenue_minor: i64,
+    pub refunds_minor: i64,
+    pub earned_minor: i64,
+    pub rented_seconds: i64,
+    pub rental_days: i64,
+    /// Seconds the fleet (of the branch) was in service that day: what utilization divides by.
+    pub available_seconds: f64,
+}
+
+/// The figures of every day in `[from, to]` with any, per currency, for `branch` or the whole
+/// fleet; by day, then currency.
+pub async fn days(
+    pool: &PgPool,
+    from: NaiveDate,
+    to: NaiveDate,
+    branch: Option<&str>,
+) -> Result<Vec<DayFigures>, sqlx::Error> {
+    let found = sqlx::query(
+        "WITH m AS ( \
+           SELECT day, currency, sum(bookings_created)::int8 AS created, \
+             sum(bookings_cancelled)::int8 AS cancelled, sum(rentals_started)::int8 AS started, \
+             sum(rentals_completed)::int8 AS completed, sum(revenue_minor)::int8 AS revenue, \
+             sum(refunds_minor)::int8 AS refunds, sum(earned_minor)::int8 AS earned, \
+             sum(rented_seconds)::int8 AS rented, \
+             sum(rental_days_sum)::int8 AS rental_days \
+           FROM rm_daily_metrics WHERE day BETWEEN $1 AND $2 \
+             AND ($3::text IS NULL OR branch_code = $3) GROUP BY day, currency), \
+         avail AS ( \
+           SELECT m.day, coalesce(sum(extract(epoch FROM \
+               least(coalesce(c.retired_at, 'infinity'), ((m.day + 1)::timestamp AT TIME ZONE 'UTC')) \
+             - greatest(c.registered_at, (m.day::timestamp AT TIME ZONE 'UTC')))), 0)::float8 AS secs \
+           FROM (SELECT DISTINCT day FROM m) m JOIN rm_analytics_cars c \
+             ON c.registered_at < ((m.day + 1)::timestamp AT TIME ZONE 'UTC') \
+            AND coalesce(c.retired_at, 'infinity') > (m.day::timestamp AT TIME ZONE 'UTC') \
+            AND ($3::text IS NULL OR c.branch_code = $3) \
+           GROUP BY m.day) \
+         SELECT m.*, coalesce(avail.secs, 0) AS available \
+         FROM m LEFT JOIN avail USING (day) ORDER BY m.day, m.currency",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(branch)
+    .fetch_all(pool)
+    .await?;
+    found
+        .iter()
+        .map(|r| {
+            Ok(DayFigures {
+                day: r.try_get("day")?,
+                currency: r.try_get("currency")?,
+                bookings_created: r.try_get("created")?,
+                bookings_cancelled: r.try_get("cancelled")?,
+                rentals_started: r.try_get("started")?,
+                rentals_completed: r.try_get("completed")?,
+                revenue_minor: r.try_get("revenue")?,
+                refunds_minor: r.try_get("refunds")?,
+                earned_minor: r.try_get("earned")?,
+                rented_seconds: r.try_get("rented")?,
+                rental_days: r.try_get("rental_days")?,
+                available_seconds: r.try_get("available")?,
+            })
+        })
+        .collect()
+}
+
+/// One car's figures over a period.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CarFigures {
+    pub car_id: Uuid,
+    pub currency: String,
+    pub rented_seconds: i64,
+    pub revenue_minor: i64,
+    pub earned_minor: i64,
+    pub distance_km: f64,
+}
+
+/// The `limit` cars rented longest over `[from, to]` (of `branch`, or all), longest first.
+pub async fn cars_by_rented_time(
+    pool: &PgPool,
+    from: NaiveDate,
+    to: NaiveDate,
+    branch: Option<&str>,
+    limit: i64,
+) -> Result<Vec<CarFigures>, sqlx::Error> {
+    let found = sqlx::query(
+        "SELECT car_id, min(currency) AS currency, sum(rented_seconds)::int8 AS rented, \
+           sum(revenue_minor)::int8 AS revenue, sum(earned_minor)::int8 AS earned, \
+           sum(distance_km)::float8 AS distance \
+         FROM rm_car_daily WHERE day BETWEEN $1 AND $2 AND ($3::text IS NULL OR branch_code = $3) \
+         GROUP BY car_id ORDER BY rented DESC, car_id LIMIT $4",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(branch)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    found
+        .iter()
+        .map(|r| {
+            Ok(CarFigures {
+                car_id: r.try_get("car_id")?,
+                currency: r.try_get("currency")?,
+                rented_seconds: r.try_get("rented")?,
+                revenue_minor: r.try_get("revenue")?,
+                earned_minor: r.try_get("earned")?,
+                distance_km: r.try_get("distance")?,
+            })
+        })
+        .collect()
 }

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use domain::car::CarEvent;
 use eventstore::RecordedEvent;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::runtime::{ApplyError, Projection};
@@ -290,4 +290,64 @@ fn cut(current: &mut HashMap<Key, Block>, key: Key, at: DateTime<Utc>) {
     } else if block.end > at {
         block.end = at;
     }
+}
+
+/// A car's reserved windows that meet `[from, to)`, earliest first (for staff).
+pub async fn reservations(
+    pool: &PgPool,
+    car: Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<(DateTime<Utc>, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT lower(period), upper(period) FROM rm_availability_blocks \
+         WHERE car_id = $1 AND kind = 'RESERVATION' AND period && tstzrange($2, $3) \
+         ORDER BY lower(period)",
+    )
+    .bind(car)
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await
+}
+
+/// The windows inside `[from, to)` in which `car` can be booked as it is, for a rental whose
+/// own turnaround (its return branch's) is `own`: a window ends where that turnaround would
+/// reach the next block, and starts when the block before and its own turnaround are over.
+/// The same rule as `Block::clashes`, which booking applies.
+pub async fn free_ranges(
+    pool: &PgPool,
+    car: Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    own: chrono::Duration,
+) -> Result<Vec<(DateTime<Utc>, DateTime<Utc>)>, sqlx::Error> {
+    // Blocks that end up to the longest turnaround before `from` may still hold the car.
+    let blocks: Vec<(DateTime<Utc>, DateTime<Utc>, i32)> = sqlx::query_as(
+        "SELECT lower(period), upper(period), turnaround_minutes FROM rm_availability_blocks \
+         WHERE car_id = $1 AND period && tstzrange($2, $3) ORDER BY lower(period)",
+    )
+    .bind(car)
+    .bind(from - chrono::Duration::minutes(domain::car::MAX_TURNAROUND_MINUTES))
+    .bind(to + own)
+    .fetch_all(pool)
+    .await?;
+    let mut free = Vec::new();
+    let mut cursor = from;
+    for (start, end) in blocks.into_iter().map(|(start, end, turnaround)| {
+        (
+            start - own,
+            end + chrono::Duration::minutes(turnaround.into()),
+        )
+    }) {
+        if start > cursor {
+            free.push((cursor, start.min(to)));
+        }
+        cursor = cursor.max(end);
+    }
+    if cursor < to {
+        free.push((cursor, to));
+    }
+    free.retain(|(start, end)| end > start);
+    Ok(free)
 }

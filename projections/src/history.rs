@@ -17,7 +17,7 @@ use domain::payment::PaymentEvent;
 use domain::pricing::{LineCode, PriceLine, Quote};
 use eventstore::RecordedEvent;
 use serde_json::{Value, json};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::runtime::{ApplyError, Projection};
@@ -185,6 +185,115 @@ pub async fn payment(
 ) -> Result<Option<PaymentRow>, sqlx::Error> {
     let sql = format!("SELECT {PAYMENT_COLUMNS} FROM rm_payments WHERE payment_id = $1");
     sqlx::query_as(&sql).bind(id).fetch_optional(conn).await
+}
+
+/// Which bookings a list shows: every filter given must hold.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BookingFilter {
+    /// Status names (`HELD`, `CONFIRMED`...); `None`: any.
+    pub statuses: Option<Vec<String>>,
+    pub car_id: Option<Uuid>,
+    pub customer_id: Option<Uuid>,
+}
+
+/// Where a booking list stands: its newest-first sort key, `(created_at, booking_id)`.
+pub type BookingKey = (DateTime<Utc>, Uuid);
+
+/// The key a list resumes after, for `row`.
+pub fn booking_key(row: &BookingRow) -> BookingKey {
+    (row.created_at, row.booking_id)
+}
+
+const BOOKING_FILTERS: &str = "($1::text[] IS NULL OR status = ANY($1)) \
+    AND ($2::uuid IS NULL OR car_id = $2) AND ($3::uuid IS NULL OR customer_id = $3)";
+
+/// Up to `limit` bookings matching `filter`, newest first, after `after` (keyset: a booking
+/// made between two pages neither repeats nor shifts a row).
+pub async fn bookings(
+    pool: &PgPool,
+    filter: &BookingFilter,
+    after: Option<BookingKey>,
+    limit: i64,
+) -> Result<Vec<BookingRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {BOOKING_COLUMNS} FROM rm_bookings WHERE {BOOKING_FILTERS} \
+           AND ($4::timestamptz IS NULL OR (created_at, booking_id) < ($4, $5)) \
+         ORDER BY created_at DESC, booking_id DESC LIMIT $6"
+    );
+    sqlx::query_as(&sql)
+        .bind(&filter.statuses)
+        .bind(filter.car_id)
+        .bind(filter.customer_id)
+        .bind(after.map(|a| a.0))
+        .bind(after.map(|a| a.1))
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// How many bookings match `filter`, counted up to `cap` (a list's total is shown, not paid
+/// for in full).
+pub async fn count_bookings(
+    pool: &PgPool,
+    filter: &BookingFilter,
+    cap: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM (SELECT 1 FROM rm_bookings WHERE {BOOKING_FILTERS} LIMIT $4) AS capped"
+    ))
+    .bind(&filter.statuses)
+    .bind(filter.car_id)
+    .bind(filter.customer_id)
+    .bind(cap)
+    .fetch_one(pool)
+    .await
+}
+
+/// Every payment of a booking, oldest first (a booking has a handful: its payment, retries
+/// with other keys, charges for fees; at most 100). Uses `rm_payments_booking_idx`.
+pub async fn payments_of(pool: &PgPool, booking: Uuid) -> Result<Vec<PaymentRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {PAYMENT_COLUMNS} FROM rm_payments WHERE booking_id = $1 \
+         ORDER BY created_at, payment_id LIMIT 100"
+    );
+    sqlx::query_as(&sql).bind(booking).fetch_all(pool).await
+}
+
+/// Whether `customer` has `car` out on a rental now (an ACTIVE booking of it).
+pub async fn renting(pool: &PgPool, customer: Uuid, car: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM rm_bookings \
+           WHERE customer_id = $1 AND car_id = $2 AND status = 'ACTIVE')",
+    )
+    .bind(customer)
+    .bind(car)
+    .fetch_one(pool)
+    .await
+}
+
+/// How many bookings hold or will take a car (HELD, CONFIRMED, ACTIVE), picked up at
+/// `branch` or anywhere.
+pub async fn count_active(pool: &PgPool, branch: Option<&str>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM rm_bookings WHERE status IN ('HELD', 'CONFIRMED', 'ACTIVE') \
+         AND ($1::text IS NULL OR pickup_branch = $1)",
+    )
+    .bind(branch)
+    .fetch_one(pool)
+    .await
+}
+
+/// The log positions of a booking's timeline (its events and its payments'), in commit order,
+/// at most `limit`: read them from the log with `EventStore::read_positions`.
+pub async fn timeline(pool: &PgPool, booking: Uuid, limit: i64) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT global_position FROM rm_booking_timeline WHERE booking_id = $1 \
+         ORDER BY transaction_id, global_position LIMIT $2",
+    )
+    .bind(booking)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }
 
 /// Booking `id`'s row folded from events alone, exactly as this projection writes it: its

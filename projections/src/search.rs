@@ -113,6 +113,212 @@ pub async fn free_cars(
     .await
 }
 
+/// Cars by id (those that exist), in no order: one query for a page's worth of lookups.
+pub async fn cars(pool: &sqlx::PgPool, ids: &[Uuid]) -> Result<Vec<CarView>, sqlx::Error> {
+    let sql = format!("SELECT {CAR_COLUMNS} FROM rm_search_cars c WHERE c.car_id = ANY($1)");
+    sqlx::query_as(&sql).bind(ids).fetch_all(pool).await
+}
+
+/// A search around a point.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Near {
+    pub latitude: f64,
+    pub longitude: f64,
+    pub radius_km: f64,
+}
+
+/// How search results are ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CarOrder {
+    PriceAsc,
+    PriceDesc,
+    /// Nearest first (needs `near`).
+    Distance,
+    /// Best average rating first, unrated last.
+    Rating,
+}
+
+/// What `searchCars` asks: cars free over `[pickup_at, return_at)` (turnarounds included, as
+/// booking decides) matching every filter given. Enum filters are wire names (`SUV`,
+/// `AUTOMATIC`...).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CarQuery {
+    pub pickup_at: DateTime<Utc>,
+    pub return_at: DateTime<Utc>,
+    pub branch: Option<String>,
+    pub near: Option<Near>,
+    pub classes: Option<Vec<String>>,
+    pub min_seats: Option<i32>,
+    /// `(currency, minor units)`: priced in that currency at most that much a day.
+    pub max_daily_rate: Option<(String, i64)>,
+    pub transmission: Option<String>,
+    pub fuel: Option<String>,
+    /// Words of make, model, features, or the branch's name and city.
+    pub text: Option<String>,
+    pub order: CarOrder,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// A car found, and how far it is from `near`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CarHit {
+    pub car: CarView,
+    pub distance_km: Option<f64>,
+}
+
+/// A page of a search: at most `limit` hits, whether more follow, and how many match.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CarPage {
+    pub hits: Vec<CarHit>,
+    pub more: bool,
+    pub total: i64,
+}
+
+/// Great-circle distance in km between `near` and a branch `br`.
+fn haversine_sql(q: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, near: Near) {
+    q.push("(6371.0 * 2 * asin(sqrt(power(sin(radians(br.latitude - ")
+        .push_bind(near.latitude)
+        .push(") / 2), 2) + cos(radians(")
+        .push_bind(near.latitude)
+        .push(")) * cos(radians(br.latitude)) * power(sin(radians(br.longitude - ")
+        .push_bind(near.longitude)
+        .push(") / 2), 2))))");
+}
+
+/// Search the fleet.
+pub async fn find(pool: &sqlx::PgPool, query: &CarQuery) -> Result<CarPage, sqlx::Error> {
+    use sqlx::Row;
+    let mut q: sqlx::QueryBuilder<'_, sqlx::Postgres> = sqlx::QueryBuilder::new("SELECT ");
+    q.push(CAR_COLUMNS).push(", count(*) OVER () AS total, ");
+    match query.near {
+        Some(near) => haversine_sql(&mut q, near),
+        None => {
+            q.push("NULL::double precision");
+        }
+    };
+    // Free as booking decides: no block may reach the pick-up with its turnaround, and the
+    // rental with the turnaround of its branch (where a round trip returns the car) may
+    // reach no block. The `&&` on `period` (widened by the longest turnaround) is what the
+    // GiST index answers; the exact test follows.
+    q.push(
+        " AS distance_km FROM rm_search_cars c JOIN branches br ON br.code = c.branch_code \
+             WHERE NOT c.retired AND NOT EXISTS (SELECT 1 FROM rm_availability_blocks b \
+             WHERE b.car_id = c.car_id AND b.period && tstzrange(",
+    );
+    q.push_bind(query.pickup_at - chrono::Duration::minutes(domain::car::MAX_TURNAROUND_MINUTES))
+        .push(", ")
+        .push_bind(query.return_at)
+        .push(
+            " + make_interval(mins => br.turnaround_minutes)) AND upper(b.period) \
+             + make_interval(mins => b.turnaround_minutes) > ",
+        )
+        .push_bind(query.pickup_at)
+        .push(")");
+    if let Some(code) = &query.branch {
+        q.push(" AND c.branch_code = ").push_bind(code.clone());
+    }
+    if let Some(near) = query.near {
+        q.push(" AND ");
+        haversine_sql(&mut q, near);
+        q.push(" <= ").push_bind(near.radius_km);
+    }
+    if let Some(classes) = &query.classes {
+        q.push(" AND c.class = ANY(")
+            .push_bind(classes.clone())
+            .push(")");
+    }
+    if let Some(seats) = query.min_seats {
+        q.push(" AND c.seats >= ").push_bind(seats);
+    }
+    if let Some((currency, max)) = &query.max_daily_rate {
+        q.push(" AND c.currency = ")
+            .push_bind(currency.clone())
+            .push(" AND c.daily_rate_minor <= ")
+            .push_bind(*max);
+    }
+    if let Some(t) = &query.transmission {
+        q.push(" AND c.transmission = ").push_bind(t.clone());
+    }
+    if let Some(f) = &query.fuel {
+        q.push(" AND c.fuel = ").push_bind(f.clone());
+    }
+    if let Some(text) = &query.text {
+        // Make, model and features, and the branch the car stands at (name and city).
+        q.push(
+            " AND (c.search_vector || to_tsvector('simple', br.name || ' ' || br.city)) \
+             @@ plainto_tsquery('simple', ",
+        )
+        .push_bind(text.clone())
+        .push(")");
+    }
+    q.push(match query.order {
+        CarOrder::PriceAsc => " ORDER BY c.daily_rate_minor, c.car_id",
+        CarOrder::PriceDesc => " ORDER BY c.daily_rate_minor DESC, c.car_id",
+        CarOrder::Distance => " ORDER BY distance_km, c.daily_rate_minor, c.car_id",
+        CarOrder::Rating => {
+            " ORDER BY (c.rating_sum::float8 / nullif(c.review_count, 0)) DESC NULLS LAST, \
+             c.review_count DESC, c.car_id"
+        }
+    });
+    q.push(" LIMIT ")
+        .push_bind(query.limit + 1)
+        .push(" OFFSET ")
+        .push_bind(query.offset);
+    let found = q.build().fetch_all(pool).await?;
+    let total: i64 = match found.first() {
+        Some(r) => r.try_get("total")?,
+        None => 0,
+    };
+    let more = found.len() as i64 > query.limit;
+    let hits = found
+        .iter()
+        .take(usize::try_from(query.limit).unwrap_or(0))
+        .map(|row| {
+            Ok(CarHit {
+                car: sqlx::FromRow::from_row(row)?,
+                distance_km: row.try_get("distance_km")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok(CarPage { hits, more, total })
+}
+
+/// How many cars of `branch` (or of the fleet) are in each status now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetCounts {
+    pub cars: i64,
+    pub available: i64,
+    pub rented: i64,
+    pub maintenance: i64,
+    pub retired: i64,
+}
+
+pub async fn fleet_counts(
+    pool: &sqlx::PgPool,
+    branch: Option<&str>,
+) -> Result<FleetCounts, sqlx::Error> {
+    use sqlx::Row;
+    let row = sqlx::query(&format!(
+        "SELECT count(*) AS cars, count(*) FILTER (WHERE status = 'AVAILABLE') AS available, \
+           count(*) FILTER (WHERE status = 'RENTED') AS rented, \
+           count(*) FILTER (WHERE status = 'MAINTENANCE') AS maintenance, \
+           count(*) FILTER (WHERE status = 'RETIRED') AS retired \
+         FROM (SELECT {CAR_COLUMNS} FROM rm_search_cars c \
+               WHERE $1::text IS NULL OR c.branch_code = $1) s"
+    ))
+    .bind(branch)
+    .fetch_one(pool)
+    .await?;
+    Ok(FleetCounts {
+        cars: row.try_get("cars")?,
+        available: row.try_get("available")?,
+        rented: row.try_get("rented")?,
+        maintenance: row.try_get("maintenance")?,
+        retired: row.try_get("retired")?,
+    })
+}
+
 /// An enum's wire name (`SCREAMING_SNAKE_CASE`, as serde writes it).
 pub fn enum_name<T: Serialize>(value: &T) -> String {
     match serde_json::to_value(value) {

@@ -159,6 +159,49 @@ pub(crate) async fn resume_requested(pool: &PgPool, name: &str) -> Result<bool, 
     Ok(state.as_deref() == Some("resuming"))
 }
 
+/// The state each of `names` last reported (`running`, `failed`...; `None`: never ran), by
+/// name.
+pub async fn states(
+    pool: &PgPool,
+    names: &[String],
+) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT n.name, s.state FROM unnest($1::text[]) AS n(name) \
+         LEFT JOIN projection_status s ON s.name = n.name ORDER BY n.name",
+    )
+    .bind(names)
+    .fetch_all(pool)
+    .await
+}
+
+/// The projections that have failed, by name.
+pub async fn failed(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT name FROM projection_status WHERE state = 'failed' ORDER BY name")
+        .fetch_all(pool)
+        .await
+}
+
+/// Those of `names` whose checkpoint has not reached `target` yet (or that have none), by
+/// name: what a read that must see a command's effect waits for.
+pub async fn behind(
+    pool: &PgPool,
+    names: &[String],
+    target: Checkpoint,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT n.name FROM unnest($1::text[]) AS n(name) \
+         LEFT JOIN projection_checkpoints c ON c.name = n.name \
+         WHERE c.name IS NULL \
+            OR (c.transaction_id, c.global_position) < ($2, $3) \
+         ORDER BY n.name",
+    )
+    .bind(names)
+    .bind(eventstore::Xid8(target.transaction_id))
+    .bind(target.global_position)
+    .fetch_all(pool)
+    .await
+}
+
 pub async fn list(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
     list_where(pool, None).await
 }

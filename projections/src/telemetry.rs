@@ -5,9 +5,10 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use domain::telemetry::{Reading, TelemetryEvent};
 use eventstore::RecordedEvent;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::decode;
@@ -106,4 +107,50 @@ async fn insert(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// A reading as the telemetry read model keeps it (`rm_telemetry_latest`,
+/// `rm_telemetry_readings`).
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct TelemetryRow {
+    pub car_id: Uuid,
+    pub recorded_at: DateTime<Utc>,
+    pub latitude: f64,
+    pub longitude: f64,
+    pub speed_kph: Option<f64>,
+    pub fuel_percent: Option<f64>,
+    pub battery_percent: Option<f64>,
+    pub odometer_km: f64,
+    pub engine_temp_c: Option<f64>,
+}
+
+const TELEMETRY_COLUMNS: &str = "car_id, recorded_at, latitude, longitude, speed_kph, \
+    fuel_percent, battery_percent, odometer_km, engine_temp_c";
+
+/// A car's latest reading.
+pub async fn latest(pool: &PgPool, car: Uuid) -> Result<Option<TelemetryRow>, sqlx::Error> {
+    let sql = format!("SELECT {TELEMETRY_COLUMNS} FROM rm_telemetry_latest WHERE car_id = $1");
+    sqlx::query_as(&sql).bind(car).fetch_optional(pool).await
+}
+
+/// A car's readings recorded in `[from, to)`, oldest first, at most `limit`.
+pub async fn readings(
+    pool: &PgPool,
+    car: Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<TelemetryRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {TELEMETRY_COLUMNS} FROM rm_telemetry_readings \
+         WHERE car_id = $1 AND recorded_at >= $2 AND recorded_at < $3 \
+         ORDER BY recorded_at LIMIT $4"
+    );
+    sqlx::query_as(&sql)
+        .bind(car)
+        .bind(from)
+        .bind(to)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
 }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use commands::branches::{Branch, Branches};
 
-use super::rows::{CAR_COLUMNS, CarRow};
+use super::rows::CarRow;
 use crate::error::AppError;
 
 /// Branches by code.
@@ -33,8 +33,7 @@ impl Loader<Uuid> for CarLoader {
     type Error = AppError;
 
     async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, CarRow>, AppError> {
-        let sql = format!("SELECT {CAR_COLUMNS} FROM rm_search_cars c WHERE c.car_id = ANY($1)");
-        let rows: Vec<CarRow> = sqlx::query_as(&sql).bind(keys).fetch_all(&self.0).await?;
+        let rows = projections::search::cars(&self.0, keys).await?;
         Ok(rows.into_iter().map(|c| (c.car_id, c)).collect())
     }
 }

@@ -4,24 +4,15 @@ use async_graphql::{Context, Json, Object};
 use chrono::{DateTime, NaiveDate, Utc};
 use commands::history::{AsOf, state_at};
 use eventstore::{Checkpoint, RecordedEvent, StreamId};
-use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::rows::{self, BOOKING_COLUMNS, BookingRow, CAR_COLUMNS, CarRow, TELEMETRY_COLUMNS};
+use super::rows::{self, BookingRow};
 use super::types::*;
 use super::{offset_cursor, offset_from, page_size, services, text_arg, weighted};
 use crate::auth::{self, caller};
 use crate::error::{ApiResult, AppError};
 
 /// The columns [`decode_event`] reads, over `events e`.
-pub(crate) const EVENT_COLUMNS: &str = "e.global_position, e.transaction_id, \
-    e.event_id, e.aggregate_type, e.aggregate_id, e.version, e.event_type, e.event_version, \
-    e.payload, e.metadata, e.recorded_at, e.hash";
-
-pub(crate) fn decode_event(row: &sqlx::postgres::PgRow) -> ApiResult<RecordedEvent> {
-    Ok(eventstore::store::decode_event(row)?)
-}
-
 /// The longest period a time-range argument may span.
 const MAX_SPAN_DAYS: i64 = 366;
 
@@ -84,18 +75,11 @@ pub(crate) async fn checkpoint_after(
     if position <= 0 {
         return Ok(Checkpoint::START);
     }
-    let pool = services(ctx)?.store.pool();
-    let txid: Option<eventstore::Xid8> =
-        sqlx::query_scalar("SELECT transaction_id FROM events WHERE global_position = $1")
-            .bind(position)
-            .fetch_optional(pool)
-            .await?;
-    let txid =
-        txid.ok_or_else(|| AppError::bad_input("afterPosition", "no event has this position"))?;
-    Ok(Checkpoint {
-        transaction_id: txid.0,
-        global_position: position,
-    })
+    services(ctx)?
+        .store
+        .checkpoint_of(position)
+        .await?
+        .ok_or_else(|| AppError::bad_input("afterPosition", "no event has this position"))
 }
 
 pub(crate) fn event_cursor(e: &RecordedEvent) -> String {
@@ -163,34 +147,14 @@ async fn booking_page(
 ) -> ApiResult<BookingConnection> {
     let limit = page_size(ctx, first, 20)?;
     let after = booking_after(after.as_deref())?;
-    let statuses: Option<Vec<&str>> =
-        status.map(|s| s.into_iter().map(BookingStatus::as_str).collect());
+    let filter = projections::history::BookingFilter {
+        statuses: status.map(|s| s.into_iter().map(|s| s.as_str().to_owned()).collect()),
+        car_id,
+        customer_id,
+    };
     let pool = services(ctx)?.store.pool();
-    let filters = "($1::text[] IS NULL OR status = ANY($1)) AND ($2::uuid IS NULL OR car_id = $2) \
-           AND ($3::uuid IS NULL OR customer_id = $3)";
-    let sql = format!(
-        "SELECT {BOOKING_COLUMNS} FROM rm_bookings WHERE {filters} \
-           AND ($4::timestamptz IS NULL OR (created_at, booking_id) < ($4, $5)) \
-         ORDER BY created_at DESC, booking_id DESC LIMIT $6"
-    );
-    let found: Vec<BookingRow> = sqlx::query_as(&sql)
-        .bind(&statuses)
-        .bind(car_id)
-        .bind(customer_id)
-        .bind(after.map(|a| a.0))
-        .bind(after.map(|a| a.1))
-        .bind(limit + 1)
-        .fetch_all(pool)
-        .await?;
-    let total: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM (SELECT 1 FROM rm_bookings WHERE {filters} LIMIT $4) AS capped"
-    ))
-    .bind(&statuses)
-    .bind(car_id)
-    .bind(customer_id)
-    .bind(COUNT_CAP)
-    .fetch_one(pool)
-    .await?;
+    let found = projections::history::bookings(pool, &filter, after, limit + 1).await?;
+    let total = projections::history::count_bookings(pool, &filter, COUNT_CAP).await?;
     let has_next = found.len() as i64 > limit;
     let edges: Vec<BookingEdge> = found
         .into_iter()
@@ -211,17 +175,6 @@ async fn booking_page(
         page_info,
         total_count: i32::try_from(total).unwrap_or(i32::MAX),
     })
-}
-
-/// Great-circle distance in km between `(lat, lon)` parameters and a branch `br`.
-fn haversine_sql(q: &mut QueryBuilder<'_, Postgres>, near: GeoPointInput) {
-    q.push("(6371.0 * 2 * asin(sqrt(power(sin(radians(br.latitude - ")
-        .push_bind(near.latitude)
-        .push(") / 2), 2) + cos(radians(")
-        .push_bind(near.latitude)
-        .push(")) * cos(radians(br.latitude)) * power(sin(radians(br.longitude - ")
-        .push_bind(near.longitude)
-        .push(") / 2), 2))))");
 }
 
 pub struct Query;
@@ -279,101 +232,59 @@ impl Query {
             Some(t) => Some(text_arg("text", t, 200)?).filter(|t| !t.is_empty()),
             None => None,
         };
-        let mut q: QueryBuilder<'_, Postgres> = QueryBuilder::new("SELECT ");
-        q.push(CAR_COLUMNS).push(", count(*) OVER () AS total, ");
-        match filter.near {
-            Some(near) => haversine_sql(&mut q, near),
-            None => {
-                q.push("NULL::double precision");
-            }
-        };
-        // Free as booking decides: no block may reach the pick-up with its turnaround, and the
-        // rental with the turnaround of its branch (where a round trip returns the car) may
-        // reach no block. The `&&` on `period` (widened by the longest turnaround) is what the
-        // GiST index answers; the exact test follows.
-        q.push(
-            " AS distance_km FROM rm_search_cars c JOIN branches br ON br.code = c.branch_code \
-                 WHERE NOT c.retired AND NOT EXISTS (SELECT 1 FROM rm_availability_blocks b \
-                 WHERE b.car_id = c.car_id AND b.period && tstzrange(",
-        );
-        q.push_bind(
-            filter.pickup_at - chrono::Duration::minutes(domain::car::MAX_TURNAROUND_MINUTES),
-        )
-        .push(", ")
-        .push_bind(filter.return_at)
-        .push(" + make_interval(mins => br.turnaround_minutes)) AND upper(b.period) + make_interval(mins => b.turnaround_minutes) > ")
-        .push_bind(filter.pickup_at)
-        .push(")");
-        if let Some(code) = &filter.branch_code {
-            q.push(" AND c.branch_code = ")
-                .push_bind(super::branch_code(code));
-        }
-        if let Some(near) = filter.near {
-            q.push(" AND ");
-            haversine_sql(&mut q, near);
-            q.push(" <= ").push_bind(radius);
-        }
-        if let Some(classes) = &filter.classes {
-            let classes: Vec<String> = classes.iter().map(|c| c.as_str().to_owned()).collect();
-            q.push(" AND c.class = ANY(").push_bind(classes).push(")");
-        }
-        if let Some(seats) = filter.min_seats {
-            q.push(" AND c.seats >= ").push_bind(seats);
-        }
-        if let Some(max) = filter.max_daily_rate {
+        let max_daily_rate = match filter.max_daily_rate {
             // In the fleet's currency: prices in another cannot be compared without a rate.
-            let fleet = s.bookings.config().fleet_currency;
-            let max = max
-                .to_minor(fleet)
-                .map_err(|e| AppError::bad_input("maxDailyRate", e))?;
-            if max < 0 {
-                return Err(AppError::bad_input("maxDailyRate", "must not be negative"));
+            Some(max) => {
+                let fleet = s.bookings.config().fleet_currency;
+                let max = max
+                    .to_minor(fleet)
+                    .map_err(|e| AppError::bad_input("maxDailyRate", e))?;
+                if max < 0 {
+                    return Err(AppError::bad_input("maxDailyRate", "must not be negative"));
+                }
+                Some((fleet.as_str().to_owned(), max))
             }
-            q.push(" AND c.currency = ")
-                .push_bind(fleet.as_str().to_owned())
-                .push(" AND c.daily_rate_minor <= ")
-                .push_bind(max);
-        }
-        if let Some(t) = filter.transmission {
-            q.push(" AND c.transmission = ").push_bind(t.as_str());
-        }
-        if let Some(f) = filter.fuel {
-            q.push(" AND c.fuel = ").push_bind(f.as_str());
-        }
-        if let Some(text) = text {
-            // Make, model and features, and the branch the car stands at (name and city).
-            q.push(
-                " AND (c.search_vector || to_tsvector('simple', br.name || ' ' || br.city)) \
-                 @@ plainto_tsquery('simple', ",
-            )
-            .push_bind(text)
-            .push(")");
-        }
-        q.push(match sort {
-            CarSort::PriceAsc => " ORDER BY c.daily_rate_minor, c.car_id",
-            CarSort::PriceDesc => " ORDER BY c.daily_rate_minor DESC, c.car_id",
-            CarSort::Distance => " ORDER BY distance_km, c.daily_rate_minor, c.car_id",
-            CarSort::Rating => " ORDER BY (c.rating_sum::float8 / nullif(c.review_count, 0)) DESC NULLS LAST, c.review_count DESC, c.car_id",
-        });
-        q.push(" LIMIT ")
-            .push_bind(limit + 1)
-            .push(" OFFSET ")
-            .push_bind(offset);
-        let found = q.build().fetch_all(s.store.pool()).await?;
-        let total: i64 = match found.first() {
-            Some(r) => r.try_get("total")?,
-            None => 0,
+            None => None,
         };
-        let has_next = found.len() as i64 > limit;
-        let mut edges = Vec::new();
-        for (i, row) in found.iter().take(limit as usize).enumerate() {
-            let car: CarRow = sqlx::FromRow::from_row(row)?;
-            edges.push(CarEdge {
+        let query = projections::search::CarQuery {
+            pickup_at: filter.pickup_at,
+            return_at: filter.return_at,
+            branch: filter.branch_code.as_deref().map(super::branch_code),
+            near: filter.near.map(|near| projections::search::Near {
+                latitude: near.latitude,
+                longitude: near.longitude,
+                radius_km: radius,
+            }),
+            classes: filter
+                .classes
+                .as_ref()
+                .map(|classes| classes.iter().map(|c| c.as_str().to_owned()).collect()),
+            min_seats: filter.min_seats,
+            max_daily_rate,
+            transmission: filter.transmission.map(|t| t.as_str().to_owned()),
+            fuel: filter.fuel.map(|f| f.as_str().to_owned()),
+            text,
+            order: match sort {
+                CarSort::PriceAsc => projections::search::CarOrder::PriceAsc,
+                CarSort::PriceDesc => projections::search::CarOrder::PriceDesc,
+                CarSort::Distance => projections::search::CarOrder::Distance,
+                CarSort::Rating => projections::search::CarOrder::Rating,
+            },
+            limit,
+            offset,
+        };
+        let page = projections::search::find(s.store.pool(), &query).await?;
+        let (total, has_next) = (page.total, page.more);
+        let edges: Vec<CarEdge> = page
+            .hits
+            .into_iter()
+            .enumerate()
+            .map(|(i, hit)| CarEdge {
                 cursor: offset_cursor(offset + i as i64),
-                node: Car(car),
-                distance_km: row.try_get("distance_km")?,
-            });
-        }
+                node: Car(hit.car),
+                distance_km: hit.distance_km,
+            })
+            .collect();
         let page_info = PageInfo {
             has_next_page: has_next,
             has_previous_page: offset > 0,
@@ -426,42 +337,11 @@ impl Query {
             }
             None => chrono::Duration::minutes(domain::car::LEGACY_TURNAROUND_MINUTES),
         };
-        // Blocks that end up to the longest turnaround before `from` may still hold the car.
-        let blocks: Vec<(DateTime<Utc>, DateTime<Utc>, i32)> = sqlx::query_as(
-            "SELECT lower(period), upper(period), turnaround_minutes FROM rm_availability_blocks \
-             WHERE car_id = $1 AND period && tstzrange($2, $3) ORDER BY lower(period)",
-        )
-        .bind(car_id)
-        .bind(from - chrono::Duration::minutes(domain::car::MAX_TURNAROUND_MINUTES))
-        .bind(to + own)
-        .fetch_all(pool)
-        .await?;
-        let mut free = Vec::new();
-        let mut cursor = from;
-        // Taken: from where this rental's turnaround would reach the block, to the end of the
-        // block's own.
-        for (start, end) in blocks.into_iter().map(|(start, end, turnaround)| {
-            (
-                start - own,
-                end + chrono::Duration::minutes(turnaround.into()),
-            )
-        }) {
-            if start > cursor {
-                free.push(TimeRange {
-                    start: cursor,
-                    end: start.min(to),
-                });
-            }
-            cursor = cursor.max(end);
-        }
-        if cursor < to {
-            free.push(TimeRange {
-                start: cursor,
-                end: to,
-            });
-        }
-        free.retain(|r| r.end > r.start);
-        Ok(free)
+        let free = projections::availability::free_ranges(pool, car_id, from, to, own).await?;
+        Ok(free
+            .into_iter()
+            .map(|(start, end)| TimeRange { start, end })
+            .collect())
     }
 
     /// What booking the car for this window costs, line by line: the same computation
@@ -627,40 +507,21 @@ impl Query {
         let after = checkpoint_after(ctx, after_position.as_deref()).await?;
         let filter = filter.unwrap_or_default();
         let store = &services(ctx)?.store;
-        // Only the filters asked for, so the planner picks the index of each (event type,
-        // aggregate type, aggregate id: each leads an index in commit order).
-        let mut q: QueryBuilder<'_, Postgres> =
-            QueryBuilder::new(format!("SELECT {EVENT_COLUMNS} FROM events e WHERE "));
-        q.push("(e.transaction_id, e.global_position) > (")
-            .push_bind(eventstore::Xid8(after.transaction_id))
-            .push(", ")
-            .push_bind(after.global_position)
-            .push(") AND e.transaction_id < (SELECT log_horizon())");
-        if let Some(types) = &filter.aggregate_types {
-            q.push(" AND e.aggregate_type = ANY(")
-                .push_bind(types)
-                .push(")");
-        }
-        if let Some(types) = &filter.event_types {
-            q.push(" AND e.event_type = ANY(")
-                .push_bind(types)
-                .push(")");
-        }
-        if let Some(id) = &filter.aggregate_id {
-            q.push(" AND e.aggregate_id = ").push_bind(id);
-        }
-        q.push(" ORDER BY e.transaction_id, e.global_position LIMIT ")
-            .push_bind(limit + 1);
-        let found = q.build().fetch_all(store.pool()).await?;
+        let log_filter = eventstore::LogFilter {
+            aggregate_types: filter.aggregate_types.clone(),
+            event_types: filter.event_types.clone(),
+            aggregate_id: filter.aggregate_id.clone(),
+        };
+        let found = store.read_filtered(after, &log_filter, limit + 1).await?;
         let has_next = found.len() as i64 > limit;
-        let mut edges = Vec::new();
-        for row in found.iter().take(limit as usize) {
-            let event = store.upcasters().upcast(decode_event(row)?)?;
-            edges.push(EventEdge {
+        let edges: Vec<EventEdge> = found
+            .into_iter()
+            .take(limit as usize)
+            .map(|event| EventEdge {
                 cursor: event_cursor(&event),
                 node: EventRecord(event),
-            });
-        }
+            })
+            .collect();
         Ok(EventConnection::new(
             edges,
             has_next,
@@ -764,59 +625,35 @@ impl Query {
         caller(ctx)?.require(auth::ANALYTICS)?;
         let branch_code = branch_code.as_deref().map(super::branch_code);
         check_dates(from, to)?;
-        let found = sqlx::query(
-            "WITH m AS ( \
-               SELECT day, currency, sum(bookings_created)::int8 AS created, \
-                 sum(bookings_cancelled)::int8 AS cancelled, sum(rentals_started)::int8 AS started, \
-                 sum(rentals_completed)::int8 AS completed, sum(revenue_minor)::int8 AS revenue, \
-                 sum(refunds_minor)::int8 AS refunds, sum(earned_minor)::int8 AS earned, \
-                 sum(rented_seconds)::int8 AS rented, \
-                 sum(rental_days_sum)::int8 AS rental_days \
-               FROM rm_daily_metrics WHERE day BETWEEN $1 AND $2 \
-                 AND ($3::text IS NULL OR branch_code = $3) GROUP BY day, currency), \
-             avail AS ( \
-               SELECT m.day, coalesce(sum(extract(epoch FROM \
-                   least(coalesce(c.retired_at, 'infinity'), ((m.day + 1)::timestamp AT TIME ZONE 'UTC')) \
-                 - greatest(c.registered_at, (m.day::timestamp AT TIME ZONE 'UTC')))), 0)::float8 AS secs \
-               FROM (SELECT DISTINCT day FROM m) m JOIN rm_analytics_cars c \
-                 ON c.registered_at < ((m.day + 1)::timestamp AT TIME ZONE 'UTC') \
-                AND coalesce(c.retired_at, 'infinity') > (m.day::timestamp AT TIME ZONE 'UTC') \
-                AND ($3::text IS NULL OR c.branch_code = $3) \
-               GROUP BY m.day) \
-             SELECT m.*, coalesce(avail.secs, 0) AS available \
-             FROM m LEFT JOIN avail USING (day) ORDER BY m.day, m.currency",
+        let days = projections::analytics::days(
+            services(ctx)?.store.pool(),
+            from,
+            to,
+            branch_code.as_deref(),
         )
-        .bind(from)
-        .bind(to)
-        .bind(&branch_code)
-        .fetch_all(services(ctx)?.store.pool())
         .await?;
-        let mut out = Vec::new();
-        for r in found {
-            let currency: String = r.try_get("currency")?;
-            let completed: i64 = r.try_get("completed")?;
-            let rented: i64 = r.try_get("rented")?;
-            let available: f64 = r.try_get("available")?;
-            let rental_days: i64 = r.try_get("rental_days")?;
-            let count = |v: i64| i32::try_from(v).unwrap_or(i32::MAX);
-            out.push(DailyMetrics {
-                date: r.try_get("day")?,
+        let count = |v: i64| i32::try_from(v).unwrap_or(i32::MAX);
+        let out = days
+            .into_iter()
+            .map(|d| DailyMetrics {
+                date: d.day,
                 branch_code: branch_code.clone(),
-                bookings_created: count(r.try_get("created")?),
-                bookings_cancelled: count(r.try_get("cancelled")?),
-                rentals_started: count(r.try_get("started")?),
-                rentals_completed: count(completed),
-                revenue: Money::new(r.try_get("revenue")?, &currency),
-                refunds: Money::new(r.try_get("refunds")?, &currency),
-                earned: Money::new(r.try_get("earned")?, &currency),
-                utilization: if available > 0.0 {
-                    (rented as f64 / available).clamp(0.0, 1.0)
+                bookings_created: count(d.bookings_created),
+                bookings_cancelled: count(d.bookings_cancelled),
+                rentals_started: count(d.rentals_started),
+                rentals_completed: count(d.rentals_completed),
+                revenue: Money::new(d.revenue_minor, &d.currency),
+                refunds: Money::new(d.refunds_minor, &d.currency),
+                earned: Money::new(d.earned_minor, &d.currency),
+                utilization: if d.available_seconds > 0.0 {
+                    (d.rented_seconds as f64 / d.available_seconds).clamp(0.0, 1.0)
                 } else {
                     0.0
                 },
-                average_rental_days: (completed > 0).then(|| rental_days as f64 / completed as f64),
-            });
-        }
+                average_rental_days: (d.rentals_completed > 0)
+                    .then(|| d.rental_days as f64 / d.rentals_completed as f64),
+            })
+            .collect();
         Ok(out)
     }
 
@@ -836,34 +673,29 @@ impl Query {
         let limit = page_size(ctx, first, 20)?;
         let period_secs = ((to - from).num_days() + 1) as f64 * 86_400.0;
         let pool = services(ctx)?.store.pool();
-        let found = sqlx::query(
-            "SELECT car_id, min(currency) AS currency, sum(rented_seconds)::int8 AS rented, \
-               sum(revenue_minor)::int8 AS revenue, sum(earned_minor)::int8 AS earned, \
-               sum(distance_km)::float8 AS distance \
-             FROM rm_car_daily WHERE day BETWEEN $1 AND $2 AND ($3::text IS NULL OR branch_code = $3) \
-             GROUP BY car_id ORDER BY rented DESC, car_id LIMIT $4",
+        let found = projections::analytics::cars_by_rented_time(
+            pool,
+            from,
+            to,
+            branch_code.as_deref(),
+            limit,
         )
-        .bind(from)
-        .bind(to)
-        .bind(&branch_code)
-        .bind(limit)
-        .fetch_all(pool)
         .await?;
+        let cars =
+            projections::search::cars(pool, &found.iter().map(|f| f.car_id).collect::<Vec<_>>())
+                .await?;
         let mut out = Vec::new();
-        for r in found {
-            let car_id: Uuid = r.try_get("car_id")?;
-            let Some(car) = rows::car(pool, car_id).await? else {
+        for figures in found {
+            let Some(car) = cars.iter().find(|c| c.car_id == figures.car_id) else {
                 continue;
             };
-            let rented: i64 = r.try_get("rented")?;
-            let currency: String = r.try_get("currency")?;
             out.push(CarUtilization {
-                car: Car(car),
-                rented_hours: rented as f64 / 3600.0,
-                utilization: (rented as f64 / period_secs).clamp(0.0, 1.0),
-                revenue: Money::new(r.try_get("revenue")?, &currency),
-                earned: Money::new(r.try_get("earned")?, &currency),
-                distance_km: r.try_get("distance")?,
+                car: Car(car.clone()),
+                rented_hours: figures.rented_seconds as f64 / 3600.0,
+                utilization: (figures.rented_seconds as f64 / period_secs).clamp(0.0, 1.0),
+                revenue: Money::new(figures.revenue_minor, &figures.currency),
+                earned: Money::new(figures.earned_minor, &figures.currency),
+                distance_km: figures.distance_km,
             });
         }
         Ok(out)
@@ -877,31 +709,15 @@ impl Query {
         caller(ctx)?.require(auth::ANALYTICS)?;
         let branch_code = branch_code.as_deref().map(super::branch_code);
         let pool = services(ctx)?.store.pool();
-        let row = sqlx::query(&format!(
-            "SELECT count(*) AS cars, count(*) FILTER (WHERE status = 'AVAILABLE') AS available, \
-               count(*) FILTER (WHERE status = 'RENTED') AS rented, \
-               count(*) FILTER (WHERE status = 'MAINTENANCE') AS maintenance, \
-               count(*) FILTER (WHERE status = 'RETIRED') AS retired \
-             FROM (SELECT {CAR_COLUMNS} FROM rm_search_cars c \
-                   WHERE $1::text IS NULL OR c.branch_code = $1) s"
-        ))
-        .bind(&branch_code)
-        .fetch_one(pool)
-        .await?;
-        let active: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM rm_bookings WHERE status IN ('HELD', 'CONFIRMED', 'ACTIVE') \
-             AND ($1::text IS NULL OR pickup_branch = $1)",
-        )
-        .bind(&branch_code)
-        .fetch_one(pool)
-        .await?;
+        let counts = projections::search::fleet_counts(pool, branch_code.as_deref()).await?;
+        let active = projections::history::count_active(pool, branch_code.as_deref()).await?;
         let n = |v: i64| i32::try_from(v).unwrap_or(i32::MAX);
         Ok(FleetSummary {
-            cars: n(row.try_get("cars")?),
-            available: n(row.try_get("available")?),
-            rented: n(row.try_get("rented")?),
-            in_maintenance: n(row.try_get("maintenance")?),
-            retired: n(row.try_get("retired")?),
+            cars: n(counts.cars),
+            available: n(counts.available),
+            rented: n(counts.rented),
+            in_maintenance: n(counts.maintenance),
+            retired: n(counts.retired),
             active_bookings: n(active),
         })
     }
@@ -921,17 +737,14 @@ impl Query {
         if !(1..=5_000).contains(&first) {
             return Err(AppError::bad_input("first", "must be between 1 and 5000"));
         }
-        let sql = format!(
-            "SELECT {TELEMETRY_COLUMNS} FROM rm_telemetry_readings \
-             WHERE car_id = $1 AND recorded_at >= $2 AND recorded_at < $3 ORDER BY recorded_at LIMIT $4"
-        );
-        let found: Vec<rows::TelemetryRow> = sqlx::query_as(&sql)
-            .bind(car_id)
-            .bind(from)
-            .bind(to)
-            .bind(i64::from(first))
-            .fetch_all(services(ctx)?.store.pool())
-            .await?;
+        let found = projections::telemetry::readings(
+            services(ctx)?.store.pool(),
+            car_id,
+            from,
+            to,
+            i64::from(first),
+        )
+        .await?;
         Ok(found.into_iter().map(TelemetryReading::from).collect())
     }
 

@@ -261,15 +261,7 @@ impl Car {
         let (me, role) = caller(ctx)?.user()?;
         let pool = services(ctx)?.store.pool();
         if !auth::LIVE_POSITION_READERS.contains(&role) {
-            let renting: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM rm_bookings \
-                   WHERE customer_id = $1 AND car_id = $2 AND status = 'ACTIVE')",
-            )
-            .bind(me)
-            .bind(self.0.car_id)
-            .fetch_one(pool)
-            .await?;
-            if !renting {
+            if !projections::history::renting(pool, me, self.0.car_id).await? {
                 return Err(AppError::Forbidden);
             }
         }
@@ -295,16 +287,7 @@ impl Car {
             return Err(AppError::bad_input("to", "must be after from"));
         }
         let pool = services(ctx)?.store.pool();
-        let rows: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT lower(period), upper(period) FROM rm_availability_blocks \
-             WHERE car_id = $1 AND kind = 'RESERVATION' AND period && tstzrange($2, $3) \
-             ORDER BY lower(period)",
-        )
-        .bind(self.0.car_id)
-        .bind(from)
-        .bind(to)
-        .fetch_all(pool)
-        .await?;
+        let rows = projections::availability::reservations(pool, self.0.car_id, from, to).await?;
         Ok(rows
             .into_iter()
             .map(|(start, end)| TimeRange { start, end })
@@ -653,7 +636,8 @@ impl Booking {
     async fn timeline(&self, ctx: &Context<'_>) -> ApiResult<Vec<EventRecord>> {
         let (_, role) = caller(ctx)?.require_owner_or(self.0.customer_id, auth::BOOKING_READERS)?;
         let redact = !auth::BOOKING_READERS.contains(&role);
-        let events = timeline_events(services(ctx)?.store.pool(), self.0.booking_id).await?;
+        let events =
+            timeline_events(&services(ctx)?.store, self.0.booking_id, Logged::AsStored).await?;
         Ok(events
             .into_iter()
             .map(|mut event| {
@@ -669,29 +653,33 @@ impl Booking {
     /// paid, confirmed, picked up, returned, refunded... Internal steps and every event
     /// payload stay out; staff and auditors read the raw events in `timeline`.
     async fn activity(&self, ctx: &Context<'_>) -> ApiResult<Vec<BookingActivity>> {
-        let events = timeline_events(services(ctx)?.store.pool(), self.0.booking_id).await?;
+        let events =
+            timeline_events(&services(ctx)?.store, self.0.booking_id, Logged::Upcast).await?;
         Ok(events.iter().filter_map(activity::entry).collect())
     }
 }
 
+/// How a timeline's events are read: as the log holds them (what auditors see), or upcast to
+/// today's shapes (what the activity reads its fields from).
+#[derive(Clone, Copy)]
+enum Logged {
+    AsStored,
+    Upcast,
+}
+
 /// The events of a booking's timeline, in commit order (a booking has a few dozen at most;
-/// the bound keeps a pathological one from costing more).
+/// the bound keeps a pathological one from costing more): the read side knows where they
+/// are, the log has them.
 async fn timeline_events(
-    pool: &sqlx::PgPool,
+    store: &eventstore::EventStore,
     booking: Uuid,
+    logged: Logged,
 ) -> ApiResult<Vec<eventstore::RecordedEvent>> {
-    let rows = sqlx::query(&format!(
-        "SELECT {} FROM rm_booking_timeline t JOIN events e \
-           ON e.global_position = t.global_position \
-         WHERE t.booking_id = $1 ORDER BY t.transaction_id, t.global_position LIMIT 1000",
-        crate::schema::query::EVENT_COLUMNS
-    ))
-    .bind(booking)
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(crate::schema::query::decode_event)
-        .collect()
+    let positions = projections::history::timeline(store.pool(), booking, 1_000).await?;
+    Ok(match logged {
+        Logged::AsStored => store.read_positions_raw(&positions).await?,
+        Logged::Upcast => store.read_positions(&positions).await?,
+    })
 }
 
 /// `[{"label": .., "amount_minor": ..}]` as price lines.
