@@ -1068,3 +1068,125 @@ async fn a_branch_in_its_own_currency_keeps_its_cars_in_it() {
     );
     app.shutdown().await;
 }
+
+/// `searchCars` pages by keyset in each order: a car added before the cursor and a car booked
+/// after it between two pages neither repeat a row nor shift one out (paging by offset showed
+/// the 20.00 car twice here); paging one car at a time gives every order exactly as one big
+/// page does (distances and ratings resume exactly); cursors are checked.
+#[tokio::test]
+async fn car_search_pages_by_keyset_so_changes_between_pages_repeat_or_skip_nothing() {
+    let app = TestApp::start().await;
+    app.add_branch("LIS", 38.7223, -9.1393).await;
+    app.add_branch("OPO", 41.1579, -8.6291).await;
+    let mut cars = Vec::new();
+    for (branch, rate) in [
+        ("LIS", "10.00"),
+        ("OPO", "20.00"),
+        ("LIS", "30.00"),
+        ("OPO", "40.00"),
+        ("LIS", "50.00"),
+    ] {
+        cars.push(app.add_car(branch, "Fiat", rate).await);
+    }
+    let (from, until) = (at(3, 0), at(5, 0));
+    let search = |sort: &'static str, first: i64, after: Option<String>| {
+        let (app, from, until) = (&app, from.clone(), until.clone());
+        async move {
+            let (_, body) = app
+                .post(
+                    None,
+                    "query($f: DateTime!, $t: DateTime!, $s: CarSort!, $n: Int!, $a: String) {
+                        searchCars(filter: { pickupAt: $f, returnAt: $t, sort: $s,
+                            near: { latitude: 38.7, longitude: -9.1 }, radiusKm: 1000 },
+                            first: $n, after: $a) {
+                          totalCount edges { cursor node { dailyRate { amount } } }
+                          pageInfo { hasNextPage endCursor } } }",
+                    json!({ "f": from, "t": until, "s": sort, "n": first, "a": after }),
+                )
+                .await;
+            body
+        }
+    };
+    let rates = |body: &serde_json::Value| -> Vec<String> {
+        body["data"]["searchCars"]["edges"]
+            .as_array()
+            .map(|edges| {
+                edges
+                    .iter()
+                    .map(|e| {
+                        e["node"]["dailyRate"]["amount"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let end = |body: &serde_json::Value| {
+        body["data"]["searchCars"]["pageInfo"]["endCursor"]
+            .as_str()
+            .map(str::to_owned)
+    };
+
+    let first = search("PRICE_ASC", 2, None).await;
+    assert_eq!(rates(&first), ["10.00", "20.00"], "{first:#}");
+    assert_eq!(first["data"]["searchCars"]["totalCount"], 5);
+    // Between the pages: a cheaper car arrives, the 40.00 car is booked over the window.
+    app.add_car("LIS", "Seat", "15.00").await;
+    let (customer, _) = app.register("pages-cars@fleet.test").await;
+    app.ok(
+        Some(&customer),
+        "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+        json!({ "i": { "carId": cars[3], "pickupAt": from, "returnAt": until } }),
+    )
+    .await;
+    let second = search("PRICE_ASC", 2, end(&first)).await;
+    assert_eq!(rates(&second), ["30.00", "50.00"], "{second:#}");
+    assert_eq!(
+        second["data"]["searchCars"]["pageInfo"]["hasNextPage"],
+        false
+    );
+    assert_eq!(second["data"]["searchCars"]["totalCount"], 5);
+
+    // One car at a time, every order reads as one page of all.
+    for sort in ["PRICE_ASC", "PRICE_DESC", "DISTANCE", "RATING"] {
+        let all = rates(&search(sort, 100, None).await);
+        assert_eq!(all.len(), 5, "{sort}: {all:?}");
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = search(sort, 1, after.clone()).await;
+            paged.extend(rates(&page));
+            if page["data"]["searchCars"]["pageInfo"]["hasNextPage"] != true {
+                break;
+            }
+            after = end(&page);
+        }
+        assert_eq!(paged, all, "{sort}");
+    }
+    // Nearest first: Lisbon's cars (cheapest first among them), then Porto's.
+    assert_eq!(
+        rates(&search("DISTANCE", 100, None).await),
+        ["10.00", "15.00", "30.00", "50.00", "20.00"]
+    );
+
+    // A cursor of another order, or none at all, is refused.
+    let price_cursor = end(&first);
+    for (sort, after) in [
+        ("DISTANCE", price_cursor.clone()),
+        ("PRICE_ASC", Some("o:2".to_owned())),
+        ("PRICE_ASC", Some("c:near:zz:1:x".to_owned())),
+    ] {
+        let body = search(sort, 2, after).await;
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+            "{sort}: {body:#}"
+        );
+        assert_eq!(
+            body["errors"][0]["extensions"]["field"], "after",
+            "{body:#}"
+        );
+    }
+    app.shutdown().await;
+}

@@ -138,6 +138,84 @@ pub enum CarOrder {
     Rating,
 }
 
+/// Where a search page ends, in the order it was asked for: the next page starts after it
+/// (keyset), so cars added, changed or booked between two pages are neither repeated nor
+/// skipped unless they moved in the order themselves.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CarAfter {
+    PriceAsc {
+        rate: i64,
+        id: Uuid,
+    },
+    PriceDesc {
+        rate: i64,
+        id: Uuid,
+    },
+    Distance {
+        km: f64,
+        rate: i64,
+        id: Uuid,
+    },
+    /// `score`: the average rating, -1 for a car without reviews (they come last).
+    Rating {
+        score: f64,
+        reviews: i32,
+        id: Uuid,
+    },
+}
+
+impl CarAfter {
+    /// The order this cursor belongs to.
+    pub fn order(&self) -> CarOrder {
+        match self {
+            Self::PriceAsc { .. } => CarOrder::PriceAsc,
+            Self::PriceDesc { .. } => CarOrder::PriceDesc,
+            Self::Distance { .. } => CarOrder::Distance,
+            Self::Rating { .. } => CarOrder::Rating,
+        }
+    }
+
+    /// As an opaque cursor (floats by their bits, so a cursor reads back exactly).
+    pub fn to_cursor(&self) -> String {
+        match self {
+            Self::PriceAsc { rate, id } => format!("c:asc:{rate}:{id}"),
+            Self::PriceDesc { rate, id } => format!("c:desc:{rate}:{id}"),
+            Self::Distance { km, rate, id } => format!("c:near:{:x}:{rate}:{id}", km.to_bits()),
+            Self::Rating { score, reviews, id } => {
+                format!("c:rating:{:x}:{reviews}:{id}", score.to_bits())
+            }
+        }
+    }
+
+    /// A cursor [`CarAfter::to_cursor`] wrote; `None` for anything else.
+    pub fn from_cursor(cursor: &str) -> Option<Self> {
+        let parts: Vec<&str> = cursor.strip_prefix("c:")?.split(':').collect();
+        let float = |hex: &str| u64::from_str_radix(hex, 16).ok().map(f64::from_bits);
+        let id = |text: &str| Uuid::try_parse(text).ok();
+        match parts.as_slice() {
+            ["asc", rate, car] => Some(Self::PriceAsc {
+                rate: rate.parse().ok()?,
+                id: id(car)?,
+            }),
+            ["desc", rate, car] => Some(Self::PriceDesc {
+                rate: rate.parse().ok()?,
+                id: id(car)?,
+            }),
+            ["near", km, rate, car] => Some(Self::Distance {
+                km: float(km).filter(|k| k.is_finite())?,
+                rate: rate.parse().ok()?,
+                id: id(car)?,
+            }),
+            ["rating", score, reviews, car] => Some(Self::Rating {
+                score: float(score).filter(|s| s.is_finite())?,
+                reviews: reviews.parse().ok()?,
+                id: id(car)?,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// What `searchCars` asks: cars free over `[pickup_at, return_at)` (turnarounds included, as
 /// booking decides) matching every filter given. Enum filters are wire names (`SUV`,
 /// `AUTOMATIC`...).
@@ -156,23 +234,24 @@ pub struct CarQuery {
     /// Words of make, model, features, or the branch's name and city.
     pub text: Option<String>,
     pub order: CarOrder,
+    /// Resume after this car (its order must be `order`).
+    pub after: Option<CarAfter>,
     pub limit: i64,
-    pub offset: i64,
 }
 
-/// A car found, and how far it is from `near`.
+/// A car found, how far it is from `near`, and where a page ending at it resumes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CarHit {
     pub car: CarView,
     pub distance_km: Option<f64>,
+    pub after: CarAfter,
 }
 
-/// A page of a search: at most `limit` hits, whether more follow, and how many match.
+/// A page of a search: at most `limit` hits, and whether more follow.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CarPage {
     pub hits: Vec<CarHit>,
     pub more: bool,
-    pub total: i64,
 }
 
 /// Great-circle distance in km between `near` and a branch `br`.
@@ -186,23 +265,17 @@ fn haversine_sql(q: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, near: Near) {
         .push(") / 2), 2))))");
 }
 
-/// Search the fleet.
-pub async fn find(pool: &sqlx::PgPool, query: &CarQuery) -> Result<CarPage, sqlx::Error> {
-    use sqlx::Row;
-    let mut q: sqlx::QueryBuilder<'_, sqlx::Postgres> = sqlx::QueryBuilder::new("SELECT ");
-    q.push(CAR_COLUMNS).push(", count(*) OVER () AS total, ");
-    match query.near {
-        Some(near) => haversine_sql(&mut q, near),
-        None => {
-            q.push("NULL::double precision");
-        }
-    };
+/// The average rating as the Rating order sorts it: -1 without reviews.
+const SCORE_SQL: &str = "coalesce(c.rating_sum::float8 / nullif(c.review_count, 0), -1)";
+
+/// `FROM … WHERE …` of the cars `query` matches (its window and filters; no cursor).
+fn push_matching(q: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, query: &CarQuery) {
     // Free as booking decides: no block may reach the pick-up with its turnaround, and the
     // rental with the turnaround of its branch (where a round trip returns the car) may
     // reach no block. The `&&` on `period` (widened by the longest turnaround) is what the
     // GiST index answers; the exact test follows.
     q.push(
-        " AS distance_km FROM rm_search_cars c JOIN branches br ON br.code = c.branch_code \
+        " FROM rm_search_cars c JOIN branches br ON br.code = c.branch_code \
              WHERE NOT c.retired AND NOT EXISTS (SELECT 1 FROM rm_availability_blocks b \
              WHERE b.car_id = c.car_id AND b.period && tstzrange(",
     );
@@ -220,7 +293,7 @@ pub async fn find(pool: &sqlx::PgPool, query: &CarQuery) -> Result<CarPage, sqlx
     }
     if let Some(near) = query.near {
         q.push(" AND ");
-        haversine_sql(&mut q, near);
+        haversine_sql(q, near);
         q.push(" <= ").push_bind(near.radius_km);
     }
     if let Some(classes) = &query.classes {
@@ -252,36 +325,133 @@ pub async fn find(pool: &sqlx::PgPool, query: &CarQuery) -> Result<CarPage, sqlx
         .push_bind(text.clone())
         .push(")");
     }
+}
+
+/// Why a search cannot run as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("the cursor belongs to another order")]
+    CursorOrder,
+    #[error("the DISTANCE order needs a point to measure from")]
+    DistanceWithoutPoint,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Search the fleet: one page, in `query.order`, after `query.after`.
+pub async fn find(pool: &sqlx::PgPool, query: &CarQuery) -> Result<CarPage, SearchError> {
+    use sqlx::Row;
+    if query.after.is_some_and(|a| a.order() != query.order) {
+        return Err(SearchError::CursorOrder);
+    }
+    let mut q: sqlx::QueryBuilder<'_, sqlx::Postgres> = sqlx::QueryBuilder::new("SELECT ");
+    q.push(CAR_COLUMNS).push(", ");
+    match query.near {
+        Some(near) => haversine_sql(&mut q, near),
+        None => {
+            q.push("NULL::double precision");
+        }
+    };
+    q.push(" AS distance_km, ")
+        .push(SCORE_SQL)
+        .push(" AS score");
+    push_matching(&mut q, query);
+    match query.after {
+        None => {}
+        Some(CarAfter::PriceAsc { rate, id }) => {
+            q.push(" AND (c.daily_rate_minor, c.car_id) > (")
+                .push_bind(rate)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
+        }
+        Some(CarAfter::PriceDesc { rate, id }) => {
+            q.push(" AND (c.daily_rate_minor < ")
+                .push_bind(rate)
+                .push(" OR (c.daily_rate_minor = ")
+                .push_bind(rate)
+                .push(" AND c.car_id > ")
+                .push_bind(id)
+                .push("))");
+        }
+        Some(CarAfter::Distance { km, rate, id }) => {
+            let near = query.near.ok_or(SearchError::DistanceWithoutPoint)?;
+            q.push(" AND (");
+            haversine_sql(&mut q, near);
+            q.push(" > ").push_bind(km).push(" OR (");
+            haversine_sql(&mut q, near);
+            q.push(" = ")
+                .push_bind(km)
+                .push(" AND (c.daily_rate_minor, c.car_id) > (")
+                .push_bind(rate)
+                .push(", ")
+                .push_bind(id)
+                .push(")))");
+        }
+        Some(CarAfter::Rating { score, reviews, id }) => {
+            q.push(" AND (")
+                .push(SCORE_SQL)
+                .push(" < ")
+                .push_bind(score)
+                .push(" OR (")
+                .push(SCORE_SQL)
+                .push(" = ")
+                .push_bind(score)
+                .push(" AND (c.review_count < ")
+                .push_bind(reviews)
+                .push(" OR (c.review_count = ")
+                .push_bind(reviews)
+                .push(" AND c.car_id > ")
+                .push_bind(id)
+                .push("))))");
+        }
+    }
     q.push(match query.order {
         CarOrder::PriceAsc => " ORDER BY c.daily_rate_minor, c.car_id",
         CarOrder::PriceDesc => " ORDER BY c.daily_rate_minor DESC, c.car_id",
         CarOrder::Distance => " ORDER BY distance_km, c.daily_rate_minor, c.car_id",
-        CarOrder::Rating => {
-            " ORDER BY (c.rating_sum::float8 / nullif(c.review_count, 0)) DESC NULLS LAST, \
-             c.review_count DESC, c.car_id"
-        }
+        CarOrder::Rating => " ORDER BY score DESC, c.review_count DESC, c.car_id",
     });
-    q.push(" LIMIT ")
-        .push_bind(query.limit + 1)
-        .push(" OFFSET ")
-        .push_bind(query.offset);
+    q.push(" LIMIT ").push_bind(query.limit + 1);
     let found = q.build().fetch_all(pool).await?;
-    let total: i64 = match found.first() {
-        Some(r) => r.try_get("total")?,
-        None => 0,
-    };
     let more = found.len() as i64 > query.limit;
-    let hits = found
-        .iter()
-        .take(usize::try_from(query.limit).unwrap_or(0))
-        .map(|row| {
-            Ok(CarHit {
-                car: sqlx::FromRow::from_row(row)?,
-                distance_km: row.try_get("distance_km")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
-    Ok(CarPage { hits, more, total })
+    let mut hits = Vec::new();
+    for row in found.iter().take(usize::try_from(query.limit).unwrap_or(0)) {
+        let car: CarView = sqlx::FromRow::from_row(row)?;
+        let distance_km: Option<f64> = row.try_get("distance_km")?;
+        let score: f64 = row.try_get("score")?;
+        let (rate, id) = (car.daily_rate_minor, car.car_id);
+        let after = match query.order {
+            CarOrder::PriceAsc => CarAfter::PriceAsc { rate, id },
+            CarOrder::PriceDesc => CarAfter::PriceDesc { rate, id },
+            CarOrder::Distance => CarAfter::Distance {
+                km: distance_km.ok_or(SearchError::DistanceWithoutPoint)?,
+                rate,
+                id,
+            },
+            CarOrder::Rating => CarAfter::Rating {
+                score,
+                reviews: car.review_count,
+                id,
+            },
+        };
+        hits.push(CarHit {
+            car,
+            distance_km,
+            after,
+        });
+    }
+    Ok(CarPage { hits, more })
+}
+
+/// How many cars `query` matches (its window and filters), counted up to `cap`: a total shown
+/// beside a page, exact when small and never more work than `cap` matches.
+pub async fn count(pool: &sqlx::PgPool, query: &CarQuery, cap: i64) -> Result<i64, sqlx::Error> {
+    let mut q: sqlx::QueryBuilder<'_, sqlx::Postgres> =
+        sqlx::QueryBuilder::new("SELECT count(*) FROM (SELECT 1");
+    push_matching(&mut q, query);
+    q.push(" LIMIT ").push_bind(cap).push(") AS capped");
+    q.build_query_scalar().fetch_one(pool).await
 }
 
 /// How many cars of `branch` (or of the fleet) are in each status now.

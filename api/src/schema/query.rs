@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::rows::{self, BookingRow};
 use super::types::*;
-use super::{offset_cursor, offset_from, page_size, services, text_arg, weighted};
+use super::{page_size, services, text_arg, weighted};
 use crate::auth::{self, caller};
 use crate::error::{ApiResult, AppError};
 
@@ -154,7 +154,12 @@ async fn booking_page(
     };
     let pool = services(ctx)?.store.pool();
     let found = projections::history::bookings(pool, &filter, after, limit + 1).await?;
-    let total = projections::history::count_bookings(pool, &filter, COUNT_CAP).await?;
+    // Counted only when asked for, and only up to the cap.
+    let total = if ctx.look_ahead().field("totalCount").exists() {
+        projections::history::count_bookings(pool, &filter, COUNT_CAP).await?
+    } else {
+        0
+    };
     let has_next = found.len() as i64 > limit;
     let edges: Vec<BookingEdge> = found
         .into_iter()
@@ -206,7 +211,13 @@ impl Query {
         after: Option<String>,
     ) -> ApiResult<CarConnection> {
         let limit = page_size(ctx, first, 20)?;
-        let offset = offset_from(after.as_deref())?;
+        let after = after
+            .as_deref()
+            .map(|cursor| {
+                projections::search::CarAfter::from_cursor(cursor)
+                    .ok_or_else(|| AppError::bad_input("after", "not a cursor from searchCars"))
+            })
+            .transpose()?;
         check_window("pickupAt", filter.pickup_at, "returnAt", filter.return_at)?;
         let s = services(ctx)?;
         let radius = filter.radius_km.unwrap_or(25.0);
@@ -270,24 +281,34 @@ impl Query {
                 CarSort::Distance => projections::search::CarOrder::Distance,
                 CarSort::Rating => projections::search::CarOrder::Rating,
             },
+            after,
             limit,
-            offset,
         };
-        let page = projections::search::find(s.store.pool(), &query).await?;
-        let (total, has_next) = (page.total, page.more);
+        let page = projections::search::find(s.store.pool(), &query)
+            .await
+            .map_err(|e| match e {
+                projections::search::SearchError::Database(db) => AppError::from(db),
+                other => AppError::bad_input("after", other.to_string()),
+            })?;
+        // Counted only when asked for, and only up to the cap.
+        let total = if ctx.look_ahead().field("totalCount").exists() {
+            projections::search::count(s.store.pool(), &query, COUNT_CAP).await?
+        } else {
+            0
+        };
+        let has_next = page.more;
         let edges: Vec<CarEdge> = page
             .hits
             .into_iter()
-            .enumerate()
-            .map(|(i, hit)| CarEdge {
-                cursor: offset_cursor(offset + i as i64),
+            .map(|hit| CarEdge {
+                cursor: hit.after.to_cursor(),
                 node: Car(hit.car),
                 distance_km: hit.distance_km,
             })
             .collect();
         let page_info = PageInfo {
             has_next_page: has_next,
-            has_previous_page: offset > 0,
+            has_previous_page: after.is_some(),
             start_cursor: edges.first().map(|e| e.cursor.clone()),
             end_cursor: edges.last().map(|e| e.cursor.clone()),
         };

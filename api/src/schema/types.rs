@@ -329,10 +329,14 @@ pub struct CarEdge {
     pub distance_km: Option<f64>,
 }
 
+/// A page of cars. `cursor`s resume in the same order (keyset): cars booked, added or changed
+/// between two pages are neither repeated nor skipped unless they moved in the order.
 #[derive(SimpleObject)]
 pub struct CarConnection {
     pub edges: Vec<CarEdge>,
     pub page_info: PageInfo,
+    /// How many cars match, counted up to 10,000 (a larger match shows 10,000); computed only
+    /// when asked for.
     pub total_count: i32,
 }
 
