@@ -113,6 +113,7 @@ async fn measure(
         days: 365,
         seed: Some(1),
         chunk: 5_000,
+        branches: 4,
     };
     let customers: Vec<Uuid> = (0..100).map(|i| Uuid::from_u128(i + 1)).collect();
     let seeded = write_history(&store, &seed, &customers, Utc::now(), &|_| {}).await?;
@@ -507,7 +508,11 @@ async fn checkpoints(pool: &PgPool) -> Result<Vec<(String, Checkpoint)>> {
 }
 
 /// A URL for the child process: the server's URL with the bench database in its path.
-fn database_url(server: &PgConnectOptions, server_url: Option<&str>, database: &str) -> String {
+pub(crate) fn database_url(
+    server: &PgConnectOptions,
+    server_url: Option<&str>,
+    database: &str,
+) -> String {
     if let Some(url) = server_url {
         let (base, query) = url
             .split_once('?')

@@ -127,6 +127,7 @@ async fn measure(
             days: 90,
             seed: Some(options.seed),
             chunk: 2_000,
+            branches: 4,
         },
     )
     .await?;

@@ -7,6 +7,7 @@ mod bench;
 mod bench_hostile;
 mod bench_projections;
 mod bench_relay;
+mod bench_search;
 mod config;
 mod db;
 mod progress;
@@ -184,6 +185,8 @@ enum BenchCommand {
     /// What refusing the known attacks costs a running server, and /healthz's latency meanwhile
     /// beside its latency at rest (start the server with FLEETLEDGER_RATE_LIMIT=0).
     Hostile(bench_hostile::HostileBenchOptions),
+    /// searchCars over HTTP at 2,000 and 20,000 cars, beside a trivial query and its own SQL.
+    Search(bench_search::SearchBenchOptions),
 }
 
 #[derive(Subcommand, Debug)]
@@ -311,6 +314,14 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
         } => {
             let server = db::connect_options(&config).await?;
             bench_relay::run(server, config.kafka.clone(), options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            which: BenchCommand::Search(options),
+        } => {
+            let server = db::connect_options(&config).await?;
+            let url = config.database_url.as_ref().map(|u| u.expose().to_owned());
+            bench_search::run(server, url, options).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

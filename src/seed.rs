@@ -46,6 +46,34 @@ pub(crate) struct SeedOptions {
     /// Events per append statement.
     #[arg(long, default_value_t = 2_000)]
     pub(crate) chunk: usize,
+    /// Branches the cars are spread over: the four real ones, then more around their cities
+    /// (BER5, MUC6...), as a large rental company has.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) branches: u32,
+}
+
+/// The `n` branches of a seeded fleet: (code, name, city, latitude, longitude). The first four
+/// are real stations; the rest lie within about 30 km of one of their cities.
+pub(crate) fn seeded_branches(n: u32) -> Vec<(String, String, String, f64, f64)> {
+    (0..n.max(1) as usize)
+        .map(|i| {
+            let (code, name, city, lat, lon) = BRANCHES[i % BRANCHES.len()];
+            if i < BRANCHES.len() {
+                return (code.to_owned(), name.to_owned(), city.to_owned(), lat, lon);
+            }
+            // Spread on a small spiral around the city, the same for every run.
+            let angle = i as f64 * 2.399_963;
+            let distance =
+                0.05 + 0.25 * ((i / BRANCHES.len()) as f64 / (f64::from(n) / 4.0).max(1.0));
+            (
+                format!("{code}{i}"),
+                format!("{city} {i}"),
+                city.to_owned(),
+                lat + distance * angle.sin(),
+                lon + distance * angle.cos() * 1.5,
+            )
+        })
+        .collect()
 }
 
 /// What a seed run wrote.
@@ -128,7 +156,7 @@ const FEATURES: [&str; 6] = [
 
 /// Branches and customers (idempotent), then the event history.
 pub(crate) async fn seed(pool: &PgPool, options: &SeedOptions) -> Result<SeedReport> {
-    insert_branches(pool).await?;
+    insert_branches(pool, options.branches).await?;
     let hash = demo_password_hash().await?;
     insert_staff(pool, &hash).await?;
     let customers = insert_customers(pool, options.customers.max(1), &hash).await?;
@@ -148,8 +176,8 @@ fn progress_bar(options: &SeedOptions) -> Progress {
     Progress::new("seeding", "events", estimate)
 }
 
-async fn insert_branches(pool: &PgPool) -> Result<()> {
-    for (code, name, city, lat, lon) in BRANCHES {
+async fn insert_branches(pool: &PgPool, n: u32) -> Result<()> {
+    for (code, name, city, lat, lon) in seeded_branches(n) {
         sqlx::query(
             "INSERT INTO branches (code, name, city, latitude, longitude) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (code) DO NOTHING",
@@ -321,7 +349,8 @@ fn car_history(
     let car = uuid(rng);
     let (make, model, class, seats, fuel, rate) = MODELS[rng.random_range(0..MODELS.len())];
     let rate = rate + rng.random_range(0..10) * 100;
-    let mut branch = BRANCHES[rng.random_range(0..BRANCHES.len())].0.to_owned();
+    let branches = seeded_branches(options.branches);
+    let mut branch = branches[rng.random_range(0..branches.len())].0.clone();
     let features = FEATURES
         .iter()
         .filter(|_| rng.random_bool(0.35))
@@ -381,7 +410,7 @@ fn car_history(
         };
         let window = TimeWindow::new(pickup, ret).context("seed window")?;
         let return_branch = if rng.random_bool(0.2) {
-            BRANCHES[rng.random_range(0..BRANCHES.len())].0.to_owned()
+            branches[rng.random_range(0..branches.len())].0.clone()
         } else {
             branch.clone()
         };

@@ -513,3 +513,43 @@ async fn bench_projections_prints_its_figures_as_json() {
         }
     }
 }
+
+/// `bench search --json` prints one JSON object: for each fleet size, the three phases (HTTP
+/// search, trivial query, SQL) with their rates and percentiles, both ratios, and the scaling
+/// from the smallest size to the largest (a tiny run: the shape and that every request
+/// succeeded are checked, not speed).
+#[tokio::test]
+async fn bench_search_prints_its_figures_as_json() {
+    let figures = bench_json(&[
+        "search",
+        "--cars",
+        "20,40",
+        "--branches",
+        "6",
+        "--seconds",
+        "1",
+        "--connections",
+        "2",
+    ])
+    .await;
+    let sizes = figures["search"]["sizes"].as_object().unwrap();
+    let mut names: Vec<&str> = sizes.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["20", "40"]);
+    for (cars, size) in sizes {
+        for phase in ["search", "trivial", "sql"] {
+            let p = &size[phase];
+            assert!(
+                p["requests"].as_u64().is_some_and(|n| n > 0),
+                "{cars} {phase}: {p}"
+            );
+            assert_eq!(p["errors"], 0, "{cars} {phase}: {p}");
+            assert!(p["p99_ms"].as_f64().unwrap() >= p["p50_ms"].as_f64().unwrap());
+        }
+        let ratio = size["search"]["per_second"].as_f64().unwrap()
+            / size["sql"]["per_second"].as_f64().unwrap();
+        assert!((ratio - size["api_over_sql"].as_f64().unwrap()).abs() < 1e-9);
+    }
+    assert_eq!(figures["search"]["scaling"]["from"], 20);
+    assert_eq!(figures["search"]["scaling"]["to"], 40);
+}

@@ -265,19 +265,44 @@ fn haversine_sql(q: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, near: Near) {
         .push(") / 2), 2))))");
 }
 
-/// The average rating as the Rating order sorts it: -1 without reviews.
+/// The average rating as the Rating order sorts it: -1 without reviews (the expression of
+/// `rm_search_cars_rating_idx`).
 const SCORE_SQL: &str = "coalesce(c.rating_sum::float8 / nullif(c.review_count, 0), -1)";
 
-/// `FROM … WHERE …` of the cars `query` matches (its window and filters; no cursor).
-fn push_matching(q: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, query: &CarQuery) {
+/// At most this many words of a text search are used.
+const MAX_WORDS: usize = 8;
+
+/// `(SELECT … FROM branches …) br`: the branches a search may take cars from (the one asked
+/// for, those within the radius of the point), with their distance from the point.
+fn push_branches(q: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, query: &CarQuery) {
+    q.push("(SELECT br.code, br.turnaround_minutes, ");
+    match query.near {
+        Some(near) => haversine_sql(q, near),
+        None => {
+            q.push("NULL::double precision");
+        }
+    };
+    q.push(" AS distance_km FROM branches br WHERE true");
+    if let Some(code) = &query.branch {
+        q.push(" AND br.code = ").push_bind(code.clone());
+    }
+    if let Some(near) = query.near {
+        q.push(" AND ");
+        haversine_sql(q, near);
+        q.push(" <= ").push_bind(near.radius_km);
+    }
+    q.push(") br");
+}
+
+/// The conditions on a car `c` at branch `br` that `query` asks for (no cursor).
+fn push_car_conditions(q: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, query: &CarQuery) {
     // Free as booking decides: no block may reach the pick-up with its turnaround, and the
     // rental with the turnaround of its branch (where a round trip returns the car) may
     // reach no block. The `&&` on `period` (widened by the longest turnaround) is what the
     // GiST index answers; the exact test follows.
     q.push(
-        " FROM rm_search_cars c JOIN branches br ON br.code = c.branch_code \
-             WHERE NOT c.retired AND NOT EXISTS (SELECT 1 FROM rm_availability_blocks b \
-             WHERE b.car_id = c.car_id AND b.period && tstzrange(",
+        "NOT c.retired AND NOT EXISTS (SELECT 1 FROM rm_availability_blocks b \
+         WHERE b.car_id = c.car_id AND b.period && tstzrange(",
     );
     q.push_bind(query.pickup_at - chrono::Duration::minutes(domain::car::MAX_TURNAROUND_MINUTES))
         .push(", ")
@@ -288,14 +313,6 @@ fn push_matching(q: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, query: &CarQuer
         )
         .push_bind(query.pickup_at)
         .push(")");
-    if let Some(code) = &query.branch {
-        q.push(" AND c.branch_code = ").push_bind(code.clone());
-    }
-    if let Some(near) = query.near {
-        q.push(" AND ");
-        haversine_sql(q, near);
-        q.push(" <= ").push_bind(near.radius_km);
-    }
     if let Some(classes) = &query.classes {
         q.push(" AND c.class = ANY(")
             .push_bind(classes.clone())
@@ -317,13 +334,19 @@ fn push_matching(q: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, query: &CarQuer
         q.push(" AND c.fuel = ").push_bind(f.clone());
     }
     if let Some(text) = &query.text {
-        // Make, model and features, and the branch the car stands at (name and city).
-        q.push(
-            " AND (c.search_vector || to_tsvector('simple', br.name || ' ' || br.city)) \
-             @@ plainto_tsquery('simple', ",
-        )
-        .push_bind(text.clone())
-        .push(")");
+        // Each word in the car (make, model, features: its GIN index) or in the name or city
+        // of the branch it stands at (those branches' codes, found once per word).
+        for word in text.split_whitespace().take(MAX_WORDS) {
+            q.push(" AND (c.search_vector @@ plainto_tsquery('simple', ")
+                .push_bind(word.to_owned())
+                .push(
+                    ") OR c.branch_code = ANY(ARRAY(SELECT w.code FROM branches w \
+                     WHERE to_tsvector('simple', w.name || ' ' || w.city) \
+                     @@ plainto_tsquery('simple', ",
+                )
+                .push_bind(word.to_owned())
+                .push("))))");
+        }
     }
 }
 
@@ -339,80 +362,96 @@ pub enum SearchError {
 }
 
 /// Search the fleet: one page, in `query.order`, after `query.after`.
+///
+/// Every order reads an index in its own order and stops at the page's end, so a page costs
+/// about the same whatever the fleet's size: price (`rm_search_cars_rate_idx`, or
+/// `rm_search_cars_branch_rate_idx` for one branch), rating (`rm_search_cars_rating_idx`), and
+/// distance, which is the branch's: the branches within the radius, nearest first, each
+/// giving at most a page of its cars in price order (a lateral join), merged.
 pub async fn find(pool: &sqlx::PgPool, query: &CarQuery) -> Result<CarPage, SearchError> {
     use sqlx::Row;
     if query.after.is_some_and(|a| a.order() != query.order) {
         return Err(SearchError::CursorOrder);
     }
+    let page = query.limit + 1;
     let mut q: sqlx::QueryBuilder<'_, sqlx::Postgres> = sqlx::QueryBuilder::new("SELECT ");
-    q.push(CAR_COLUMNS).push(", ");
-    match query.near {
-        Some(near) => haversine_sql(&mut q, near),
-        None => {
-            q.push("NULL::double precision");
-        }
-    };
-    q.push(" AS distance_km, ")
+    q.push(CAR_COLUMNS)
+        .push(", br.distance_km, ")
         .push(SCORE_SQL)
-        .push(" AS score");
-    push_matching(&mut q, query);
-    match query.after {
-        None => {}
-        Some(CarAfter::PriceAsc { rate, id }) => {
-            q.push(" AND (c.daily_rate_minor, c.car_id) > (")
+        .push(" AS score FROM ");
+    push_branches(&mut q, query);
+    if query.order == CarOrder::Distance {
+        if query.near.is_none() {
+            return Err(SearchError::DistanceWithoutPoint);
+        }
+        q.push(
+            " CROSS JOIN LATERAL (SELECT c.* FROM rm_search_cars c \
+             WHERE c.branch_code = br.code AND ",
+        );
+        push_car_conditions(&mut q, query);
+        if let Some(CarAfter::Distance { km, rate, id }) = query.after {
+            q.push(" AND (br.distance_km > ")
+                .push_bind(km)
+                .push(" OR (c.daily_rate_minor, c.car_id) > (")
                 .push_bind(rate)
                 .push(", ")
-                .push_bind(id)
-                .push(")");
-        }
-        Some(CarAfter::PriceDesc { rate, id }) => {
-            q.push(" AND (c.daily_rate_minor < ")
-                .push_bind(rate)
-                .push(" OR (c.daily_rate_minor = ")
-                .push_bind(rate)
-                .push(" AND c.car_id > ")
                 .push_bind(id)
                 .push("))");
         }
-        Some(CarAfter::Distance { km, rate, id }) => {
-            let near = query.near.ok_or(SearchError::DistanceWithoutPoint)?;
-            q.push(" AND (");
-            haversine_sql(&mut q, near);
-            q.push(" > ").push_bind(km).push(" OR (");
-            haversine_sql(&mut q, near);
-            q.push(" = ")
-                .push_bind(km)
-                .push(" AND (c.daily_rate_minor, c.car_id) > (")
-                .push_bind(rate)
-                .push(", ")
-                .push_bind(id)
-                .push(")))");
+        q.push(" ORDER BY c.daily_rate_minor, c.car_id LIMIT ")
+            .push_bind(page)
+            .push(") c");
+        if let Some(CarAfter::Distance { km, .. }) = query.after {
+            q.push(" WHERE br.distance_km >= ").push_bind(km);
         }
-        Some(CarAfter::Rating { score, reviews, id }) => {
-            q.push(" AND (")
-                .push(SCORE_SQL)
-                .push(" < ")
-                .push_bind(score)
-                .push(" OR (")
-                .push(SCORE_SQL)
-                .push(" = ")
-                .push_bind(score)
-                .push(" AND (c.review_count < ")
-                .push_bind(reviews)
-                .push(" OR (c.review_count = ")
-                .push_bind(reviews)
-                .push(" AND c.car_id > ")
-                .push_bind(id)
-                .push("))))");
+        q.push(" ORDER BY br.distance_km, c.daily_rate_minor, c.car_id");
+    } else {
+        q.push(" JOIN rm_search_cars c ON c.branch_code = br.code WHERE ");
+        push_car_conditions(&mut q, query);
+        match query.after {
+            None | Some(CarAfter::Distance { .. }) => {}
+            Some(CarAfter::PriceAsc { rate, id }) => {
+                q.push(" AND (c.daily_rate_minor, c.car_id) > (")
+                    .push_bind(rate)
+                    .push(", ")
+                    .push_bind(id)
+                    .push(")");
+            }
+            Some(CarAfter::PriceDesc { rate, id }) => {
+                q.push(" AND (c.daily_rate_minor, c.car_id) < (")
+                    .push_bind(rate)
+                    .push(", ")
+                    .push_bind(id)
+                    .push(")");
+            }
+            Some(CarAfter::Rating { score, reviews, id }) => {
+                q.push(" AND (")
+                    .push(SCORE_SQL)
+                    .push(" < ")
+                    .push_bind(score)
+                    .push(" OR (")
+                    .push(SCORE_SQL)
+                    .push(" = ")
+                    .push_bind(score)
+                    .push(" AND (c.review_count < ")
+                    .push_bind(reviews)
+                    .push(" OR (c.review_count = ")
+                    .push_bind(reviews)
+                    .push(" AND c.car_id > ")
+                    .push_bind(id)
+                    .push("))))");
+            }
         }
+        q.push(match query.order {
+            CarOrder::PriceAsc | CarOrder::Distance => " ORDER BY c.daily_rate_minor, c.car_id",
+            CarOrder::PriceDesc => " ORDER BY c.daily_rate_minor DESC, c.car_id DESC",
+            CarOrder::Rating => {
+                " ORDER BY coalesce(c.rating_sum::float8 / nullif(c.review_count, 0), -1) DESC, \
+                 c.review_count DESC, c.car_id"
+            }
+        });
     }
-    q.push(match query.order {
-        CarOrder::PriceAsc => " ORDER BY c.daily_rate_minor, c.car_id",
-        CarOrder::PriceDesc => " ORDER BY c.daily_rate_minor DESC, c.car_id",
-        CarOrder::Distance => " ORDER BY distance_km, c.daily_rate_minor, c.car_id",
-        CarOrder::Rating => " ORDER BY score DESC, c.review_count DESC, c.car_id",
-    });
-    q.push(" LIMIT ").push_bind(query.limit + 1);
+    q.push(" LIMIT ").push_bind(page);
     let found = q.build().fetch_all(pool).await?;
     let more = found.len() as i64 > query.limit;
     let mut hits = Vec::new();
@@ -448,8 +487,10 @@ pub async fn find(pool: &sqlx::PgPool, query: &CarQuery) -> Result<CarPage, Sear
 /// beside a page, exact when small and never more work than `cap` matches.
 pub async fn count(pool: &sqlx::PgPool, query: &CarQuery, cap: i64) -> Result<i64, sqlx::Error> {
     let mut q: sqlx::QueryBuilder<'_, sqlx::Postgres> =
-        sqlx::QueryBuilder::new("SELECT count(*) FROM (SELECT 1");
-    push_matching(&mut q, query);
+        sqlx::QueryBuilder::new("SELECT count(*) FROM (SELECT 1 FROM ");
+    push_branches(&mut q, query);
+    q.push(" JOIN rm_search_cars c ON c.branch_code = br.code WHERE ");
+    push_car_conditions(&mut q, query);
     q.push(" LIMIT ").push_bind(cap).push(") AS capped");
     q.build_query_scalar().fetch_one(pool).await
 }

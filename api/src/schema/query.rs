@@ -109,6 +109,10 @@ pub(crate) async fn visible_booking(ctx: &Context<'_>, id: Uuid) -> ApiResult<Bo
 /// Matches counted at most, for a list's `totalCount` (exact below it; the count stops there).
 pub(crate) const COUNT_CAP: i64 = 10_000;
 
+/// `searchCars`' `totalCount` is counted up to this many: each match counted costs an
+/// availability probe, and nobody pages through more than a thousand cars.
+pub(crate) const SEARCH_COUNT_CAP: i64 = 1_000;
+
 /// A booking list's cursor: the row's place in the order `(created_at DESC, booking_id DESC)`.
 fn booking_cursor(row: &BookingRow) -> String {
     format!(
@@ -292,7 +296,7 @@ impl Query {
             })?;
         // Counted only when asked for, and only up to the cap.
         let total = if ctx.look_ahead().field("totalCount").exists() {
-            projections::search::count(s.store.pool(), &query, COUNT_CAP).await?
+            projections::search::count(s.store.pool(), &query, SEARCH_COUNT_CAP).await?
         } else {
             0
         };
