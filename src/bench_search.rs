@@ -383,7 +383,7 @@ async fn measure(
             let s = search(rng, i, &branches);
             async move {
                 projections::search::find(&pool, &s.query).await?;
-                projections::search::count(&pool, &s.query, 1_000).await?;
+                projections::search::count(&pool, &s.query, 100).await?;
                 Ok(())
             }
         }

@@ -1190,3 +1190,118 @@ async fn car_search_pages_by_keyset_so_changes_between_pages_repeat_or_skip_noth
     }
     app.shutdown().await;
 }
+
+/// `searchCars` shows exactly the cars the write side would book: for random reservations and
+/// maintenance on a small fleet at two branches, and random windows (an hour to three days,
+/// with and without a branch; half of them starting or ending near a reservation's edge, where
+/// the turnaround decides), the cars found equal those whose aggregate has no block that
+/// clashes with the window and its turnaround, brute force from the events.
+#[tokio::test]
+async fn car_search_agrees_with_the_cars_own_calendars() {
+    use rand::{Rng, SeedableRng};
+    let app = TestApp::start().await;
+    let admin = app.admin_token.clone();
+    app.add_branch("LIS", 38.72, -9.14).await;
+    app.add_branch("OPO", 41.15, -8.61).await;
+    let mut cars = Vec::new();
+    for i in 0..8 {
+        let branch = if i % 2 == 0 { "LIS" } else { "OPO" };
+        cars.push(app.add_car(branch, "Fiat", &format!("{}.00", 30 + i)).await);
+    }
+    let (customer, _) = app.register("calendar@fleet.test").await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_207);
+    let base = chrono::Utc::now() + chrono::TimeDelta::hours(2);
+    let minutes = |m: i64| chrono::TimeDelta::minutes(m);
+    for car in &cars {
+        for _ in 0..rng.random_range(1..4) {
+            let start = base + minutes(rng.random_range(0..10 * 24 * 60));
+            let end = start + minutes(rng.random_range(60..3 * 24 * 60));
+            // Overlapping requests are refused; what was booked is what counts.
+            let _ = app
+                .post(
+                    Some(&customer),
+                    "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+                    json!({ "i": { "carId": car, "pickupAt": start.to_rfc3339(),
+                        "returnAt": end.to_rfc3339() } }),
+                )
+                .await;
+        }
+        if rng.random_bool(0.25) {
+            let start = base + minutes(rng.random_range(0..10 * 24 * 60));
+            let _ = app
+                .post(
+                    Some(&admin),
+                    "mutation($c: UUID!, $s: DateTime!, $e: DateTime!) { scheduleMaintenance(
+                        id: $c, start: $s, end: $e, reason: \"service\") { id } }",
+                    json!({ "c": car, "s": start.to_rfc3339(),
+                            "e": (start + minutes(600)).to_rfc3339() }),
+                )
+                .await;
+        }
+    }
+    let mut calendars = Vec::new();
+    for car in &cars {
+        calendars.push(app.services.bookings.car(*car).await.unwrap());
+    }
+    let edges: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = calendars
+        .iter()
+        .flat_map(|c| c.blocks.iter().map(|b| (b.window.start, b.window.end)))
+        .collect();
+    assert!(edges.len() >= cars.len(), "{edges:?}");
+    let (mut busy_seen, mut free_seen) = (0, 0);
+    for round in 0..40 {
+        let (start, end) = if round % 2 == 0 {
+            let start = base + minutes(rng.random_range(0..12 * 24 * 60));
+            (start, start + minutes(rng.random_range(60..3 * 24 * 60)))
+        } else {
+            // Just after a block ends (inside or past its hour of turnaround), or ending just
+            // before one starts.
+            let (block_start, block_end) = edges[rng.random_range(0..edges.len())];
+            let jitter = minutes(rng.random_range(0..120));
+            if rng.random_bool(0.5) {
+                (block_end + jitter, block_end + jitter + minutes(180))
+            } else {
+                (block_start - jitter - minutes(180), block_start - jitter)
+            }
+        };
+        let branch = [None, Some("LIS"), Some("OPO")][rng.random_range(0..3)];
+        let found = app
+            .ok(
+                None,
+                "query($f: DateTime!, $t: DateTime!, $b: String) { searchCars(filter: {
+                    pickupAt: $f, returnAt: $t, branchCode: $b }, first: 100) {
+                    edges { node { id } } } }",
+                json!({ "f": start.to_rfc3339(), "t": end.to_rfc3339(), "b": branch }),
+            )
+            .await;
+        let mut shown: Vec<String> = found["searchCars"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["node"]["id"].as_str().unwrap().to_owned())
+            .collect();
+        shown.sort();
+        let window = domain::TimeWindow::new(start, end).unwrap();
+        let mut free = Vec::new();
+        for (car, state) in cars.iter().zip(&calendars) {
+            if branch.is_some_and(|b| state.branch.as_deref() != Some(b)) {
+                continue;
+            }
+            // A round trip: the car's own branch's turnaround (the default hour) follows it.
+            if state.blocks.iter().any(|b| b.clashes(&window, 60)) {
+                busy_seen += 1;
+            } else {
+                free_seen += 1;
+                free.push(car.to_string());
+            }
+        }
+        free.sort();
+        assert_eq!(shown, free, "round {round}: {start} to {end} at {branch:?}");
+    }
+    // The rounds met both answers.
+    assert!(
+        busy_seen > 10 && free_seen > 10,
+        "{busy_seen} busy, {free_seen} free"
+    );
+    app.shutdown().await;
+}

@@ -274,7 +274,11 @@ const MAX_WORDS: usize = 8;
 
 /// `(SELECT … FROM branches …) br`: the branches a search may take cars from (the one asked
 /// for, those within the radius of the point), with their distance from the point.
-fn push_branches(q: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, query: &CarQuery) {
+fn push_branches(
+    q: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>,
+    query: &CarQuery,
+    only: Option<&[String]>,
+) {
     q.push("(SELECT br.code, br.turnaround_minutes, ");
     match query.near {
         Some(near) => haversine_sql(q, near),
@@ -285,6 +289,11 @@ fn push_branches(q: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, query: &CarQuer
     q.push(" AS distance_km FROM branches br WHERE true");
     if let Some(code) = &query.branch {
         q.push(" AND br.code = ").push_bind(code.clone());
+    }
+    if let Some(codes) = only {
+        q.push(" AND br.code = ANY(")
+            .push_bind(codes.to_vec())
+            .push(")");
     }
     if let Some(near) = query.near {
         q.push(" AND ");
@@ -365,92 +374,131 @@ pub enum SearchError {
 ///
 /// Every order reads an index in its own order and stops at the page's end, so a page costs
 /// about the same whatever the fleet's size: price (`rm_search_cars_rate_idx`, or
-/// `rm_search_cars_branch_rate_idx` for one branch), rating (`rm_search_cars_rating_idx`), and
-/// distance, which is the branch's: the branches within the radius, nearest first, each
-/// giving at most a page of its cars in price order (a lateral join), merged.
+/// `rm_search_cars_branch_rate_idx` for one branch) and rating (`rm_search_cars_rating_idx`).
+/// Distance is the branch's: the branches within the radius are taken nearest first, and each
+/// (with any at the very same distance) gives its cars in price order until the page is full,
+/// so a search near a point usually reads one branch.
 pub async fn find(pool: &sqlx::PgPool, query: &CarQuery) -> Result<CarPage, SearchError> {
-    use sqlx::Row;
     if query.after.is_some_and(|a| a.order() != query.order) {
         return Err(SearchError::CursorOrder);
     }
+    if query.order != CarOrder::Distance {
+        return page_of(pool, query, None).await;
+    }
+    let Some(near) = query.near else {
+        return Err(SearchError::DistanceWithoutPoint);
+    };
+    let resume_km = match query.after {
+        Some(CarAfter::Distance { km, .. }) => Some(km),
+        _ => None,
+    };
+    // The branches within reach, nearest first (a fleet has hundreds at most).
+    let mut q: sqlx::QueryBuilder<'_, sqlx::Postgres> =
+        sqlx::QueryBuilder::new("SELECT br.code, br.distance_km FROM ");
+    push_branches(&mut q, query, None);
+    if let Some(km) = resume_km {
+        q.push(" WHERE br.distance_km >= ").push_bind(km);
+    }
+    q.push(" ORDER BY br.distance_km, br.code");
+    let branches: Vec<(String, f64)> = q.build_query_as().fetch_all(pool).await?;
+    let mut hits: Vec<CarHit> = Vec::new();
+    let mut rest = branches.as_slice();
+    while let Some((_, km)) = rest.first() {
+        // Branches at the very same distance are one group, merged in price order.
+        let same = rest.iter().take_while(|(_, d)| d == km).count();
+        let codes: Vec<String> = rest[..same].iter().map(|(c, _)| c.clone()).collect();
+        rest = &rest[same..];
+        let after = match query.after {
+            Some(CarAfter::Distance { km: at, rate, id }) if at == *km => {
+                Some(CarAfter::PriceAsc { rate, id })
+            }
+            _ => None,
+        };
+        let wanted = query.limit + 1 - hits.len() as i64;
+        let group = CarQuery {
+            order: CarOrder::PriceAsc,
+            after,
+            limit: wanted,
+            near: Some(near),
+            ..query.clone()
+        };
+        let page = page_of(pool, &group, Some(&codes)).await?;
+        hits.extend(page.hits.into_iter().map(|hit| CarHit {
+            after: CarAfter::Distance {
+                km: *km,
+                rate: hit.car.daily_rate_minor,
+                id: hit.car.car_id,
+            },
+            distance_km: Some(*km),
+            car: hit.car,
+        }));
+        if hits.len() as i64 > query.limit {
+            break;
+        }
+    }
+    let more = hits.len() as i64 > query.limit;
+    hits.truncate(usize::try_from(query.limit).unwrap_or(0));
+    Ok(CarPage { hits, more })
+}
+
+/// One page in a price or rating order, of the branches `only` names when given.
+async fn page_of(
+    pool: &sqlx::PgPool,
+    query: &CarQuery,
+    only: Option<&[String]>,
+) -> Result<CarPage, SearchError> {
+    use sqlx::Row;
     let page = query.limit + 1;
     let mut q: sqlx::QueryBuilder<'_, sqlx::Postgres> = sqlx::QueryBuilder::new("SELECT ");
     q.push(CAR_COLUMNS)
         .push(", br.distance_km, ")
         .push(SCORE_SQL)
         .push(" AS score FROM ");
-    push_branches(&mut q, query);
-    if query.order == CarOrder::Distance {
-        if query.near.is_none() {
-            return Err(SearchError::DistanceWithoutPoint);
-        }
-        q.push(
-            " CROSS JOIN LATERAL (SELECT c.* FROM rm_search_cars c \
-             WHERE c.branch_code = br.code AND ",
-        );
-        push_car_conditions(&mut q, query);
-        if let Some(CarAfter::Distance { km, rate, id }) = query.after {
-            q.push(" AND (br.distance_km > ")
-                .push_bind(km)
-                .push(" OR (c.daily_rate_minor, c.car_id) > (")
+    push_branches(&mut q, query, only);
+    q.push(" JOIN rm_search_cars c ON c.branch_code = br.code WHERE ");
+    push_car_conditions(&mut q, query);
+    match query.after {
+        None | Some(CarAfter::Distance { .. }) => {}
+        Some(CarAfter::PriceAsc { rate, id }) => {
+            q.push(" AND (c.daily_rate_minor, c.car_id) > (")
                 .push_bind(rate)
                 .push(", ")
                 .push_bind(id)
-                .push("))");
+                .push(")");
         }
-        q.push(" ORDER BY c.daily_rate_minor, c.car_id LIMIT ")
-            .push_bind(page)
-            .push(") c");
-        if let Some(CarAfter::Distance { km, .. }) = query.after {
-            q.push(" WHERE br.distance_km >= ").push_bind(km);
+        Some(CarAfter::PriceDesc { rate, id }) => {
+            q.push(" AND (c.daily_rate_minor, c.car_id) < (")
+                .push_bind(rate)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
         }
-        q.push(" ORDER BY br.distance_km, c.daily_rate_minor, c.car_id");
-    } else {
-        q.push(" JOIN rm_search_cars c ON c.branch_code = br.code WHERE ");
-        push_car_conditions(&mut q, query);
-        match query.after {
-            None | Some(CarAfter::Distance { .. }) => {}
-            Some(CarAfter::PriceAsc { rate, id }) => {
-                q.push(" AND (c.daily_rate_minor, c.car_id) > (")
-                    .push_bind(rate)
-                    .push(", ")
-                    .push_bind(id)
-                    .push(")");
-            }
-            Some(CarAfter::PriceDesc { rate, id }) => {
-                q.push(" AND (c.daily_rate_minor, c.car_id) < (")
-                    .push_bind(rate)
-                    .push(", ")
-                    .push_bind(id)
-                    .push(")");
-            }
-            Some(CarAfter::Rating { score, reviews, id }) => {
-                q.push(" AND (")
-                    .push(SCORE_SQL)
-                    .push(" < ")
-                    .push_bind(score)
-                    .push(" OR (")
-                    .push(SCORE_SQL)
-                    .push(" = ")
-                    .push_bind(score)
-                    .push(" AND (c.review_count < ")
-                    .push_bind(reviews)
-                    .push(" OR (c.review_count = ")
-                    .push_bind(reviews)
-                    .push(" AND c.car_id > ")
-                    .push_bind(id)
-                    .push("))))");
-            }
+        Some(CarAfter::Rating { score, reviews, id }) => {
+            q.push(" AND (")
+                .push(SCORE_SQL)
+                .push(" < ")
+                .push_bind(score)
+                .push(" OR (")
+                .push(SCORE_SQL)
+                .push(" = ")
+                .push_bind(score)
+                .push(" AND (c.review_count < ")
+                .push_bind(reviews)
+                .push(" OR (c.review_count = ")
+                .push_bind(reviews)
+                .push(" AND c.car_id > ")
+                .push_bind(id)
+                .push("))))");
         }
-        q.push(match query.order {
-            CarOrder::PriceAsc | CarOrder::Distance => " ORDER BY c.daily_rate_minor, c.car_id",
-            CarOrder::PriceDesc => " ORDER BY c.daily_rate_minor DESC, c.car_id DESC",
-            CarOrder::Rating => {
-                " ORDER BY coalesce(c.rating_sum::float8 / nullif(c.review_count, 0), -1) DESC, \
-                 c.review_count DESC, c.car_id"
-            }
-        });
     }
+    q.push(match query.order {
+        CarOrder::PriceAsc | CarOrder::Distance => " ORDER BY c.daily_rate_minor, c.car_id",
+        CarOrder::PriceDesc => " ORDER BY c.daily_rate_minor DESC, c.car_id DESC",
+        CarOrder::Rating => {
+            " ORDER BY coalesce(c.rating_sum::float8 / nullif(c.review_count, 0), -1) DESC, \
+             c.review_count DESC, c.car_id"
+        }
+    });
     q.push(" LIMIT ").push_bind(page);
     let found = q.build().fetch_all(pool).await?;
     let more = found.len() as i64 > query.limit;
@@ -461,13 +509,8 @@ pub async fn find(pool: &sqlx::PgPool, query: &CarQuery) -> Result<CarPage, Sear
         let score: f64 = row.try_get("score")?;
         let (rate, id) = (car.daily_rate_minor, car.car_id);
         let after = match query.order {
-            CarOrder::PriceAsc => CarAfter::PriceAsc { rate, id },
+            CarOrder::PriceAsc | CarOrder::Distance => CarAfter::PriceAsc { rate, id },
             CarOrder::PriceDesc => CarAfter::PriceDesc { rate, id },
-            CarOrder::Distance => CarAfter::Distance {
-                km: distance_km.ok_or(SearchError::DistanceWithoutPoint)?,
-                rate,
-                id,
-            },
             CarOrder::Rating => CarAfter::Rating {
                 score,
                 reviews: car.review_count,
@@ -488,7 +531,7 @@ pub async fn find(pool: &sqlx::PgPool, query: &CarQuery) -> Result<CarPage, Sear
 pub async fn count(pool: &sqlx::PgPool, query: &CarQuery, cap: i64) -> Result<i64, sqlx::Error> {
     let mut q: sqlx::QueryBuilder<'_, sqlx::Postgres> =
         sqlx::QueryBuilder::new("SELECT count(*) FROM (SELECT 1 FROM ");
-    push_branches(&mut q, query);
+    push_branches(&mut q, query, None);
     q.push(" JOIN rm_search_cars c ON c.branch_code = br.code WHERE ");
     push_car_conditions(&mut q, query);
     q.push(" LIMIT ").push_bind(cap).push(") AS capped");

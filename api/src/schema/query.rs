@@ -110,8 +110,9 @@ pub(crate) async fn visible_booking(ctx: &Context<'_>, id: Uuid) -> ApiResult<Bo
 pub(crate) const COUNT_CAP: i64 = 10_000;
 
 /// `searchCars`' `totalCount` is counted up to this many: each match counted costs an
-/// availability probe, and nobody pages through more than a thousand cars.
-pub(crate) const SEARCH_COUNT_CAP: i64 = 1_000;
+/// availability probe (and past a few hundred the planner trades the probes for a scan of every
+/// reservation), while a customer choosing a car needs "100+" at most.
+pub(crate) const SEARCH_COUNT_CAP: i64 = 100;
 
 /// A booking list's cursor: the row's place in the order `(created_at DESC, booking_id DESC)`.
 fn booking_cursor(row: &BookingRow) -> String {

@@ -335,8 +335,8 @@ pub struct CarEdge {
 pub struct CarConnection {
     pub edges: Vec<CarEdge>,
     pub page_info: PageInfo,
-    /// How many cars match, counted up to 1,000 (1,000 means at least that many); computed
-    /// only when asked for.
+    /// How many cars match, counted up to 100 (100 means at least that many); computed only
+    /// when asked for.
     pub total_count: i32,
 }
 
