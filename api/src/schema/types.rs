@@ -260,10 +260,10 @@ impl Car {
     async fn last_telemetry(&self, ctx: &Context<'_>) -> ApiResult<Option<TelemetryReading>> {
         let (me, role) = caller(ctx)?.user()?;
         let pool = services(ctx)?.store.pool();
-        if !auth::LIVE_POSITION_READERS.contains(&role) {
-            if !projections::history::renting(pool, me, self.0.car_id).await? {
-                return Err(AppError::Forbidden);
-            }
+        if !auth::LIVE_POSITION_READERS.contains(&role)
+            && !projections::history::renting(pool, me, self.0.car_id).await?
+        {
+            return Err(AppError::Forbidden);
         }
         Ok(rows::latest_telemetry(pool, self.0.car_id)
             .await?
