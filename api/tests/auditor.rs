@@ -41,6 +41,41 @@ async fn an_auditor_reads_a_stream_an_older_state_and_verifies_the_chain() {
     assert_eq!(events[1]["eventType"], "DailyRateChanged");
     assert_eq!(events[1]["version"], 2);
     assert_eq!(events[0]["hash"].as_str().unwrap().len(), 64);
+    // A page at a time: `first` events from `fromVersion`, the next from the last plus one.
+    let page = |from: i32| {
+        let (app, auditor, id) = (&app, auditor.clone(), id.clone());
+        async move {
+            app.ok(
+                Some(&auditor),
+                "query($id: String!, $f: Int!) { stream(aggregateType: \"car\", aggregateId: $id,
+                    fromVersion: $f, first: 1) { version eventType } }",
+                json!({ "id": id, "f": from }),
+            )
+            .await["stream"]
+                .clone()
+        }
+    };
+    assert_eq!(
+        page(1).await,
+        json!([{ "version": 1, "eventType": "CarRegistered" }])
+    );
+    assert_eq!(
+        page(2).await,
+        json!([{ "version": 2, "eventType": "DailyRateChanged" }])
+    );
+    assert_eq!(page(3).await, json!([]));
+    let (_, body) = app
+        .post(
+            Some(&auditor),
+            "query($id: String!) { stream(aggregateType: \"car\", aggregateId: $id, first: 0) {
+                version } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{body:#}"
+    );
 
     let state = |version: Option<i32>| {
         let app = &app;

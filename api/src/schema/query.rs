@@ -555,7 +555,11 @@ impl Query {
         ))
     }
 
-    /// One stream, oldest first.
+    /// One stream, oldest first, from `fromVersion` (default 1): at most `first` events (1 to
+    /// the page cap, default 100) up to `toVersion`. A stream's versions have no gaps, so the
+    /// next page starts at the last version read plus one; a car's telemetry stream grows
+    /// forever, and no request reads it whole.
+    #[graphql(complexity = "weighted(first, 100, child_complexity)")]
     async fn stream(
         &self,
         ctx: &Context<'_>,
@@ -563,9 +567,11 @@ impl Query {
         aggregate_id: String,
         from_version: Option<i32>,
         to_version: Option<i32>,
+        #[graphql(default_with = "Some(100)")] first: Option<i32>,
     ) -> ApiResult<Vec<EventRecord>> {
         caller(ctx)?.require(auth::AUDIT)?;
         let stream = stream_id(&aggregate_type, &aggregate_id)?;
+        let limit = page_size(ctx, first, 100)?;
         let from = i64::from(from_version.unwrap_or(1));
         if from < 1 {
             return Err(AppError::bad_input("fromVersion", "must be at least 1"));
@@ -577,7 +583,12 @@ impl Query {
                 "must not be below fromVersion",
             ));
         }
-        let events = services(ctx)?.store.read_stream(&stream, from, to).await?;
+        // Versions are 1, 2, 3... with no gap (invariant 1): a page is a version range.
+        let last = (from + limit - 1).min(to.unwrap_or(i64::MAX));
+        let events = services(ctx)?
+            .store
+            .read_stream(&stream, from, Some(last))
+            .await?;
         Ok(events.into_iter().map(EventRecord).collect())
     }
 
