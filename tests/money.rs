@@ -69,6 +69,29 @@ impl Desk {
         booking
     }
 
+    /// `car` booked by `customer` over `[from, until)` and paid with a card that pays.
+    async fn booked_and_paid(&self, customer: &str, car: &str, from: &str, until: &str) -> String {
+        let booking = gql(
+            &self.addr,
+            Some(customer),
+            "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
+            json!({ "i": { "carId": car, "pickupAt": from, "returnAt": until } }),
+        )
+        .await["requestBooking"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let paid = gql(
+            &self.addr,
+            Some(customer),
+            "mutation($b: UUID!) { payBooking(bookingId: $b, method: { kind: CARD, token: \"tok_visa\" }) { status } }",
+            json!({ "b": booking }),
+        )
+        .await;
+        assert_eq!(paid["payBooking"]["status"], "CAPTURED");
+        booking
+    }
+
     async fn pay(&self, customer: &str, booking: &str, token: &str, key: &str) -> Value {
         gql(
             &self.addr,
@@ -395,28 +418,8 @@ async fn nobody_came_is_a_no_show_and_a_car_not_back_is_overdue_until_returned()
     let (first, second) = (desk.car("Fiat").await, desk.car("Seat").await);
     let customer = customer_token(&desk.addr, "late@fleet.test").await;
     let book = |car: String, from: String, until: String| {
-        let (addr, customer) = (desk.addr.clone(), customer.clone());
-        async move {
-            let booking = gql(
-                &addr,
-                Some(&customer),
-                "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
-                json!({ "i": { "carId": car, "pickupAt": from, "returnAt": until } }),
-            )
-            .await["requestBooking"]["id"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            let paid = gql(
-                &addr,
-                Some(&customer),
-                "mutation($b: UUID!) { payBooking(bookingId: $b, method: { kind: CARD, token: \"tok_visa\" }) { status } }",
-                json!({ "b": booking }),
-            )
-            .await;
-            assert_eq!(paid["payBooking"]["status"], "CAPTURED");
-            booking
-        }
+        let (desk, customer) = (&desk, customer.clone());
+        async move { desk.booked_and_paid(&customer, &car, &from, &until).await }
     };
     let state = |booking: String| {
         let (addr, admin) = (desk.addr.clone(), desk.admin.clone());
@@ -620,29 +623,8 @@ async fn a_booking_whose_car_breaks_down_moves_to_a_free_spare_of_its_class_by_i
     let other = customer_token(&desk.addr, "busy@fleet.test").await;
     let (from, until) = (in_days(3), in_days(5));
     let book = |token: String, car: String| {
-        let (addr, from, until) = (desk.addr.clone(), from.clone(), until.clone());
-        async move {
-            let id = gql(
-                &addr,
-                Some(&token),
-                "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
-                json!({ "i": { "carId": car, "pickupAt": from, "returnAt": until } }),
-            )
-            .await["requestBooking"]["id"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            let paid = gql(
-                &addr,
-                Some(&token),
-                "mutation($b: UUID!) { payBooking(bookingId: $b,
-                    method: { kind: CARD, token: \"tok_visa\" }) { status } }",
-                json!({ "b": id }),
-            )
-            .await;
-            assert_eq!(paid["payBooking"]["status"], "CAPTURED");
-            id
-        }
+        let (desk, from, until) = (&desk, from.clone(), until.clone());
+        async move { desk.booked_and_paid(&token, &car, &from, &until).await }
     };
     let booking = book(customer.clone(), broken.clone()).await;
     book(other, busy.clone()).await;
