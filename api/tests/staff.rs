@@ -1217,7 +1217,7 @@ async fn car_search_agrees_with_the_cars_own_calendars() {
             let start = base + minutes(rng.random_range(0..10 * 24 * 60));
             let end = start + minutes(rng.random_range(60..3 * 24 * 60));
             // Overlapping requests are refused; what was booked is what counts.
-            let _ = app
+            let (_, booked) = app
                 .post(
                     Some(&customer),
                     "mutation($i: BookingRequestInput!) { requestBooking(input: $i) { id } }",
@@ -1225,6 +1225,33 @@ async fn car_search_agrees_with_the_cars_own_calendars() {
                         "returnAt": end.to_rfc3339() } }),
                 )
                 .await;
+            let Some(id) = booked["data"]["requestBooking"]["id"].as_str() else {
+                continue;
+            };
+            // Some move (the car's reservation changes) and some are cancelled (released).
+            match rng.random_range(0..4) {
+                0 => {
+                    let to = start + minutes(rng.random_range(-600..600));
+                    let _ = app
+                        .post(
+                            Some(&customer),
+                            "mutation($b: UUID!, $p: DateTime!, $r: DateTime!) {
+                                modifyBooking(id: $b, pickupAt: $p, returnAt: $r) { id } }",
+                            json!({ "b": id, "p": to.to_rfc3339(),
+                                    "r": (to + (end - start) + minutes(120)).to_rfc3339() }),
+                        )
+                        .await;
+                }
+                1 => {
+                    app.ok(
+                        Some(&customer),
+                        "mutation($b: UUID!) { cancelBooking(id: $b) { id } }",
+                        json!({ "b": id }),
+                    )
+                    .await;
+                }
+                _ => {}
+            }
         }
         if rng.random_bool(0.25) {
             let start = base + minutes(rng.random_range(0..10 * 24 * 60));

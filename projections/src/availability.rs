@@ -24,17 +24,26 @@ use crate::{aggregate_uuid, decode};
 
 pub struct Availability;
 
-#[derive(Clone, Debug)]
-struct Block {
-    kind: &'static str,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    reason: Option<String>,
+/// A window in which a car is not free.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Block {
+    pub(crate) kind: &'static str,
+    pub(crate) start: DateTime<Utc>,
+    pub(crate) end: DateTime<Utc>,
+    pub(crate) reason: Option<String>,
     /// Minutes the car stays out after `end` (from the event; 60 in older events).
-    turnaround_minutes: i32,
+    pub(crate) turnaround_minutes: i32,
 }
 
-type Key = (Uuid, Uuid);
+impl Block {
+    /// Until when it holds the car: its end plus its turnaround.
+    pub(crate) fn held_until(&self) -> DateTime<Utc> {
+        self.end + chrono::Duration::minutes(i64::from(self.turnaround_minutes))
+    }
+}
+
+/// (car, block): a block is a booking's reservation or a maintenance.
+pub(crate) type Key = (Uuid, Uuid);
 
 #[async_trait::async_trait]
 impl Projection for Availability {
@@ -119,75 +128,7 @@ impl Projection for Availability {
             .collect();
         let mut dirty = HashSet::new();
         for (car, event) in decoded {
-            match event {
-                CarEvent::MaintenanceScheduled {
-                    maintenance_id,
-                    window,
-                    reason,
-                    displaced,
-                    turnaround_minutes,
-                    ..
-                } => {
-                    // An urgent maintenance drops the reservations it displaced.
-                    for booking_id in displaced {
-                        current.remove(&(car, booking_id));
-                        dirty.insert((car, booking_id));
-                    }
-                    let block = Block {
-                        kind: "MAINTENANCE",
-                        start: window.start,
-                        end: window.end,
-                        reason: Some(reason),
-                        turnaround_minutes: minutes(turnaround_minutes),
-                    };
-                    insert(&mut current, (car, maintenance_id), block)?;
-                    dirty.insert((car, maintenance_id));
-                }
-                CarEvent::CarReserved {
-                    booking_id,
-                    window,
-                    turnaround_minutes,
-                    ..
-                } => {
-                    let block = Block {
-                        kind: "RESERVATION",
-                        start: window.start,
-                        end: window.end,
-                        reason: None,
-                        turnaround_minutes: minutes(turnaround_minutes),
-                    };
-                    insert(&mut current, (car, booking_id), block)?;
-                    dirty.insert((car, booking_id));
-                }
-                CarEvent::ReservationChanged {
-                    booking_id,
-                    to,
-                    turnaround_minutes,
-                    ..
-                } => {
-                    if let Some(block) = current.get_mut(&(car, booking_id)) {
-                        block.start = to.start;
-                        block.end = to.end;
-                        block.turnaround_minutes = minutes(turnaround_minutes);
-                        dirty.insert((car, booking_id));
-                    }
-                }
-                CarEvent::ReservationReleased { booking_id, .. } => {
-                    current.remove(&(car, booking_id));
-                    dirty.insert((car, booking_id));
-                }
-                CarEvent::MaintenanceCompleted {
-                    maintenance_id: id,
-                    at,
-                }
-                | CarEvent::CarReturned {
-                    booking_id: id, at, ..
-                } => {
-                    cut(&mut current, (car, id), at);
-                    dirty.insert((car, id));
-                }
-                _ => {}
-            }
+            fold(&mut current, &mut dirty, car, event)?;
         }
         let gone: Vec<Key> = dirty
             .iter()
@@ -243,6 +184,98 @@ impl Projection for Availability {
         .await?;
         Ok(())
     }
+}
+
+/// Fold one event of `car` into its blocks, marking the blocks it touched in `dirty`: what the
+/// Car aggregate decided, as windows. The search model folds the same way into each car's row.
+pub(crate) fn fold(
+    current: &mut HashMap<Key, Block>,
+    dirty: &mut HashSet<Key>,
+    car: Uuid,
+    event: CarEvent,
+) -> Result<(), ApplyError> {
+    match event {
+        CarEvent::MaintenanceScheduled {
+            maintenance_id,
+            window,
+            reason,
+            displaced,
+            turnaround_minutes,
+            ..
+        } => {
+            // An urgent maintenance drops the reservations it displaced.
+            for booking_id in displaced {
+                current.remove(&(car, booking_id));
+                dirty.insert((car, booking_id));
+            }
+            let block = Block {
+                kind: "MAINTENANCE",
+                start: window.start,
+                end: window.end,
+                reason: Some(reason),
+                turnaround_minutes: minutes(turnaround_minutes),
+            };
+            insert(current, (car, maintenance_id), block)?;
+            dirty.insert((car, maintenance_id));
+        }
+        CarEvent::CarReserved {
+            booking_id,
+            window,
+            turnaround_minutes,
+            ..
+        } => {
+            let block = Block {
+                kind: "RESERVATION",
+                start: window.start,
+                end: window.end,
+                reason: None,
+                turnaround_minutes: minutes(turnaround_minutes),
+            };
+            insert(current, (car, booking_id), block)?;
+            dirty.insert((car, booking_id));
+        }
+        CarEvent::ReservationChanged {
+            booking_id,
+            to,
+            turnaround_minutes,
+            ..
+        } => {
+            // A reservation the reader no longer keeps (the search model forgets windows
+            // long past) comes back when it moves: an overdue rental extended.
+            let block = current.entry((car, booking_id)).or_insert_with(|| Block {
+                kind: "RESERVATION",
+                start: to.start,
+                end: to.end,
+                reason: None,
+                turnaround_minutes: 0,
+            });
+            block.start = to.start;
+            block.end = to.end;
+            block.turnaround_minutes = minutes(turnaround_minutes);
+            dirty.insert((car, booking_id));
+        }
+        CarEvent::ReservationReleased { booking_id, .. } => {
+            current.remove(&(car, booking_id));
+            dirty.insert((car, booking_id));
+        }
+        CarEvent::MaintenanceCompleted {
+            maintenance_id: id,
+            at,
+        }
+        | CarEvent::CarReturned {
+            booking_id: id, at, ..
+        } => {
+            cut(current, (car, id), at);
+            dirty.insert((car, id));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Whether an event moves a car's blocks.
+pub(crate) fn moves_blocks(event: &CarEvent) -> bool {
+    !blocks_of(event).is_empty()
 }
 
 /// The blocks an event is about.

@@ -84,33 +84,24 @@ pub async fn free_cars(
     exclude: Uuid,
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    // A block clashes when it starts before this rental's end plus its turnaround and its own
-    // turnaround reaches past this rental's start (`Block::clashes`); the `&&` is widened by
-    // the longest turnaround so the GiST index answers, then the exact test.
-    sqlx::query_scalar(
-        "SELECT c.car_id FROM rm_search_cars c \
-         WHERE NOT c.retired AND c.branch_code = $1 AND c.class = $2 AND c.currency = $3 \
-           AND c.car_id <> $7 \
-           AND NOT EXISTS (SELECT 1 FROM rm_availability_blocks b WHERE b.car_id = c.car_id \
-             AND b.period && tstzrange($4 - make_interval(mins => $9), \
-                                       $5 + make_interval(mins => $6::int)) \
-             AND upper(b.period) + make_interval(mins => b.turnaround_minutes) > $4) \
-         ORDER BY c.daily_rate_minor, c.car_id LIMIT $8",
-    )
-    .bind(branch)
-    .bind(class)
-    .bind(currency)
-    .bind(from)
-    .bind(to)
-    .bind(
+    let turnaround =
         i32::try_from(turnaround_minutes.clamp(0, domain::car::MAX_TURNAROUND_MINUTES))
-            .unwrap_or(0),
-    )
-    .bind(exclude)
-    .bind(limit.clamp(1, 100))
-    .bind(i32::try_from(domain::car::MAX_TURNAROUND_MINUTES).unwrap_or(1_440))
-    .fetch_all(conn)
-    .await
+            .unwrap_or(0);
+    let mut q: sqlx::QueryBuilder<'_, sqlx::Postgres> = sqlx::QueryBuilder::new(
+        "SELECT c.car_id FROM rm_search_cars c WHERE NOT c.retired AND c.branch_code = ",
+    );
+    q.push_bind(branch)
+        .push(" AND c.class = ")
+        .push_bind(class)
+        .push(" AND c.currency = ")
+        .push_bind(currency)
+        .push(" AND c.car_id <> ")
+        .push_bind(exclude)
+        .push(" AND ");
+    push_free(&mut q, from, to, Turnaround::Minutes(turnaround));
+    q.push(" ORDER BY c.daily_rate_minor, c.car_id LIMIT ")
+        .push_bind(limit.clamp(1, 100));
+    q.build_query_scalar().fetch_all(conn).await
 }
 
 /// Cars by id (those that exist), in no order: one query for a page's worth of lookups.
@@ -303,25 +294,59 @@ fn push_branches(
     q.push(") br");
 }
 
-/// The conditions on a car `c` at branch `br` that `query` asks for (no cursor).
-fn push_car_conditions(q: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, query: &CarQuery) {
-    // Free as booking decides: no block may reach the pick-up with its turnaround, and the
-    // rental with the turnaround of its branch (where a round trip returns the car) may
-    // reach no block. The `&&` on `period` (widened by the longest turnaround) is what the
-    // GiST index answers; the exact test follows.
+/// The turnaround a rental's return adds before the car is free again.
+#[derive(Clone, Copy)]
+enum Turnaround {
+    /// That of the branch `br` the car stands at (where a round trip returns it).
+    OfBranch,
+    Minutes(i32),
+}
+
+/// "Car `c` is free for `[pickup, return_at)`" as booking decides it: no block may reach the
+/// pick-up with its own turnaround, and the rental with its turnaround may reach no block.
+///
+/// A window from [`BUSY_FROM`] ago on tests the row's own `busy` set (each block widened by
+/// its turnaround), a range test with no join. An older window probes the availability
+/// model's blocks: the `&&` on `period`, widened by the longest turnaround, is what its GiST
+/// index answers, then the exact test.
+fn push_free(
+    q: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>,
+    pickup: DateTime<Utc>,
+    return_at: DateTime<Utc>,
+    turnaround: Turnaround,
+) {
+    let push_end = |q: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>| {
+        q.push_bind(return_at).push(" + make_interval(mins => ");
+        match turnaround {
+            Turnaround::OfBranch => q.push("br.turnaround_minutes"),
+            Turnaround::Minutes(m) => q.push_bind(m),
+        };
+        q.push(")");
+    };
+    if pickup >= Utc::now() - BUSY_FROM {
+        q.push("NOT c.busy && tstzrange(")
+            .push_bind(pickup)
+            .push(", ");
+        push_end(q);
+        q.push(")");
+        return;
+    }
     q.push(
-        "NOT c.retired AND NOT EXISTS (SELECT 1 FROM rm_availability_blocks b \
+        "NOT EXISTS (SELECT 1 FROM rm_availability_blocks b \
          WHERE b.car_id = c.car_id AND b.period && tstzrange(",
     );
-    q.push_bind(query.pickup_at - chrono::Duration::minutes(domain::car::MAX_TURNAROUND_MINUTES))
-        .push(", ")
-        .push_bind(query.return_at)
-        .push(
-            " + make_interval(mins => br.turnaround_minutes)) AND upper(b.period) \
-             + make_interval(mins => b.turnaround_minutes) > ",
-        )
-        .push_bind(query.pickup_at)
+    q.push_bind(pickup - chrono::Duration::minutes(domain::car::MAX_TURNAROUND_MINUTES))
+        .push(", ");
+    push_end(q);
+    q.push(") AND upper(b.period) + make_interval(mins => b.turnaround_minutes) > ")
+        .push_bind(pickup)
         .push(")");
+}
+
+/// The conditions on a car `c` at branch `br` that `query` asks for (no cursor).
+fn push_car_conditions(q: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, query: &CarQuery) {
+    q.push("NOT c.retired AND ");
+    push_free(q, query.pickup_at, query.return_at, Turnaround::OfBranch);
     if let Some(classes) = &query.classes {
         q.push(" AND c.class = ANY(")
             .push_bind(classes.clone())
@@ -602,9 +627,92 @@ struct CarRow {
     review_count: i32,
     registered_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    /// The car's blocks that may still keep it from a rental (the availability model's, as
+    /// the same fold makes them), so a search tests a row and not a join.
+    blocks: sqlx::types::Json<Vec<KeptBlock>>,
 }
 
+/// A block as a search row keeps it (`rm_search_cars.blocks`).
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, Serialize)]
+struct KeptBlock {
+    id: Uuid,
+    kind: String,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    turnaround_minutes: i32,
+}
+
+/// How long a row keeps a block after it stopped holding the car, counted from the car's
+/// latest event: searches from a day ago on read the kept blocks (`BUSY_FROM`), and a window
+/// that starts earlier is tested against the availability model itself.
+const KEEP_PAST: chrono::Duration = chrono::Duration::days(1);
+
+/// Searches whose pick-up is no earlier than this before now test the row's `busy` set; older
+/// ones probe the availability model. Smaller than [`KEEP_PAST`], so a block a row no longer
+/// keeps can never meet a window tested against it, even with the clocks of this process and
+/// of the database apart by hours.
+const BUSY_FROM: chrono::Duration = chrono::Duration::hours(12);
+
 impl CarRow {
+    /// Fold a car event that moves its blocks, as the availability model folds it, then
+    /// forget the blocks that stopped holding the car more than [`KEEP_PAST`] before `at`.
+    fn fold_blocks(&mut self, event: &CarEvent, at: DateTime<Utc>) -> Result<(), ApplyError> {
+        use crate::availability::{Block, fold};
+        let car = self.car_id;
+        let mut current: HashMap<(Uuid, Uuid), Block> = self
+            .blocks
+            .iter()
+            .map(|b| {
+                let kind = if b.kind == "MAINTENANCE" {
+                    "MAINTENANCE"
+                } else {
+                    "RESERVATION"
+                };
+                let block = Block {
+                    kind,
+                    start: b.from,
+                    end: b.to,
+                    reason: None,
+                    turnaround_minutes: b.turnaround_minutes,
+                };
+                ((car, b.id), block)
+            })
+            .collect();
+        fold(&mut current, &mut HashSet::new(), car, event.clone())?;
+        let mut kept: Vec<KeptBlock> = current
+            .into_iter()
+            .filter(|(_, b)| b.held_until() > at - KEEP_PAST)
+            .map(|((_, id), b)| KeptBlock {
+                id,
+                kind: b.kind.to_owned(),
+                from: b.start,
+                to: b.end,
+                turnaround_minutes: b.turnaround_minutes,
+            })
+            .collect();
+        kept.sort_by_key(|b| (b.from, b.id));
+        self.blocks = sqlx::types::Json(kept);
+        Ok(())
+    }
+
+    /// The union of its blocks, each held until its turnaround ends, as a `tstzmultirange`
+    /// literal.
+    fn busy(&self) -> String {
+        let ranges: Vec<String> = self
+            .blocks
+            .iter()
+            .map(|b| {
+                let until = b.to + chrono::Duration::minutes(i64::from(b.turnaround_minutes));
+                format!(
+                    "[\"{}\",\"{}\")",
+                    b.from.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                    until.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                )
+            })
+            .collect();
+        format!("{{{}}}", ranges.join(","))
+    }
+
     fn set_details(&mut self, details: &CarDetails) {
         self.make.clone_from(&details.make);
         self.model.clone_from(&details.model);
@@ -715,7 +823,7 @@ impl Projection for Search {
         let mut rows: HashMap<Uuid, CarRow> = sqlx::query_as::<_, CarRow>(
             "SELECT car_id, make, model, year, class, seats, transmission, fuel, features, \
                daily_rate_minor, currency, branch_code, retired, rented_booking, odometer_km, \
-               rating_sum, review_count, registered_at, updated_at \
+               rating_sum, review_count, registered_at, updated_at, blocks \
              FROM rm_search_cars WHERE car_id = ANY($1)",
         )
         .bind(&ids)
@@ -759,6 +867,7 @@ impl Projection for Search {
                             review_count: 0,
                             registered_at: at,
                             updated_at: at,
+                            blocks: sqlx::types::Json(Vec::new()),
                         };
                         row.set_details(details);
                         rows.insert(car, row);
@@ -768,6 +877,11 @@ impl Projection for Search {
                     let Some(row) = rows.get_mut(&car) else {
                         continue;
                     };
+                    if crate::availability::moves_blocks(&event) {
+                        row.fold_blocks(&event, at)?;
+                        row.updated_at = at;
+                        dirty.insert(car);
+                    }
                     if apply_car(row, event, at) {
                         dirty.insert(car);
                     }
@@ -866,21 +980,28 @@ async fn write_cars(conn: &mut PgConnection, rows: &[&CarRow]) -> Result<(), App
         .map(|r| serde_json::to_string(&r.features).unwrap_or_else(|_| "[]".to_owned()))
         .collect();
     let text: Vec<String> = rows.iter().map(|r| r.search_text()).collect();
+    let blocks: Vec<String> = rows
+        .iter()
+        .map(|r| serde_json::to_string(&r.blocks.0).unwrap_or_else(|_| "[]".to_owned()))
+        .collect();
+    let busy: Vec<String> = rows.iter().map(|r| r.busy()).collect();
     sqlx::query(
         "INSERT INTO rm_search_cars (car_id, make, model, year, class, seats, transmission, fuel, \
            features, daily_rate_minor, currency, branch_code, retired, rented_booking, \
-           odometer_km, rating_sum, review_count, search_vector, registered_at, updated_at) \
+           odometer_km, rating_sum, review_count, search_vector, registered_at, updated_at, \
+           blocks, busy) \
          SELECT car_id, make, model, year, class, seats, transmission, fuel, \
            ARRAY(SELECT jsonb_array_elements_text(features::jsonb)), daily_rate_minor, currency, \
            branch_code, retired, rented_booking, odometer_km, rating_sum, review_count, \
-           to_tsvector('simple', search_text), registered_at, updated_at \
+           to_tsvector('simple', search_text), registered_at, updated_at, blocks::jsonb, \
+           busy::tstzmultirange \
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::int[], \
            $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[], \
            $13::bool[], $14::uuid[], $15::float8[], $16::bigint[], $17::int[], $18::text[], \
-           $19::timestamptz[], $20::timestamptz[]) \
+           $19::timestamptz[], $20::timestamptz[], $21::text[], $22::text[]) \
            AS u(car_id, make, model, year, class, seats, transmission, fuel, features, \
              daily_rate_minor, currency, branch_code, retired, rented_booking, odometer_km, \
-             rating_sum, review_count, search_text, registered_at, updated_at) \
+             rating_sum, review_count, search_text, registered_at, updated_at, blocks, busy) \
          ON CONFLICT (car_id) DO UPDATE SET make = EXCLUDED.make, model = EXCLUDED.model, \
            year = EXCLUDED.year, class = EXCLUDED.class, seats = EXCLUDED.seats, \
            transmission = EXCLUDED.transmission, fuel = EXCLUDED.fuel, \
@@ -889,7 +1010,7 @@ async fn write_cars(conn: &mut PgConnection, rows: &[&CarRow]) -> Result<(), App
            retired = EXCLUDED.retired, rented_booking = EXCLUDED.rented_booking, \
            odometer_km = EXCLUDED.odometer_km, rating_sum = EXCLUDED.rating_sum, \
            review_count = EXCLUDED.review_count, search_vector = EXCLUDED.search_vector, \
-           updated_at = EXCLUDED.updated_at",
+           updated_at = EXCLUDED.updated_at, blocks = EXCLUDED.blocks, busy = EXCLUDED.busy",
     )
     .bind(column!(car_id))
     .bind(column!(make))
@@ -911,7 +1032,116 @@ async fn write_cars(conn: &mut PgConnection, rows: &[&CarRow]) -> Result<(), App
     .bind(text)
     .bind(column!(registered_at))
     .bind(column!(updated_at))
+    .bind(blocks)
+    .bind(busy)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone as _;
+    use domain::window::TimeWindow;
+
+    fn row() -> CarRow {
+        let at = Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap();
+        CarRow {
+            car_id: Uuid::from_u128(1),
+            make: "Fiat".into(),
+            model: "Panda".into(),
+            year: 2024,
+            class: "ECONOMY".into(),
+            seats: 4,
+            transmission: "MANUAL".into(),
+            fuel: "PETROL".into(),
+            features: Vec::new(),
+            daily_rate_minor: 3_000,
+            currency: "EUR".into(),
+            branch_code: "LIS".into(),
+            retired: false,
+            rented_booking: None,
+            odometer_km: None,
+            rating_sum: 0,
+            review_count: 0,
+            registered_at: at,
+            updated_at: at,
+            blocks: sqlx::types::Json(Vec::new()),
+        }
+    }
+
+    fn day(d: u32, h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, d, h, 0, 0).unwrap()
+    }
+
+    fn window(from: DateTime<Utc>, to: DateTime<Utc>) -> TimeWindow {
+        TimeWindow::new(from, to).unwrap()
+    }
+
+    #[test]
+    fn a_row_keeps_the_blocks_that_can_still_hold_the_car_and_their_union_widened_by_turnaround() {
+        let mut car = row();
+        let (a, b) = (Uuid::from_u128(10), Uuid::from_u128(11));
+        let reserve = |booking_id, from, to, turnaround_minutes| CarEvent::CarReserved {
+            booking_id,
+            window: window(from, to),
+            at: day(1, 9),
+            turnaround_minutes,
+        };
+        car.fold_blocks(&reserve(a, day(3, 10), day(5, 10), 60), day(1, 9))
+            .unwrap();
+        car.fold_blocks(&reserve(b, day(8, 10), day(9, 10), 30), day(1, 10))
+            .unwrap();
+        assert_eq!(
+            car.busy(),
+            "{[\"2026-12-03T10:00:00Z\",\"2026-12-05T11:00:00Z\"),\
+             [\"2026-12-08T10:00:00Z\",\"2026-12-09T10:30:00Z\")}"
+        );
+        // Released: gone. The other, a day after it stopped holding the car: forgotten.
+        car.fold_blocks(
+            &CarEvent::ReservationReleased {
+                booking_id: b,
+                at: day(2, 9),
+            },
+            day(2, 9),
+        )
+        .unwrap();
+        assert_eq!(car.blocks.len(), 1);
+        car.fold_blocks(
+            &CarEvent::ReservationReleased {
+                booking_id: Uuid::from_u128(99),
+                at: day(6, 10),
+            },
+            day(6, 10),
+        )
+        .unwrap();
+        assert_eq!(car.blocks.len(), 1, "held until 5 Dec 11:00, kept a day");
+        car.fold_blocks(
+            &CarEvent::ReservationReleased {
+                booking_id: Uuid::from_u128(99),
+                at: day(6, 11),
+            },
+            day(6, 11) + chrono::Duration::minutes(1),
+        )
+        .unwrap();
+        assert!(car.blocks.is_empty(), "{:?}", car.blocks);
+        assert_eq!(car.busy(), "{}");
+        // A forgotten reservation that moves (an overdue rental extended) is kept again.
+        car.fold_blocks(
+            &CarEvent::ReservationChanged {
+                booking_id: a,
+                from: window(day(3, 10), day(5, 10)),
+                to: window(day(3, 10), day(10, 10)),
+                at: day(6, 12),
+                turnaround_minutes: 60,
+            },
+            day(6, 12),
+        )
+        .unwrap();
+        assert_eq!(
+            car.busy(),
+            "{[\"2026-12-03T10:00:00Z\",\"2026-12-10T11:00:00Z\")}"
+        );
+    }
 }

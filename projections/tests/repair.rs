@@ -68,7 +68,7 @@ async fn checkpoints_moved_back_by_the_text_ordered_reader_are_repaired_after_th
     before.run(&pool).await.unwrap();
     // The projections under test are today's code: give the old schema the read-model columns
     // it writes (their migrations, 20261207000004, 20261207000007, 20261207000008,
-    // 20261207000014 and 20261207000017, add them only if missing).
+    // 20261207000014, 20261207000017 and 20261207000019, add them only if missing).
     sqlx::raw_sql(
         "ALTER TABLE rm_daily_metrics ADD COLUMN earned_minor bigint NOT NULL DEFAULT 0; \
          ALTER TABLE rm_car_daily ADD COLUMN earned_minor bigint NOT NULL DEFAULT 0; \
@@ -77,7 +77,9 @@ async fn checkpoints_moved_back_by_the_text_ordered_reader_are_repaired_after_th
          ALTER TABLE rm_bookings ADD COLUMN extras jsonb NOT NULL DEFAULT '[]'; \
          ALTER TABLE rm_bookings ADD COLUMN mileage jsonb; \
          ALTER TABLE rm_availability_blocks ADD COLUMN turnaround_minutes integer NOT NULL \
-           DEFAULT 60;",
+           DEFAULT 60; \
+         ALTER TABLE rm_search_cars ADD COLUMN blocks jsonb NOT NULL DEFAULT '[]'; \
+         ALTER TABLE rm_search_cars ADD COLUMN busy tstzmultirange NOT NULL DEFAULT '{}';",
     )
     .execute(&pool)
     .await
