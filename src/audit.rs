@@ -5,15 +5,15 @@ use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::progress::Progress;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use commands::history::{AsOf, state_at};
 use eventstore::audit::{self, AnchorRef, AuditReport, ExportFilter};
 use eventstore::{EventStore, StreamId};
+use fleetledger_app::progress::Progress;
 
-use crate::config::Config;
-use crate::db;
+use fleetledger_app::Config;
+use fleetledger_app::db;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct VerifyArgs {

@@ -1,28 +1,15 @@
 //! The `fleetledger` binary: one command per role (serve, worker, relay, migrate, verify, bench, db).
 #![expect(clippy::print_stdout, reason = "a CLI: results go to stdout")]
 
-mod app;
 mod audit;
-mod bench;
-mod bench_hostile;
-mod bench_projections;
-mod bench_relay;
-mod bench_search;
-mod config;
-mod db;
-mod progress;
 mod projectors;
-mod relay;
-mod seed;
-mod telemetry;
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use eventstore::embedded::EmbeddedPostgres;
-
-use crate::config::Config;
+use fleetledger_app::{Application, Config, db, relay, seed, shutdown_signal, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -155,13 +142,14 @@ See docs/auditing.md.")]
   fleetledger replay car/0192f0c4-8a1e-7c3b-9b1a-2f5d7c1e9a10 --as-of 2026-11-30T12:00:00Z")]
     Replay(audit::ReplayArgs),
     /// Benchmarks, reported as ratios against baselines run side by side.
+    #[cfg(feature = "bench")]
     #[command(after_help = "Examples:
   fleetledger bench append --json
   fleetledger bench projections
 See docs/benchmarks.md.")]
     Bench {
         #[command(subcommand)]
-        which: BenchCommand,
+        which: fleetledger_bench::BenchCommand,
     },
     /// The embedded PostgreSQL cluster under FLEETLEDGER_DATA_DIR.
     #[command(after_help = "Examples:
@@ -172,21 +160,6 @@ See docs/benchmarks.md.")]
         #[command(subcommand)]
         action: DbCommand,
     },
-}
-
-#[derive(Subcommand, Debug)]
-enum BenchCommand {
-    /// Command append throughput: our executor vs cqrs-es + postgres-es vs a raw INSERT ceiling.
-    Append(bench::AppendOptions),
-    /// Projection rebuild rate vs the raw read rate; commit-to-visible lag under load.
-    Projections(bench_projections::ProjectionBenchOptions),
-    /// Relay throughput end to end vs a bare producer's rate for the same messages (KAFKA_BROKERS).
-    Relay(bench_relay::RelayBenchOptions),
-    /// What refusing the known attacks costs a running server, and /healthz's latency meanwhile
-    /// beside its latency at rest (start the server with FLEETLEDGER_RATE_LIMIT=0).
-    Hostile(bench_hostile::HostileBenchOptions),
-    /// searchCars over HTTP at 2,000 and 20,000 cars, beside a trivial query and its own SQL.
-    Search(bench_search::SearchBenchOptions),
 }
 
 #[derive(Subcommand, Debug)]
@@ -294,40 +267,9 @@ async fn run(command: Command, config: Config) -> Result<ExitCode> {
         Command::Export(args) => audit::export(&config, args).await,
         Command::VerifyExport { file } => audit::verify_export(&file),
         Command::Replay(args) => audit::replay(&config, args).await,
-        Command::Bench {
-            which: BenchCommand::Append(options),
-        } => {
-            let server = db::connect_options(&config).await?;
-            bench::append(server, config.executor.clone(), options).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench {
-            which: BenchCommand::Projections(options),
-        } => {
-            let server = db::connect_options(&config).await?;
-            let url = config.database_url.as_ref().map(|u| u.expose().to_owned());
-            bench_projections::run(server, url, options).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench {
-            which: BenchCommand::Relay(options),
-        } => {
-            let server = db::connect_options(&config).await?;
-            bench_relay::run(server, config.kafka.clone(), options).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench {
-            which: BenchCommand::Search(options),
-        } => {
-            let server = db::connect_options(&config).await?;
-            let url = config.database_url.as_ref().map(|u| u.expose().to_owned());
-            bench_search::run(server, url, options).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench {
-            which: BenchCommand::Hostile(options),
-        } => {
-            bench_hostile::run(options).await?;
+        #[cfg(feature = "bench")]
+        Command::Bench { which } => {
+            fleetledger_bench::run(which, &config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Db { action } => embedded_db(config, action).await,
@@ -341,78 +283,16 @@ async fn serve(config: Config) -> Result<ExitCode> {
     if api::prometheus().is_none() {
         tracing::warn!("metrics recorder not installed; /metrics will be empty");
     }
-    let pool = db::connect_and_migrate(&config, "fleetledger-serve").await?;
-    let services = app::App::build(&config, pool)?;
-    let first_admin = services.bootstrap_admin(&config).await?;
-    let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
-    let projector_token = tokio_util::sync::CancellationToken::new();
-    let mut projector_tasks = if config.serve_projectors {
-        projectors::spawn(
-            &services.store,
-            &[],
-            &projectors::run_options(&config),
-            &projector_token,
-        )?
-    } else {
-        tokio::task::JoinSet::new()
-    };
-    // With KAFKA_BROKERS set, the relay runs here too (one instance delivers, by lease).
-    if let Some(relay) = relay::projector(services.store.clone(), &config)? {
-        let token = projector_token.clone();
-        projector_tasks.spawn(async move {
-            if let Err(e) = relay.run_until_cancelled(token).await {
-                tracing::error!(error = %e, "the Kafka relay stopped");
-            }
-        });
-    }
-    let worker = services.worker.clone();
-    let worker_task = tokio::spawn(async move {
-        worker
-            .run(std::time::Duration::from_secs(1), async {
-                let _ = worker_stopped.await;
-            })
-            .await;
-    });
-    let app = api::router(services.api_state(&config)?);
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding {}", config.http_addr))?;
-    let addr = listener.local_addr()?;
-    // Small WebSocket messages go out at once: with Nagle's algorithm a second message waits
-    // for the client's delayed acknowledgement of the first (about 40 ms).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
-        }
-    });
-    tracing::info!(
-        addr = %addr,
-        explorer = %format!("http://{addr}/"),
-        graphql = %format!("http://{addr}/graphql"),
-        metrics = %format!("http://{addr}/metrics"),
-        data_dir = %config.data_dir.display(),
-        database = if config.database_url.is_some() { "DATABASE_URL" } else { "embedded" },
-        first_admin = first_admin.as_deref().unwrap_or("-"),
-        "listening"
-    );
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .context("HTTP server")?;
-    let _ = stop_worker.send(());
-    let _ = worker_task.await;
-    projector_token.cancel();
-    while projector_tasks.join_next().await.is_some() {}
-    tracing::info!("stopped");
+    Application::build(config)
+        .await?
+        .run_until(shutdown)
+        .await?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn worker(config: Config) -> Result<ExitCode> {
     let pool = db::connect_and_migrate(&config, "fleetledger-worker").await?;
-    let services = app::App::build(&config, pool)?;
+    let services = fleetledger_app::App::build(&config, pool)?;
     services.bootstrap_admin(&config).await?;
     let shutdown = shutdown_signal();
     tracing::info!("worker running");
@@ -454,28 +334,6 @@ async fn worker_status(config: Config) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the
-/// future is first polled, so a signal that arrives early is not lost.
-pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-    let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
-    async move {
-        let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
-            match s {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            () = wait(term) => {}
-            () = wait(interrupt) => {}
-        }
-        tracing::info!("shutdown requested; draining");
-    }
 }
 
 async fn embedded_db(config: Config, action: DbCommand) -> Result<ExitCode> {

@@ -1,17 +1,15 @@
 //! Running projectors (`project`, in-process in `serve`) and operating them (`projections`).
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use crate::progress::Progress;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use eventstore::EventStore;
+use fleetledger_app::progress::Progress;
+use fleetledger_app::projectors::{run_options, select, spawn};
 use projections::rebuild::{RebuildOptions, rebuild_many};
-use projections::{Projector, RunOptions};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use fleetledger_app::Config;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct ProjectArgs {
@@ -58,66 +56,11 @@ pub(crate) struct RebuildArgs {
     batch_size: i64,
 }
 
-/// The runtime options from the configuration.
-pub(crate) fn run_options(config: &Config) -> RunOptions {
-    RunOptions {
-        batch_size: config.projector_batch_size,
-        poll_interval: Duration::from_millis(config.projector_poll_ms),
-        ..RunOptions::default()
-    }
-}
-
-/// The projections called `only` (all when empty); an unknown name is an error.
-fn select(only: &[String]) -> Result<Vec<std::sync::Arc<dyn projections::Projection>>> {
-    if only.is_empty() {
-        return Ok(projections::all());
-    }
-    only.iter()
-        .map(|name| {
-            projections::by_name(name).with_context(|| {
-                format!(
-                    "no projection called {name:?}; there are: {}",
-                    projections::names().join(", ")
-                )
-            })
-        })
-        .collect()
-}
-
-/// Start the selected projectors and the metrics reporter; they stop when `token` is cancelled.
-pub(crate) fn spawn(
-    store: &EventStore,
-    only: &[String],
-    options: &RunOptions,
-    token: &CancellationToken,
-) -> Result<JoinSet<()>> {
-    let mut tasks = JoinSet::new();
-    let mut names = Vec::new();
-    for projection in select(only)? {
-        let name = projection.name();
-        names.push(name.to_owned());
-        let runner = Projector::postgres(store.clone(), projection, options.clone());
-        let token = token.clone();
-        tasks.spawn(async move {
-            if let Err(e) = runner.run_until_cancelled(token).await {
-                tracing::error!(projection = name, error = %e, "projector stopped");
-            }
-        });
-    }
-    tasks.spawn(projections::status::report_metrics(
-        store.pool().clone(),
-        names,
-        Duration::from_secs(1),
-        token.clone(),
-    ));
-    Ok(tasks)
-}
-
 /// `fleetledger project`: projectors as a process of their own, until SIGTERM.
 pub(crate) async fn project(config: Config, args: ProjectArgs) -> Result<ExitCode> {
     select(&args.only)?;
-    let shutdown = crate::shutdown_signal();
-    let pool = crate::db::connect_and_migrate(&config, "fleetledger-project").await?;
+    let shutdown = fleetledger_app::shutdown_signal();
+    let pool = fleetledger_app::db::connect_and_migrate(&config, "fleetledger-project").await?;
     let store = EventStore::new(pool);
     let token = CancellationToken::new();
     let mut tasks = spawn(&store, &args.only, &run_options(&config), &token)?;
@@ -138,7 +81,7 @@ pub(crate) async fn project(config: Config, args: ProjectArgs) -> Result<ExitCod
 
 /// `fleetledger projections ...`.
 pub(crate) async fn projections(config: Config, command: ProjectionsCommand) -> Result<ExitCode> {
-    let pool = crate::db::connect_and_migrate(&config, "fleetledger-projections").await?;
+    let pool = fleetledger_app::db::connect_and_migrate(&config, "fleetledger-projections").await?;
     match command {
         ProjectionsCommand::Status => {
             let statuses = projections::status::list(&pool).await?;

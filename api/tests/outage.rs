@@ -11,7 +11,6 @@ use std::time::Duration;
 use common::{Options, TestApp, at};
 use eventstore::embedded::EmbeddedPostgres;
 use serde_json::{Value, json};
-use sqlx::postgres::PgPoolOptions;
 
 struct Cluster(PathBuf);
 
@@ -79,14 +78,7 @@ async fn a_database_outage_is_unavailable_then_recovers_with_nothing_lost() {
     let cluster = Cluster(root.clone());
     let pg_dir = root.join("pg");
     let pg = start(&pg_dir).await;
-    let pool = PgPoolOptions::new()
-        .max_connections(20)
-        .acquire_timeout(Duration::from_secs(2))
-        .connect_with(pg.connect_options())
-        .await
-        .unwrap();
-    eventstore::MIGRATOR.run(&pool).await.unwrap();
-    let app = TestApp::on(pool, None, Options::default()).await;
+    let app = TestApp::on(pg.url(), None, Options::default()).await;
     app.add_branch("LIS", 38.7223, -9.1393).await;
     let car = app.add_car("LIS", "Fiat", "50.00").await;
     let (customer, _) = app.register("c@example.com").await;

@@ -1,5 +1,5 @@
-//! The end-to-end harness: a fresh database, the services and projectors as `serve` runs them,
-//! the API on port 0, and a real HTTP client.
+//! The end-to-end harness: a fresh database, the application exactly as `fleetledger serve`
+//! builds and runs it (`fleetledger_app::Application`), on port 0, and a real HTTP client.
 
 #![allow(
     dead_code,
@@ -10,12 +10,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use api::services::ServicesConfig;
-use api::{ApiConfig, AppState, RateLimitConfig, Services};
-use commands::accounts::{JwtKeys, Secret};
-use commands::booking::BookingConfig;
-use commands::locks::HotCarLock;
-use commands::payments::SandboxGateways;
+use api::Services;
 use eventstore::testing::TestDatabase;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -83,83 +78,83 @@ impl TestApp {
 
     pub async fn with(options: Options) -> Self {
         let db = TestDatabase::create().await;
-        let pool = db.pool.clone();
-        Self::on(pool, Some(db), options).await
+        let url = db.url();
+        Self::on(url, Some(db), options).await
     }
 
-    /// The app over `pool` (already migrated).
-    pub async fn on(pool: sqlx::PgPool, db: Option<TestDatabase>, options: Options) -> Self {
+    /// The application `fleetledger serve` runs (`fleetledger_app::Application`, built from
+    /// configuration variables as an operator sets them) over the database at `url`.
+    pub async fn on(url: String, db: Option<TestDatabase>, options: Options) -> Self {
         if options.redis_url.is_some() {
             require_redis().await;
         }
-        let prefix = format!("fltest:{}:", Uuid::new_v4().simple());
-        let lock = match &options.redis_url {
-            Some(url) => HotCarLock::new(url, &prefix).unwrap(),
-            None => HotCarLock::disabled(),
-        };
-        let services = Services::build(
-            pool.clone(),
-            ServicesConfig {
-                executor: commands::ExecutorConfig::default(),
-                booking: BookingConfig::default(),
-                lock,
-                keys: JwtKeys::new(
-                    &Secret::new("test-secret-of-at-least-thirty-two-bytes"),
-                    Duration::from_secs(3600),
-                )
-                .unwrap(),
-                gateways: SandboxGateways::new().router(Duration::from_secs(2)),
-                read_your_writes_timeout: options.read_your_writes,
-            },
-        );
-        services
-            .accounts
-            .bootstrap_admin(ADMIN_EMAIL, ADMIN_PASSWORD)
-            .await
-            .unwrap();
+        let data_dir =
+            std::env::temp_dir().join(format!("fleetledger-api-test-{}", Uuid::new_v4()));
+        let ms = |d: Duration| d.as_millis().to_string();
+        let mut vars: std::collections::HashMap<&str, String> = [
+            ("DATABASE_URL", url),
+            ("FLEETLEDGER_DATA_DIR", data_dir.display().to_string()),
+            ("FLEETLEDGER_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            (
+                "FLEETLEDGER_JWT_SECRET",
+                "test-secret-of-at-least-thirty-two-bytes".to_owned(),
+            ),
+            ("FLEETLEDGER_JWT_TTL", "3600".to_owned()),
+            ("FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL", ADMIN_EMAIL.to_owned()),
+            (
+                "FLEETLEDGER_BOOTSTRAP_ADMIN_PASSWORD",
+                ADMIN_PASSWORD.to_owned(),
+            ),
+            ("FLEETLEDGER_PAYMENT_GATEWAYS", "sandbox".to_owned()),
+            ("FLEETLEDGER_CORS_ORIGINS", "https://app.example".to_owned()),
+            ("FLEETLEDGER_RATE_LIMIT", options.rate_limit.to_string()),
+            ("FLEETLEDGER_RATE_LIMIT_WINDOW", "60".to_owned()),
+            (
+                "FLEETLEDGER_REDIS_PREFIX",
+                format!("fltest:{}:", Uuid::new_v4().simple()),
+            ),
+            ("FLEETLEDGER_BODY_LIMIT", options.body_limit.to_string()),
+            ("FLEETLEDGER_REQUEST_BUDGET_MS", ms(options.request_budget)),
+            (
+                "FLEETLEDGER_READ_YOUR_WRITES_MS",
+                ms(options.read_your_writes),
+            ),
+            (
+                "FLEETLEDGER_WS_MAX_OPERATIONS",
+                options.websocket.max_operations.to_string(),
+            ),
+            (
+                "FLEETLEDGER_WS_CONNECTIONS_PER_ADDRESS",
+                options.websocket.connections_per_address.to_string(),
+            ),
+            (
+                "FLEETLEDGER_WS_INIT_TIMEOUT_MS",
+                ms(options.websocket.init_timeout),
+            ),
+            // Tests see a revoked session cut a WebSocket within a fraction of a second.
+            ("FLEETLEDGER_SESSION_RECHECK_MS", "200".to_owned()),
+            ("FLEETLEDGER_PROJECTOR_POLL_MS", "100".to_owned()),
+            ("FLEETLEDGER_PROJECTOR_MAX_BACKOFF_MS", "500".to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        if let Some(redis) = &options.redis_url {
+            vars.insert("REDIS_URL", redis.clone());
+        }
+        let config = fleetledger_app::Config::from_vars(&|name| vars.get(name).cloned()).unwrap();
+        let application = fleetledger_app::Application::build(config).await.unwrap();
+        let addr = application.addr();
+        let services = application.services().clone();
+        let pool = services.store.pool().clone();
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let run = projections::RunOptions {
-            poll_interval: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(500),
-            ..projections::RunOptions::default()
-        };
-        for projection in projections::all() {
-            let runner =
-                projections::Projector::postgres(services.store.clone(), projection, run.clone());
-            let token = stop.clone();
-            tasks.spawn(async move {
-                let _ = runner.run_until_cancelled(token).await;
-            });
-        }
-        let state = AppState::new(
-            services.clone(),
-            ApiConfig {
-                cors_origins: vec!["https://app.example".into()],
-                body_limit_bytes: options.body_limit,
-                request_budget: options.request_budget,
-                rate_limit: RateLimitConfig {
-                    requests: options.rate_limit,
-                    window: Duration::from_secs(60),
-                    redis_url: options.redis_url.clone(),
-                    key_prefix: prefix,
-                },
-                // Tests see a revoked session cut a WebSocket within a fraction of a second.
-                session_recheck: Duration::from_millis(200),
-                websocket: options.websocket,
-                ..ApiConfig::default()
-            },
-        )
-        .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let token = stop.clone();
         tasks.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { token.cancelled().await })
+            application
+                .run_until(async move { token.cancelled().await })
                 .await
                 .unwrap();
+            let _ = std::fs::remove_dir_all(&data_dir);
         });
         let mut app = Self {
             addr,

@@ -9,12 +9,15 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use commands::{ExecutorConfig, RetryPolicy};
 
+/// Looks a configuration variable up by name.
+pub type Get<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 /// A value that must never be printed (database URLs carry passwords).
 #[derive(Clone)]
-pub(crate) struct Secret(String);
+pub struct Secret(String);
 
 impl Secret {
-    pub(crate) fn expose(&self) -> &str {
+    pub fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -26,170 +29,194 @@ impl std::fmt::Debug for Secret {
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct Config {
+pub struct Config {
     /// `DATABASE_URL`; unset = the embedded cluster under `data_dir`.
-    pub(crate) database_url: Option<Secret>,
+    pub database_url: Option<Secret>,
     /// `FLEETLEDGER_DATA_DIR` (default `./data`): where the embedded cluster lives.
-    pub(crate) data_dir: PathBuf,
+    pub data_dir: PathBuf,
     /// `FLEETLEDGER_DB_MAX_CONNECTIONS` (default 20).
-    pub(crate) db_max_connections: u32,
+    pub db_max_connections: u32,
     /// `FLEETLEDGER_HTTP_ADDR` (default `127.0.0.1:8080`).
-    pub(crate) http_addr: SocketAddr,
-    pub(crate) executor: ExecutorConfig,
+    pub http_addr: SocketAddr,
+    pub executor: ExecutorConfig,
     /// `FLEETLEDGER_LOG_FORMAT=json` for JSON logs.
-    pub(crate) log_json: bool,
+    pub log_json: bool,
     /// `REDIS_URL`; unset = no hot-car lock (correct, with more retries under contention).
-    pub(crate) redis_url: Option<Secret>,
+    pub redis_url: Option<Secret>,
     /// `FLEETLEDGER_HOLD_TTL` seconds a HELD booking waits for payment (default 300).
-    pub(crate) hold_ttl_seconds: i64,
+    pub hold_ttl_seconds: i64,
     /// `FLEETLEDGER_JWT_SECRET` (at least 32 bytes); unset = a random key per process.
-    pub(crate) jwt_secret: Option<Secret>,
+    pub jwt_secret: Option<Secret>,
     /// `FLEETLEDGER_EARLY_PICKUP_MINUTES`: how long before pick-up time a car may be handed
     /// over with no questions (default 60); earlier only if it is free until then.
-    pub(crate) early_pickup_minutes: i64,
+    pub early_pickup_minutes: i64,
     /// `FLEETLEDGER_NO_SHOW_GRACE_MINUTES`: how long after a paid booking's pick-up time
     /// nobody came before it is a no-show (default 120).
-    pub(crate) no_show_grace_minutes: i64,
+    pub no_show_grace_minutes: i64,
     /// `FLEETLEDGER_CURRENCY`: the fleet's currency, for cars added without one (ISO 4217 with
     /// two minor units; default USD).
-    pub(crate) fleet_currency: domain::Currency,
+    pub fleet_currency: domain::Currency,
     /// `FLEETLEDGER_RETURN_GRACE_MINUTES`: minutes past a return time (and past whole days of
     /// a rental) that are not charged, and after which a car not back is overdue (default 59).
-    pub(crate) return_grace_minutes: i64,
+    pub return_grace_minutes: i64,
     /// `FLEETLEDGER_PAYMENT_GATEWAYS`: the payment providers, by name, in order (comma
     /// separated). Known: `sandbox` (the built-in test gateways: `tok_success` pays). Default:
     /// `sandbox` in development (the embedded database, no `DATABASE_URL`), none otherwise, so
     /// a deployment never takes test tokens unless it names the sandbox.
-    pub(crate) payment_gateways: Vec<String>,
+    pub payment_gateways: Vec<String>,
     /// `FLEETLEDGER_EARLY_RETURN`: `as-booked` (default: the booked days are charged) or
     /// `per-day-used` (the days used, the rest refunded less
     /// `FLEETLEDGER_EARLY_RETURN_FEE_MINOR`, in the rate's minor units, default 2500).
-    pub(crate) early_return: domain::pricing::EarlyReturn,
+    pub early_return: domain::pricing::EarlyReturn,
     /// `FLEETLEDGER_EXTRAS`: the extras on offer and their prices, in the rate's minor units:
     /// `KIND=PER_DAY[/MAX_PER_RENTAL][xMAX_QUANTITY]`, comma separated (`none`: no extras);
     /// default `CHILD_SEAT=800/6000x3,ADDITIONAL_DRIVER=1000x4,COLLISION_DAMAGE_WAIVER=1500,
     /// GPS=700/5000`.
-    pub(crate) extras: Vec<domain::pricing::ExtraPrice>,
+    pub extras: Vec<domain::pricing::ExtraPrice>,
     /// `FLEETLEDGER_MILEAGE_KM_PER_DAY` included per charged day (0: unlimited; default 300)
     /// and `FLEETLEDGER_MILEAGE_EXCESS_PER_KM_MINOR` charged per whole kilometre beyond, in the
     /// rate's minor units (default 25).
-    pub(crate) mileage: domain::pricing::Mileage,
+    pub mileage: domain::pricing::Mileage,
     /// `FLEETLEDGER_JWT_TTL` seconds an access token lives (default 900).
-    pub(crate) jwt_ttl_seconds: u64,
+    pub jwt_ttl_seconds: u64,
     /// `FLEETLEDGER_SESSION_TTL` seconds a session (and its refresh tokens) lives at most
     /// (default 2592000, 30 days).
-    pub(crate) session_ttl_seconds: u64,
+    pub session_ttl_seconds: u64,
     /// `FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL` / `_PASSWORD`: the first admin, created if none exists.
-    pub(crate) bootstrap_admin_email: Option<String>,
-    pub(crate) bootstrap_admin_password: Option<Secret>,
+    pub bootstrap_admin_email: Option<String>,
+    pub bootstrap_admin_password: Option<Secret>,
     /// `FLEETLEDGER_PROJECTOR_BATCH`: events per projector transaction (default 500).
-    pub(crate) projector_batch_size: i64,
+    pub projector_batch_size: i64,
     /// `FLEETLEDGER_PROJECTOR_POLL_MS`: polling fallback when no notification comes (default 500).
-    pub(crate) projector_poll_ms: u64,
+    pub projector_poll_ms: u64,
     /// `FLEETLEDGER_SERVE_PROJECTORS` (default true): whether `serve` runs the projectors
     /// in-process. Turn off when `fleetledger project` processes run them.
-    pub(crate) serve_projectors: bool,
+    pub serve_projectors: bool,
     /// `KAFKA_BROKERS` and the `FLEETLEDGER_KAFKA_*` settings; `None` = the relay is off.
-    pub(crate) kafka: Option<relay::RelayConfig>,
+    pub kafka: Option<relay::RelayConfig>,
     /// `FLEETLEDGER_CORS_ORIGINS`: comma-separated origins browsers may call the API from
     /// (`*` for any); unset = no cross-origin access.
-    pub(crate) cors_origins: Vec<String>,
+    pub cors_origins: Vec<String>,
     /// `FLEETLEDGER_BODY_LIMIT`: largest request body in bytes (default 262144).
-    pub(crate) body_limit_bytes: usize,
+    pub body_limit_bytes: usize,
     /// `FLEETLEDGER_GRAPHQL_MAX_DEPTH` (default 12), `_MAX_COMPLEXITY` (default 5000),
     /// `_MAX_PAGE_SIZE` (default 100).
-    pub(crate) graphql_max_depth: usize,
+    pub graphql_max_depth: usize,
     /// `FLEETLEDGER_GRAPHQL_MAX_FIELDS`: fields a document may select once its fragments are
     /// expanded (default 2000).
-    pub(crate) graphql_max_fields: usize,
+    pub graphql_max_fields: usize,
     /// `FLEETLEDGER_GRAPHQL_MAX_ROOT_FIELDS`: root fields per operation, aliases included
     /// (default 20).
-    pub(crate) graphql_max_root_fields: usize,
+    pub graphql_max_root_fields: usize,
     /// `FLEETLEDGER_GRAPHQL_MAX_BATCH`: operations per batched HTTP request (default 10).
-    pub(crate) graphql_max_batch: usize,
+    pub graphql_max_batch: usize,
     /// `FLEETLEDGER_LOGIN_ATTEMPTS` per account per `FLEETLEDGER_LOGIN_WINDOW` seconds
     /// (default 10 per 900; 0 = no limit).
-    pub(crate) login_attempts: u64,
+    pub login_attempts: u64,
     /// `FLEETLEDGER_LOGIN_ATTEMPTS_PER_ADDRESS` per client address per
     /// `FLEETLEDGER_LOGIN_WINDOW` seconds, whatever the account (default 50; 0 = no limit).
-    pub(crate) login_attempts_per_address: u64,
+    pub login_attempts_per_address: u64,
     /// `FLEETLEDGER_REQUEST_BUDGET_MS`: the longest one HTTP GraphQL request may run (default
     /// 30000).
-    pub(crate) request_budget_ms: u64,
+    pub request_budget_ms: u64,
     /// `FLEETLEDGER_GRAPHQL_THREADS`: threads of the runtime GraphQL work runs on, apart from
     /// the one answering health checks and signals (default: the number of cores).
-    pub(crate) graphql_threads: usize,
-    pub(crate) login_window_seconds: u64,
-    pub(crate) graphql_max_complexity: usize,
-    pub(crate) graphql_max_page_size: i32,
+    pub graphql_threads: usize,
+    pub login_window_seconds: u64,
+    pub graphql_max_complexity: usize,
+    pub graphql_max_page_size: i32,
     /// `FLEETLEDGER_GRAPHQL_MAX_DOCUMENT_BYTES` (default 32768): longest query document.
-    pub(crate) graphql_max_document_bytes: usize,
+    pub graphql_max_document_bytes: usize,
     /// `FLEETLEDGER_GRAPHQL_MAX_DIRECTIVES` (default 50): directives per document.
-    pub(crate) graphql_max_directives: usize,
+    pub graphql_max_directives: usize,
     /// `FLEETLEDGER_RATE_LIMIT`: requests per user (or IP) and window, 0 = off (default 600);
     /// `FLEETLEDGER_RATE_LIMIT_WINDOW` seconds (default 60).
-    pub(crate) rate_limit_requests: u64,
-    pub(crate) rate_limit_window_seconds: u64,
+    pub rate_limit_requests: u64,
+    pub rate_limit_window_seconds: u64,
     /// `FLEETLEDGER_READ_YOUR_WRITES_MS`: how long a mutation waits for the read models to
     /// reflect it before answering UNAVAILABLE (default 5000).
-    pub(crate) read_your_writes_ms: u64,
+    pub read_your_writes_ms: u64,
     /// `FLEETLEDGER_GRAPHIQL` (default true): serve GraphiQL to browsers on GET /graphql.
-    pub(crate) graphiql: bool,
+    pub graphiql: bool,
     /// `FLEETLEDGER_WS_MAX_OPERATIONS` (default 20): operations open at once on one WebSocket.
-    pub(crate) ws_max_operations: usize,
+    pub ws_max_operations: usize,
     /// `FLEETLEDGER_WS_CONNECTIONS_PER_ADDRESS` (default 32): WebSocket connections one client
     /// address may hold open at once, per process.
-    pub(crate) ws_connections_per_address: usize,
+    pub ws_connections_per_address: usize,
+    /// `FLEETLEDGER_WS_INIT_TIMEOUT_MS` (default 10000): how long a new WebSocket may take to
+    /// send `connection_init`.
+    pub ws_init_timeout_ms: u64,
+    /// `FLEETLEDGER_SESSION_RECHECK_MS` (default 10000): how often an open WebSocket re-checks
+    /// that its session still stands.
+    pub session_recheck_ms: u64,
+    /// `FLEETLEDGER_REDIS_PREFIX` (default `fleetledger:`): the prefix of every Redis key.
+    pub redis_prefix: String,
+    /// `FLEETLEDGER_PROJECTOR_MAX_BACKOFF_MS` (default 10000): the longest wait before a
+    /// projector retries after an error.
+    pub projector_max_backoff_ms: u64,
 }
 
 impl Config {
-    pub(crate) fn from_env() -> Result<Self> {
+    /// The configuration in this process's environment.
+    pub fn from_env() -> Result<Self> {
+        Self::from_vars(&|name| std::env::var(name).ok())
+    }
+
+    /// The configuration from variables `get` looks up by name (unset: `None`), read and
+    /// checked exactly as from the environment: what a test or an embedding program gives.
+    pub fn from_vars(get: Get<'_>) -> Result<Self> {
         let defaults = ExecutorConfig::default();
         let retry = RetryPolicy {
             max_attempts: env_or(
+                get,
                 "FLEETLEDGER_RETRY_MAX_ATTEMPTS",
                 defaults.retry.max_attempts,
             )?,
-            base_delay: Duration::from_millis(env_or("FLEETLEDGER_RETRY_BASE_MS", 5)?),
-            max_delay: Duration::from_millis(env_or("FLEETLEDGER_RETRY_MAX_MS", 200)?),
+            base_delay: Duration::from_millis(env_or(get, "FLEETLEDGER_RETRY_BASE_MS", 5)?),
+            max_delay: Duration::from_millis(env_or(get, "FLEETLEDGER_RETRY_MAX_MS", 200)?),
         };
         if retry.max_attempts == 0 {
             anyhow::bail!("FLEETLEDGER_RETRY_MAX_ATTEMPTS must be at least 1");
         }
         Ok(Self {
-            database_url: non_empty("DATABASE_URL").map(Secret),
-            data_dir: std::env::var_os("FLEETLEDGER_DATA_DIR")
+            database_url: non_empty(get, "DATABASE_URL").map(Secret),
+            data_dir: non_empty(get, "FLEETLEDGER_DATA_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("data")),
-            db_max_connections: env_or("FLEETLEDGER_DB_MAX_CONNECTIONS", 20)?,
+            db_max_connections: env_or(get, "FLEETLEDGER_DB_MAX_CONNECTIONS", 20)?,
             http_addr: env_or(
+                get,
                 "FLEETLEDGER_HTTP_ADDR",
                 SocketAddr::from(([127, 0, 0, 1], 8080)),
             )?,
             executor: ExecutorConfig {
                 retry,
-                snapshot_every: env_or("FLEETLEDGER_SNAPSHOT_EVERY", defaults.snapshot_every)?,
+                snapshot_every: env_or(get, "FLEETLEDGER_SNAPSHOT_EVERY", defaults.snapshot_every)?,
                 snapshot_state_version: defaults.snapshot_state_version,
-                cache_capacity: env_or("FLEETLEDGER_AGGREGATE_CACHE", defaults.cache_capacity)?,
+                cache_capacity: env_or(
+                    get,
+                    "FLEETLEDGER_AGGREGATE_CACHE",
+                    defaults.cache_capacity,
+                )?,
                 lock_stripes: defaults.lock_stripes,
             },
-            log_json: std::env::var("FLEETLEDGER_LOG_FORMAT").is_ok_and(|v| v == "json"),
-            redis_url: non_empty("REDIS_URL").map(Secret),
-            hold_ttl_seconds: env_or("FLEETLEDGER_HOLD_TTL", 300)?,
-            jwt_secret: non_empty("FLEETLEDGER_JWT_SECRET").map(Secret),
-            jwt_ttl_seconds: env_or("FLEETLEDGER_JWT_TTL", 900)?,
-            session_ttl_seconds: env_or("FLEETLEDGER_SESSION_TTL", 30 * 86_400)?,
-            early_pickup_minutes: env_or("FLEETLEDGER_EARLY_PICKUP_MINUTES", 60)?,
-            early_return: early_return()?,
-            extras: match non_empty("FLEETLEDGER_EXTRAS") {
+            log_json: get("FLEETLEDGER_LOG_FORMAT").is_some_and(|v| v == "json"),
+            redis_url: non_empty(get, "REDIS_URL").map(Secret),
+            hold_ttl_seconds: env_or(get, "FLEETLEDGER_HOLD_TTL", 300)?,
+            jwt_secret: non_empty(get, "FLEETLEDGER_JWT_SECRET").map(Secret),
+            jwt_ttl_seconds: env_or(get, "FLEETLEDGER_JWT_TTL", 900)?,
+            session_ttl_seconds: env_or(get, "FLEETLEDGER_SESSION_TTL", 30 * 86_400)?,
+            early_pickup_minutes: env_or(get, "FLEETLEDGER_EARLY_PICKUP_MINUTES", 60)?,
+            early_return: early_return(get)?,
+            extras: match non_empty(get, "FLEETLEDGER_EXTRAS") {
                 Some(spec) => {
                     extras(&spec).with_context(|| format!("FLEETLEDGER_EXTRAS={spec:?}"))?
                 }
                 None => domain::pricing::default_extras(),
             },
-            mileage: mileage()?,
-            return_grace_minutes: env_or("FLEETLEDGER_RETURN_GRACE_MINUTES", 59)?,
-            fleet_currency: match non_empty("FLEETLEDGER_CURRENCY") {
+            mileage: mileage(get)?,
+            return_grace_minutes: env_or(get, "FLEETLEDGER_RETURN_GRACE_MINUTES", 59)?,
+            fleet_currency: match non_empty(get, "FLEETLEDGER_CURRENCY") {
                 Some(code) => domain::Currency::accept(code.trim()).with_context(|| {
                     format!(
                         "FLEETLEDGER_CURRENCY={code:?} is not an ISO 4217 currency with minor units"
@@ -197,15 +224,16 @@ impl Config {
                 })?,
                 None => domain::Currency::USD,
             },
-            payment_gateways: payment_gateways(non_empty("DATABASE_URL").is_none())?,
-            no_show_grace_minutes: env_or("FLEETLEDGER_NO_SHOW_GRACE_MINUTES", 120)?,
-            bootstrap_admin_email: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL"),
-            bootstrap_admin_password: non_empty("FLEETLEDGER_BOOTSTRAP_ADMIN_PASSWORD").map(Secret),
-            projector_batch_size: positive("FLEETLEDGER_PROJECTOR_BATCH", 500)?,
-            projector_poll_ms: positive("FLEETLEDGER_PROJECTOR_POLL_MS", 500)?,
-            serve_projectors: env_or("FLEETLEDGER_SERVE_PROJECTORS", true)?,
-            kafka: kafka_from_env()?,
-            cors_origins: non_empty("FLEETLEDGER_CORS_ORIGINS")
+            payment_gateways: payment_gateways(get, non_empty(get, "DATABASE_URL").is_none())?,
+            no_show_grace_minutes: env_or(get, "FLEETLEDGER_NO_SHOW_GRACE_MINUTES", 120)?,
+            bootstrap_admin_email: non_empty(get, "FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL"),
+            bootstrap_admin_password: non_empty(get, "FLEETLEDGER_BOOTSTRAP_ADMIN_PASSWORD")
+                .map(Secret),
+            projector_batch_size: positive(get, "FLEETLEDGER_PROJECTOR_BATCH", 500)?,
+            projector_poll_ms: positive(get, "FLEETLEDGER_PROJECTOR_POLL_MS", 500)?,
+            serve_projectors: env_or(get, "FLEETLEDGER_SERVE_PROJECTORS", true)?,
+            kafka: kafka_from_env(get)?,
+            cors_origins: non_empty(get, "FLEETLEDGER_CORS_ORIGINS")
                 .map(|v| {
                     v.split(',')
                         .map(|o| o.trim().to_owned())
@@ -213,48 +241,63 @@ impl Config {
                         .collect()
                 })
                 .unwrap_or_default(),
-            body_limit_bytes: positive("FLEETLEDGER_BODY_LIMIT", 256 * 1024)?,
-            graphql_max_depth: positive("FLEETLEDGER_GRAPHQL_MAX_DEPTH", 12)?,
-            graphql_max_fields: positive("FLEETLEDGER_GRAPHQL_MAX_FIELDS", 2_000)?,
-            graphql_max_root_fields: positive("FLEETLEDGER_GRAPHQL_MAX_ROOT_FIELDS", 20)?,
-            graphql_max_batch: positive("FLEETLEDGER_GRAPHQL_MAX_BATCH", 10)?,
-            login_attempts: env_or("FLEETLEDGER_LOGIN_ATTEMPTS", 10)?,
-            login_attempts_per_address: env_or("FLEETLEDGER_LOGIN_ATTEMPTS_PER_ADDRESS", 50)?,
-            request_budget_ms: positive("FLEETLEDGER_REQUEST_BUDGET_MS", 30_000)?,
+            body_limit_bytes: positive(get, "FLEETLEDGER_BODY_LIMIT", 256 * 1024)?,
+            graphql_max_depth: positive(get, "FLEETLEDGER_GRAPHQL_MAX_DEPTH", 12)?,
+            graphql_max_fields: positive(get, "FLEETLEDGER_GRAPHQL_MAX_FIELDS", 2_000)?,
+            graphql_max_root_fields: positive(get, "FLEETLEDGER_GRAPHQL_MAX_ROOT_FIELDS", 20)?,
+            graphql_max_batch: positive(get, "FLEETLEDGER_GRAPHQL_MAX_BATCH", 10)?,
+            login_attempts: env_or(get, "FLEETLEDGER_LOGIN_ATTEMPTS", 10)?,
+            login_attempts_per_address: env_or(get, "FLEETLEDGER_LOGIN_ATTEMPTS_PER_ADDRESS", 50)?,
+            request_budget_ms: positive(get, "FLEETLEDGER_REQUEST_BUDGET_MS", 30_000)?,
             graphql_threads: positive(
+                get,
                 "FLEETLEDGER_GRAPHQL_THREADS",
                 std::thread::available_parallelism().map_or(2, usize::from),
             )?,
-            login_window_seconds: positive("FLEETLEDGER_LOGIN_WINDOW", 900)?,
-            graphql_max_complexity: positive("FLEETLEDGER_GRAPHQL_MAX_COMPLEXITY", 5_000)?,
-            graphql_max_page_size: positive("FLEETLEDGER_GRAPHQL_MAX_PAGE_SIZE", 100)?,
+            login_window_seconds: positive(get, "FLEETLEDGER_LOGIN_WINDOW", 900)?,
+            graphql_max_complexity: positive(get, "FLEETLEDGER_GRAPHQL_MAX_COMPLEXITY", 5_000)?,
+            graphql_max_page_size: positive(get, "FLEETLEDGER_GRAPHQL_MAX_PAGE_SIZE", 100)?,
             graphql_max_document_bytes: positive(
+                get,
                 "FLEETLEDGER_GRAPHQL_MAX_DOCUMENT_BYTES",
                 32 * 1024,
             )?,
-            graphql_max_directives: positive("FLEETLEDGER_GRAPHQL_MAX_DIRECTIVES", 50)?,
-            rate_limit_requests: env_or("FLEETLEDGER_RATE_LIMIT", 600)?,
-            rate_limit_window_seconds: positive("FLEETLEDGER_RATE_LIMIT_WINDOW", 60)?,
-            read_your_writes_ms: positive("FLEETLEDGER_READ_YOUR_WRITES_MS", 5_000)?,
-            graphiql: env_or("FLEETLEDGER_GRAPHIQL", true)?,
-            ws_max_operations: positive("FLEETLEDGER_WS_MAX_OPERATIONS", 20)?,
-            ws_connections_per_address: positive("FLEETLEDGER_WS_CONNECTIONS_PER_ADDRESS", 32)?,
+            graphql_max_directives: positive(get, "FLEETLEDGER_GRAPHQL_MAX_DIRECTIVES", 50)?,
+            rate_limit_requests: env_or(get, "FLEETLEDGER_RATE_LIMIT", 600)?,
+            rate_limit_window_seconds: positive(get, "FLEETLEDGER_RATE_LIMIT_WINDOW", 60)?,
+            read_your_writes_ms: positive(get, "FLEETLEDGER_READ_YOUR_WRITES_MS", 5_000)?,
+            graphiql: env_or(get, "FLEETLEDGER_GRAPHIQL", true)?,
+            ws_max_operations: positive(get, "FLEETLEDGER_WS_MAX_OPERATIONS", 20)?,
+            ws_connections_per_address: positive(
+                get,
+                "FLEETLEDGER_WS_CONNECTIONS_PER_ADDRESS",
+                32,
+            )?,
+            ws_init_timeout_ms: positive(get, "FLEETLEDGER_WS_INIT_TIMEOUT_MS", 10_000)?,
+            session_recheck_ms: positive(get, "FLEETLEDGER_SESSION_RECHECK_MS", 10_000)?,
+            redis_prefix: non_empty(get, "FLEETLEDGER_REDIS_PREFIX")
+                .unwrap_or_else(|| "fleetledger:".to_owned()),
+            projector_max_backoff_ms: positive(
+                get,
+                "FLEETLEDGER_PROJECTOR_MAX_BACKOFF_MS",
+                10_000,
+            )?,
         })
     }
 
     /// Where the embedded cluster's files are.
-    pub(crate) fn embedded_dir(&self) -> PathBuf {
+    pub fn embedded_dir(&self) -> PathBuf {
         self.data_dir.join("postgres")
     }
 }
 
 /// The payment gateways that exist (`FLEETLEDGER_PAYMENT_GATEWAYS`).
-pub(crate) const PAYMENT_GATEWAYS: &[&str] = &["sandbox"];
+pub const PAYMENT_GATEWAYS: &[&str] = &["sandbox"];
 
 /// `FLEETLEDGER_PAYMENT_GATEWAYS`, checked against the known names; the sandbox by default in
 /// development only.
-fn payment_gateways(development: bool) -> Result<Vec<String>> {
-    let Some(list) = non_empty("FLEETLEDGER_PAYMENT_GATEWAYS") else {
+fn payment_gateways(get: Get<'_>, development: bool) -> Result<Vec<String>> {
+    let Some(list) = non_empty(get, "FLEETLEDGER_PAYMENT_GATEWAYS") else {
         return Ok(if development {
             vec!["sandbox".to_owned()]
         } else {
@@ -339,7 +382,7 @@ fn extras(spec: &str) -> Result<Vec<domain::pricing::ExtraPrice>> {
 }
 
 /// `FLEETLEDGER_MILEAGE_KM_PER_DAY` (0: unlimited) and `_EXCESS_PER_KM_MINOR`.
-fn mileage() -> Result<domain::pricing::Mileage> {
+fn mileage(get: Get<'_>) -> Result<domain::pricing::Mileage> {
     use domain::pricing::Mileage;
     let Mileage::PerDay {
         km_per_day: default_km,
@@ -348,8 +391,9 @@ fn mileage() -> Result<domain::pricing::Mileage> {
     else {
         return Ok(Mileage::Unlimited);
     };
-    let km_per_day: i64 = env_or("FLEETLEDGER_MILEAGE_KM_PER_DAY", default_km)?;
-    let excess_per_km_minor: i64 = env_or("FLEETLEDGER_MILEAGE_EXCESS_PER_KM_MINOR", default_fee)?;
+    let km_per_day: i64 = env_or(get, "FLEETLEDGER_MILEAGE_KM_PER_DAY", default_km)?;
+    let excess_per_km_minor: i64 =
+        env_or(get, "FLEETLEDGER_MILEAGE_EXCESS_PER_KM_MINOR", default_fee)?;
     if km_per_day < 0 || excess_per_km_minor < 0 {
         bail!("FLEETLEDGER_MILEAGE_KM_PER_DAY and _EXCESS_PER_KM_MINOR must not be negative");
     }
@@ -364,13 +408,13 @@ fn mileage() -> Result<domain::pricing::Mileage> {
 }
 
 /// `FLEETLEDGER_EARLY_RETURN` and its fee.
-fn early_return() -> Result<domain::pricing::EarlyReturn> {
+fn early_return(get: Get<'_>) -> Result<domain::pricing::EarlyReturn> {
     use domain::pricing::EarlyReturn;
-    let fee_minor: i64 = env_or("FLEETLEDGER_EARLY_RETURN_FEE_MINOR", 2_500)?;
+    let fee_minor: i64 = env_or(get, "FLEETLEDGER_EARLY_RETURN_FEE_MINOR", 2_500)?;
     if fee_minor < 0 {
         bail!("FLEETLEDGER_EARLY_RETURN_FEE_MINOR={fee_minor} must not be negative");
     }
-    match non_empty("FLEETLEDGER_EARLY_RETURN")
+    match non_empty(get, "FLEETLEDGER_EARLY_RETURN")
         .as_deref()
         .map(str::trim)
     {
@@ -381,17 +425,18 @@ fn early_return() -> Result<domain::pricing::EarlyReturn> {
 }
 
 /// The relay's settings when `KAFKA_BROKERS` is set.
-fn kafka_from_env() -> Result<Option<relay::RelayConfig>> {
-    let Some(brokers) = non_empty("KAFKA_BROKERS") else {
+fn kafka_from_env(get: Get<'_>) -> Result<Option<relay::RelayConfig>> {
+    let Some(brokers) = non_empty(get, "KAFKA_BROKERS") else {
         return Ok(None);
     };
     let mut kafka = relay::RelayConfig::new(brokers.trim());
-    kafka.topic_prefix = env_or("FLEETLEDGER_KAFKA_TOPIC_PREFIX", kafka.topic_prefix)?;
-    kafka.partitions = env_or("FLEETLEDGER_KAFKA_PARTITIONS", kafka.partitions)?;
-    kafka.replication = env_or("FLEETLEDGER_KAFKA_REPLICATION", kafka.replication)?;
-    kafka.source = env_or("FLEETLEDGER_CLOUDEVENTS_SOURCE", kafka.source)?;
-    kafka.batch_size = env_or("FLEETLEDGER_KAFKA_BATCH", kafka.batch_size)?;
+    kafka.topic_prefix = env_or(get, "FLEETLEDGER_KAFKA_TOPIC_PREFIX", kafka.topic_prefix)?;
+    kafka.partitions = env_or(get, "FLEETLEDGER_KAFKA_PARTITIONS", kafka.partitions)?;
+    kafka.replication = env_or(get, "FLEETLEDGER_KAFKA_REPLICATION", kafka.replication)?;
+    kafka.source = env_or(get, "FLEETLEDGER_CLOUDEVENTS_SOURCE", kafka.source)?;
+    kafka.batch_size = env_or(get, "FLEETLEDGER_KAFKA_BATCH", kafka.batch_size)?;
     kafka.delivery_timeout = Duration::from_millis(env_or(
+        get,
         "FLEETLEDGER_KAFKA_DELIVERY_TIMEOUT_MS",
         u64::try_from(kafka.delivery_timeout.as_millis()).unwrap_or(30_000),
     )?);
@@ -399,29 +444,29 @@ fn kafka_from_env() -> Result<Option<relay::RelayConfig>> {
     Ok(Some(kafka))
 }
 
-fn positive<T>(name: &str, default: T) -> Result<T>
+fn positive<T>(get: Get<'_>, name: &str, default: T) -> Result<T>
 where
     T: FromStr + PartialOrd + Default + Copy,
     T::Err: std::error::Error + Send + Sync + 'static,
 {
-    let value = env_or(name, default)?;
+    let value = env_or(get, name, default)?;
     if value <= T::default() {
         anyhow::bail!("{name} must be at least 1");
     }
     Ok(value)
 }
 
-fn non_empty(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+fn non_empty(get: Get<'_>, name: &str) -> Option<String> {
+    get(name).filter(|v| !v.trim().is_empty())
 }
 
-fn env_or<T>(name: &str, default: T) -> Result<T>
+fn env_or<T>(get: Get<'_>, name: &str, default: T) -> Result<T>
 where
     T: FromStr,
     T::Err: std::error::Error + Send + Sync + 'static,
 {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
+    match get(name) {
+        Some(v) if !v.trim().is_empty() => v
             .trim()
             .parse()
             .with_context(|| format!("{name}={v:?} is not valid")),

@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct HostileBenchOptions {
+pub struct HostileBenchOptions {
     /// The server's base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
@@ -312,7 +312,7 @@ struct AttackReport {
     healthz_p99_ratio: f64,
 }
 
-pub(crate) async fn run(options: HostileBenchOptions) -> Result<()> {
+pub async fn run(options: HostileBenchOptions) -> Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;

@@ -80,7 +80,7 @@ const RAW_DUMMY_HASH: [u8; 32] = [0x5a; 32];
 const REGISTER_RATE: i64 = 5_000;
 
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct AppendOptions {
+pub struct AppendOptions {
     /// Commands issued one after another by a single task.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     sequential: u32,
@@ -117,7 +117,7 @@ pub(crate) struct AppendOptions {
     json: bool,
 }
 
-pub(crate) async fn append(
+pub async fn append(
     server: PgConnectOptions,
     executor: ExecutorConfig,
     options: AppendOptions,
@@ -462,7 +462,7 @@ async fn run_all(
     Ok(results)
 }
 
-pub(crate) async fn open_pool(
+pub async fn open_pool(
     server: &PgConnectOptions,
     database: &str,
     size: u32,
@@ -482,7 +482,7 @@ pub(crate) async fn open_pool(
         .with_context(|| format!("connecting to database {database}"))
 }
 
-pub(crate) async fn drop_databases(admin: &mut PgConnection, created: &[String]) -> Result<()> {
+pub async fn drop_databases(admin: &mut PgConnection, created: &[String]) -> Result<()> {
     let mut failed = Vec::new();
     for name in created.iter().rev() {
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
@@ -504,7 +504,7 @@ pub(crate) async fn drop_databases(admin: &mut PgConnection, created: &[String])
     }
 }
 
-pub(crate) fn quote_ident(name: &str) -> String {
+pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -970,7 +970,7 @@ impl CpuSample {
     }
 }
 
-pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
     if sorted.is_empty() {
         return None;
     }
@@ -978,7 +978,7 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
     sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
 }
 
-pub(crate) fn ms(d: Option<Duration>) -> String {
+pub fn ms(d: Option<Duration>) -> String {
     d.map_or_else(
         || "–".to_owned(),
         |d| format!("{:.2}", d.as_secs_f64() * 1000.0),

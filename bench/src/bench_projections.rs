@@ -32,10 +32,10 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::bench::{drop_databases, ms, open_pool, percentile, quote_ident};
-use crate::seed::{SeedOptions, write_history};
+use fleetledger_app::seed::{SeedOptions, write_history};
 
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct ProjectionBenchOptions {
+pub struct ProjectionBenchOptions {
     /// Bookings in the seeded history (about ten events each).
     #[arg(long, default_value_t = 100_000)]
     bookings: u32,
@@ -62,7 +62,7 @@ pub(crate) struct ProjectionBenchOptions {
 
 /// `server_url` is how a child process reaches the same server (`None`: the embedded
 /// cluster's unix socket, which needs no password).
-pub(crate) async fn run(
+pub async fn run(
     server: PgConnectOptions,
     server_url: Option<String>,
     options: ProjectionBenchOptions,
@@ -508,11 +508,7 @@ async fn checkpoints(pool: &PgPool) -> Result<Vec<(String, Checkpoint)>> {
 }
 
 /// A URL for the child process: the server's URL with the bench database in its path.
-pub(crate) fn database_url(
-    server: &PgConnectOptions,
-    server_url: Option<&str>,
-    database: &str,
-) -> String {
+pub fn database_url(server: &PgConnectOptions, server_url: Option<&str>, database: &str) -> String {
     if let Some(url) = server_url {
         let (base, query) = url
             .split_once('?')

@@ -24,37 +24,37 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct SeedOptions {
+pub struct SeedOptions {
     /// Cars to register.
     #[arg(long, default_value_t = 50)]
-    pub(crate) cars: u32,
+    pub cars: u32,
     /// Customer accounts (customer<N>@seed.fleetledger.test, password fleetledger-demo).
     #[arg(long, default_value_t = 20)]
-    pub(crate) customers: u32,
+    pub customers: u32,
     /// Bookings in all, spread over the cars.
     #[arg(long, default_value_t = 500)]
-    pub(crate) bookings: u32,
+    pub bookings: u32,
     /// Telemetry readings recorded during each rental.
     #[arg(long, default_value_t = 4)]
-    pub(crate) readings_per_rental: u32,
+    pub readings_per_rental: u32,
     /// How far back the history starts, in days.
     #[arg(long, default_value_t = 90)]
-    pub(crate) days: i64,
+    pub days: i64,
     /// Random seed (default: from the clock).
     #[arg(long)]
-    pub(crate) seed: Option<u64>,
+    pub seed: Option<u64>,
     /// Events per append statement.
     #[arg(long, default_value_t = 2_000)]
-    pub(crate) chunk: usize,
+    pub chunk: usize,
     /// Branches the cars are spread over: the four real ones, then more around their cities
     /// (BER5, MUC6...), as a large rental company has.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub(crate) branches: u32,
+    pub branches: u32,
 }
 
 /// The `n` branches of a seeded fleet: (code, name, city, latitude, longitude). The first four
 /// are real stations; the rest lie within about 30 km of one of their cities.
-pub(crate) fn seeded_branches(n: u32) -> Vec<(String, String, String, f64, f64)> {
+pub fn seeded_branches(n: u32) -> Vec<(String, String, String, f64, f64)> {
     (0..n.max(1) as usize)
         .map(|i| {
             let (code, name, city, lat, lon) = BRANCHES[i % BRANCHES.len()];
@@ -78,10 +78,10 @@ pub(crate) fn seeded_branches(n: u32) -> Vec<(String, String, String, f64, f64)>
 
 /// What a seed run wrote.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct SeedReport {
-    pub(crate) cars: u64,
-    pub(crate) bookings: u64,
-    pub(crate) events: u64,
+pub struct SeedReport {
+    pub cars: u64,
+    pub bookings: u64,
+    pub events: u64,
 }
 
 const BRANCHES: [(&str, &str, &str, f64, f64); 4] = [
@@ -155,7 +155,7 @@ const FEATURES: [&str; 6] = [
 ];
 
 /// Branches and customers (idempotent), then the event history.
-pub(crate) async fn seed(pool: &PgPool, options: &SeedOptions) -> Result<SeedReport> {
+pub async fn seed(pool: &PgPool, options: &SeedOptions) -> Result<SeedReport> {
     insert_branches(pool, options.branches).await?;
     let hash = demo_password_hash().await?;
     insert_staff(pool, &hash).await?;
@@ -195,10 +195,10 @@ async fn insert_branches(pool: &PgPool, n: u32) -> Result<()> {
 }
 
 /// The password of every demo account `seed` makes.
-pub(crate) const DEMO_PASSWORD: &str = "fleetledger-demo";
+pub const DEMO_PASSWORD: &str = "fleetledger-demo";
 
 /// One demo account per staff role (email, role), next to the customers.
-pub(crate) const DEMO_STAFF: [(&str, &str); 4] = [
+pub const DEMO_STAFF: [(&str, &str); 4] = [
     ("admin@seed.fleetledger.test", "ADMIN"),
     ("auditor@seed.fleetledger.test", "AUDITOR"),
     ("analyst@seed.fleetledger.test", "ANALYST"),
@@ -293,7 +293,7 @@ impl CarHistory {
 }
 
 /// Generate and append the history; `progress(n)` after every append of `n` events.
-pub(crate) async fn write_history(
+pub async fn write_history(
     store: &EventStore,
     options: &SeedOptions,
     customers: &[Uuid],

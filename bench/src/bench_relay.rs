@@ -34,10 +34,10 @@ use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
 use crate::bench::{drop_databases, open_pool, quote_ident};
-use crate::seed::{SeedOptions, seed};
+use fleetledger_app::seed::{SeedOptions, seed};
 
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct RelayBenchOptions {
+pub struct RelayBenchOptions {
     /// Cars in the seeded history.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     cars: u32,
@@ -68,12 +68,12 @@ struct Message {
     value: Vec<u8>,
 }
 
-pub(crate) async fn run(
+pub async fn run(
     server: PgConnectOptions,
     kafka: Option<RelayConfig>,
     options: RelayBenchOptions,
 ) -> Result<()> {
-    let kafka = kafka.ok_or_else(|| anyhow!("{}", crate::relay::OFF))?;
+    let kafka = kafka.ok_or_else(|| anyhow!("{}", fleetledger_app::relay::OFF))?;
     let mut admin =
         PgConnection::connect_with(&server.clone().application_name("fleetledger-bench"))
             .await

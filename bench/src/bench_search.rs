@@ -34,10 +34,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
 
 use crate::bench::{drop_databases, open_pool, percentile, quote_ident};
-use crate::seed::{DEMO_PASSWORD, DEMO_STAFF, SeedOptions, seeded_branches};
+use fleetledger_app::seed::{DEMO_PASSWORD, DEMO_STAFF, SeedOptions, seeded_branches};
 
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct SearchBenchOptions {
+pub struct SearchBenchOptions {
     /// Fleet sizes to measure, comma separated.
     #[arg(long, value_delimiter = ',', default_values_t = [2_000u32, 20_000])]
     cars: Vec<u32>,
@@ -152,7 +152,7 @@ fn search(rng: &mut StdRng, i: u64, branches: &[(String, String, String, f64, f6
     }
 }
 
-pub(crate) async fn run(
+pub async fn run(
     server: PgConnectOptions,
     server_url: Option<String>,
     options: SearchBenchOptions,
@@ -276,7 +276,7 @@ async fn measure(
     .await?;
     eventstore::MIGRATOR.run(&pool).await?;
     eprintln!("seeding {cars} cars…");
-    crate::seed::seed(
+    fleetledger_app::seed::seed(
         &pool,
         &SeedOptions {
             cars,

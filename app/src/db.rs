@@ -9,7 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use crate::config::Config;
 
 /// The server's connection options, starting the embedded cluster if needed.
-pub(crate) async fn connect_options(config: &Config) -> Result<PgConnectOptions> {
+pub async fn connect_options(config: &Config) -> Result<PgConnectOptions> {
     match &config.database_url {
         Some(url) => PgConnectOptions::from_str(url.expose())
             .context("DATABASE_URL is not a valid PostgreSQL URL"),
@@ -25,7 +25,7 @@ pub(crate) async fn connect_options(config: &Config) -> Result<PgConnectOptions>
 }
 
 /// A pool on the configured database, migrated.
-pub(crate) async fn connect_and_migrate(config: &Config, application: &str) -> Result<PgPool> {
+pub async fn connect_and_migrate(config: &Config, application: &str) -> Result<PgPool> {
     let options = connect_options(config).await?.application_name(application);
     let pool = PgPoolOptions::new()
         .max_connections(config.db_max_connections)

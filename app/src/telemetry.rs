@@ -2,7 +2,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-pub(crate) fn init(json: bool) {
+pub fn init(json: bool) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     // Colours only for a person at a terminal: files, pipes and log collectors get plain text.

@@ -14,13 +14,13 @@ use crate::config::Config;
 use crate::db;
 
 /// Why the relay does not run when `KAFKA_BROKERS` is unset.
-pub(crate) const OFF: &str = "the Kafka relay is off: KAFKA_BROKERS is not set. Set it to the \
+pub const OFF: &str = "the Kafka relay is off: KAFKA_BROKERS is not set. Set it to the \
      brokers' host:port list (e.g. KAFKA_BROKERS=127.0.0.1:9092); see .env.example for the \
      other FLEETLEDGER_KAFKA_* settings";
 
 /// The relay projector over `store`, or `None` when `KAFKA_BROKERS` is unset (the embedded
 /// default runs without Kafka). `serve` may spawn it with [`Projector::run`].
-pub(crate) fn projector(store: EventStore, config: &Config) -> Result<Option<Projector>> {
+pub fn projector(store: EventStore, config: &Config) -> Result<Option<Projector>> {
     let Some(kafka) = config.kafka.clone() else {
         return Ok(None);
     };
@@ -31,10 +31,7 @@ pub(crate) fn projector(store: EventStore, config: &Config) -> Result<Option<Pro
 
 /// `fleetledger relay`: run until `shutdown`; exit code 2 with a message when Kafka is not
 /// configured.
-pub(crate) async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<ExitCode> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<ExitCode> {
     if config.kafka.is_none() {
         eprintln!("{OFF}");
         return Ok(ExitCode::from(2));

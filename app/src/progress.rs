@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// How often a plain progress line is written when stderr is not a terminal.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
 
-pub(crate) struct Progress {
+pub struct Progress {
     what: String,
     unit: &'static str,
     bar: Option<ProgressBar>,
@@ -27,7 +27,7 @@ struct Plain {
 
 impl Progress {
     /// Progress of `what`, counted in `unit`s, out of `total` (0 when not known yet).
-    pub(crate) fn new(what: impl Into<String>, unit: &'static str, total: u64) -> Self {
+    pub fn new(what: impl Into<String>, unit: &'static str, total: u64) -> Self {
         let what = what.into();
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total);
@@ -56,7 +56,7 @@ impl Progress {
     }
 
     /// The total became known, or changed.
-    pub(crate) fn set_total(&self, total: u64) {
+    pub fn set_total(&self, total: u64) {
         if let Some(bar) = &self.bar {
             bar.set_length(total);
         }
@@ -65,7 +65,7 @@ impl Progress {
         }
     }
 
-    pub(crate) fn set_position(&self, position: u64) {
+    pub fn set_position(&self, position: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(position);
             return;
@@ -80,7 +80,7 @@ impl Progress {
         }
     }
 
-    pub(crate) fn inc(&self, by: u64) {
+    pub fn inc(&self, by: u64) {
         let position = match self.plain.lock() {
             Ok(plain) => plain.position + by,
             Err(_) => return,
@@ -89,7 +89,7 @@ impl Progress {
     }
 
     /// Clear the bar (the command prints its own summary).
-    pub(crate) fn finish(&self) {
+    pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }

@@ -62,19 +62,19 @@ fn payment_gateways(config: &Config, pool: &PgPool) -> GatewayRouter {
 
 /// The services one process runs.
 #[derive(Clone)]
-pub(crate) struct App {
-    pub(crate) store: EventStore,
-    pub(crate) accounts: Accounts,
-    pub(crate) worker: Worker,
-    pub(crate) services: api::Services,
+pub struct App {
+    pub store: EventStore,
+    pub accounts: Accounts,
+    pub worker: Worker,
+    pub services: api::Services,
 }
 
 impl App {
-    pub(crate) fn build(config: &Config, pool: PgPool) -> Result<Self> {
+    pub fn build(config: &Config, pool: PgPool) -> Result<Self> {
         let gateways = payment_gateways(config, &pool);
         let pool_for_spares = pool.clone();
         let lock = match &config.redis_url {
-            Some(url) => HotCarLock::new(url.expose(), "fleetledger:")
+            Some(url) => HotCarLock::new(url.expose(), &config.redis_prefix)
                 .context("REDIS_URL is not a valid Redis URL")?,
             None => HotCarLock::disabled(),
         };
@@ -124,7 +124,7 @@ impl App {
     }
 
     /// The HTTP application's state: the API over these services.
-    pub(crate) fn api_state(&self, config: &Config) -> Result<api::AppState> {
+    pub fn api_state(&self, config: &Config) -> Result<api::AppState> {
         let api_config = api::ApiConfig {
             cors_origins: config.cors_origins.clone(),
             body_limit_bytes: config.body_limit_bytes,
@@ -141,7 +141,7 @@ impl App {
                 requests: config.rate_limit_requests,
                 window: Duration::from_secs(config.rate_limit_window_seconds),
                 redis_url: config.redis_url.as_ref().map(|u| u.expose().to_owned()),
-                key_prefix: "fleetledger:".into(),
+                key_prefix: config.redis_prefix.clone(),
             },
             graphiql: config.graphiql,
             max_batch: config.graphql_max_batch,
@@ -150,19 +150,19 @@ impl App {
             login_attempts_per_address: config.login_attempts_per_address,
             login_window: Duration::from_secs(config.login_window_seconds),
             graphql_threads: config.graphql_threads,
+            session_recheck: Duration::from_millis(config.session_recheck_ms),
             websocket: api::websocket::WebSocketLimits {
                 max_operations: config.ws_max_operations,
                 connections_per_address: config.ws_connections_per_address,
-                ..api::websocket::WebSocketLimits::default()
+                init_timeout: Duration::from_millis(config.ws_init_timeout_ms),
             },
-            ..api::ApiConfig::default()
         };
         api::AppState::new(self.services.clone(), api_config).context("setting up the API")
     }
 
     /// Create the first admin from FLEETLEDGER_BOOTSTRAP_ADMIN_EMAIL/_PASSWORD if none exists;
     /// its email when it was created now.
-    pub(crate) async fn bootstrap_admin(&self, config: &Config) -> Result<Option<String>> {
+    pub async fn bootstrap_admin(&self, config: &Config) -> Result<Option<String>> {
         let (Some(email), Some(password)) = (
             &config.bootstrap_admin_email,
             &config.bootstrap_admin_password,
@@ -190,7 +190,7 @@ impl App {
 /// The token signing key kept in the data directory (mode 0600), made on first use, so that
 /// tokens outlive a restart when FLEETLEDGER_JWT_SECRET is unset. Processes on other machines
 /// do not share the file: give them FLEETLEDGER_JWT_SECRET instead.
-pub(crate) fn stored_signing_key(path: &std::path::Path) -> Result<String> {
+pub fn stored_signing_key(path: &std::path::Path) -> Result<String> {
     use std::io::Write as _;
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let read = |path: &std::path::Path| -> Result<String> {
