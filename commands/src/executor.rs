@@ -386,11 +386,7 @@ where
     }
 
     fn snapshot_state(&self, stored: &serde_json::Value) -> Option<A> {
-        let version = stored.get("state_version")?.as_u64()?;
-        if version != u64::from(self.inner.config.snapshot_state_version) {
-            return None;
-        }
-        serde_json::from_value(stored.get("state")?.clone()).ok()
+        snapshot_state(stored, self.inner.config.snapshot_state_version)
     }
 
     async fn maybe_snapshot(&self, stream: &StreamId, previous: i64, loaded: &Loaded<A>) {
@@ -447,6 +443,16 @@ fn apply_all<A: Aggregate>(
         }
     }
     Ok(())
+}
+
+/// The state a stored snapshot holds (`{"state_version": N, "state": …}`), when it was written
+/// for `state_version` and still reads as today's state; `None` otherwise (rebuild from events).
+pub fn snapshot_state<A: Aggregate>(stored: &serde_json::Value, state_version: u32) -> Option<A> {
+    let version = stored.get("state_version")?.as_u64()?;
+    if version != u64::from(state_version) {
+        return None;
+    }
+    serde_json::from_value(stored.get("state")?.clone()).ok()
 }
 
 /// Rebuild an aggregate's state from stored events (already upcast), e.g. for auditors.

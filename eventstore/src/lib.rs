@@ -27,7 +27,7 @@ pub use model::{
     Checkpoint, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, Snapshot, StreamAppend,
     StreamHead, StreamId, StreamVerification,
 };
-pub use store::{EventStore, LogFilter, NOTIFY_CHANNEL};
+pub use store::{EventStore, LogFilter, NOTIFY_CHANNEL, STREAM_PAGE};
 pub use subscribe::{SubscribeOptions, Subscription};
 pub use tail::LogTail;
 pub use upcast::UpcasterRegistry;

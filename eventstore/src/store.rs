@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::error::EventStoreError;
-use crate::hash::{HashedFields, verify_chain};
+use crate::hash::{HashedFields, StreamCheck};
 use crate::model::{
     Checkpoint, EventMetadata, ExpectedVersion, RecordedEvent, Snapshot, StreamAppend, StreamHead,
     StreamId, StreamVerification,
@@ -31,6 +31,9 @@ pub(crate) const COLUMNS: &str = "global_position, transaction_id, event_id, \
      recorded_at, hash";
 
 type Result<T, E = EventStoreError> = std::result::Result<T, E>;
+
+/// Versions read per query when a whole stream is walked (verifying, replaying).
+pub const STREAM_PAGE: i64 = 1_000;
 
 /// The event log. Cheap to clone; clones share one pool and one notifier.
 #[derive(Clone, Debug)]
@@ -590,10 +593,40 @@ impl EventStore {
         }
     }
 
-    /// Recompute one stream's hash chain from the stored rows.
+    /// Recompute one stream's hash chain from the stored rows, up to its head when asked, a
+    /// page of [`STREAM_PAGE`] versions at a time: memory stays bounded however long the stream
+    /// (a car's telemetry grows for years).
     pub async fn verify_stream(&self, stream: &StreamId) -> Result<StreamVerification> {
-        let events = self.read_stream_raw(stream, 1, None).await?;
-        Ok(verify_chain(stream, &events))
+        let last = self.stream_head(stream).await?.version;
+        let mut check = StreamCheck::new(stream.clone());
+        let mut from = 1;
+        while from <= last {
+            let to = (from + STREAM_PAGE - 1).min(last);
+            for event in &self.read_stream_raw(stream, from, Some(to)).await? {
+                check.push(event);
+            }
+            from = to + 1;
+        }
+        Ok(check.finish())
+    }
+
+    /// The last version of `stream` recorded by `at`: the versions before the first one
+    /// recorded later (0 when none was recorded by then). Reads versions and times only.
+    pub async fn version_at(&self, stream: &StreamId, at: DateTime<Utc>) -> Result<i64> {
+        let first_later: Option<i64> = sqlx::query_scalar(
+            "SELECT version FROM events \
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND recorded_at > $3 \
+             ORDER BY version LIMIT 1",
+        )
+        .bind(&stream.aggregate_type)
+        .bind(&stream.aggregate_id)
+        .bind(at)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        match first_later {
+            Some(version) => Ok(version - 1),
+            None => Ok(self.stream_head(stream).await?.version),
+        }
     }
 
     /// The latest snapshot of a stream, if any.
