@@ -53,6 +53,7 @@ Environment (besides the database's, below):
   REDIS_URL                        rate limits and the hot-car lock [default: in-process]
   KAFKA_BROKERS                    also run the relay [default: off]
   FLEETLEDGER_SERVE_PROJECTORS     run the projectors here [default: true]
+  FLEETLEDGER_SERVE_WORKER         run a worker here [default: true]
 
 Environment:
   DATABASE_URL, FLEETLEDGER_DATA_DIR, FLEETLEDGER_DB_MAX_CONNECTIONS, RUST_LOG, FLEETLEDGER_LOG_FORMAT

@@ -236,7 +236,10 @@ async fn limited_after(app: &TestApp, allowed: usize) {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((1..=60).contains(&retry));
+    assert!(
+        (1..=3600).contains(&retry),
+        "{retry} s, within the test's one-hour window"
+    );
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["errors"][0]["extensions"]["code"], "RATE_LIMITED");
     assert_eq!(body["errors"][0]["extensions"]["retryAfter"], retry);

@@ -92,6 +92,10 @@ pub struct Config {
     /// `FLEETLEDGER_SERVE_PROJECTORS` (default true): whether `serve` runs the projectors
     /// in-process. Turn off when `fleetledger project` processes run them.
     pub serve_projectors: bool,
+    /// `FLEETLEDGER_SERVE_WORKER` (default true): whether `serve` runs a worker (hold expiry,
+    /// payment follow-ups, refunds, rehoming) in-process. Turn off when `fleetledger worker`
+    /// processes run them.
+    pub serve_worker: bool,
     /// `KAFKA_BROKERS` and the `FLEETLEDGER_KAFKA_*` settings; `None` = the relay is off.
     pub kafka: Option<relay::RelayConfig>,
     /// `FLEETLEDGER_CORS_ORIGINS`: comma-separated origins browsers may call the API from
@@ -232,6 +236,7 @@ impl Config {
             projector_batch_size: positive(get, "FLEETLEDGER_PROJECTOR_BATCH", 500)?,
             projector_poll_ms: positive(get, "FLEETLEDGER_PROJECTOR_POLL_MS", 500)?,
             serve_projectors: env_or(get, "FLEETLEDGER_SERVE_PROJECTORS", true)?,
+            serve_worker: env_or(get, "FLEETLEDGER_SERVE_WORKER", true)?,
             kafka: kafka_from_env(get)?,
             cors_origins: non_empty(get, "FLEETLEDGER_CORS_ORIGINS")
                 .map(|v| {

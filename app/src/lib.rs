@@ -65,7 +65,7 @@ impl Application {
     }
 
     /// Run the projectors (unless `FLEETLEDGER_SERVE_PROJECTORS=false`), the relay (with
-    /// `KAFKA_BROKERS`), the worker and the API until `shutdown` resolves; then stop taking
+    /// `KAFKA_BROKERS`), the worker (unless `FLEETLEDGER_SERVE_WORKER=false`) and the API until `shutdown` resolves; then stop taking
     /// requests, finish those in flight, stop the worker and the projectors, and return.
     pub async fn run_until(
         self,
@@ -99,13 +99,15 @@ impl Application {
                 }
             });
         }
-        let worker = app.worker.clone();
+        let worker = config.serve_worker.then(|| app.worker.clone());
         let worker_task = tokio::spawn(async move {
-            worker
-                .run(std::time::Duration::from_secs(1), async {
-                    let _ = worker_stopped.await;
-                })
-                .await;
+            if let Some(worker) = worker {
+                worker
+                    .run(std::time::Duration::from_secs(1), async {
+                        let _ = worker_stopped.await;
+                    })
+                    .await;
+            }
         });
         let router = api::router(app.api_state(&config)?);
         // Small WebSocket messages go out at once: with Nagle's algorithm a second message

@@ -56,6 +56,9 @@ pub struct Options {
     pub websocket: api::websocket::WebSocketLimits,
     /// How long a command's answer waits for the read models before answering from the log.
     pub read_your_writes: Duration,
+    /// Whether the worker runs in the application (off: a test sees the state its commands
+    /// left, with no follow-up step taken behind its back).
+    pub worker: bool,
 }
 
 impl Default for Options {
@@ -67,6 +70,7 @@ impl Default for Options {
             request_budget: Duration::from_secs(30),
             websocket: api::websocket::WebSocketLimits::default(),
             read_your_writes: Duration::from_secs(10),
+            worker: false,
         }
     }
 }
@@ -108,7 +112,9 @@ impl TestApp {
             ("FLEETLEDGER_PAYMENT_GATEWAYS", "sandbox".to_owned()),
             ("FLEETLEDGER_CORS_ORIGINS", "https://app.example".to_owned()),
             ("FLEETLEDGER_RATE_LIMIT", options.rate_limit.to_string()),
-            ("FLEETLEDGER_RATE_LIMIT_WINDOW", "60".to_owned()),
+            // Counting windows are fixed (aligned to the epoch): an hour makes a test that
+            // counts requests up to the limit very unlikely to cross into the next window.
+            ("FLEETLEDGER_RATE_LIMIT_WINDOW", "3600".to_owned()),
             (
                 "FLEETLEDGER_REDIS_PREFIX",
                 format!("fltest:{}:", Uuid::new_v4().simple()),
@@ -135,6 +141,7 @@ impl TestApp {
             ("FLEETLEDGER_SESSION_RECHECK_MS", "200".to_owned()),
             ("FLEETLEDGER_PROJECTOR_POLL_MS", "100".to_owned()),
             ("FLEETLEDGER_PROJECTOR_MAX_BACKOFF_MS", "500".to_owned()),
+            ("FLEETLEDGER_SERVE_WORKER", options.worker.to_string()),
         ]
         .into_iter()
         .collect();
