@@ -29,7 +29,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
 
@@ -215,7 +215,7 @@ async fn measure_all(
     )?;
     writeln!(out, "|---|---|---|---|---|---|---|---|---|---|")?;
     let mut by_size = serde_json::Map::new();
-    for (cars, [search, trivial, sql]) in &sizes {
+    for (cars, ([search, trivial, sql], kinds)) in &sizes {
         writeln!(
             out,
             "| {cars} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.0} | {:.2} | {:.2} |",
@@ -232,6 +232,7 @@ async fn measure_all(
         by_size.insert(
             cars.to_string(),
             json!({
+                "sql_by_kind": kinds,
                 "search": search.json(),
                 "trivial": trivial.json(),
                 "sql": sql.json(),
@@ -240,8 +241,26 @@ async fn measure_all(
             }),
         );
     }
+    writeln!(
+        out,
+        "\nEach kind's SQL alone, one at a time (ms): | cars | kind | page p50 | page p99 | count p50 | count p99 |"
+    )?;
+    for (cars, (_, kinds)) in &sizes {
+        for name in KINDS {
+            let k = &kinds[name];
+            writeln!(
+                out,
+                "| {cars} | {name} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                k["page_p50_ms"].as_f64().unwrap_or(0.0),
+                k["page_p99_ms"].as_f64().unwrap_or(0.0),
+                k["count_p50_ms"].as_f64().unwrap_or(0.0),
+                k["count_p99_ms"].as_f64().unwrap_or(0.0),
+            )?;
+        }
+    }
     let mut figures = json!({ "search": { "sizes": by_size } });
-    if let (Some((small, [s, ..])), Some((large, [l, ..]))) = (sizes.first(), sizes.last())
+    if let (Some((small, ([s, ..], _))), Some((large, ([l, ..], _)))) =
+        (sizes.first(), sizes.last())
         && small != large
     {
         let (p50, p99) = (
@@ -265,7 +284,7 @@ async fn measure(
     database: &str,
     cars: u32,
     options: &SearchBenchOptions,
-) -> Result<[Phase; 3]> {
+) -> Result<([Phase; 3], Value)> {
     let pool = open_pool(
         server,
         database,
@@ -389,9 +408,40 @@ async fn measure(
         }
     })
     .await;
+    eprintln!("each kind of search alone…");
+    let kinds = by_kind(&pool, &branches).await?;
     let _ = child.kill().await;
     pool.close().await;
-    Ok([search_phase, trivial_phase, sql_phase])
+    Ok(([search_phase, trivial_phase, sql_phase], kinds))
+}
+
+/// The kinds of the mix, in `search`'s order.
+const KINDS: [&str; 4] = ["branch", "near", "class_price", "text"];
+
+/// Each kind of search's SQL on one connection, one at a time: the median cost of its page and
+/// of its count, so a report says which kind the time goes to.
+async fn by_kind(pool: &PgPool, branches: &[(String, String, String, f64, f64)]) -> Result<Value> {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut out = serde_json::Map::new();
+    for (kind, name) in KINDS.iter().enumerate() {
+        let (mut pages, mut counts) = (Vec::new(), Vec::new());
+        for round in 0..60u64 {
+            let s = search(&mut rng, round * 4 + kind as u64, branches);
+            let started = Instant::now();
+            projections::search::find(pool, &s.query).await?;
+            pages.push(started.elapsed());
+            let started = Instant::now();
+            projections::search::count(pool, &s.query, 100).await?;
+            counts.push(started.elapsed());
+        }
+        let (page, count) = (Phase::of(pages, 0, 1.0), Phase::of(counts, 0, 1.0));
+        out.insert(
+            (*name).to_owned(),
+            json!({ "page_p50_ms": page.p50, "page_p99_ms": page.p99,
+                    "count_p50_ms": count.p50, "count_p99_ms": count.p99 }),
+        );
+    }
+    Ok(Value::Object(out))
 }
 
 async fn graphql(
