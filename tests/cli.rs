@@ -549,6 +549,19 @@ async fn bench_search_prints_its_figures_as_json() {
         let ratio = size["search"]["per_second"].as_f64().unwrap()
             / size["sql"]["per_second"].as_f64().unwrap();
         assert!((ratio - size["api_over_sql"].as_f64().unwrap()).abs() < 1e-9);
+        let kinds = size["sql_by_kind"].as_object().unwrap();
+        let mut kind_names: Vec<&str> = kinds.keys().map(String::as_str).collect();
+        kind_names.sort_unstable();
+        assert_eq!(kind_names, ["branch", "class_price", "near", "text"]);
+        for (kind, k) in kinds {
+            for what in ["page", "count"] {
+                let (p50, p99) = (
+                    k[format!("{what}_p50_ms")].as_f64().unwrap(),
+                    k[format!("{what}_p99_ms")].as_f64().unwrap(),
+                );
+                assert!(p50 > 0.0 && p99 >= p50, "{cars} {kind} {what}: {k}");
+            }
+        }
     }
     assert_eq!(figures["search"]["scaling"]["from"], 20);
     assert_eq!(figures["search"]["scaling"]["to"], 40);
