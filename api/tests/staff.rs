@@ -1324,6 +1324,24 @@ async fn car_search_agrees_with_the_cars_own_calendars() {
         }
         free.sort();
         assert_eq!(shown, free, "round {round}: {start} to {end} at {branch:?}");
+        // The total agrees, whether the first page holds every match or a count runs.
+        for first in [100, 2] {
+            let counted = app
+                .ok(
+                    None,
+                    "query($f: DateTime!, $t: DateTime!, $b: String, $n: Int) { searchCars(
+                        filter: { pickupAt: $f, returnAt: $t, branchCode: $b }, first: $n) {
+                        totalCount } }",
+                    json!({ "f": start.to_rfc3339(), "t": end.to_rfc3339(), "b": branch,
+                            "n": first }),
+                )
+                .await;
+            assert_eq!(
+                counted["searchCars"]["totalCount"],
+                free.len(),
+                "round {round}, first {first}"
+            );
+        }
     }
     // The rounds met both answers.
     assert!(

@@ -295,11 +295,14 @@ impl Query {
                 projections::search::SearchError::Database(db) => AppError::from(db),
                 other => AppError::bad_input("after", other.to_string()),
             })?;
-        // Counted only when asked for, and only up to the cap.
-        let total = if ctx.look_ahead().field("totalCount").exists() {
-            projections::search::count(s.store.pool(), &query, SEARCH_COUNT_CAP).await?
-        } else {
+        // Counted only when asked for, and only up to the cap; a first page that holds every
+        // match is its own count.
+        let total = if !ctx.look_ahead().field("totalCount").exists() {
             0
+        } else if query.after.is_none() && !page.more {
+            i64::try_from(page.hits.len()).unwrap_or(i64::MAX)
+        } else {
+            projections::search::count(s.store.pool(), &query, SEARCH_COUNT_CAP).await?
         };
         let has_next = page.more;
         let edges: Vec<CarEdge> = page
