@@ -61,7 +61,7 @@ fn parse_stream(s: &str) -> Result<StreamId> {
 }
 
 async fn open_store(config: &Config, role: &str) -> Result<EventStore> {
-    Ok(EventStore::new(
+    Ok(commands::upcasters::event_store(
         db::connect_and_migrate(config, role).await?,
     ))
 }

@@ -61,7 +61,7 @@ pub(crate) async fn project(config: Config, args: ProjectArgs) -> Result<ExitCod
     select(&args.only)?;
     let shutdown = fleetledger_app::shutdown_signal();
     let pool = fleetledger_app::db::connect_and_migrate(&config, "fleetledger-project").await?;
-    let store = EventStore::new(pool);
+    let store = commands::upcasters::event_store(pool);
     let token = CancellationToken::new();
     let mut tasks = spawn(&store, &args.only, &run_options(&config), &token)?;
     tracing::info!(projections = ?args.only, "projectors running");
@@ -102,7 +102,9 @@ pub(crate) async fn projections(config: Config, command: ProjectionsCommand) -> 
             }
             Ok(ExitCode::SUCCESS)
         }
-        ProjectionsCommand::Rebuild(args) => rebuild_command(EventStore::new(pool), args).await,
+        ProjectionsCommand::Rebuild(args) => {
+            rebuild_command(commands::upcasters::event_store(pool), args).await
+        }
         ProjectionsCommand::Resume { name } => {
             select(std::slice::from_ref(&name))?;
             if projections::status::request_resume(&pool, &name).await? {

@@ -45,7 +45,7 @@ pub struct ServicesConfig {
 impl Services {
     /// Wire every service over one pool, as `fleetledger serve` runs them.
     pub fn build(pool: sqlx::PgPool, config: ServicesConfig) -> Self {
-        let store = EventStore::new(pool.clone());
+        let store = commands::upcasters::event_store(pool.clone());
         let executor = || config.executor.clone();
         let bookings = BookingService::new(
             store.clone(),

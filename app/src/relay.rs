@@ -37,7 +37,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         return Ok(ExitCode::from(2));
     }
     let pool = db::connect_and_migrate(&config, "fleetledger-relay").await?;
-    let Some(projector) = projector(EventStore::new(pool), &config)? else {
+    let Some(projector) = projector(commands::upcasters::event_store(pool), &config)? else {
         return Ok(ExitCode::from(2));
     };
     if let Some(kafka) = &config.kafka {

@@ -160,7 +160,7 @@ pub async fn seed(pool: &PgPool, options: &SeedOptions) -> Result<SeedReport> {
     let hash = demo_password_hash().await?;
     insert_staff(pool, &hash).await?;
     let customers = insert_customers(pool, options.customers.max(1), &hash).await?;
-    let store = EventStore::new(pool.clone());
+    let store = commands::upcasters::event_store(pool.clone());
     let bar = progress_bar(options);
     let report = write_history(&store, options, &customers, Utc::now(), &|n| {
         bar.inc(n);

@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod history;
 pub mod locks;
 pub mod payments;
+pub mod upcasters;
 pub mod worker;
 
 pub use context::CommandContext;
