@@ -59,15 +59,7 @@ pub fn encode<E: DomainEvent>(event: &E) -> Result<NewEvent, CodecError> {
 
 /// A stored event as the aggregate's domain event.
 pub fn decode<A: Aggregate>(event: &RecordedEvent) -> Result<A::Event, CodecError> {
-    let tagged = match &event.payload {
-        Value::Null => Value::String(event.event_type.clone()),
-        payload => {
-            let mut map = serde_json::Map::with_capacity(1);
-            map.insert(event.event_type.clone(), payload.clone());
-            Value::Object(map)
-        }
-    };
-    serde_json::from_value(tagged).map_err(|e| CodecError::Decode {
+    event.decode().map_err(|e| CodecError::Decode {
         stream: format!("{}/{}", event.aggregate_type, event.aggregate_id),
         version: event.version,
         event_type: event.event_type.clone(),

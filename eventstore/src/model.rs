@@ -194,6 +194,22 @@ pub struct RecordedEvent {
 }
 
 impl RecordedEvent {
+    /// The event as its domain type, an enum with a variant per event type: the payload
+    /// re-tagged with its `event_type`, the inverse of how the writers store a variant (its
+    /// fields as the payload, a unit variant as `null`). The one decoder: aggregates
+    /// (`commands::codec::decode`) and read models read events through it.
+    pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
+        let tagged = match &self.payload {
+            Value::Null => Value::String(self.event_type.clone()),
+            payload => {
+                let mut map = serde_json::Map::with_capacity(1);
+                map.insert(self.event_type.clone(), payload.clone());
+                Value::Object(map)
+            }
+        };
+        serde_json::from_value(tagged)
+    }
+
     pub fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
             transaction_id: self.transaction_id,

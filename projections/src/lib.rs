@@ -19,7 +19,6 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, Utc};
 use eventstore::RecordedEvent;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 pub use runtime::{
     ApplyError, ExternalSink, Projection, Projector, RunOptions, RuntimeError, SinkError, Target,
@@ -47,17 +46,9 @@ pub fn names() -> Vec<&'static str> {
     all().iter().map(|p| p.name()).collect()
 }
 
-/// A stored event as its domain event (payload re-tagged with its type, as the writers do).
+/// A stored event as its domain event ([`RecordedEvent::decode`]), failing as a read model does.
 pub(crate) fn decode<E: DeserializeOwned>(event: &RecordedEvent) -> Result<E, ApplyError> {
-    let tagged = match &event.payload {
-        Value::Null => Value::String(event.event_type.clone()),
-        payload => {
-            let mut map = serde_json::Map::with_capacity(1);
-            map.insert(event.event_type.clone(), payload.clone());
-            Value::Object(map)
-        }
-    };
-    serde_json::from_value(tagged).map_err(|e| ApplyError::Decode {
+    event.decode().map_err(|e| ApplyError::Decode {
         event_type: event.event_type.clone(),
         event_version: event.event_version,
         reason: e.to_string(),
