@@ -111,13 +111,16 @@ impl Services {
             return Ok(Vec::new());
         };
         let deadline = tokio::time::Instant::now() + self.read_your_writes_timeout;
-        let mut pause = Duration::from_millis(2);
+        let mut pauses =
+            eventstore::backoff::Backoff::new(Duration::from_millis(2), Duration::from_millis(50))
+                .pauses();
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         loop {
             let behind = ::projections::status::behind(self.store.pool(), &names, target).await?;
             if behind.is_empty() {
                 return Ok(behind);
             }
+            let pause = pauses.next().unwrap_or(Duration::from_millis(50));
             if tokio::time::Instant::now() + pause > deadline {
                 tracing::warn!(projections = ?behind, target = %target,
                     "read models did not reach the command's position in time");
@@ -125,7 +128,6 @@ impl Services {
                 return Ok(behind);
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
 }

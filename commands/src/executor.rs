@@ -51,10 +51,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The pause after failed attempt number `attempt` (1-based): uniform in [0, cap].
     pub fn delay(&self, attempt: u32) -> Duration {
-        let cap = self
-            .base_delay
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-            .min(self.max_delay);
+        let cap = eventstore::backoff::Backoff::new(self.base_delay, self.max_delay).delay(attempt);
         rand::rng().random_range(Duration::ZERO..=cap)
     }
 }

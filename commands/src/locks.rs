@@ -60,7 +60,9 @@ impl HotCarLock {
         let key = format!("{}lock:car:{car_id}", inner.prefix);
         let token = Uuid::new_v4().to_string();
         let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = Duration::from_millis(2);
+        let mut pauses =
+            eventstore::backoff::Backoff::new(Duration::from_millis(2), Duration::from_millis(50))
+                .pauses();
         loop {
             let mut conn = inner.connection().await?;
             let mut cmd = redis::cmd("SET");
@@ -90,11 +92,11 @@ impl HotCarLock {
                     return None;
                 }
             }
+            let pause = pauses.next().unwrap_or(Duration::from_millis(50));
             if tokio::time::Instant::now() + pause > deadline {
                 return None;
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
 }

@@ -251,8 +251,13 @@ impl Worker {
             }
             Outcome::Retry(error) => {
                 tracing::warn!(step.id = %id, step.kind = %kind, attempts, error = %error, "step failed; will retry");
-                let backoff =
-                    Duration::seconds(2i64.saturating_pow(attempts.clamp(1, 10) as u32).min(600));
+                // 2 s after the first failure, doubling, at most 10 minutes.
+                let backoff = eventstore::backoff::Backoff::new(
+                    std::time::Duration::from_secs(2),
+                    std::time::Duration::from_secs(600),
+                )
+                .delay(u32::try_from(attempts).unwrap_or(1));
+                let backoff = Duration::from_std(backoff).unwrap_or(Duration::seconds(600));
                 sqlx::query(
                     "UPDATE workflow_steps SET last_error = $2, lease_until = NULL, due_at = $3 \
                      WHERE id = $1",

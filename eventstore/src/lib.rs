@@ -8,6 +8,7 @@
 //! - every event's hash chains it to the previous event of its stream.
 
 pub mod audit;
+pub mod backoff;
 pub mod embedded;
 pub mod error;
 pub mod hash;

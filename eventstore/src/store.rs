@@ -579,17 +579,23 @@ impl EventStore {
         timeout: std::time::Duration,
     ) -> Result<Option<Checkpoint>> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut pause = std::time::Duration::from_millis(5);
+        let mut pauses = crate::backoff::Backoff::new(
+            std::time::Duration::from_millis(5),
+            std::time::Duration::from_millis(200),
+        )
+        .pauses();
         loop {
             let head = self.visible_head().await?;
             if head >= target {
                 return Ok(Some(head));
             }
+            let pause = pauses
+                .next()
+                .unwrap_or(std::time::Duration::from_millis(200));
             if tokio::time::Instant::now() + pause > deadline {
                 return Ok(None);
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(std::time::Duration::from_millis(200));
         }
     }
 

@@ -179,12 +179,8 @@ impl Subscription {
     }
 
     fn backoff(&self) -> Duration {
-        let exp = self.failures.saturating_sub(1).min(16);
-        let base = self
-            .options
-            .min_backoff
-            .saturating_mul(1 << exp)
-            .min(self.options.max_backoff);
+        let base = crate::backoff::Backoff::new(self.options.min_backoff, self.options.max_backoff)
+            .delay(self.failures);
         // Full jitter between half and all of the delay.
         let half = base / 2;
         half + rand::rng().random_range(Duration::ZERO..=half)

@@ -13,6 +13,7 @@
 //! connection ends (its process died or shut down). An event a handler cannot apply stops that
 //! projection at the event, with the position in its status; it is never skipped.
 
+use eventstore::backoff::Backoff;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -243,7 +244,7 @@ impl Projector {
         };
         let target = self.store.committed_head().await?;
         let mut checkpoint = load_checkpoint(pool, &name).await?;
-        let mut idle = Duration::from_millis(2);
+        let mut idle = Backoff::new(Duration::from_millis(2), Duration::from_millis(100)).pauses();
         loop {
             let batch = self
                 .store
@@ -253,8 +254,7 @@ impl Projector {
                 if checkpoint >= target {
                     return Ok(checkpoint);
                 }
-                tokio::time::sleep(idle).await;
-                idle = (idle * 2).min(Duration::from_millis(100));
+                tokio::time::sleep(idle.next().unwrap_or(Duration::from_millis(100))).await;
                 continue;
             }
             match apply_batch(pool, projection.as_ref(), &name, checkpoint, &batch).await? {
@@ -886,11 +886,7 @@ async fn sleep_or_cancel(delay: Duration, token: &CancellationToken) -> bool {
 }
 
 fn backoff(options: &RunOptions, failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    options
-        .min_backoff
-        .saturating_mul(1 << exp)
-        .min(options.max_backoff)
+    Backoff::new(options.min_backoff, options.max_backoff).delay(failures)
 }
 
 /// The advisory lock that makes one instance of a projection active.
