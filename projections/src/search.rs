@@ -668,6 +668,40 @@ const KEEP_PAST: chrono::Duration = chrono::Duration::days(1);
 const BUSY_FROM: chrono::Duration = chrono::Duration::hours(12);
 
 impl CarRow {
+    /// The row of a car as `CarRegistered` makes it.
+    fn registered(
+        car_id: Uuid,
+        details: &CarDetails,
+        daily_rate: domain::Money,
+        branch: &str,
+        at: DateTime<Utc>,
+    ) -> Self {
+        let mut row = CarRow {
+            car_id,
+            make: String::new(),
+            model: String::new(),
+            year: 0,
+            class: String::new(),
+            seats: 0,
+            transmission: String::new(),
+            fuel: String::new(),
+            features: Vec::new(),
+            daily_rate_minor: daily_rate.minor,
+            currency: daily_rate.currency.as_str().to_owned(),
+            branch_code: branch.to_owned(),
+            retired: false,
+            rented_booking: None,
+            odometer_km: None,
+            rating_sum: 0,
+            review_count: 0,
+            registered_at: at,
+            updated_at: at,
+            blocks: sqlx::types::Json(Vec::new()),
+        };
+        row.set_details(details);
+        row
+    }
+
     /// Fold a car event that moves its blocks, as the availability model folds it, then
     /// forget the blocks that stopped holding the car more than [`KEEP_PAST`] before `at`.
     fn fold_blocks(&mut self, event: &CarEvent, at: DateTime<Utc>) -> Result<(), ApplyError> {
@@ -861,29 +895,7 @@ impl Projection for Search {
                         if rows.contains_key(&car) {
                             return Err(ApplyError::Invalid(format!("car {car} registered twice")));
                         }
-                        let mut row = CarRow {
-                            car_id: car,
-                            make: String::new(),
-                            model: String::new(),
-                            year: 0,
-                            class: String::new(),
-                            seats: 0,
-                            transmission: String::new(),
-                            fuel: String::new(),
-                            features: Vec::new(),
-                            daily_rate_minor: daily_rate.minor,
-                            currency: daily_rate.currency.as_str().to_owned(),
-                            branch_code: branch.clone(),
-                            retired: false,
-                            rented_booking: None,
-                            odometer_km: None,
-                            rating_sum: 0,
-                            review_count: 0,
-                            registered_at: at,
-                            updated_at: at,
-                            blocks: sqlx::types::Json(Vec::new()),
-                        };
-                        row.set_details(details);
+                        let row = CarRow::registered(car, details, *daily_rate, branch, at);
                         rows.insert(car, row);
                         dirty.insert(car);
                         continue;
@@ -1060,29 +1072,18 @@ mod tests {
     use domain::window::TimeWindow;
 
     fn row() -> CarRow {
-        let at = Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap();
-        CarRow {
-            car_id: Uuid::from_u128(1),
+        let details = CarDetails {
             make: "Fiat".into(),
             model: "Panda".into(),
             year: 2024,
-            class: "ECONOMY".into(),
+            class: domain::car::CarClass::Economy,
             seats: 4,
-            transmission: "MANUAL".into(),
-            fuel: "PETROL".into(),
+            transmission: domain::car::Transmission::Manual,
+            fuel: domain::car::FuelType::Petrol,
             features: Vec::new(),
-            daily_rate_minor: 3_000,
-            currency: "EUR".into(),
-            branch_code: "LIS".into(),
-            retired: false,
-            rented_booking: None,
-            odometer_km: None,
-            rating_sum: 0,
-            review_count: 0,
-            registered_at: at,
-            updated_at: at,
-            blocks: sqlx::types::Json(Vec::new()),
-        }
+        };
+        let rate = domain::Money::new(3_000, domain::Currency::EUR);
+        CarRow::registered(Uuid::from_u128(1), &details, rate, "LIS", day(1, 9))
     }
 
     fn day(d: u32, h: u32) -> DateTime<Utc> {
